@@ -1,0 +1,174 @@
+/* The configuration as typed structs: one immutable, reference-counted
+ * snapshot per load. Everything in it lives in the snapshot's arena. Sessions
+ * hold a reference to the snapshot they started with; SIGHUP builds a new one
+ * and swaps it in only if it validates. Input: the YAML file (untrusted text,
+ * checked completely by tern_config_load before any value is used). */
+#ifndef TERN_CONFIG_H
+#define TERN_CONFIG_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/arena.h"
+#include "lib/net.h"
+
+typedef enum {
+    TERN_PROTO_SMTP = 0,   /* inbound MX */
+    TERN_PROTO_SUBMISSION, /* 587/465: AUTH required before relaying */
+    TERN_PROTO_IMAP,       /* later issues */
+    TERN_PROTO_POP3,
+    TERN_PROTO_HTTP,
+} tern_protocol;
+
+typedef enum { TERN_TLS_NONE = 0, TERN_TLS_STARTTLS, TERN_TLS_IMPLICIT } tern_tls_mode;
+typedef enum { TERN_CLIENT_CERT_NONE = 0, TERN_CLIENT_CERT_OPTIONAL, TERN_CLIENT_CERT_REQUIRED } tern_client_cert;
+typedef enum { TERN_BARE_LF_REJECT = 0, TERN_BARE_LF_NORMALIZE } tern_bare_lf;
+
+typedef struct tern_listener_conf {
+    char *name;               /* required, unique */
+    tern_protocol protocol;   /* required */
+    char *address;            /* default "0.0.0.0"; "::" and IPv6 literals allowed */
+    uint16_t port;            /* required, 1..65535 */
+    uint64_t timeout_ms;      /* idle timeout; default 5m */
+    bool reuse;               /* SO_REUSEPORT: one socket per worker; default false */
+    uint32_t workers;         /* 0: all server workers; capped at the core count */
+    uint32_t buffer_size;     /* read buffer; default 9000, bounds 512..1MiB */
+    tern_tls_mode tls;        /* default none */
+    uint64_t max_message_size;/* 0: inherit smtp.max_message_size */
+    char *pipeline;           /* mailet processor; default "root" */
+    bool auth;                /* offers credentials (SMTP AUTH). default: true for
+                                 submission, false for smtp */
+    bool allow_plaintext_auth;/* default false: see validation rules */
+    char *client_ca;          /* PEM file of CAs for client certificates (mTLS) */
+    tern_client_cert client_cert; /* default none; optional/required need client_ca */
+} tern_listener_conf;
+
+typedef struct tern_cert_conf {
+    char *name;         /* the key under tls.certificates */
+    char *cert;         /* PEM chain file, readable, parses */
+    char *key;          /* PEM key file, readable, matches cert */
+    char **subjects;    /* NULL/0: read from the certificate's SANs, CN fallback */
+    size_t n_subjects;
+    bool is_default;    /* `default: true`; at most one */
+} tern_cert_conf;
+
+typedef struct tern_tls_conf {
+    tern_cert_conf *certs;
+    size_t n_certs;
+    int min_version;               /* 12 ("1.2"); "1.3" is refused: mbedTLS 2.28 */
+    bool ignore_client_order;      /* default false */
+    char **disable_cipher_suites;  /* IANA or mbedTLS names; all disabled is an error */
+    size_t n_disable_cipher_suites;
+} tern_tls_conf;
+
+typedef struct tern_server_conf {
+    char *hostname;            /* default: the system's FQDN */
+    uint32_t workers;          /* 0: one per core; bounds 0..256 */
+    uint64_t shutdown_grace_ms;/* default 30s */
+    uint32_t max_connections;  /* default 10000; effective = min(this, RLIMIT_NOFILE soft - reserve) */
+    char *user;                /* drop to after binding (only when started as root) */
+    char *group;
+    char *log_level;           /* "info" or "info,smtp=debug"; TERN_LOG overrides */
+    char *state_dir;           /* default "/var/lib/tern"; spool lives in state_dir/spool */
+} tern_server_conf;
+
+typedef struct tern_limits_conf {
+    uint32_t max_connections_per_ip; /* default 50; 0 = unlimited */
+    double connection_rate_per_ip;   /* new connections per second per IP, token bucket; default 10; 0 = unlimited */
+    uint32_t connection_burst_per_ip;/* bucket size; default 20 */
+} tern_limits_conf;
+
+typedef struct tern_smtp_conf {
+    uint32_t max_command_line;   /* default 512 (RFC 5321 4.5.3.1.4); bounds 512..64KiB */
+    uint32_t max_text_line;      /* default 1000 (RFC 5321 4.5.3.1.6), CRLF included; bounds 1000..1MiB */
+    uint32_t max_recipients;     /* default 100; bounds 1..100000 */
+    uint32_t max_errors;         /* bad commands before the session is dropped; default 10 */
+    uint64_t max_message_size;   /* default 50MiB; advertised in SIZE */
+    uint64_t memory_threshold;   /* body spills to a temp file above it; default 1MiB */
+    uint32_t max_hops;           /* Received headers; default 50 */
+    bool vrfy;                   /* default false: VRFY answers 252 */
+    tern_bare_lf bare_lf;        /* default reject */
+    /* RFC 5321 4.5.3.2 timeouts */
+    uint64_t greeting_timeout_ms;   /* default 5m (client waiting for us is not our timer; used for our own inactivity before EHLO) */
+    uint64_t command_timeout_ms;    /* default 5m */
+    uint64_t data_block_timeout_ms; /* default 3m */
+    uint64_t data_done_timeout_ms;  /* default 10m: how long root processing may take before we 451 */
+    tern_cidr *relay_networks;      /* clients allowed to relay without AUTH; default none */
+    size_t n_relay_networks;
+} tern_smtp_conf;
+
+typedef struct tern_spool_conf {
+    uint64_t segment_size;       /* spool segment file size before rotation; default 64MiB */
+    uint64_t group_commit_delay_us; /* max wait to gather a batch; default 0 (batch what is pending) */
+    uint32_t group_commit_max;   /* max messages per fsync; default 256 */
+} tern_spool_conf;
+
+typedef enum { TERN_STORAGE_LOCAL = 0, TERN_STORAGE_POSTGRES } tern_storage_backend;
+
+typedef struct tern_storage_conf {
+    tern_storage_backend backend;  /* default local */
+} tern_storage_conf;
+
+typedef struct tern_local_conf {
+    char *path;                    /* default state_dir/mail */
+} tern_local_conf;
+
+typedef struct tern_postgres_conf {
+    bool present;                  /* the `postgres:` section exists */
+    char *conninfo;                /* libpq connection string; required when present */
+    uint32_t pool_size;            /* default 8 */
+} tern_postgres_conf;
+
+typedef struct tern_config {
+    atomic_int refs;
+    tern_arena arena;
+    char *path;        /* file it was loaded from */
+    uint64_t generation; /* increments per successful load in this process */
+
+    tern_server_conf server;
+    tern_listener_conf *listeners;
+    size_t n_listeners;
+    tern_tls_conf tls;
+    tern_smtp_conf smtp;
+    tern_limits_conf limits;
+    tern_spool_conf spool;
+    char **domains;     /* local domains: mail for them is accepted; lowercase */
+    size_t n_domains;
+    tern_storage_conf storage;
+    tern_local_conf local;
+    tern_postgres_conf postgres;
+} tern_config;
+
+/* Collected validation errors: each "path: message". */
+typedef struct tern_config_errors {
+    char **items;
+    size_t n;
+    size_t cap;
+} tern_config_errors;
+
+void tern_config_errors_init(tern_config_errors *e);
+void tern_config_errors_add(tern_config_errors *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void tern_config_errors_free(tern_config_errors *e);
+
+/* Loads and validates completely. On any error returns NULL with every
+ * error in `errs` (all of them, not only the first). The returned snapshot
+ * has one reference. `ncpu` caps listener workers (pass 0 to query). */
+tern_config *tern_config_load(const char *path, tern_config_errors *errs);
+/* Same, from a string (tests, fuzzing); `name` is used in messages. File
+ * checks (certificates) still read the files the text names. */
+tern_config *tern_config_load_string(const char *text, size_t len, const char *name,
+                                     tern_config_errors *errs);
+
+tern_config *tern_config_ref(tern_config *c);
+void tern_config_unref(tern_config *c);
+
+/* Helpers used across modules. */
+const char *tern_protocol_name(tern_protocol p);
+bool tern_config_is_local_domain(const tern_config *c, const char *domain, size_t len);
+/* Effective worker count for the server (resolves 0 to the core count). */
+uint32_t tern_config_workers(const tern_config *c);
+
+#endif
