@@ -61,6 +61,8 @@ typedef struct tern_tls_conf {
     bool ignore_client_order;      /* default false */
     char **disable_cipher_suites;  /* IANA or mbedTLS names; all disabled is an error */
     size_t n_disable_cipher_suites;
+    int *cipher_suites;            /* resolved: mbedTLS ids still enabled, in mbedTLS
+                                      preference order, 0-terminated; never empty */
 } tern_tls_conf;
 
 typedef struct tern_server_conf {
