@@ -40,13 +40,17 @@ void tern_tls_conn_free(tern_tls_conn *c);
 /* Ciphertext received from the peer. Returns 0, or TERN_TLS_ERROR when more
  * than a bounded amount (about 2 records) is queued unread. */
 int tern_tls_conn_feed(tern_tls_conn *c, const uint8_t *data, size_t len);
+/* How many bytes tern_tls_conn_feed accepts now; 0 means stop reading the
+ * socket until the plaintext has been read (backpressure). */
+size_t tern_tls_conn_feed_room(const tern_tls_conn *c);
 /* Advances the handshake: TERN_TLS_OK when complete, TERN_TLS_AGAIN, or
  * TERN_TLS_ERROR (reason via tern_tls_conn_error). */
 int tern_tls_conn_handshake(tern_tls_conn *c);
 bool tern_tls_conn_established(const tern_tls_conn *c);
-/* Decrypts into buf: >0 bytes, TERN_TLS_AGAIN (nothing decryptable yet),
- * TERN_TLS_CLOSED, TERN_TLS_ERROR. Returned as ptrdiff_t for the byte count. */
-ptrdiff_t tern_tls_conn_read(tern_tls_conn *c, uint8_t *buf, size_t len);
+/* Decrypts into buf: TERN_TLS_OK with *nread_r > 0 bytes, TERN_TLS_AGAIN
+ * (nothing decryptable yet), TERN_TLS_CLOSED, TERN_TLS_ERROR. Completes the
+ * handshake first if needed. Send the output queue after every call. */
+int tern_tls_conn_read(tern_tls_conn *c, uint8_t *buf, size_t len, size_t *nread_r);
 /* Encrypts all of data into the output queue: TERN_TLS_OK or TERN_TLS_ERROR. */
 int tern_tls_conn_write(tern_tls_conn *c, const uint8_t *data, size_t len);
 /* Queues a close_notify alert. */
