@@ -63,8 +63,9 @@ tern_buf *tern_tls_conn_output(tern_tls_conn *c);
 const char *tern_tls_conn_version(const tern_tls_conn *c);  /* "TLSv1.2" */
 const char *tern_tls_conn_cipher(const tern_tls_conn *c);   /* IANA-style name */
 const char *tern_tls_conn_sni(const tern_tls_conn *c);      /* NULL when none */
-/* Client certificate: subject DN ("CN=alice,O=Example") or NULL; whether it
- * verified against the listener's client_ca. */
+/* Client certificate: subject DN as mbedTLS prints it, in certificate order
+ * ("O=Example, CN=alice"), or NULL; whether it verified against the
+ * listener's client_ca. The DN is the peer's text: quote it when logging. */
 const char *tern_tls_conn_peer_subject(const tern_tls_conn *c);
 bool tern_tls_conn_peer_verified(const tern_tls_conn *c);
 const char *tern_tls_conn_error(const tern_tls_conn *c);

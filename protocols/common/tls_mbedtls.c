@@ -17,7 +17,8 @@
  * What mbedTLS 2.28 cannot do here: choose the cipher suite by the client's
  * order. Its server walks its own list unless built with
  * MBEDTLS_SSL_SRV_RESPECT_CLIENT_PREFERENCE, which Debian's is not, so
- * tls.ignore_client_order: false still gets server order.
+ * tls.ignore_client_order: false still gets server order. tls.min_version
+ * needs no handling: 1.2 is both the floor and the ceiling here.
  *
  * Names reported: the version as mbedTLS gives it ("TLSv1.2"); the cipher
  * suite as mbedTLS names it with '-' turned into '_', which is the IANA name
