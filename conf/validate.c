@@ -1,0 +1,235 @@
+/* The rules that span more than one key: listeners that would collide or
+ * leak credentials, storage backends without their section, defaults
+ * derived from other keys (hostname, local.path). Runs after the schema
+ * walk on a struct whose every field is typed and in bounds (or already
+ * reported); every broken rule is reported, none stops the others. */
+#include <ctype.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+
+#include "conf/conf_internal.h"
+
+static void validate__hostname(conf_walk *w)
+{
+    tern_server_conf *s = &w->cfg->server;
+    if (s->hostname != NULL || conf__line(w, &s->hostname) != 0)
+        return; /* set (or set and already reported) */
+    char host[256];
+    if (gethostname(host, sizeof(host)) != 0) {
+        conf__err(w, 0, "server.hostname", "not set and the system host name is unknown; set it");
+        return;
+    }
+    host[sizeof(host) - 1] = '\0';
+    /* The FQDN is what the greeting and Received headers should name;
+     * a bare host name is the fallback when the resolver knows no better. */
+    char name[256];
+    snprintf(name, sizeof(name), "%s", host);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_flags = AI_CANONNAME};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) == 0 && res != NULL) {
+        if (res->ai_canonname != NULL && strchr(res->ai_canonname, '.') != NULL)
+            snprintf(name, sizeof(name), "%s", res->ai_canonname);
+        freeaddrinfo(res);
+    }
+    for (char *p = name; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    const char *why = conf__check_hostname(name);
+    if (why) {
+        conf__err(w, 0, "server.hostname",
+                  "not set, and the system host name \"%s\" %s; set it", name, why);
+        return;
+    }
+    s->hostname = conf__strdup(w, name);
+}
+
+static void validate__storage(conf_walk *w)
+{
+    tern_config *c = w->cfg;
+    if (c->local.path == NULL && c->server.state_dir != NULL)
+        c->local.path = tern_arena_printf(&c->arena, "%s/mail", c->server.state_dir);
+    if (c->storage.backend == TERN_STORAGE_POSTGRES && !c->postgres.present)
+        conf__err(w, conf__line(w, &c->storage.backend), "storage.backend",
+                  "postgres needs a postgres: section with conninfo");
+    if (c->postgres.present && c->postgres.conninfo == NULL &&
+        conf__line(w, &c->postgres.conninfo) == 0)
+        conf__err(w, 0, "postgres.conninfo", "required when a postgres: section is present");
+}
+
+static void validate__smtp(conf_walk *w)
+{
+    tern_smtp_conf *s = &w->cfg->smtp;
+    if (s->memory_threshold > s->max_message_size) {
+        char a[32], b[32];
+        conf__format_size(s->memory_threshold, a, sizeof(a));
+        conf__format_size(s->max_message_size, b, sizeof(b));
+        conf__err(w, conf__line(w, &s->memory_threshold), "smtp.memory_threshold",
+                  "%s is above smtp.max_message_size (%s): no message could ever spill to disk; "
+                  "lower it",
+                  a, b);
+    }
+}
+
+static void validate__domains(conf_walk *w)
+{
+    tern_config *c = w->cfg;
+    for (size_t i = 0; i < c->n_domains; i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(c->domains[i], c->domains[j]) == 0) {
+                char path[64];
+                snprintf(path, sizeof(path), "domains[%zu]", i);
+                conf__err(w, conf__line(w, &c->domains[i]), path,
+                          "\"%s\" is listed twice (first at line %u)", c->domains[i],
+                          conf__line(w, &c->domains[j]));
+                break;
+            }
+        }
+    }
+}
+
+/* An address as 16 bytes, IPv4 mapped into IPv6 so that one comparison
+ * covers both; `any6` is "::" which (dual stack) takes every address. */
+typedef struct bind_addr {
+    bool ok, any4, any6;
+    uint8_t a[16];
+} bind_addr;
+
+static bind_addr validate__bind_addr(const char *s)
+{
+    bind_addr b = {0};
+    if (s == NULL)
+        return b;
+    uint8_t v4[4];
+    if (inet_pton(AF_INET, s, v4) == 1) {
+        b.a[10] = b.a[11] = 0xff;
+        memcpy(b.a + 12, v4, 4);
+        b.any4 = memcmp(v4, "\0\0\0\0", 4) == 0;
+        b.ok = true;
+    } else if (inet_pton(AF_INET6, s, b.a) == 1) {
+        static const uint8_t zero[16];
+        static const uint8_t mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        b.any6 = memcmp(b.a, zero, 16) == 0;
+        b.any4 = memcmp(b.a, mapped_prefix, 12) == 0 && memcmp(b.a + 12, zero, 4) == 0;
+        b.ok = true;
+    }
+    return b;
+}
+
+static bool validate__is_mapped(const bind_addr *b)
+{
+    static const uint8_t mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    return memcmp(b->a, mapped_prefix, 12) == 0;
+}
+
+static bool validate__overlap(const bind_addr *x, const bind_addr *y)
+{
+    if (!x->ok || !y->ok)
+        return false;
+    if (x->any6 || y->any6)
+        return true;
+    if ((x->any4 && validate__is_mapped(y)) || (y->any4 && validate__is_mapped(x)))
+        return true;
+    return memcmp(x->a, y->a, 16) == 0;
+}
+
+static void validate__listener(conf_walk *w, size_t i)
+{
+    tern_config *c = w->cfg;
+    tern_listener_conf *l = &c->listeners[i];
+    char path[128];
+    unsigned lline = conf__line(w, &l->protocol);
+    if (lline == 0)
+        lline = conf__line(w, &l->port);
+
+    for (size_t j = 0; j < i && l->name; j++) {
+        if (c->listeners[j].name && strcmp(c->listeners[j].name, l->name) == 0) {
+            snprintf(path, sizeof(path), "listeners[%zu].name", i);
+            conf__err(w, conf__line(w, &l->name), path,
+                      "\"%s\" is already the name of listeners[%zu]", l->name, j);
+            break;
+        }
+    }
+
+    if (l->port != 0) {
+        bind_addr me = validate__bind_addr(l->address);
+        for (size_t j = 0; j < i; j++) {
+            const tern_listener_conf *o = &c->listeners[j];
+            if (o->port != l->port)
+                continue;
+            bind_addr other = validate__bind_addr(o->address);
+            if (!validate__overlap(&me, &other))
+                continue;
+            snprintf(path, sizeof(path), "listeners[%zu].port", i);
+            conf__err(w, conf__line(w, &l->port), path,
+                      "%u on %s collides with listeners[%zu] \"%s\" (%s port %u)", l->port,
+                      l->address, j, o->name ? o->name : "?", o->address, o->port);
+            break;
+        }
+    }
+
+    unsigned tls_line = conf__line(w, &l->tls);
+    bool creds = l->auth || l->protocol == TERN_PROTO_IMAP || l->protocol == TERN_PROTO_POP3;
+    if (creds && l->tls == TERN_TLS_NONE && !l->allow_plaintext_auth) {
+        snprintf(path, sizeof(path), "listeners[%zu].tls", i);
+        conf__err(w, tls_line ? tls_line : lline, path,
+                  "none, but this %s listener takes credentials%s: they would cross the network "
+                  "in plaintext; use starttls or implicit, or set allow_plaintext_auth: true",
+                  tern_protocol_name(l->protocol),
+                  l->auth ? " (auth is on)" : " (user logins)");
+    }
+
+    if (l->client_cert != TERN_CLIENT_CERT_NONE) {
+        const char *cc = l->client_cert == TERN_CLIENT_CERT_OPTIONAL ? "optional" : "required";
+        snprintf(path, sizeof(path), "listeners[%zu].tls.client_cert", i);
+        if (l->client_ca == NULL && conf__line(w, &l->client_ca) == 0)
+            conf__err(w, conf__line(w, &l->client_cert), path,
+                      "%s needs tls.client_ca, the CAs that client certificates are checked "
+                      "against",
+                      cc);
+        if (l->tls == TERN_TLS_NONE)
+            conf__err(w, conf__line(w, &l->client_cert), path,
+                      "%s needs tls mode starttls or implicit: there is no handshake without TLS",
+                      cc);
+    }
+    if (l->client_ca != NULL) {
+        snprintf(path, sizeof(path), "listeners[%zu].tls.client_ca", i);
+        conf__check_client_ca(w, path, l->client_ca, conf__line(w, &l->client_ca));
+    }
+
+    if (l->tls != TERN_TLS_NONE && c->tls.n_certs == 0 && conf__line(w, &c->tls.certs) == 0) {
+        snprintf(path, sizeof(path), "listeners[%zu].tls", i);
+        conf__err(w, tls_line ? tls_line : lline, path,
+                  "%s needs a certificate, but tls.certificates is empty",
+                  l->tls == TERN_TLS_STARTTLS ? "starttls" : "implicit");
+    }
+
+    if (l->protocol == TERN_PROTO_SMTP && c->n_domains == 0) {
+        /* Reported once, at the first smtp listener. */
+        bool first = true;
+        for (size_t j = 0; j < i; j++)
+            if (c->listeners[j].protocol == TERN_PROTO_SMTP)
+                first = false;
+        if (first) {
+            snprintf(path, sizeof(path), "listeners[%zu].protocol", i);
+            conf__err(w, lline, path,
+                      "smtp, but domains is empty: this listener could accept mail for no one; "
+                      "list the local domains under domains:");
+        }
+    }
+}
+
+void conf__validate(conf_walk *w)
+{
+    tern_config *c = w->cfg;
+    validate__hostname(w);
+    validate__storage(w);
+    validate__smtp(w);
+    validate__domains(w);
+    for (size_t i = 0; i < c->n_listeners; i++)
+        validate__listener(w, i);
+    conf__check_certificates(w);
+    conf__resolve_cipher_suites(w);
+}
