@@ -46,6 +46,13 @@ typedef struct {
     size_t o;
 } emitter;
 
+/* Writes a byte that normalisation added: the client did not send it, so
+ * it does not count towards the line length. */
+static void put_added(emitter *e, uint8_t c)
+{
+    e->out[e->o++] = c;
+}
+
 /* Writes one byte of the current line and counts it against the limit
  * (RFC 5321 4.5.3.1.6: text line incl. CRLF, minus the stuffed dot). */
 static void put(emitter *e, uint8_t c)
@@ -63,7 +70,7 @@ static void bare_cr(emitter *e)
 {
     tern_smtp_data_reader *r = e->r;
     if (r->normalize)
-        put(e, '\n');
+        put_added(e, '\n');
     else
         r->errors |= TERN_SMTP_DATA_ERR_BARE_CR;
     r->line_len = 0;
@@ -81,7 +88,7 @@ static void text_byte(emitter *e, uint8_t c)
     }
     if (c == '\n') {
         if (r->normalize) {
-            put(e, '\r');
+            put_added(e, '\r');
             put(e, '\n');
         } else {
             r->errors |= TERN_SMTP_DATA_ERR_BARE_LF;
