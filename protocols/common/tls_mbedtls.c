@@ -603,6 +603,16 @@ int tern_tls_conn_feed(tern_tls_conn *c, const uint8_t *data, size_t len)
     return 0;
 }
 
+/* Called where the connection goes idle waiting for the peer: an idle
+ * session should not keep a bulk transfer's input buffer, while small
+ * command traffic keeps its small one and does not churn malloc. */
+static int tls__again(tern_tls_conn *c)
+{
+    if (c->in.len == c->in_off)
+        tern_buf_shrink(&c->in, 4096);
+    return TERN_TLS_AGAIN;
+}
+
 static void tls__established(tern_tls_conn *c)
 {
     c->established = true;
@@ -634,7 +644,7 @@ int tern_tls_conn_handshake(tern_tls_conn *c)
         return TERN_TLS_OK;
     }
     if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE)
-        return TERN_TLS_AGAIN;
+        return tls__again(c);
     return tls__fail(c, "handshake", r);
 }
 
@@ -667,11 +677,11 @@ int tern_tls_conn_read(tern_tls_conn *c, uint8_t *buf, size_t len, size_t *nread
         case 0:
             /* Our bio never reports EOF, so 0 is an empty record. */
             if (c->in.len - c->in_off == 0)
-                return TERN_TLS_AGAIN;
+                return tls__again(c);
             continue;
         case MBEDTLS_ERR_SSL_WANT_READ:
         case MBEDTLS_ERR_SSL_WANT_WRITE:
-            return TERN_TLS_AGAIN;
+            return tls__again(c);
         case MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY:
             c->closed = true;
             return TERN_TLS_CLOSED;
