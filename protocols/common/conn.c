@@ -35,6 +35,13 @@ static void conn__alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     tern_conn *c = h->data;
     tern_conn_worker *w = c->worker;
     size_t n = c->read_size < w->readbuf_size ? c->read_size : w->readbuf_size;
+    if (c->tls) {
+        /* TLS keeps a bounded amount of unread ciphertext: never read more
+         * than it can take (0 makes libuv report UV_ENOBUFS). */
+        size_t room = tern_tls_conn_feed_room(c->tls);
+        if (room < n)
+            n = room;
+    }
     buf->base = (char *)w->readbuf;
     buf->len = n;
 }
@@ -298,13 +305,17 @@ static void conn__deliver(tern_conn *c, const uint8_t *data, size_t len)
         len -= used;
         if (c->failed || uv_is_closing((uv_handle_t *)&c->tcp))
             return;
-    }
-    if (len > 0 && !c->closing) {
-        if (tern_buf_append(&c->in, data, len) != 0) {
+        if (len > 0 && !c->closing && tern_buf_append(&c->in, data, len) != 0)
             conn__fail(c, "input buffer limit");
-            return;
-        }
+        return;
     }
+    /* Earlier bytes are still waiting: keep the order, then let the
+     * session see everything together. */
+    if (!c->closing && tern_buf_append(&c->in, data, len) != 0) {
+        conn__fail(c, "input buffer limit");
+        return;
+    }
+    conn__pump(c);
 }
 
 /* Runs buffered input through the session for as long as it makes progress. */
@@ -328,7 +339,7 @@ static void conn__pump(tern_conn *c)
 static void conn__tls_read_all(tern_conn *c)
 {
     uint8_t plain[16384];
-    while (c->tls && !c->tls_pending && !c->paused && !c->closing && c->in.len == 0) {
+    while (c->tls && !c->tls_pending && !c->paused && !c->closing && !c->failed) {
         size_t n = 0;
         int r = tern_tls_conn_read(c->tls, plain, sizeof(plain), &n);
         conn__take_tls_output(c);
@@ -379,6 +390,10 @@ static void conn__read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     tern_conn *c = s->data;
     if (nread == 0)
         return;
+    if (nread == UV_ENOBUFS) {
+        conn__stop_reading(c); /* resumes when the session takes its input */
+        return;
+    }
     if (nread < 0) {
         conn__stop_reading(c);
         if (c->closing) {
@@ -398,7 +413,8 @@ static void conn__read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn__deliver(c, (const uint8_t *)buf->base, (size_t)nread);
     if (c->failed || uv_is_closing((uv_handle_t *)&c->tcp))
         return;
-    if (c->paused || c->in.len > 0)
+    /* A paused session reads nothing more: TCP pushes back on the client. */
+    if (c->paused)
         conn__stop_reading(c);
     conn__flush(c);
 }
@@ -436,9 +452,9 @@ void tern_conn_resume(tern_conn *c)
     conn__pump(c);
     if (c->paused || c->closing || c->failed)
         return;
-    if (c->tls && !c->tls_pending && c->in.len == 0)
+    if (c->tls && !c->tls_pending)
         conn__tls_read_all(c);
-    if (!c->paused && !c->closing && !c->failed && c->in.len == 0)
+    if (!c->paused && !c->closing && !c->failed)
         conn__start_reading(c);
     conn__flush(c);
 }
