@@ -21,7 +21,7 @@
 #include "lib/log.h"
 #include "lib/net.h"
 
-#define CONN_IN_LIMIT (256 * 1024)  /* leftover plaintext held per connection */
+#define CONN_IN_LIMIT (256 * 1024)  /* leftover plaintext held per connection, plus two reads */
 #define CONN_LINGER_MS 2000         /* drain input this long after our last byte */
 #define CONN_FLUSH_MS 10000         /* give a slow reader this long to take our last reply */
 
@@ -78,7 +78,7 @@ int tern_conn_init(tern_conn *c, uv_loop_t *loop, tern_conn_worker *w, int fd, s
     c->data = data;
     c->read_size = read_size;
     c->out_high = 64 * 1024;
-    tern_buf_init(&c->in, CONN_IN_LIMIT);
+    tern_buf_init(&c->in, CONN_IN_LIMIT + 2 * read_size);
     tern_buf_init(&c->out, 0);
     tern_buf_init(&c->inflight, 0);
     int r = uv_tcp_init(loop, &c->tcp);
