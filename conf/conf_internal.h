@@ -17,6 +17,7 @@
 #define CONF_MAX_NODES 100000
 #define CONF_MAX_ERRORS 200
 #define CONF_MAX_LIST 4096     /* any list of strings or networks */
+#define CONF_MAX_KEYS 4096     /* keys in one mapping */
 #define CONF_MAX_LISTENERS 256
 #define CONF_MAX_CERTS 256
 

@@ -79,6 +79,13 @@ static int tree__attach(tree_ctx *t, cnode *n)
                                n->kind == CNODE_MAP ? "mapping" : "sequence", n->line);
         return -1;
     }
+    /* Duplicate detection compares every pair of keys; no schema mapping
+     * is anywhere near this size. */
+    if (f->node->n >= CONF_MAX_KEYS) {
+        tern_config_errors_add(t->errs, "document: a mapping with more than %d keys (line %u)",
+                               CONF_MAX_KEYS, n->line);
+        return -1;
+    }
     if (f->last)
         f->last->next = n;
     else

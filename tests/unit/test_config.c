@@ -396,6 +396,18 @@ static void test_document_errors(void **state)
     assert_true(has_error("larger than", false));
     free(huge);
 
+    /* Many keys: refused before the quadratic duplicate check runs. */
+    size_t cap = 5000 * 16;
+    char *wide = malloc(cap);
+    assert_non_null(wide);
+    size_t len = 0;
+    for (int i = 0; i < 5000; i++)
+        len += (size_t)snprintf(wide + len, cap - len, "k%d: 1\n", i);
+    tern_config_errors_free(&errs);
+    assert_null(tern_config_load_string(wide, len, "wide", &errs));
+    assert_true(has_error("document: a mapping with more than 4096 keys (line 4097)", true));
+    free(wide);
+
     tern_config_errors_free(&errs);
     assert_null(tern_config_load("/nonexistent/tern.yaml", &errs));
     assert_true(has_error("/nonexistent/tern.yaml: cannot open: No such file or directory", true));
