@@ -1,6 +1,7 @@
 /* Argument parsers for SMTP commands: MAIL FROM / RCPT TO paths and their
  * ESMTP parameters (SIZE, BODY, SMTPUTF8, RET, ENVID, AUTH, NOTIFY, ORCPT),
- * the EHLO/HELO domain, BDAT chunk sizes, xtext, and mailbox splitting.
+ * the EHLO/HELO domain, BDAT chunk sizes, AUTH, xtext, and mailbox
+ * splitting.
  * Input: one command's argument bytes from the network, trusted in nothing.
  * Results are slices into that input; nothing is copied or allocated.
  *
@@ -810,6 +811,47 @@ int tern_smtp_parse_bdat(const char *args, size_t len, uint64_t *size_r, bool *l
     if (!ieq(args + i, len - i, "LAST"))
         return TERN_SMTP_ESYNTAX;
     *last_r = true;
+    return 0;
+}
+
+static bool is_base64(unsigned char c)
+{
+    return is_letdig(c) || c == '+' || c == '/';
+}
+
+int tern_smtp_parse_auth(const char *args, size_t len, tern_smtp_slice *mech_r,
+                         tern_smtp_slice *initial_r)
+{
+    const unsigned char *s = (const unsigned char *)args;
+    size_t a = 0, i;
+
+    len = trim_len(args, len);
+    while (a < len && s[a] == ' ')
+        a++;
+    i = a;
+    while (i < len && (is_letdig(s[i]) || s[i] == '-' || s[i] == '_'))
+        i++;
+    if (i == a || i - a > 20 || (i < len && s[i] != ' '))
+        return TERN_SMTP_ESYNTAX;
+    mech_r->p = args + a;
+    mech_r->len = i - a;
+    while (i < len && s[i] == ' ')
+        i++;
+    initial_r->p = args + i;
+    initial_r->len = len - i;
+    if (i == len || (len - i == 1 && s[i] == '='))
+        return 0;
+    /* Padding is only checked for shape; decoding is the SASL layer's. */
+    size_t k = i;
+    while (k < len && is_base64(s[k]))
+        k++;
+    size_t pad = 0;
+    while (k < len && s[k] == '=' && pad < 2) {
+        k++;
+        pad++;
+    }
+    if (k != len || k - pad == i)
+        return TERN_SMTP_ESYNTAX;
     return 0;
 }
 

@@ -96,6 +96,11 @@ int tern_smtp_parse_rcpt(const char *args, size_t len, bool smtputf8, tern_smtp_
 int tern_smtp_parse_helo(const char *args, size_t len, tern_smtp_slice *domain_r);
 /* "<size> [LAST]". 0 or TERN_SMTP_ESYNTAX. */
 int tern_smtp_parse_bdat(const char *args, size_t len, uint64_t *size_r, bool *last_r);
+/* "mechanism [initial-response]" (RFC 4954 4): the mechanism is 1*20 of
+ * letters, digits, '-' and '_'; the response is base64 or "=" (empty). The
+ * response slice is empty when absent. 0 or TERN_SMTP_ESYNTAX. */
+int tern_smtp_parse_auth(const char *args, size_t len, tern_smtp_slice *mech_r,
+                         tern_smtp_slice *initial_r);
 /* xtext (RFC 3461 4) decode into out (at most out_size-1 bytes, NUL
  * terminated). Returns decoded length or -1 on bad xtext / overflow. */
 long tern_smtp_xtext_decode(const char *in, size_t len, char *out, size_t out_size);

@@ -67,6 +67,12 @@ static void parse_args(const char *p, size_t len)
     uint64_t sz;
     bool last;
     (void)tern_smtp_parse_bdat(p, len, &sz, &last);
+    tern_smtp_slice mech, ir;
+    if (tern_smtp_parse_auth(p, len, &mech, &ir) == 0) {
+        check_in(mech, p, len);
+        check_in(ir, p, len);
+        CHECK(mech.len > 0 && mech.len <= 20);
+    }
     if (tern_smtp_mailbox_domain(p, len, &d) == 0)
         check_in(d, p, len);
     char out[64];

@@ -841,6 +841,29 @@ static void test_bdat(void **state)
             fail_msg("BDAT '%s' accepted", bad[i]);
 }
 
+static void test_auth(void **state)
+{
+    tern_smtp_slice mech, ir;
+    assert_int_equal(tern_smtp_parse_auth(S("PLAIN"), &mech, &ir), 0);
+    assert_slice(mech, "PLAIN");
+    assert_int_equal(ir.len, 0);
+    assert_int_equal(tern_smtp_parse_auth(S("PLAIN AGFsaWNlAHNlY3JldA=="), &mech, &ir), 0);
+    assert_slice(mech, "PLAIN");
+    assert_slice(ir, "AGFsaWNlAHNlY3JldA==");
+    assert_int_equal(tern_smtp_parse_auth(S("scram-sha-256  =  "), &mech, &ir), 0);
+    assert_slice(mech, "scram-sha-256");
+    assert_slice(ir, "=");
+    assert_int_equal(tern_smtp_parse_auth(S("X_OAUTH2 dXNlcj1h+/8="), &mech, &ir), 0);
+    static const char *const bad[] = {
+        "", "   ", "PL@IN", "PLAIN\tx", "ABCDEFGHIJKLMNOPQRSTU", "PLAIN a b", "PLAIN ===",
+        "PLAIN ab=c", "PLAIN a===", "PLAIN ==", "PLAIN *",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (tern_smtp_parse_auth(bad[i], strlen(bad[i]), &mech, &ir) != TERN_SMTP_ESYNTAX)
+            fail_msg("AUTH '%s' accepted", bad[i]);
+    assert_int_equal(tern_smtp_parse_auth(S("ABCDEFGHIJKLMNOPQRST"), &mech, &ir), 0);
+}
+
 static void test_xtext(void **state)
 {
     char out[32];
@@ -1435,6 +1458,7 @@ int main(void)
         cmocka_unit_test(test_rcpt_params),
         cmocka_unit_test(test_helo),
         cmocka_unit_test(test_bdat),
+        cmocka_unit_test(test_auth),
         cmocka_unit_test(test_xtext),
         cmocka_unit_test(test_mailbox_domain),
         cmocka_unit_test(test_data_basic),
