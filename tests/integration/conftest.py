@@ -636,9 +636,9 @@ class Tern:
         return [ln for ln in self.log(0).splitlines() if SANITIZER_RE.search(ln)]
 
     # ---- reload
-    def reload(self, overrides=None, config=None, text=None, expect="ok"):
-        """Rewrites the config, sends SIGHUP and waits for the reload line.
-        Returns the log written since the SIGHUP (up to the reload line)."""
+    def reload(self, overrides=None, config=None, text=None, expect="ok", wait=True):
+        """Rewrites the config, sends SIGHUP and waits for the reload line
+        (unless wait=False). Returns the log written since the SIGHUP."""
         if overrides is not None:
             config = merge(self.config, overrides)
         since = self.log_size()
@@ -651,7 +651,8 @@ class Tern:
             else:
                 self.conf_path.write_text(to_yaml(config))
         self.signal(signal.SIGHUP)
-        self.wait_log(rf"event=reload\b.*\bstatus={expect}\b", since=since)
+        if wait:
+            self.wait_log(rf"event=reload\b.*\bstatus={expect}\b", since=since)
         return self.log(since)
 
     def restore_config(self):

@@ -24,7 +24,8 @@ def errors_for(t, config=None, text=None):
 
 
 def has_error(err, prefix, *words):
-    rx = re.compile(rf"^{re.escape(prefix)}[\w\[\].-]*: \S")
+    # `path: message`, optionally after the file's name (`FILE: path: message`)
+    rx = re.compile(rf"^(\S+\.yaml: )?{re.escape(prefix)}[\w\[\].-]*: \S")
     for line in err.splitlines():
         if rx.search(line) and all(w.lower() in line.lower() for w in words):
             return True
@@ -38,7 +39,7 @@ def test_good_config(cfg):
 
 def test_minimal_config(cfg):
     port = free_ports(1)[0]
-    text = (f"server: {{state_dir: \"{cfg.state_dir}\"}}\n"
+    text = (f"server: {{state_dir: \"{cfg.state_dir}\"}}\ndomains: [example.test]\n"
             f"listeners:\n  - {{name: mx, protocol: smtp, address: 127.0.0.1, port: {port}}}\n")
     rc, err, _ = errors_for(cfg, text=text)
     assert rc == 0, err

@@ -92,7 +92,9 @@ def test_starttls_injection_same_segment_as_handshake_wait(tern):
     assert r.code == 214, r
 
 
-def test_implicit_tls(tern, certs):
+def test_implicit_tls(tern_factory, certs):
+    # submission takes mail from authenticated clients or relay_networks
+    tern = tern_factory({"smtp": {"relay_networks": ["127.0.0.0/8"]}})
     ctx = client_context(cafile=certs.path("main.crt"), verify=True)
     c = tern.client("submissions", context=ctx, server_hostname=HOSTNAME)
     assert c.tls and c.sock.version() == "TLSv1.2"
