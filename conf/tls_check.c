@@ -179,10 +179,10 @@ void conf__check_certificates(conf_walk *w)
             first_default = c;
         }
     }
-    /* The TLS module then always has exactly one fallback for clients
-     * without SNI or with an unknown name: the first listed. */
-    if (first_default == NULL && t->n_certs > 0)
-        t->certs[0].is_default = true;
+    /* No implicit default: with several certificates and none marked, a
+     * name that matches none gets the generated self-signed certificate and
+     * a warning from the TLS module, rather than a real certificate for
+     * some other name chosen by list order. */
 }
 
 /* mbedTLS writes "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256", IANA

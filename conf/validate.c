@@ -61,16 +61,9 @@ static void validate__storage(conf_walk *w)
 
 static void validate__smtp(conf_walk *w)
 {
-    tern_smtp_conf *s = &w->cfg->smtp;
-    if (s->memory_threshold > s->max_message_size) {
-        char a[32], b[32];
-        conf__format_size(s->memory_threshold, a, sizeof(a));
-        conf__format_size(s->max_message_size, b, sizeof(b));
-        conf__err(w, conf__line(w, &s->memory_threshold), "smtp.memory_threshold",
-                  "%s is above smtp.max_message_size (%s): no message could ever spill to disk; "
-                  "lower it",
-                  a, b);
-    }
+    /* memory_threshold above max_message_size is harmless: no message
+     * spills to disk, which is what such a setting asks for. */
+    (void)w;
 }
 
 static void validate__domains(conf_walk *w)
@@ -199,12 +192,8 @@ static void validate__listener(conf_walk *w, size_t i)
         conf__check_client_ca(w, path, l->client_ca, conf__line(w, &l->client_ca));
     }
 
-    if (l->tls != TERN_TLS_NONE && c->tls.n_certs == 0 && conf__line(w, &c->tls.certs) == 0) {
-        snprintf(path, sizeof(path), "listeners[%zu].tls", i);
-        conf__err(w, tls_line ? tls_line : lline, path,
-                  "%s needs a certificate, but tls.certificates is empty",
-                  l->tls == TERN_TLS_STARTTLS ? "starttls" : "implicit");
-    }
+    /* A TLS listener without tls.certificates is served with a generated
+     * self-signed certificate; the TLS module logs a warning at start. */
 
     if (l->protocol == TERN_PROTO_SMTP && c->n_domains == 0) {
         /* Reported once, at the first smtp listener. */
