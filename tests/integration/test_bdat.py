@@ -122,7 +122,7 @@ def test_bdat_bad_argument(tern, line):
 
 
 def test_bdat_too_large(tern_factory):
-    t = tern_factory({"smtp": {"max_message_size": "10KiB", "memory_threshold": "4KiB"}})
+    t = tern_factory({"smtp": {"max_message_size": "10KiB"}})
     c = t.connect()
     start(c)
     big = (b"x" * 98 + b"\r\n") * 200
@@ -133,7 +133,7 @@ def test_bdat_too_large(tern_factory):
 
 
 def test_bdat_too_large_over_chunks(tern_factory):
-    t = tern_factory({"smtp": {"max_message_size": "10KiB", "memory_threshold": "4KiB"}})
+    t = tern_factory({"smtp": {"max_message_size": "10KiB"}})
     c = t.connect()
     start(c)
     # 12 KB in three chunks: the server may refuse the chunk that crosses

@@ -94,7 +94,7 @@ def test_default_max_recipients_is_100(tern):
 
 
 def test_message_size_after_data(tern_factory):
-    t = tern_factory({"smtp": {"max_message_size": "10KiB", "memory_threshold": "4KiB"}})
+    t = tern_factory({"smtp": {"max_message_size": "10KiB"}})
     c = t.connect()
     c.ehlo()
     assert c.cmd("MAIL FROM:<alice@example.org>").code == 250
@@ -108,7 +108,7 @@ def test_message_size_after_data(tern_factory):
 
 
 def test_size_parameter_too_big(tern_factory):
-    t = tern_factory({"smtp": {"max_message_size": "10KiB", "memory_threshold": "4KiB"}})
+    t = tern_factory({"smtp": {"max_message_size": "10KiB"}})
     c = t.connect()
     c.ehlo()
     r = c.cmd("MAIL FROM:<alice@example.org> SIZE=20000")

@@ -78,7 +78,7 @@ def test_no_starttls_on_plain_listener(tern_factory):
 
 
 def test_size_follows_config(tern_factory):
-    t = tern_factory({"smtp": {"max_message_size": "10KiB", "memory_threshold": "4KiB"}})
+    t = tern_factory({"smtp": {"max_message_size": "10KiB"}})
     r = t.connect().ehlo()
     size = [ln for ln in r.lines[1:] if ln.upper().startswith("SIZE")]
     assert size and size[0].split()[1] == "10240", size
