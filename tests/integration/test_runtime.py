@@ -5,6 +5,7 @@ worker), and binding a port below
 
 import os
 import pwd
+import shutil
 import socket
 import tempfile
 
@@ -122,9 +123,16 @@ def test_low_port_then_drop_privileges(tern_factory):
                                      "port": port, "tls": "none"}]}, start=False)
     t.state_dir = type(t.state_dir)(state)
     t.conf_path = type(t.conf_path)(os.path.join(top, "tern.yaml"))
+    # As an admin would: the key readable only by the service user, since
+    # a reload re-reads it after the privileges are gone.
+    tls = {}
     for name in ("main.crt", "main.key"):
-        os.chmod(t.certs.path(name), 0o644)
-    os.chmod(os.path.dirname(t.certs.path("main.crt")), 0o755)
+        dst = os.path.join(top, name)
+        shutil.copy(t.certs.path(name), dst)
+        os.chown(dst, nobody.pw_uid, nobody.pw_gid)
+        os.chmod(dst, 0o600)
+        tls[name] = dst
+    t.config["tls"]["certificates"]["main"].update(cert=tls["main.crt"], key=tls["main.key"])
     t.write_config()
     os.chmod(t.conf_path, 0o644)
     t.start()
