@@ -197,7 +197,7 @@ def _openssl(*args):
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory):
     """Generated once per session: main (mail.example.test, RSA), other
-    (other.test, for SNI and reload), a key that matches neither, and a
+    (other.test, for SNI and reload), cnonly (no SAN), a key that matches none, and a
     client CA with one client certificate (mTLS)."""
     d = tmp_path_factory.mktemp("certs")
     c = Certs(d)
@@ -208,6 +208,10 @@ def certs(tmp_path_factory):
                  "-keyout", c.path(f"{name}.key"), "-out", c.path(f"{name}.crt"))
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
              "-out", c.path("stray.key"))
+    # a certificate without subjectAltName: its names come from the CN
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-sha256",
+             "-subj", "/CN=cnonly.test", "-addext", "basicConstraints=critical,CA:FALSE",
+             "-keyout", c.path("cnonly.key"), "-out", c.path("cnonly.crt"))
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-sha256",
              "-subj", "/CN=Tern Test Client CA", "-keyout", c.path("ca.key"),
              "-out", c.path("ca.crt"))
@@ -528,7 +532,7 @@ class Tern:
         return self.listener(name)["port"]
 
     # ---- process
-    def start(self, wait=True, env=None, args=None):
+    def start(self, wait=True, env=None, args=None, preexec_fn=None):
         assert TERND.exists(), f"ternd not built: {TERND} (run ninja -C {BUILD})"
         if not self.conf_path.exists():
             self.write_config()
@@ -538,7 +542,7 @@ class Tern:
         logf = open(self.log_path, "ab")
         argv = [str(TERND)] + (args if args is not None else ["-c", str(self.conf_path)])
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
-                                     stderr=logf, env=e, cwd=self.dir)
+                                     stderr=logf, env=e, cwd=self.dir, preexec_fn=preexec_fn)
         logf.close()
         _live.append(self.proc)
         self.runs += 1

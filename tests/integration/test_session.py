@@ -252,6 +252,8 @@ def test_smtputf8(tern):
     show = tern.spool_show(r.qid)
     assert contains_message(show, msg)
     assert "δοκιμή@example.test" in show.decode("utf-8", "replace")
+    ours = received_headers(show)[0]
+    assert re.search(r"\bwith UTF8SMTP\b", ours), ours      # RFC 6531 section 4.3
 
 
 def test_utf8_address_needs_smtputf8(tern):

@@ -237,3 +237,46 @@ def test_client_cert_optional(tern_factory, certs):
     ctx.load_cert_chain(certs.path("client.crt"), certs.path("client.key"))
     c = t.client("submissions", context=ctx)
     assert c.reply().code == 220
+
+
+def peer_names(der):
+    """Subject CN and DNS SANs of a DER certificate, through openssl."""
+    import subprocess
+    p = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject", "-ext",
+                        "subjectAltName"], input=der, capture_output=True, timeout=30)
+    return p.stdout.decode(errors="replace")
+
+
+def test_self_signed_fallback_without_certificates(tern_factory):
+    t = tern_factory({"tls": None})
+    c = t.connect()
+    assert "STARTTLS" in keywords(c.ehlo())
+    c.starttls()
+    names = peer_names(c.sock.getpeercert(binary_form=True))
+    assert HOSTNAME in names, names
+    c.ehlo()
+    assert re.search(r"\blevel=warn\b.*(self-signed|self_signed|selfsigned)", t.log(), re.I), \
+        "no warning about the generated certificate:\n" + t.log()
+
+
+def test_no_match_and_no_default_gets_self_signed(tern_factory, certs):
+    # two certificates (one alone would serve every name), neither the default
+    t = tern_factory({"tls": {"certificates": {
+        "main": None,
+        "other": {"cert": certs.path("other.crt"), "key": certs.path("other.key")},
+        "cnonly": {"cert": certs.path("cnonly.crt"), "key": certs.path("cnonly.key")}}}})
+    c = t.client("submissions", server_hostname="other.test")
+    assert c.sock.getpeercert(binary_form=True) == cert_der(certs.path("other.crt"))
+    c.close()
+    c = t.client("submissions", server_hostname="nomatch.example.net")
+    der = c.sock.getpeercert(binary_form=True)
+    assert der not in (cert_der(certs.path("other.crt")), cert_der(certs.path("cnonly.crt")))
+    assert HOSTNAME in peer_names(der)
+    assert c.reply().code == 220
+
+
+def test_subjects_from_cn_when_no_san(tern_factory, certs):
+    t = tern_factory({"tls": {"certificates": {
+        "cnonly": {"cert": certs.path("cnonly.crt"), "key": certs.path("cnonly.key")}}}})
+    c = t.client("submissions", server_hostname="cnonly.test")
+    assert c.sock.getpeercert(binary_form=True) == cert_der(certs.path("cnonly.crt"))
