@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -976,6 +978,116 @@ static void test_no_fsync_and_delay(void **state)
     tmpdir_free(dir);
 }
 
+static int ack_fd = -1;
+
+static void on_submit_ack(void *arg, int status, const char *qid, const char *error)
+{
+    int *done = arg;
+    (*done)++;
+    if (status == 0) {
+        char line[TERN_QID_LEN + 1];
+        memcpy(line, qid, TERN_QID_LEN - 1);
+        line[TERN_QID_LEN - 1] = '\n';
+        if (write(ack_fd, line, TERN_QID_LEN) != TERN_QID_LEN)
+            _exit(3);
+    }
+}
+
+/* The child submits without end and reports each acknowledgement; it is
+ * killed mid-stream. Everything it reported must be in the spool. */
+static void kill9_child(const char *dir)
+{
+    tern_spool_opts o = {.segment_size = 256 * 1024, .group_commit_max = 64, .fsync = true};
+    tern_spool *s = NULL;
+    char *err = NULL;
+    if (tern_spool_open(dir, &o, &s, &err) != 0)
+        _exit(2);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_spool_client *c = tern_spool_client_new(s, &loop);
+    int sent = 0, done = 0;
+    uint8_t *data = pattern(2000, 9);
+    for (;;) {
+        while (sent - done < 32) {
+            tern_envelope e = env_basic();
+            tern_body *b = tern_body_new(&loop, tern_spool_tmpdir(s), 1000);
+            if (sent % 3 == 0) { /* some bodies in memory, some spilled */
+                tern_body_append(b, data, 900, NULL, NULL);
+            } else {
+                body_ctx bc = {0};
+                if (tern_body_append(b, data, 2000, on_body, &bc) == 1)
+                    run_until(&loop, &bc.calls, 1);
+            }
+            if (tern_spool_submit(c, &e, "", 0, b, on_submit_ack, &done) != 0)
+                _exit(4);
+            sent++;
+        }
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+}
+
+static void test_kill9(void **state)
+{
+#if defined(__SANITIZE_THREAD__)
+    skip(); /* TSan does not support threads in a child of fork */
+#endif
+    char *dir = tmpdir_new();
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(p[0]);
+        ack_fd = p[1];
+        kill9_child(dir);
+        _exit(0);
+    }
+    close(p[1]);
+    static char acked[20000][TERN_QID_LEN];
+    size_t n = 0;
+    char line[TERN_QID_LEN];
+    size_t got = 0;
+    bool killed = false;
+    for (;;) {
+        ssize_t r = read(p[0], line + got, sizeof(line) - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+        if (got < sizeof(line))
+            continue;
+        got = 0;
+        assert_int_equal(line[TERN_QID_LEN - 1], '\n');
+        if (n < 20000) {
+            memcpy(acked[n], line, TERN_QID_LEN - 1);
+            acked[n][TERN_QID_LEN - 1] = '\0';
+            n++;
+        }
+        if (n == 300 && !killed) {
+            kill(pid, SIGKILL);
+            killed = true;
+        }
+    }
+    close(p[0]);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFSIGNALED(st));
+    assert_true(n >= 300);
+    tern_spool *s = open_spool(dir, 0);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *d;
+        size_t len;
+        if (tern_spool_read_message(s, acked[i], &d, &len) != 0)
+            fail_msg("acknowledged message %s lost", acked[i]);
+        assert_true(len == 900 || len == 2000);
+        free(d);
+    }
+    assert_true(stats(s).live >= n);
+    print_message("kill -9: %zu acknowledged, %llu in the spool, %llu torn tails\n", n,
+                  (unsigned long long)stats(s).live, (unsigned long long)stats(s).torn_tails);
+    tern_spool_close(s);
+    tmpdir_free(dir);
+}
+
 int main(void)
 {
     /* Corruption tests log errors on purpose; keep the output readable. */
@@ -998,6 +1110,7 @@ int main(void)
         cmocka_unit_test(test_client_close_pending),
         cmocka_unit_test(test_sink),
         cmocka_unit_test(test_no_fsync_and_delay),
+        cmocka_unit_test(test_kill9),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
