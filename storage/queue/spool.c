@@ -1353,6 +1353,14 @@ static void enqueue(tern_spool *s, job *j)
     pthread_cond_signal(&s->qcond);
 }
 
+static bool qid_valid(const char *q)
+{
+    for (int i = 0; i < TERN_QID_LEN - 1; i++)
+        if (!((q[i] >= '0' && q[i] <= '9') || (q[i] >= 'A' && q[i] <= 'Z')))
+            return false;
+    return q[TERN_QID_LEN - 1] == '\0';
+}
+
 int tern_spool_submit(tern_spool_client *c, tern_envelope *env, const char *prefix,
                       size_t prefix_len, tern_body *body, tern_spool_submit_cb cb, void *arg)
 {
@@ -1374,7 +1382,13 @@ int tern_spool_submit(tern_spool_client *c, tern_envelope *env, const char *pref
     job *j = calloc(1, sizeof(*j));
     if (j == NULL)
         return -ENOMEM;
-    tern_qid(j->qid);
+    /* The session names the qid in our Received header before submitting,
+     * so a caller-chosen qid (16 chars of [0-9A-Z]) is kept; otherwise one
+     * is assigned here. */
+    if (qid_valid(env->qid))
+        memcpy(j->qid, env->qid, TERN_QID_LEN);
+    else
+        tern_qid(j->qid);
     tern_envelope copy = *env;
     memcpy(copy.qid, j->qid, TERN_QID_LEN);
     copy.size = size;

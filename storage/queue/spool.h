@@ -96,8 +96,10 @@ typedef void (*tern_spool_submit_cb)(void *arg, int status, const char *qid, con
 
 /* Takes ownership of `body` (freed by the spool) and copies what it needs
  * from `env` and `prefix` (our Received header, prepended to the stored
- * message) before returning. A qid is assigned here and written to
- * env->qid. Returns 0 or -errno (then nothing was taken). */
+ * message) before returning. When env->qid already holds a valid qid
+ * (from tern_qid) it is used, so the caller can name it in the message;
+ * otherwise one is assigned here and written to env->qid. The caller must
+ * not reuse a qid. Returns 0 or -errno (then nothing was taken). */
 int tern_spool_submit(tern_spool_client *c, tern_envelope *env, const char *prefix,
                       size_t prefix_len, tern_body *body, tern_spool_submit_cb cb, void *arg);
 

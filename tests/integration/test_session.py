@@ -178,6 +178,8 @@ def test_send_and_spool(tern):
     assert "127.0.0.1" in ours, ours
     assert re.search(rf"\bby {re.escape(HOSTNAME)}\b", ours), ours
     assert re.search(r"\bwith ESMTP\b", ours), ours
+    # the id in our trace header is the one the client was given
+    assert re.search(rf"\bid {qid}\b", ours), ours
     assert "TLS" not in ours, ours
 
 
