@@ -546,11 +546,18 @@ class Tern:
         logf.close()
         _live.append(self.proc)
         self.runs += 1
+        self.env = e
         if wait:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout=None):
+    def _logs_ready(self):
+        level = self.env.get("TERN_LOG") or self.config.get("server", {}).get("log_level", "info")
+        return "info" in level or "debug" in level
+
+    def wait_listening(self, timeout=None):
+        """Until every listener's port is in LISTEN state (no connection
+        made: probing would use up per-IP rate and connection slots)."""
         ports = {ln["port"] for ln in self.config["listeners"]}
         deadline = time.monotonic() + (timeout or 15 * SLOW)
         while time.monotonic() < deadline:
@@ -559,9 +566,16 @@ class Tern:
                                      + self.log_tail())
             if ports <= _listening_ports():
                 return
-            time.sleep(0.02)
+            time.sleep(0.005)
         raise AssertionError(f"ternd not listening on {sorted(ports)} after start-up:\n"
                              + self.log_tail())
+
+    def wait_ready(self, timeout=None):
+        """Ports listening, then `event=ready` when the log level shows it
+        (ternd installs its signal handlers just before logging it)."""
+        self.wait_listening(timeout)
+        if self._logs_ready():
+            self.wait_log(r"\bevent=ready\b", timeout=timeout or 15 * SLOW)
 
     @property
     def pid(self):
