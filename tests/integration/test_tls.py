@@ -125,6 +125,7 @@ def test_submission_starttls(tern):
     c.ehlo()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_tls_1_2_minimum(tern):
     ctx = client_context(maximum_version=ssl.TLSVersion.TLSv1_1,
                          minimum_version=ssl.TLSVersion.TLSv1)
