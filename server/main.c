@@ -2,6 +2,8 @@
  * set-up, then the runtime. Input: argv, TERN_CONFIG and TERN_LOG from the
  * environment, the config file (validated by conf/ before use). */
 #include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +77,16 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    /* Until the runtime installs its handlers, a SIGHUP or SIGTERM would
+     * take the default action and kill a server whose ports may already
+     * accept. Blocked here, before any thread exists (threads inherit the
+     * mask), and unblocked by the runtime once the handlers are in place. */
+    sigset_t ctl;
+    sigemptyset(&ctl);
+    sigaddset(&ctl, SIGHUP);
+    sigaddset(&ctl, SIGTERM);
+    sigaddset(&ctl, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &ctl, NULL);
     const char *path = getenv("TERN_CONFIG");
     const char *check = NULL;
     int c;

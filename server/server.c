@@ -589,6 +589,14 @@ int tern_server_run(const char *config_path, tern_config *cfg)
     uv_signal_start(&srv->sig_hup, server__on_hup, SIGHUP);
     uv_signal_start(&srv->sig_term, server__on_term, SIGTERM);
     uv_signal_start(&srv->sig_int, server__on_term, SIGINT);
+    /* main() blocked these before any thread started; every worker keeps
+     * them blocked, so they reach the main thread's handlers. */
+    sigset_t ctl;
+    sigemptyset(&ctl);
+    sigaddset(&ctl, SIGHUP);
+    sigaddset(&ctl, SIGTERM);
+    sigaddset(&ctl, SIGINT);
+    pthread_sigmask(SIG_UNBLOCK, &ctl, NULL);
     uv_timer_init(srv->loop, &srv->grace_timer);
     uv_timer_init(srv->loop, &srv->stop_timer);
     srv->grace_timer.data = srv->stop_timer.data = srv;
