@@ -111,6 +111,9 @@ typedef enum { TERN_STORAGE_LOCAL = 0, TERN_STORAGE_POSTGRES } tern_storage_back
 
 typedef struct tern_storage_conf {
     tern_storage_backend backend;  /* default local */
+    uint64_t changes_retention_ms; /* expunge records kept for QRESYNC/JMAP; default 30d */
+    uint64_t default_quota_bytes;  /* for new accounts; 0 = unlimited (default) */
+    uint32_t default_quota_messages; /* 0 = unlimited (default) */
 } tern_storage_conf;
 
 typedef struct tern_local_conf {

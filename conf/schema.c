@@ -290,6 +290,10 @@ static const schema_map spool_schema = {spool_fields, COUNT(spool_fields), NULL}
 
 static const field storage_fields[] = {
     F_ENUM("backend", tern_storage_conf, backend, backend_names, TERN_STORAGE_LOCAL, 0),
+    F_DURATION("changes_retention", tern_storage_conf, changes_retention_ms, HOUR, 3650 * DAY,
+               30 * DAY, 1),
+    F_SIZE("default_quota_bytes", tern_storage_conf, default_quota_bytes, 0, 1ull << 50, 0),
+    F_UINT("default_quota_messages", tern_storage_conf, default_quota_messages, 0, 100000000, 0, 0),
 };
 static const schema_map storage_schema = {storage_fields, COUNT(storage_fields), NULL};
 
