@@ -224,6 +224,8 @@ typedef enum {
 
 typedef enum { TERN_FLAGS_REPLACE = 0, TERN_FLAGS_ADD, TERN_FLAGS_REMOVE } tern_flags_mode;
 
+typedef struct tern_store tern_store;
+typedef struct tern_store_client tern_store_client;
 typedef struct tern_store_req tern_store_req;
 typedef void (*tern_store_cb)(tern_store_req *req);
 
@@ -298,9 +300,6 @@ struct tern_store_req {
 };
 
 /* ---- backends, clients ------------------------------------------------- */
-
-typedef struct tern_store tern_store;
-typedef struct tern_store_client tern_store_client;
 
 /* Opens the backend the config names (storage.backend), creating its
  * schema on first use and reconciling (local: files without rows and rows
