@@ -1,0 +1,150 @@
+"""Store fault tests, through tests/store/burst.c (build/tests/store/store_burst):
+
+- kill -9 in the middle of a burst of appends, then reopen the store: every
+  append that was acknowledged is there with its exact bytes, and nothing
+  half-written is visible (local backend, and pg);
+- PostgreSQL stopped (pg_ctl stop -m fast) and started again during a
+  burst: the calls in flight fail with ETEMP (their callbacks run, the
+  process does not crash) and later calls succeed.
+
+pg needs the cluster tools/test starts (TERN_TEST_PG_CONNINFO and
+TERN_PG_STATE from tests/pg/start); without it the pg cases are skipped.
+Trusts: the burst program's ACK lines, which the check step verifies
+against the store.
+"""
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from conftest import BUILD, ROOT, SLOW
+
+BURST = BUILD / "tests" / "store" / "store_burst"
+PG_CTL = ROOT / "tests" / "pg" / "ctl"
+
+pytestmark = pytest.mark.skipif(not BURST.exists(), reason="store_burst not built")
+
+
+def _pg_args():
+    if not os.environ.get("TERN_TEST_PG_CONNINFO") or not os.environ.get("TERN_PG_STATE"):
+        pytest.skip("no PostgreSQL cluster (tools/test starts one with tests/pg/start)")
+    return ["tern_fault_" + uuid.uuid4().hex[:12]]
+
+
+def _run(args, timeout=60 * SLOW):
+    p = subprocess.run([str(BURST)] + args, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture
+def store_dir():
+    with tempfile.TemporaryDirectory(prefix="tern-fault-") as d:
+        yield d
+
+
+def _acks(path):
+    with open(path) as f:
+        return sum(1 for line in f if line.startswith("ACK ") and line.endswith("\n"))
+
+
+def _kill_mid_burst(backend, store_dir, db):
+    base = [backend, store_dir] + db
+    rc, out, err = _run(["init"] + base)
+    if rc == 77:
+        pytest.skip(out.strip())
+    assert rc == 0, f"init failed: {out}{err}"
+    acks = os.path.join(store_dir, "acks")
+    for round_ in range(3):
+        # Each round appends on top of the last: the kill lands in a store
+        # that already went through a kill and a reopen.
+        with open(acks + str(round_), "w") as out_f:
+            p = subprocess.Popen([str(BURST), "append"] + base + ["100000", "8", "300"],
+                                 stdout=out_f, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 60 * SLOW
+            want = 40 + 30 * round_
+            while _acks(acks + str(round_)) < want and time.monotonic() < deadline:
+                assert p.poll() is None, f"burst ended early: {p.stderr.read().decode()}"
+                time.sleep(0.02)
+            assert _acks(acks + str(round_)) >= want, "no acknowledgements in time"
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=10)
+            p.stderr.close()
+        # Check against every ACK so far, across rounds.
+        with open(acks, "w") as all_f:
+            for k in range(round_ + 1):
+                with open(acks + str(k)) as f:
+                    all_f.write("".join(line for line in f if line.endswith("\n")))
+        rc, out, err = _run(["check"] + base + [acks], timeout=120 * SLOW)
+        assert rc == 0, f"after kill {round_ + 1}:\n{out}{err}"
+        assert out.startswith("OK "), out
+
+
+def test_kill9_mid_burst_local(store_dir):
+    _kill_mid_burst("local", store_dir, [])
+
+
+def test_kill9_mid_burst_pg(store_dir):
+    db = _pg_args()
+    try:
+        _kill_mid_burst("pg", store_dir, db)
+    finally:
+        _run(["drop", "pg", store_dir] + db)
+
+
+@pytest.mark.timeout(180 * SLOW)
+def test_pg_restart_during_burst(store_dir):
+    db = _pg_args()
+    base = ["pg", store_dir] + db
+    try:
+        rc, out, err = _run(["init"] + base)
+        if rc == 77:
+            pytest.skip(out.strip())
+        assert rc == 0, f"init failed: {out}{err}"
+        n = 600
+        log = os.path.join(store_dir, "acks")
+        with open(log, "w") as out_f:
+            p = subprocess.Popen([str(BURST), "append"] + base + [str(n), "8", str(150 * SLOW)],
+                                 stdout=out_f, stderr=subprocess.PIPE)
+            try:
+                deadline = time.monotonic() + 60 * SLOW
+                while _acks(log) < 50 and time.monotonic() < deadline:
+                    assert p.poll() is None, f"burst ended early: {p.stderr.read().decode()}"
+                    time.sleep(0.02)
+                assert _acks(log) >= 50
+                subprocess.run([str(PG_CTL), "halt"], check=True, timeout=60)
+                halted_at = _acks(log)
+                time.sleep(2)
+                subprocess.run([str(PG_CTL), "resume"], check=True, timeout=90)
+                rc = p.wait(timeout=150 * SLOW)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                # A failed halt or resume must not leave the cluster down
+                # for the tests after this one.
+                subprocess.run([str(PG_CTL), "resume"], timeout=90)
+            err = p.stderr.read().decode()
+            p.stderr.close()
+        lines = open(log).read().splitlines()
+        done = [line for line in lines if line.startswith("DONE ")]
+        errs = [line for line in lines if line.startswith("ERR ")]
+        etemp = [line for line in lines if line.startswith("ETEMP ")]
+        assert not errs, "failures other than ETEMP:\n" + "\n".join(errs[:10]) + err[-2000:]
+        assert done, f"burst did not finish (rc {rc}):\n{err[-2000:]}"
+        acked, n_etemp, n_err = (int(x) for x in done[0].split()[1:4])
+        assert rc == 0, f"burst rc {rc}: {done[0]}\n{err[-2000:]}"
+        assert acked == n
+        # The database was down for two seconds under a steady stream of
+        # appends: some of them must have been told so.
+        assert n_etemp > 0 and etemp, "no call failed with ETEMP while the database was down"
+        # ... and calls succeeded after the restart.
+        assert _acks(log) > halted_at
+        rc, out, err = _run(["check"] + base + [log], timeout=120 * SLOW)
+        assert rc == 0, f"{out}{err}"
+    finally:
+        _run(["drop", "pg", store_dir] + db)
