@@ -58,7 +58,11 @@ int tern_index_contains(const char *haystack, size_t hlen, const char *needle, s
  * message/rfc822 parts are walked into; other parts (images,
  * application/x) are skipped. Matching is ASCII case-insensitive, over
  * UTF-8, across chunk boundaries, not across parts. An empty needle
- * matches every message. State is bounded (a few KiB) whatever the input.
+ * matches every message. State is bounded (about 24 KiB, most of it the
+ * header parser) whatever the input. Text in UTF-8, in no declared charset
+ * or in one iconv does not know is matched as UTF-8 where valid and as
+ * Latin-1 elsewhere (as header values are decoded); bytes a known charset
+ * rejects become U+FFFD. HTML is matched with its markup.
  *
  * tern_body_matcher_new matches the body only (BODY); _new_text also
  * matches every header field, as "name: decoded value" (TEXT). */
