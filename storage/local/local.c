@@ -1,0 +1,574 @@
+/* The local backend's engine: open (directories, lock, SQLite, schema,
+ * reconciliation), the one backend thread that runs every request, and
+ * group commit. Input trusted: requests from store.c (parameters already
+ * syntax-checked by our protocol code); the mail directory and the
+ * database are ours but are re-checked by reconciliation at open.
+ *
+ * Why one thread: SQLite serialises writers anyway, and a single owner of
+ * the connection needs no locking around statements. Throughput comes from
+ * batching instead: the thread takes every request queued while it was
+ * busy and runs them in one transaction (one SAVEPOINT each, so one
+ * failing request does not sink the others), with one fsync per touched
+ * directory and one WAL fsync (synchronous=FULL) for the whole batch.
+ *
+ * Durability order for a new message: file written in tmp/, fsync, rename
+ * into cur/, directory fsync, then COMMIT. A crash before the COMMIT leaves
+ * a file without a row, which reconciliation indexes: nothing acknowledged
+ * is lost and nothing is lost silently.
+ *
+ * Several processes: the first opener takes an exclusive flock on
+ * <path>/.tern.lock and is the only one that reconciles and cleans tmp/
+ * (a second opener, e.g. ternctl beside ternd, would otherwise delete
+ * files being written). Change events stay within the process. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/log.h"
+#include "lib/util.h"
+#include "storage/local/local_internal.h"
+
+#define BATCH_MAX 1024
+#define PRUNE_EVERY_MS (10u * 60u * 1000u)
+
+int64_t local_now(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* ---- statements and errors ------------------------------------------- */
+
+sqlite3_stmt *local_stmt(local_store *L, const char *sql)
+{
+    size_t h = (size_t)(((uintptr_t)sql >> 3) * 2654435761u) % LOCAL_STMT_SLOTS;
+    for (size_t i = 0; i < LOCAL_STMT_SLOTS; i++) {
+        lstmt_slot *s = &L->stmts[(h + i) % LOCAL_STMT_SLOTS];
+        if (s->sql == sql) {
+            sqlite3_reset(s->st);
+            sqlite3_clear_bindings(s->st);
+            return s->st;
+        }
+        if (s->sql == NULL) {
+            if (sqlite3_prepare_v3(L->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->st, NULL) !=
+                SQLITE_OK) {
+                TLOG_ERR("store", "event=sql_prepare_failed error=\"%s\" sql=\"%.80s\"",
+                         sqlite3_errmsg(L->db), sql);
+                s->st = NULL;
+                return NULL;
+            }
+            s->sql = sql;
+            return s->st;
+        }
+    }
+    TLOG_ERR("store", "event=sql_cache_full");
+    return NULL;
+}
+
+int local_db_fail(local_store *L, tern_store_req *req, int rc, const char *what)
+{
+    int status = TERN_STORE_EIO;
+    int prim = rc & 0xff;
+    int err = sqlite3_system_errno(L->db);
+    if (prim == SQLITE_FULL || prim == SQLITE_BUSY || prim == SQLITE_LOCKED ||
+        prim == SQLITE_NOMEM || (prim == SQLITE_IOERR && (err == ENOSPC || err == EDQUOT)))
+        status = TERN_STORE_ETEMP;
+    TLOG_WARN("store", "event=sqlite_error what=%s rc=%d errno=%d error=\"%s\"", what, rc, err,
+              sqlite3_errmsg(L->db));
+    if (req == NULL)
+        return status;
+    return tern_store__fail(req, status, "%s: %s", what, sqlite3_errmsg(L->db));
+}
+
+int local_errno_fail(tern_store_req *req, int err, const char *what, const char *path)
+{
+    int status = TERN_STORE_EIO;
+    if (err == ENOSPC || err == EDQUOT || err == EMFILE || err == ENFILE || err == ENOMEM ||
+        err == EAGAIN)
+        status = TERN_STORE_ETEMP;
+    TLOG_WARN("store", "event=file_error what=%s path=\"%s\" error=\"%s\"", what,
+              path ? path : "", strerror(err));
+    if (req == NULL)
+        return status;
+    return tern_store__fail(req, status, "%s %s: %s", what, path ? path : "", strerror(err));
+}
+
+int local_step(local_store *L, tern_store_req *req, sqlite3_stmt *st)
+{
+    if (st == NULL)
+        return req ? tern_store__fail(req, TERN_STORE_EIO, "statement unavailable")
+                   : TERN_STORE_EIO;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        return 1;
+    if (rc == SQLITE_DONE)
+        return 0;
+    int r = local_db_fail(L, req, sqlite3_extended_errcode(L->db), "step");
+    sqlite3_reset(st);
+    return r;
+}
+
+int local_run(local_store *L, tern_store_req *req, sqlite3_stmt *st)
+{
+    int r = local_step(L, req, st);
+    if (r < 0)
+        return r;
+    sqlite3_reset(st);
+    return TERN_STORE_OK;
+}
+
+int local_exec(local_store *L, tern_store_req *req, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(L->db, sql, NULL, NULL, &msg);
+    sqlite3_free(msg);
+    if (rc != SQLITE_OK)
+        return local_db_fail(L, req, sqlite3_extended_errcode(L->db), "exec");
+    return TERN_STORE_OK;
+}
+
+char *local_col_text(tern_arena *a, sqlite3_stmt *st, int col)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    if (t == NULL)
+        return NULL;
+    return tern_arena_strndup(a, (const char *)t, (size_t)sqlite3_column_bytes(st, col));
+}
+
+/* ---- effects ---------------------------------------------------------- */
+
+void local_effect(local_store *L, leffect_kind kind, const char *a, const char *b)
+{
+    leffect *e = tern_arena_alloc(&L->batch, sizeof *e);
+    if (e == NULL)
+        return; /* out of memory: the effect is lost, reconciliation repairs */
+    e->kind = kind;
+    e->a = a ? tern_arena_strdup(&L->batch, a) : NULL;
+    e->b = b ? tern_arena_strdup(&L->batch, b) : NULL;
+    e->next = L->ctx->effects;
+    L->ctx->effects = e;
+}
+
+void local_event(local_store *L, const char *account, uint64_t mailbox_id, uint64_t modseq)
+{
+    for (lnotify *n = L->ctx->events; n; n = n->next)
+        if (n->mailbox_id == mailbox_id && strcmp(n->account, account) == 0) {
+            if (modseq > n->modseq)
+                n->modseq = modseq;
+            return;
+        }
+    lnotify *n = tern_arena_alloc(&L->batch, sizeof *n);
+    if (n == NULL)
+        return;
+    n->account = tern_arena_strdup(&L->batch, account);
+    n->mailbox_id = mailbox_id;
+    n->modseq = modseq;
+    n->next = L->ctx->events;
+    L->ctx->events = n;
+}
+
+void local_sync_dir(local_store *L, const char *dir)
+{
+    for (size_t i = 0; i < L->n_sync_dirs; i++)
+        if (strcmp(L->sync_dirs[i], dir) == 0)
+            return;
+    if (L->n_sync_dirs == L->cap_sync_dirs) {
+        size_t cap = L->cap_sync_dirs ? L->cap_sync_dirs * 2 : 16;
+        char **n = tern_arena_alloc(&L->batch, cap * sizeof *n);
+        if (n == NULL)
+            return;
+        if (L->n_sync_dirs)
+            memcpy(n, L->sync_dirs, L->n_sync_dirs * sizeof *n);
+        L->sync_dirs = n;
+        L->cap_sync_dirs = cap;
+    }
+    L->sync_dirs[L->n_sync_dirs++] = tern_arena_strdup(&L->batch, dir);
+}
+
+static void undo_effects(lctx *c)
+{
+    for (leffect *e = c->effects; e; e = e->next) {
+        switch (e->kind) {
+        case LEFF_UNDO_UNLINK:
+            if (unlink(e->a) != 0 && errno != ENOENT)
+                TLOG_WARN("store", "event=undo_failed op=unlink path=\"%s\" error=\"%s\"", e->a,
+                          strerror(errno));
+            break;
+        case LEFF_UNDO_RENAME:
+            if (rename(e->b, e->a) != 0)
+                TLOG_WARN("store", "event=undo_failed op=rename from=\"%s\" to=\"%s\" error=\"%s\"",
+                          e->b, e->a, strerror(errno));
+            break;
+        case LEFF_UNDO_RMDIR:
+            local_rmtree(e->a);
+            break;
+        default:
+            break;
+        }
+    }
+    c->effects = NULL;
+    c->events = NULL;
+}
+
+static void post_effects(local_store *L, lctx *c)
+{
+    /* Unlinks were queued newest first; order does not matter here. */
+    for (leffect *e = c->effects; e; e = e->next) {
+        if (e->kind == LEFF_POST_UNLINK) {
+            if (unlink(e->a) != 0 && errno != ENOENT)
+                TLOG_WARN("store", "event=unlink_failed path=\"%s\" error=\"%s\"", e->a,
+                          strerror(errno));
+            L->unlink_pending = true;
+        } else if (e->kind == LEFF_POST_RMTREE) {
+            local_rmtree(e->a);
+        }
+    }
+}
+
+/* ---- the thread ---------------------------------------------------------- */
+
+/* Ops that move or remove directories run in a batch of their own, so that
+ * paths recorded by earlier requests (unlinks after commit) stay valid. */
+static bool is_structural(tern_store_op op)
+{
+    return op == TERN_STORE_MAILBOX_RENAME || op == TERN_STORE_MAILBOX_DELETE ||
+           op == TERN_STORE_ACCOUNT_DELETE;
+}
+
+static int dispatch(local_store *L, tern_store_req *req)
+{
+    switch (req->op) {
+    case TERN_STORE_DOMAIN_ADD: case TERN_STORE_DOMAIN_REMOVE: case TERN_STORE_DOMAIN_LIST:
+    case TERN_STORE_ACCOUNT_CREATE: case TERN_STORE_ACCOUNT_DELETE: case TERN_STORE_ACCOUNT_GET:
+    case TERN_STORE_ACCOUNT_LIST: case TERN_STORE_ACCOUNT_SET_PASSWORD:
+    case TERN_STORE_ACCOUNT_SET_QUOTA: case TERN_STORE_ALIAS_ADD: case TERN_STORE_ALIAS_REMOVE:
+    case TERN_STORE_ALIAS_LIST: case TERN_STORE_RCPT_LOOKUP:
+        return local_op_directory(L, req);
+    case TERN_STORE_MAILBOX_CREATE: case TERN_STORE_MAILBOX_RENAME:
+    case TERN_STORE_MAILBOX_DELETE: case TERN_STORE_MAILBOX_LIST:
+    case TERN_STORE_MAILBOX_STATUS: case TERN_STORE_MAILBOX_SUBSCRIBE:
+    case TERN_STORE_MAILBOX_SET_SPECIAL:
+        return local_op_mailbox(L, req);
+    case TERN_STORE_SEARCH:
+        return local_op_search(L, req);
+    case TERN_STORE_APPEND: case TERN_STORE_FETCH: case TERN_STORE_FETCH_BODY:
+    case TERN_STORE_SET_FLAGS: case TERN_STORE_COPY: case TERN_STORE_MOVE:
+    case TERN_STORE_EXPUNGE: case TERN_STORE_CHANGES: case TERN_STORE_QUOTA_GET:
+        return local_op_message(L, req);
+    default:
+        return tern_store__fail(req, TERN_STORE_EINVAL, "unknown operation %d", (int)req->op);
+    }
+}
+
+static void reset_statements(local_store *L)
+{
+    for (sqlite3_stmt *st = sqlite3_next_stmt(L->db, NULL); st; st = sqlite3_next_stmt(L->db, st))
+        if (sqlite3_stmt_busy(st))
+            sqlite3_reset(st);
+}
+
+static void fail_group(tern_store_req **reqs, lctx *ctxs, size_t n, int status, const char *why)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (reqs[i]->status == TERN_STORE_OK)
+            tern_store__fail(reqs[i], status, "%s", why);
+        undo_effects(&ctxs[i]);
+    }
+}
+
+/* Runs reqs[0..n) in one transaction; completes none of them. */
+static void run_group(local_store *L, tern_store_req **reqs, lctx *ctxs, size_t n)
+{
+    L->n_sync_dirs = 0;
+    if (local_exec(L, NULL, "BEGIN IMMEDIATE") != TERN_STORE_OK) {
+        int st = local_db_fail(L, NULL, sqlite3_extended_errcode(L->db), "begin");
+        for (size_t i = 0; i < n; i++)
+            tern_store__fail(reqs[i], st, "begin: %s", sqlite3_errmsg(L->db));
+        return;
+    }
+    if (L->unlink_pending) {
+        if (local_exec(L, NULL, "DELETE FROM pending_unlink") == TERN_STORE_OK)
+            L->unlink_pending = false;
+    }
+    if (L->retention_ms && tern_now_ms() - L->last_prune_ms > PRUNE_EVERY_MS) {
+        L->last_prune_ms = tern_now_ms();
+        local_exec(L, NULL, "SAVEPOINT prune");
+        if (local_prune_expunged(L, NULL) != TERN_STORE_OK)
+            local_exec(L, NULL, "ROLLBACK TO prune");
+        local_exec(L, NULL, "RELEASE prune");
+    }
+    for (size_t i = 0; i < n; i++) {
+        tern_store_req *req = reqs[i];
+        L->ctx = &ctxs[i];
+        if (local_exec(L, req, "SAVEPOINT r") != TERN_STORE_OK)
+            continue;
+        req->status = TERN_STORE_OK;
+        int st = dispatch(L, req);
+        reset_statements(L);
+        if (st != TERN_STORE_OK) {
+            if (req->status == TERN_STORE_OK)
+                req->status = st;
+            undo_effects(&ctxs[i]);
+            if (sqlite3_get_autocommit(L->db)) {
+                /* SQLite rolled the whole transaction back (disk full, I/O
+                 * error): every earlier request of the group is undone. */
+                fail_group(reqs, ctxs, i, req->status, req->error);
+                for (size_t j = i + 1; j < n; j++)
+                    tern_store__fail(reqs[j], req->status, "%s", req->error);
+                return;
+            }
+            local_exec(L, NULL, "ROLLBACK TO r");
+        }
+        local_exec(L, NULL, "RELEASE r");
+    }
+    L->ctx = NULL;
+    for (size_t i = 0; i < L->n_sync_dirs; i++) {
+        if (local_fsync_path(L->sync_dirs[i]) != 0) {
+            int err = errno;
+            local_exec(L, NULL, "ROLLBACK");
+            char why[200];
+            snprintf(why, sizeof why, "fsync %s: %s", L->sync_dirs[i], strerror(err));
+            fail_group(reqs, ctxs, n, local_errno_fail(NULL, err, "fsync", L->sync_dirs[i]), why);
+            return;
+        }
+    }
+    if (local_exec(L, NULL, "COMMIT") != TERN_STORE_OK) {
+        int st = local_db_fail(L, NULL, sqlite3_extended_errcode(L->db), "commit");
+        char why[200];
+        snprintf(why, sizeof why, "commit: %s", sqlite3_errmsg(L->db));
+        if (!sqlite3_get_autocommit(L->db))
+            local_exec(L, NULL, "ROLLBACK");
+        fail_group(reqs, ctxs, n, st, why);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (reqs[i]->status != TERN_STORE_OK)
+            continue;
+        post_effects(L, &ctxs[i]);
+        for (lnotify *e = ctxs[i].events; e; e = e->next)
+            tern_store__notify(L->store, e->account, e->mailbox_id, e->modseq);
+    }
+}
+
+static void run_batch(local_store *L, tern_store_req **reqs, size_t n)
+{
+    tern_arena_reset(&L->batch);
+    L->sync_dirs = NULL;
+    L->cap_sync_dirs = 0;
+    lctx *ctxs = tern_arena_alloc(&L->batch, n * sizeof *ctxs);
+    if (ctxs == NULL) {
+        for (size_t i = 0; i < n; i++) {
+            tern_store__fail(reqs[i], TERN_STORE_ETEMP, "out of memory");
+            tern_store__complete(reqs[i]);
+        }
+        return;
+    }
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i + 1;
+        if (!is_structural(reqs[i]->op))
+            while (j < n && !is_structural(reqs[j]->op))
+                j++;
+        run_group(L, reqs + i, ctxs + i, j - i);
+        for (size_t k = i; k < j; k++)
+            tern_store__complete(reqs[k]);
+        i = j;
+    }
+}
+
+static void *thread_main(void *arg)
+{
+    local_store *L = arg;
+    tern_store_req **batch = malloc(BATCH_MAX * sizeof *batch);
+    if (batch == NULL)
+        abort();
+    for (;;) {
+        pthread_mutex_lock(&L->mu);
+        while (L->n_queue == 0 && !L->stopping)
+            pthread_cond_wait(&L->cv, &L->mu);
+        if (L->n_queue == 0 && L->stopping) {
+            pthread_mutex_unlock(&L->mu);
+            break;
+        }
+        size_t n = L->n_queue < BATCH_MAX ? L->n_queue : BATCH_MAX;
+        memcpy(batch, L->queue, n * sizeof *batch);
+        memmove(L->queue, L->queue + n, (L->n_queue - n) * sizeof *L->queue);
+        L->n_queue -= n;
+        pthread_mutex_unlock(&L->mu);
+        run_batch(L, batch, n);
+    }
+    free(batch);
+    return NULL;
+}
+
+/* ---- the backend table --------------------------------------------------- */
+
+static int mkdir_p(const char *path)
+{
+    char buf[4096];
+    size_t len = strlen(path);
+    if (len >= sizeof buf)
+        return -1;
+    memcpy(buf, path, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (buf[i] == '/' || buf[i] == '\0') {
+            char c = buf[i];
+            buf[i] = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+                return -1;
+            buf[i] = c;
+        }
+    }
+    return 0;
+}
+
+static void local_free(local_store *L)
+{
+    for (size_t i = 0; i < LOCAL_STMT_SLOTS; i++)
+        if (L->stmts[i].st)
+            sqlite3_finalize(L->stmts[i].st);
+    if (L->db)
+        sqlite3_close(L->db);
+    if (L->lock_fd >= 0)
+        close(L->lock_fd);
+    tern_arena_free(&L->batch);
+    free(L->queue);
+    free(L->root);
+    free(L->db_path);
+    pthread_mutex_destroy(&L->mu);
+    pthread_cond_destroy(&L->cv);
+    free(L);
+}
+
+static int open_fail(local_store *L, char **error_r, const char *what, const char *arg)
+{
+    if (error_r) {
+        size_t n = strlen(what) + strlen(arg) + 1;
+        if ((*error_r = malloc(n)) != NULL) {
+            memcpy(*error_r, what, strlen(what));
+            memcpy(*error_r + strlen(what), arg, strlen(arg) + 1);
+        }
+    }
+    local_free(L);
+    return -1;
+}
+
+static int local_open(const tern_config *cfg, tern_store *store, void **impl_r, char **error_r)
+{
+    local_store *L = calloc(1, sizeof *L);
+    if (L == NULL) {
+        if (error_r)
+            *error_r = strdup("out of memory");
+        return -1;
+    }
+    L->lock_fd = -1;
+    pthread_mutex_init(&L->mu, NULL);
+    pthread_cond_init(&L->cv, NULL);
+    tern_arena_init(&L->batch, 64 * 1024);
+    L->store = store;
+    L->retention_ms = cfg->storage.changes_retention_ms;
+    L->default_quota_bytes = cfg->storage.default_quota_bytes;
+    L->default_quota_messages = cfg->storage.default_quota_messages;
+    const char *path = cfg->local.path;
+    if (path == NULL || path[0] != '/')
+        return open_fail(L, error_r, "local.path must be an absolute path: ",
+                         path ? path : "unset");
+    L->root = strdup(path);
+    size_t rl = strlen(L->root);
+    while (rl > 1 && L->root[rl - 1] == '/')
+        L->root[--rl] = '\0';
+    char host[256];
+    if (gethostname(host, sizeof host) != 0)
+        strcpy(host, "localhost");
+    host[sizeof host - 1] = '\0';
+    local_sanitize_hostname(host, L->hostname, sizeof L->hostname);
+
+    if (mkdir_p(L->root) != 0)
+        return open_fail(L, error_r, "cannot create ", L->root);
+    char lock_path[4200];
+    snprintf(lock_path, sizeof lock_path, "%s/.tern.lock", L->root);
+    L->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (L->lock_fd < 0)
+        return open_fail(L, error_r, "cannot open ", lock_path);
+    L->owner = flock(L->lock_fd, LOCK_EX | LOCK_NB) == 0;
+
+    size_t dl = strlen(L->root) + 32;
+    L->db_path = malloc(dl);
+    snprintf(L->db_path, dl, "%s/.tern.sqlite", L->root);
+    if (sqlite3_open_v2(L->db_path, &L->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK)
+        return open_fail(L, error_r, "cannot open database ", L->db_path);
+    sqlite3_busy_timeout(L->db, 5000);
+    if (local_schema_create(L, error_r) != 0) {
+        local_free(L);
+        return -1;
+    }
+    if (L->owner) {
+        if (local_reconcile(L, error_r) != 0) {
+            local_free(L);
+            return -1;
+        }
+    } else {
+        TLOG_WARN("store", "event=store_shared path=\"%s\" note=\"another process holds the "
+                  "lock; no reconciliation\"", L->root);
+    }
+    L->last_prune_ms = 0;
+    if (pthread_create(&L->thread, NULL, thread_main, L) != 0)
+        return open_fail(L, error_r, "cannot start the store thread", "");
+    L->started = true;
+    TLOG_INFO("store", "event=store_open backend=local path=\"%s\" owner=%d", L->root, L->owner);
+    *impl_r = L;
+    return 0;
+}
+
+static void local_close(void *impl)
+{
+    local_store *L = impl;
+    if (L == NULL)
+        return;
+    pthread_mutex_lock(&L->mu);
+    L->stopping = true;
+    pthread_cond_signal(&L->cv);
+    pthread_mutex_unlock(&L->mu);
+    if (L->started)
+        pthread_join(L->thread, NULL);
+    local_free(L);
+}
+
+static void local_submit(void *impl, tern_store_req *req)
+{
+    local_store *L = impl;
+    pthread_mutex_lock(&L->mu);
+    if (L->n_queue == L->cap_queue) {
+        size_t cap = L->cap_queue ? L->cap_queue * 2 : 64;
+        tern_store_req **q = realloc(L->queue, cap * sizeof *q);
+        if (q == NULL) {
+            pthread_mutex_unlock(&L->mu);
+            /* Cannot queue: fail it through the normal completion path,
+             * which runs the callback on the client's loop later. */
+            tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+            tern_store__complete(req);
+            return;
+        }
+        L->queue = q;
+        L->cap_queue = cap;
+    }
+    L->queue[L->n_queue++] = req;
+    pthread_cond_signal(&L->cv);
+    pthread_mutex_unlock(&L->mu);
+}
+
+const tern_store_backend tern_store_backend_local = {
+    .name = "local",
+    .open = local_open,
+    .close = local_close,
+    .submit = local_submit,
+    .watch_changed = NULL,
+};

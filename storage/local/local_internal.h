@@ -1,0 +1,193 @@
+/* What the files of the local backend (Maildir bodies + SQLite metadata)
+ * share. Everything declared here runs on the backend's one thread; nothing
+ * here is safe to call from another thread except local.c's submit path.
+ *
+ * Transactions: the thread takes every queued request and runs them inside
+ * one SQLite transaction, each request under its own SAVEPOINT. File
+ * changes a request makes before the commit are recorded as effects so that
+ * a failed request (or a failed COMMIT) can undo them; unlinks wait until
+ * after the commit (and are recorded in the private table pending_unlink,
+ * so a crash in between cannot resurrect an expunged message). */
+#ifndef TERN_LOCAL_INTERNAL_H
+#define TERN_LOCAL_INTERNAL_H
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "storage/store_backend.h"
+
+#define LOCAL_SCHEMA_VERSION "1"
+#define LOCAL_FETCH_BODY_MAX (1u << 20)
+#define LOCAL_HEADER_MAX (256u * 1024u) /* what tern_msg_index_build reads */
+#define LOCAL_STMT_SLOTS 256
+
+typedef enum {
+    LEFF_UNDO_UNLINK = 1, /* a file we created: unlink it on rollback */
+    LEFF_UNDO_RENAME,     /* a rename a -> b: rename b back to a on rollback */
+    LEFF_UNDO_RMDIR,      /* a mailbox folder we created: remove it on rollback */
+    LEFF_POST_UNLINK,     /* unlink after commit */
+    LEFF_POST_RMTREE,     /* remove a directory tree after commit */
+} leffect_kind;
+
+typedef struct leffect {
+    leffect_kind kind;
+    char *a, *b;
+    struct leffect *next;
+} leffect;
+
+typedef struct lnotify {
+    char *account;
+    uint64_t mailbox_id, modseq;
+    struct lnotify *next;
+} lnotify;
+
+/* One request's pending file effects and events, in the batch arena. */
+typedef struct lctx {
+    leffect *effects; /* newest first */
+    lnotify *events;
+} lctx;
+
+typedef struct lstmt_slot {
+    const char *sql;
+    sqlite3_stmt *st;
+} lstmt_slot;
+
+typedef struct local_store {
+    tern_store *store;
+    char *root;            /* cfg->local.path, no trailing '/' */
+    char *db_path;
+    char hostname[128];    /* sanitized for Maildir names */
+    uint64_t retention_ms;
+    uint64_t default_quota_bytes, default_quota_messages;
+    sqlite3 *db;
+    int lock_fd;
+    bool owner;            /* holds the lock: reconciles, cleans tmp/ */
+
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    tern_store_req **queue;
+    size_t n_queue, cap_queue;
+    bool stopping;
+    bool started;
+
+    lstmt_slot stmts[LOCAL_STMT_SLOTS];
+    uint64_t file_seq;     /* the Q part of unique file names */
+    uint64_t last_prune_ms;
+    bool unlink_pending;   /* pending_unlink has rows that are done */
+
+    /* The batch being run. */
+    tern_arena batch;
+    lctx *ctx;             /* the request being run */
+    char **sync_dirs;      /* directories to fsync before COMMIT */
+    size_t n_sync_dirs, cap_sync_dirs;
+} local_store;
+
+typedef struct lacct {
+    int64_t id;
+    char *name;
+    char *maildir;         /* absolute path of the account's Maildir */
+    uint64_t quota_bytes, quota_messages, used_bytes, used_messages;
+    uint64_t highest_modseq;
+} lacct;
+
+typedef struct lmbox {
+    int64_t id;
+    char *name;
+    char *dir;             /* absolute folder path (Maildir root for INBOX) */
+    unsigned special_use;
+    bool subscribed;
+    uint32_t uidvalidity, uidnext;
+    uint64_t highest_modseq, expunged_below;
+} lmbox;
+
+/* local.c: statements and errors */
+sqlite3_stmt *local_stmt(local_store *L, const char *sql);
+/* Steps: 1 row, 0 done, or a negative TERN_STORE_E* after failing req. */
+int local_step(local_store *L, tern_store_req *req, sqlite3_stmt *st);
+/* Runs a statement to completion (no rows expected). */
+int local_run(local_store *L, tern_store_req *req, sqlite3_stmt *st);
+int local_exec(local_store *L, tern_store_req *req, const char *sql);
+int local_db_fail(local_store *L, tern_store_req *req, int rc, const char *what);
+int local_errno_fail(tern_store_req *req, int err, const char *what, const char *path);
+void local_effect(local_store *L, leffect_kind kind, const char *a, const char *b);
+void local_event(local_store *L, const char *account, uint64_t mailbox_id, uint64_t modseq);
+void local_sync_dir(local_store *L, const char *dir);
+char *local_col_text(tern_arena *a, sqlite3_stmt *st, int col);
+int64_t local_now(void);
+
+/* local_schema.c */
+int local_schema_create(local_store *L, char **error_r);
+int local_prune_expunged(local_store *L, tern_store_req *req);
+
+/* local_maildir.c: names and files (pure helpers first) */
+/* Mailbox name <-> Maildir++ folder name (without the leading '.').
+ * Returns NULL when the name cannot be encoded (too long). */
+char *local_folder_encode(tern_arena *a, const char *name);
+char *local_folder_decode(tern_arena *a, const char *folder);
+char *local_localpart_encode(tern_arena *a, const char *localpart);
+/* "DFRST" letters for TERN_FLAG_*, sorted, into buf (>= 6 bytes). */
+void local_flag_letters(unsigned flags, char *buf);
+unsigned local_flags_from_name(const char *filename);
+/* The part of a file name before ":2," (or the whole name). */
+size_t local_base_len(const char *filename);
+char *local_file_name(local_store *L, tern_arena *a, uint64_t size, unsigned flags);
+char *local_rename_flags(tern_arena *a, const char *filename, unsigned flags);
+void local_sanitize_hostname(const char *in, char *out, size_t size);
+char *local_account_maildir(local_store *L, tern_arena *a, const char *account);
+char *local_mailbox_dir(tern_arena *a, const char *maildir, const char *name);
+/* Relative folder prefix of a mailbox ("" for INBOX, ".A.B/" otherwise). */
+char *local_mailbox_rel(tern_arena *a, const char *name);
+int local_mkdir_folder(const char *dir);
+int local_fsync_path(const char *path);
+int local_rmtree(const char *path);
+/* Writes a message into dir/tmp, fsyncs, renames into dir/cur. Either
+ * `data`/`len` or `src_path` gives the bytes. Returns 0 or -errno; on
+ * success *name_r is the file name in cur/, *size_r its size, and `head`
+ * holds up to LOCAL_HEADER_MAX first bytes (malloc'd, caller frees). */
+int local_write_message(local_store *L, tern_arena *a, const char *dir, const uint8_t *data,
+                        size_t len, const char *src_path, unsigned flags, int64_t mtime,
+                        char **name_r, uint64_t *size_r, uint8_t **head_r, size_t *head_len_r);
+/* Reads up to LOCAL_HEADER_MAX first bytes of a file (malloc'd). */
+int local_read_head(const char *path, uint8_t **head_r, size_t *len_r);
+
+/* local_directory.c */
+int local_account_get(local_store *L, tern_store_req *req, const char *name, lacct *out);
+int local_mailbox_get(local_store *L, tern_store_req *req, const lacct *a, const char *name,
+                      lmbox *out);
+int local_mailbox_insert(local_store *L, tern_store_req *req, lacct *a, const char *name,
+                         unsigned special_use, bool make_dir, lmbox *out);
+uint64_t local_next_modseq(local_store *L, tern_store_req *req, lacct *a);
+int local_op_directory(local_store *L, tern_store_req *req);
+int local_op_mailbox(local_store *L, tern_store_req *req);
+
+/* local_messages.c */
+int local_op_message(local_store *L, tern_store_req *req);
+/* The account and mailbox a message request names (in.account, in.name). */
+int local_target(local_store *L, tern_store_req *req, lacct *a, lmbox *m);
+/* A uid set with "*" resolved, sorted and merged (malloc'd; *n_r may be 0). */
+int local_uid_ranges(local_store *L, tern_store_req *req, const lmbox *m, const tern_uid_set *set,
+                     tern_uid_range **out_r, size_t *n_r);
+/* Records a file for unlinking once the COMMIT is durable. */
+int local_unlink_later(local_store *L, tern_store_req *req, const char *abs_path);
+/* Sets mailboxes.highest_modseq (and uidnext when nonzero). */
+int local_mailbox_touch(local_store *L, tern_store_req *req, lmbox *m, uint64_t modseq,
+                        uint32_t uidnext);
+/* local_flags.c */
+int local_set_flags(local_store *L, tern_store_req *req);
+/* Indexes a file already in a folder's cur/ (reconciliation). */
+int local_insert_message(local_store *L, tern_store_req *req, lacct *a, lmbox *m,
+                         const char *rel_path, uint64_t size, unsigned flags,
+                         const tern_keywords *kw, int64_t internal_date, const uint8_t *head,
+                         size_t head_len, tern_append_result *res);
+int local_delete_rows(local_store *L, tern_store_req *req, int64_t msg_id);
+int local_add_file_message(local_store *L, tern_store_req *req, lacct *a, lmbox *m,
+                           const char *cur_name);
+int local_reconcile(local_store *L, char **error_r);
+
+/* local_search.c */
+int local_op_search(local_store *L, tern_store_req *req);
+
+#endif
