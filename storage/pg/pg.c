@@ -1,0 +1,741 @@
+/* The `postgres` store backend: the backend table, the backend thread and
+ * its loop, the job queue, and the driver that runs a job's statements
+ * (BEGIN ... NOTIFY ... COMMIT/ROLLBACK around the op's own ones) and maps
+ * PostgreSQL errors to TERN_STORE_E*. Connections live in pg_pool.c, the
+ * ops in pg_directory.c, pg_messages.c and pg_search.c.
+ *
+ * Input trusted: requests from store.c (our own code); notification
+ * payloads from the database, which any client of it could have sent, so
+ * they are parsed defensively. */
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/log.h"
+#include "lib/util.h"
+#include "storage/pg/pg_internal.h"
+
+static const pg_op_fn pg_ops[TERN_STORE__OP_COUNT] = {
+    [TERN_STORE_DOMAIN_ADD] = pg_op_domain_add,
+    [TERN_STORE_DOMAIN_REMOVE] = pg_op_domain_remove,
+    [TERN_STORE_DOMAIN_LIST] = pg_op_domain_list,
+    [TERN_STORE_ACCOUNT_CREATE] = pg_op_account_create,
+    [TERN_STORE_ACCOUNT_DELETE] = pg_op_account_delete,
+    [TERN_STORE_ACCOUNT_GET] = pg_op_account_get,
+    [TERN_STORE_ACCOUNT_LIST] = pg_op_account_list,
+    [TERN_STORE_ACCOUNT_SET_PASSWORD] = pg_op_account_set_password,
+    [TERN_STORE_ACCOUNT_SET_QUOTA] = pg_op_account_set_quota,
+    [TERN_STORE_ALIAS_ADD] = pg_op_alias_add,
+    [TERN_STORE_ALIAS_REMOVE] = pg_op_alias_remove,
+    [TERN_STORE_ALIAS_LIST] = pg_op_alias_list,
+    [TERN_STORE_RCPT_LOOKUP] = pg_op_rcpt_lookup,
+    [TERN_STORE_MAILBOX_CREATE] = pg_op_mailbox_create,
+    [TERN_STORE_MAILBOX_RENAME] = pg_op_mailbox_rename,
+    [TERN_STORE_MAILBOX_DELETE] = pg_op_mailbox_delete,
+    [TERN_STORE_MAILBOX_LIST] = pg_op_mailbox_list,
+    [TERN_STORE_MAILBOX_STATUS] = pg_op_mailbox_status,
+    [TERN_STORE_MAILBOX_SUBSCRIBE] = pg_op_mailbox_subscribe,
+    [TERN_STORE_MAILBOX_SET_SPECIAL] = pg_op_mailbox_set_special,
+    [TERN_STORE_APPEND] = pg_op_append,
+    [TERN_STORE_FETCH] = pg_op_fetch,
+    [TERN_STORE_FETCH_BODY] = pg_op_fetch_body,
+    [TERN_STORE_SET_FLAGS] = pg_op_set_flags,
+    [TERN_STORE_COPY] = pg_op_copy,
+    [TERN_STORE_MOVE] = pg_op_move,
+    [TERN_STORE_EXPUNGE] = pg_op_expunge,
+    [TERN_STORE_SEARCH] = pg_op_search,
+    [TERN_STORE_CHANGES] = pg_op_changes,
+    [TERN_STORE_QUOTA_GET] = pg_op_quota_get,
+};
+
+/* ---- job helpers -------------------------------------------------------- */
+
+int pg_send(pg_job *j, const char *sql)
+{
+    int binary = j->binary_result;
+    int np = j->np;
+    j->binary_result = false;
+    j->np = 0;
+    if (j->res) {
+        PQclear(j->res);
+        j->res = NULL;
+    }
+    if (pg_conn_send(j->conn, sql, np, j->pv, j->pl, j->pf, binary) < 0) {
+        /* The connection is gone; pg_pool.c has already failed the job or
+         * will on the next event. Report ETEMP from here. */
+        j->req->status = tern_store__fail(j->req, TERN_STORE_ETEMP, "database connection lost");
+        return PG_DONE;
+    }
+    return PG_WAIT;
+}
+
+int pg_done(pg_job *j, int status, const char *fmt, ...)
+{
+    va_list ap;
+    char msg[200];
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    j->req->status = tern_store__fail(j->req, status, "%s", msg);
+    return PG_DONE;
+}
+
+int pg_ok(pg_job *j)
+{
+    return PG_DONE;
+}
+
+static void pg_param(pg_job *j, const char *v, int len, int fmt)
+{
+    if (j->np == j->cap) {
+        int cap = j->cap ? j->cap * 2 : 32;
+        const char **pv = tern_arena_alloc(&j->a, (size_t)cap * sizeof *pv);
+        int *pl = tern_arena_alloc(&j->a, (size_t)cap * sizeof *pl);
+        int *pf = tern_arena_alloc(&j->a, (size_t)cap * sizeof *pf);
+        if (!pv || !pl || !pf || cap > PG_MAX_PARAMS) {
+            /* Ops check their counts first; this is out of memory. */
+            TLOG_ERR("store", "event=pg_params_overflow op=%d", (int)j->req->op);
+            abort();
+        }
+        if (j->np) {
+            memcpy(pv, j->pv, (size_t)j->np * sizeof *pv);
+            memcpy(pl, j->pl, (size_t)j->np * sizeof *pl);
+            memcpy(pf, j->pf, (size_t)j->np * sizeof *pf);
+        }
+        j->pv = pv;
+        j->pl = pl;
+        j->pf = pf;
+        j->cap = cap;
+    }
+    j->pv[j->np] = v;
+    j->pl[j->np] = len;
+    j->pf[j->np] = fmt;
+    j->np++;
+}
+
+void pg_p_str(pg_job *j, const char *s)
+{
+    pg_param(j, s, 0, 0);
+}
+
+void pg_p_u64(pg_job *j, uint64_t v)
+{
+    pg_param(j, tern_arena_printf(&j->a, "%" PRIu64, v), 0, 0);
+}
+
+void pg_p_i64(pg_job *j, int64_t v)
+{
+    pg_param(j, tern_arena_printf(&j->a, "%" PRId64, v), 0, 0);
+}
+
+void pg_p_bin(pg_job *j, const uint8_t *data, size_t len)
+{
+    pg_param(j, (const char *)data, (int)len, 1);
+}
+
+/* A text[] literal: every element double-quoted, '"' and '\' escaped. */
+void pg_p_strarray(pg_job *j, const char *const *v, size_t n, bool lower)
+{
+    size_t cap = 3;
+    for (size_t i = 0; i < n; i++)
+        cap += strlen(v[i]) * 2 + 3;
+    char *out = tern_arena_alloc(&j->a, cap);
+    char *p = out;
+    *p++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            *p++ = ',';
+        *p++ = '"';
+        for (const char *s = pg_clean_text(j, v[i]); *s; s++) {
+            char c = lower ? (char)tolower((unsigned char)*s) : *s;
+            if (c == '"' || c == '\\')
+                *p++ = '\\';
+            *p++ = c;
+        }
+        *p++ = '"';
+    }
+    *p++ = '}';
+    *p = 0;
+    pg_param(j, out, 0, 0);
+}
+
+void pg_note(pg_job *j, uint64_t mailbox_id, uint64_t modseq)
+{
+    if (j->n_notes >= (int)(sizeof j->notes / sizeof j->notes[0]))
+        return;
+    j->notes[j->n_notes++] =
+        tern_arena_printf(&j->a, "%s\t%" PRIu64 "\t%" PRIu64, j->acct, mailbox_id, modseq);
+}
+
+void pg_uidset(pg_job *j, const tern_uid_set *set, uint64_t max_uid)
+{
+    if (set->n == 0) {
+        j->uidset_sql = "false";
+        return;
+    }
+    char *a = tern_arena_alloc(&j->a, set->n * 24 + 3);
+    char *b = tern_arena_alloc(&j->a, set->n * 24 + 3);
+    size_t pa = 0, pb = 0;
+    uint64_t lo0 = 0, hi0 = 0;
+    a[pa++] = '{';
+    b[pb++] = '{';
+    for (size_t i = 0; i < set->n; i++) {
+        uint64_t x = set->ranges[i].first == UINT32_MAX ? max_uid : set->ranges[i].first;
+        uint64_t y = set->ranges[i].last == UINT32_MAX ? max_uid : set->ranges[i].last;
+        uint64_t lo = x < y ? x : y, hi = x < y ? y : x;
+        if (i == 0) {
+            lo0 = lo;
+            hi0 = hi;
+        }
+        pa += (size_t)sprintf(a + pa, "%s%" PRIu64, i ? "," : "", lo);
+        pb += (size_t)sprintf(b + pb, "%s%" PRIu64, i ? "," : "", hi);
+    }
+    a[pa++] = '}';
+    b[pb++] = '}';
+    if (set->n == 1) {
+        /* One range: a plain BETWEEN the planner can use the index for. */
+        pg_p_u64(j, lo0);
+        pg_p_u64(j, hi0);
+        j->uidset_sql = tern_arena_printf(&j->a, "m.uid BETWEEN $%d AND $%d", j->np - 1, j->np);
+        return;
+    }
+    pg_param(j, a, 0, 0);
+    pg_param(j, b, 0, 0);
+    j->uidset_sql = tern_arena_printf(&j->a,
+        "EXISTS (SELECT 1 FROM unnest($%d::bigint[], $%d::bigint[]) r(lo, hi) "
+        "WHERE m.uid BETWEEN r.lo AND r.hi)", j->np - 1, j->np);
+}
+
+uint64_t pg_u64(const PGresult *r, int row, int col)
+{
+    if (PQgetisnull(r, row, col))
+        return 0;
+    return strtoull(PQgetvalue(r, row, col), NULL, 10);
+}
+
+int64_t pg_i64(const PGresult *r, int row, int col)
+{
+    if (PQgetisnull(r, row, col))
+        return 0;
+    return strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+char *pg_str(pg_job *j, const PGresult *r, int row, int col)
+{
+    if (PQgetisnull(r, row, col))
+        return NULL;
+    return tern_arena_strdup(&j->req->arena, PQgetvalue(r, row, col));
+}
+
+/* Length of a valid UTF-8 sequence at s, or 0. */
+static size_t utf8_len(const unsigned char *s)
+{
+    unsigned c = s[0];
+    size_t n;
+    unsigned min;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+        min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    unsigned cp = c & (0x3f >> (n - 1));
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+/* Header values come decoded from untrusted charsets: a text column
+ * refuses invalid UTF-8, and a refused header must not refuse the mail. */
+const char *pg_clean_text(pg_job *j, const char *s)
+{
+    if (!s)
+        return NULL;
+    const unsigned char *p = (const unsigned char *)s;
+    bool clean = true;
+    while (*p) {
+        size_t n = utf8_len(p);
+        if (!n) {
+            clean = false;
+            break;
+        }
+        p += n;
+    }
+    if (clean)
+        return s;
+    size_t len = strlen(s);
+    char *out = tern_arena_alloc(&j->a, len + 1);
+    size_t o = 0;
+    p = (const unsigned char *)s;
+    while (*p) {
+        size_t n = utf8_len(p);
+        if (!n) {
+            out[o++] = '?';
+            p++;
+        } else {
+            memcpy(out + o, p, n);
+            o += n;
+            p += n;
+        }
+    }
+    out[o] = 0;
+    return out;
+}
+
+const char *pg_lower(tern_arena *a, const char *s)
+{
+    char *d = tern_arena_strdup(a, s);
+    for (char *p = d; p && *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return d;
+}
+
+const char *pg_norm_account(tern_arena *a, const char *name)
+{
+    if (!name)
+        return NULL;
+    char *d = tern_arena_strdup(a, name);
+    char *at = d ? strrchr(d, '@') : NULL;
+    for (char *p = at; p && *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return d;
+}
+
+char **pg_split_words(tern_arena *a, const char *s, size_t *n_r)
+{
+    *n_r = 0;
+    if (!s || !*s)
+        return NULL;
+    size_t n = 1;
+    for (const char *p = s; *p; p++)
+        n += *p == ' ';
+    char **v = tern_arena_alloc(a, n * sizeof *v);
+    size_t k = 0;
+    const char *p = s;
+    while (*p) {
+        const char *e = strchr(p, ' ');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l)
+            v[k++] = tern_arena_strndup(a, p, l);
+        p += l;
+        if (*p)
+            p++;
+    }
+    *n_r = k;
+    return v;
+}
+
+/* ---- the driver ---------------------------------------------------------- */
+
+static int map_error(pg_job *j, const PGresult *res)
+{
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorMessage(res);
+    char clean[200];
+    snprintf(clean, sizeof clean, "%s", msg && *msg ? msg : "unknown database error");
+    for (char *p = clean; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    int st = TERN_STORE_EIO;
+    if (!state || PQstatus(j->conn->pq) == CONNECTION_BAD)
+        st = TERN_STORE_ETEMP;
+    else if (!strcmp(state, "23505"))
+        st = TERN_STORE_EEXISTS;
+    else if (!strncmp(state, "08", 2) || !strncmp(state, "57P", 3) || !strncmp(state, "53", 2) ||
+             !strcmp(state, "40001") || !strcmp(state, "40P01") || !strcmp(state, "55P03"))
+        st = TERN_STORE_ETEMP;
+    if (st == TERN_STORE_EIO) {
+        char q[220];
+        TLOG_WARN("store", "event=pg_error op=%d sqlstate=%s error=%s", (int)j->req->op,
+                  state ? state : "-", tern_log_q(q, sizeof q, clean));
+    }
+    j->req->status = tern_store__fail(j->req, st, "%s%s%s", state ? state : "",
+                                      state ? ": " : "", clean);
+    return st;
+}
+
+static void send_control(pg_job *j, const char *sql)
+{
+    if (pg_send(j, sql) == PG_DONE)
+        pg_job_finish(j);
+}
+
+static void run_op(pg_job *j)
+{
+    if (pg_ops[j->req->op](j) == PG_WAIT)
+        return;
+    if (!j->conn || PQstatus(j->conn->pq) == CONNECTION_BAD) {
+        pg_job_finish(j);
+        return;
+    }
+    if (j->req->status == TERN_STORE_OK && j->in_tx && j->n_notes > 0) {
+        j->phase = PG_PH_NOTIFY;
+        pg_p_strarray(j, j->notes, (size_t)j->n_notes, false);
+        send_control(j, "SELECT pg_notify('" PG_CHANNEL "', p) FROM unnest($1::text[]) p");
+    } else if (j->req->status == TERN_STORE_OK && j->in_tx) {
+        j->phase = PG_PH_COMMIT;
+        send_control(j, "COMMIT");
+    } else if (j->in_tx) {
+        j->phase = PG_PH_ROLLBACK;
+        send_control(j, "ROLLBACK");
+    } else {
+        pg_job_finish(j);
+    }
+}
+
+void pg_job_start(pg_job *j)
+{
+    j->phase = PG_PH_OP;
+    if (!pg_ops[j->req->op]) {
+        pg_done(j, TERN_STORE_EINVAL, "unknown store op %d", (int)j->req->op);
+        pg_job_finish(j);
+        return;
+    }
+    run_op(j);
+}
+
+void pg_job_result(pg_job *j, PGresult *res)
+{
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    if (j->res)
+        PQclear(j->res);
+    j->res = res;
+    switch (j->phase) {
+    case PG_PH_OP:
+        if (!ok) {
+            map_error(j, res);
+            if (j->in_tx && PQstatus(j->conn->pq) != CONNECTION_BAD) {
+                j->phase = PG_PH_ROLLBACK;
+                send_control(j, "ROLLBACK");
+            } else {
+                pg_job_finish(j);
+            }
+            return;
+        }
+        run_op(j);
+        return;
+    case PG_PH_NOTIFY:
+        if (!ok) {
+            map_error(j, res);
+            j->phase = PG_PH_ROLLBACK;
+            send_control(j, "ROLLBACK");
+            return;
+        }
+        j->phase = PG_PH_COMMIT;
+        send_control(j, "COMMIT");
+        return;
+    case PG_PH_COMMIT:
+        if (!ok)
+            map_error(j, res);
+        else if (PQcmdStatus(res) && !strcmp(PQcmdStatus(res), "ROLLBACK"))
+            /* COMMIT of a failed transaction answers ROLLBACK. */
+            j->req->status = tern_store__fail(j->req, TERN_STORE_EIO, "transaction rolled back");
+        j->in_tx = false;
+        pg_job_finish(j);
+        return;
+    default:
+        j->in_tx = false;
+        pg_job_finish(j);
+        return;
+    }
+}
+
+void pg_job_abort(pg_job *j, const char *why)
+{
+    if (j->req->status == TERN_STORE_OK || j->phase == PG_PH_COMMIT)
+        /* A lost COMMIT may or may not have committed: the caller must
+         * treat it as a temporary failure and look again. */
+        j->req->status = tern_store__fail(j->req, TERN_STORE_ETEMP, "database connection lost: %s", why);
+    pg_job_finish(j);
+}
+
+void pg_job_finish(pg_job *j)
+{
+    pg_conn *c = j->conn;
+    if (c) {
+        c->job = NULL;
+        if (c->state == PG_C_BUSY) {
+            c->state = PG_C_IDLE;
+            if (!c->pq || PQstatus(c->pq) == CONNECTION_BAD)
+                pg_conn_broken(c, "connection lost");
+        }
+    }
+    if (j->res)
+        PQclear(j->res);
+    free(j->owned_data);
+    tern_arena_free(&j->a);
+    tern_store_req *req = j->req;
+    free(j);
+    tern_store__complete(req);
+}
+
+static pg_conn *idle_conn(pg_impl *pg)
+{
+    for (size_t i = 0; i < pg->n_conns; i++)
+        if (pg->conns[i].state == PG_C_IDLE)
+            return &pg->conns[i];
+    return NULL;
+}
+
+static bool any_alive(pg_impl *pg)
+{
+    for (size_t i = 0; i < pg->n_conns; i++)
+        if (pg->conns[i].state == PG_C_IDLE || pg->conns[i].state == PG_C_BUSY)
+            return true;
+    return false;
+}
+
+static pg_job *q_pop(pg_impl *pg)
+{
+    pg_job *j = pg->q_head;
+    if (j) {
+        pg->q_head = j->next;
+        if (!pg->q_head)
+            pg->q_tail = NULL;
+        pg->q_len--;
+        j->next = NULL;
+    }
+    return j;
+}
+
+static void fail_queued(pg_impl *pg, const char *why)
+{
+    pg_job *j;
+    while ((j = q_pop(pg)) != NULL) {
+        j->req->status = tern_store__fail(j->req, TERN_STORE_ETEMP, "%s", why);
+        pg_job_finish(j);
+    }
+}
+
+void pg_dispatch(pg_impl *pg)
+{
+    if (pg->dispatching)
+        return;
+    pg->dispatching = true;
+    for (;;) {
+        pg_conn *c;
+        if (!pg->q_head || (c = idle_conn(pg)) == NULL)
+            break;
+        pg_job *j = q_pop(pg);
+        c->state = PG_C_BUSY;
+        c->job = j;
+        j->conn = c;
+        pg_job_start(j);
+    }
+    pg->dispatching = false;
+    if (pg->q_head && pg->shutting_down && !any_alive(pg))
+        fail_queued(pg, "store closing and database unavailable");
+    pg_maybe_shutdown(pg);
+}
+
+static void take_inbox(pg_impl *pg)
+{
+    uv_mutex_lock(&pg->mu);
+    pg_job *in = pg->inbox_head;
+    pg->inbox_head = pg->inbox_tail = NULL;
+    bool closing = pg->closing;
+    uv_mutex_unlock(&pg->mu);
+    uint64_t now = tern_now_ms();
+    while (in) {
+        pg_job *j = in;
+        in = in->next;
+        j->next = NULL;
+        j->queued_ms = now;
+        if (pg->q_len >= PG_QUEUE_LIMIT) {
+            j->req->status = tern_store__fail(j->req, TERN_STORE_ETEMP, "database queue full");
+            pg_job_finish(j);
+            continue;
+        }
+        if (pg->q_tail)
+            pg->q_tail->next = j;
+        else
+            pg->q_head = j;
+        pg->q_tail = j;
+        pg->q_len++;
+    }
+    if (closing)
+        pg->shutting_down = true;
+}
+
+static void on_wake(uv_async_t *h)
+{
+    pg_impl *pg = h->data;
+    take_inbox(pg);
+    pg_dispatch(pg);
+}
+
+/* Jobs do not wait forever for a pool that is down: a caller told ETEMP
+ * can retry, one left hanging cannot. */
+static void on_tick(uv_timer_t *t)
+{
+    pg_impl *pg = t->data;
+    if (any_alive(pg))
+        return;
+    uint64_t now = tern_now_ms();
+    while (pg->q_head && now - pg->q_head->queued_ms >= PG_WAIT_DOWN_MS) {
+        pg_job *j = q_pop(pg);
+        j->req->status = tern_store__fail(j->req, TERN_STORE_ETEMP, "database unavailable");
+        pg_job_finish(j);
+    }
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+void pg_maybe_shutdown(pg_impl *pg)
+{
+    if (!pg->shutting_down || pg->q_head)
+        return;
+    for (size_t i = 0; i < pg->n_conns; i++)
+        if (pg->conns[i].job)
+            return;
+    /* Idempotent: the handles are closed once. */
+    if (uv_is_closing((uv_handle_t *)&pg->wake))
+        return;
+    for (size_t i = 0; i < pg->n_conns; i++)
+        pg_conn_close(&pg->conns[i]);
+    pg_conn_close(&pg->listen);
+    uv_close((uv_handle_t *)&pg->tick, on_handle_closed);
+    uv_close((uv_handle_t *)&pg->wake, on_handle_closed);
+}
+
+void pg_notify_payload(pg_impl *pg, const char *payload)
+{
+    /* "account\tmailbox_id\tmodseq" */
+    const char *t1 = strchr(payload, '\t');
+    if (!t1 || t1 == payload || t1 - payload > 512)
+        return;
+    char *end;
+    uint64_t mailbox_id = strtoull(t1 + 1, &end, 10);
+    if (*end != '\t')
+        return;
+    uint64_t modseq = strtoull(end + 1, &end, 10);
+    if (*end)
+        return;
+    char account[520];
+    memcpy(account, payload, (size_t)(t1 - payload));
+    account[t1 - payload] = 0;
+    tern_store__notify(pg->store, account, mailbox_id, modseq);
+}
+
+static void thread_main(void *arg)
+{
+    pg_impl *pg = arg;
+    for (size_t i = 0; i < pg->n_conns; i++)
+        pg_conn_start(&pg->conns[i]);
+    pg_conn_start(&pg->listen);
+    uv_run(&pg->loop, UV_RUN_DEFAULT);
+}
+
+/* ---- the backend table --------------------------------------------------- */
+
+static int pg_open(const tern_config *cfg, tern_store *store, void **impl_r, char **error_r)
+{
+    if (!cfg->postgres.present || !cfg->postgres.conninfo) {
+        *error_r = strdup("storage backend postgres needs a postgres: section with conninfo");
+        return -1;
+    }
+    if (pg_schema_create(cfg->postgres.conninfo, error_r) < 0)
+        return -1;
+    pg_impl *pg = calloc(1, sizeof *pg);
+    if (!pg) {
+        *error_r = strdup("out of memory");
+        return -1;
+    }
+    pg->store = store;
+    pg->conninfo = strdup(cfg->postgres.conninfo);
+    pg->retention_ms = cfg->storage.changes_retention_ms;
+    pg->default_quota_bytes = cfg->storage.default_quota_bytes;
+    pg->default_quota_messages = cfg->storage.default_quota_messages;
+    pg->n_conns = cfg->postgres.pool_size ? cfg->postgres.pool_size : 8;
+    pg->conns = calloc(pg->n_conns, sizeof *pg->conns);
+    if (!pg->conninfo || !pg->conns || uv_loop_init(&pg->loop) != 0) {
+        free(pg->conninfo);
+        free(pg->conns);
+        free(pg);
+        *error_r = strdup("out of memory");
+        return -1;
+    }
+    uv_mutex_init(&pg->mu);
+    uv_async_init(&pg->loop, &pg->wake, on_wake);
+    pg->wake.data = pg;
+    uv_timer_init(&pg->loop, &pg->tick);
+    pg->tick.data = pg;
+    uv_timer_start(&pg->tick, on_tick, 500, 500);
+    for (size_t i = 0; i < pg->n_conns; i++)
+        pg_conn_init(pg, &pg->conns[i], (int)i, false);
+    pg_conn_init(pg, &pg->listen, -1, true);
+    if (uv_thread_create(&pg->thread, thread_main, pg) != 0) {
+        *error_r = strdup("cannot start the postgres backend thread");
+        return -1;
+    }
+    TLOG_INFO("store", "event=pg_open pool=%zu", pg->n_conns);
+    *impl_r = pg;
+    return 0;
+}
+
+static void pg_close(void *impl)
+{
+    pg_impl *pg = impl;
+    uv_mutex_lock(&pg->mu);
+    pg->closing = true;
+    uv_mutex_unlock(&pg->mu);
+    uv_async_send(&pg->wake);
+    uv_thread_join(&pg->thread);
+    uv_loop_close(&pg->loop);
+    uv_mutex_destroy(&pg->mu);
+    free(pg->conns);
+    free(pg->conninfo);
+    free(pg);
+}
+
+static void pg_submit(void *impl, tern_store_req *req)
+{
+    pg_impl *pg = impl;
+    pg_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        /* Nothing to queue it with: complete it from here (store.c runs
+         * callbacks on the client's loop, never inside submit). */
+        req->status = tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+        tern_store__complete(req);
+        return;
+    }
+    j->pg = pg;
+    j->req = req;
+    tern_arena_init(&j->a, 4096);
+    uv_mutex_lock(&pg->mu);
+    if (pg->inbox_tail)
+        pg->inbox_tail->next = j;
+    else
+        pg->inbox_head = j;
+    pg->inbox_tail = j;
+    uv_mutex_unlock(&pg->mu);
+    uv_async_send(&pg->wake);
+}
+
+const tern_store_backend tern_store_backend_pg = {
+    .name = "postgres",
+    .open = pg_open,
+    .close = pg_close,
+    .submit = pg_submit,
+    .watch_changed = NULL,
+};

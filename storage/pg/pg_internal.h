@@ -1,0 +1,234 @@
+/* Internals of the PostgreSQL backend, shared by the files of storage/pg/.
+ *
+ * One backend thread runs its own uv loop. It owns a pool of libpq
+ * connections (non-blocking, driven by uv_poll on PQsocket) plus one
+ * connection that only LISTENs for change events. A request becomes a job;
+ * a job runs on one connection as a small state machine written as a
+ * protothread (PG_BEGIN/PG_QUERY/PG_END below): each PG_QUERY sends one
+ * statement and returns to the loop, and the op function is re-entered at
+ * the same point when the result has arrived. Locals do not survive a
+ * PG_QUERY, so every value an op needs later lives in the job.
+ *
+ * Input trusted: requests come from our own code (store.h says what was
+ * checked); message bytes and header values are untrusted and only ever
+ * travel as bound parameters. */
+#ifndef TERN_STORE_PG_INTERNAL_H
+#define TERN_STORE_PG_INTERNAL_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "lib/arena.h"
+#include "storage/store_backend.h"
+
+#define PG_MAX_PARAMS 4096      /* a search tree past this is refused */
+#define PG_QUEUE_LIMIT 10000      /* queued jobs past this fail with ETEMP */
+#define PG_WAIT_DOWN_MS 5000      /* a job waits this long for a dead pool */
+#define PG_BACKOFF_MIN_MS 100
+#define PG_BACKOFF_MAX_MS 5000
+#define PG_FETCH_BODY_MAX (1024 * 1024)
+#define PG_CHANNEL "tern_store"
+
+typedef struct pg_impl pg_impl;
+typedef struct pg_conn pg_conn;
+typedef struct pg_job pg_job;
+
+/* What an op function returns. */
+enum { PG_WAIT = 0, PG_DONE = 1 };
+
+enum { PG_PH_OP = 0, PG_PH_NOTIFY, PG_PH_COMMIT, PG_PH_ROLLBACK };
+
+struct pg_job {
+    pg_job *next;
+    pg_impl *pg;
+    tern_store_req *req;
+    pg_conn *conn;
+    uint64_t queued_ms;
+    int pt;              /* resume point of the op's protothread */
+    int phase;
+    bool in_tx;
+    bool binary_result;  /* next query asks for binary results */
+    PGresult *res;       /* the last statement's result, valid after PG_QUERY */
+    tern_arena a;        /* scratch: parameter text, intermediate values */
+
+    int np, cap;         /* parameters of the next statement, in j->a */
+    const char **pv;
+    int *pl;
+    int *pf;
+
+    /* Normalised inputs and op state. */
+    const char *acct;
+    const char *mbox;
+    const char *mbox2;
+    uint64_t account_id, mailbox_id, mailbox2_id, modseq;
+    uint64_t u[8];
+    int64_t i, n;
+    void *p;
+    const uint8_t *data;   /* APPEND: the message */
+    size_t len;
+    uint8_t *owned_data;   /* APPEND from data_path: malloc'd */
+    const char *uidset_sql;  /* built by pg_uidset() */
+
+    /* Change events to raise with the commit: "account\tmailbox\tmodseq". */
+    const char *notes[4];
+    int n_notes;
+};
+
+typedef struct pg_poll pg_poll;
+
+enum { PG_C_DOWN = 0, PG_C_WAIT, PG_C_CONNECTING, PG_C_IDLE, PG_C_BUSY };
+
+struct pg_conn {
+    pg_impl *pg;
+    PGconn *pq;
+    pg_poll *poll;
+    int fd;
+    int state;
+    bool listener;
+    bool want_write;
+    unsigned backoff_ms;
+    uv_timer_t timer;
+    pg_job *job;
+    PGresult *pending;   /* the result being collected for job */
+    int index;
+};
+
+struct pg_impl {
+    tern_store *store;
+    char *conninfo;
+    uint64_t retention_ms;
+    uint64_t default_quota_bytes, default_quota_messages;
+
+    uv_thread_t thread;
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_timer_t tick;
+
+    uv_mutex_t mu;       /* guards inbox_head/tail and closing */
+    pg_job *inbox_head, *inbox_tail;
+    bool closing;
+
+    /* loop-thread only */
+    pg_job *q_head, *q_tail;
+    size_t q_len;
+    pg_conn *conns;
+    size_t n_conns;
+    pg_conn listen;
+    bool shutting_down;
+    bool dispatching;
+};
+
+/* pg.c */
+void pg_dispatch(pg_impl *pg);
+void pg_job_start(pg_job *j);
+void pg_job_result(pg_job *j, PGresult *res);
+void pg_job_abort(pg_job *j, const char *why);
+void pg_job_finish(pg_job *j);
+void pg_notify_payload(pg_impl *pg, const char *payload);
+void pg_maybe_shutdown(pg_impl *pg);
+
+/* pg_pool.c */
+void pg_conn_init(pg_impl *pg, pg_conn *c, int index, bool listener);
+void pg_conn_start(pg_conn *c);
+int pg_conn_send(pg_conn *c, const char *sql, int np, const char *const *pv, const int *pl,
+                 const int *pf, int binary);
+void pg_conn_close(pg_conn *c);
+void pg_conn_broken(pg_conn *c, const char *why);
+
+/* pg_schema.c */
+int pg_schema_create(const char *conninfo, char **error_r);
+
+/* Job helpers (pg.c). */
+int pg_send(pg_job *j, const char *sql);
+int pg_done(pg_job *j, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int pg_ok(pg_job *j);
+void pg_p_str(pg_job *j, const char *s);
+void pg_p_u64(pg_job *j, uint64_t v);
+void pg_p_i64(pg_job *j, int64_t v);
+void pg_p_bin(pg_job *j, const uint8_t *data, size_t len);
+void pg_p_strarray(pg_job *j, const char *const *v, size_t n, bool lower);
+void pg_note(pg_job *j, uint64_t mailbox_id, uint64_t modseq);
+/* Binds the set as parameters and sets j->uidset_sql to a condition on
+ * m.uid; "*" resolves to max_uid. */
+void pg_uidset(pg_job *j, const tern_uid_set *set, uint64_t max_uid);
+uint64_t pg_u64(const PGresult *r, int row, int col);
+int64_t pg_i64(const PGresult *r, int row, int col);
+char *pg_str(pg_job *j, const PGresult *r, int row, int col);
+/* Text made safe to bind as TEXT (valid UTF-8, no NUL), in j->a. */
+const char *pg_clean_text(pg_job *j, const char *s);
+const char *pg_norm_account(tern_arena *a, const char *name);
+const char *pg_lower(tern_arena *a, const char *s);
+char **pg_split_words(tern_arena *a, const char *s, size_t *n_r);
+
+/* The protothread. Locals do not survive PG_QUERY. */
+#define PG_BEGIN(j) switch ((j)->pt) { case 0:
+#define PG_QUERY(j, sql)                                                   \
+    do {                                                                   \
+        (j)->pt = __LINE__;                                                \
+        return pg_send((j), (sql));                                        \
+        case __LINE__:;                                                    \
+    } while (0)
+#define PG_END(j) } return pg_ok(j)
+
+/* Op functions, one per tern_store_op (pg_directory.c, pg_messages.c,
+ * pg_search.c). */
+typedef int (*pg_op_fn)(pg_job *j);
+int pg_op_domain_add(pg_job *j);
+int pg_op_domain_remove(pg_job *j);
+int pg_op_domain_list(pg_job *j);
+int pg_op_account_create(pg_job *j);
+int pg_op_account_delete(pg_job *j);
+int pg_op_account_get(pg_job *j);
+int pg_op_account_list(pg_job *j);
+int pg_op_account_set_password(pg_job *j);
+int pg_op_account_set_quota(pg_job *j);
+int pg_op_alias_add(pg_job *j);
+int pg_op_alias_remove(pg_job *j);
+int pg_op_alias_list(pg_job *j);
+int pg_op_rcpt_lookup(pg_job *j);
+int pg_op_quota_get(pg_job *j);
+int pg_op_mailbox_create(pg_job *j);
+int pg_op_mailbox_rename(pg_job *j);
+int pg_op_mailbox_delete(pg_job *j);
+int pg_op_mailbox_list(pg_job *j);
+int pg_op_mailbox_status(pg_job *j);
+int pg_op_mailbox_subscribe(pg_job *j);
+int pg_op_mailbox_set_special(pg_job *j);
+int pg_op_append(pg_job *j);
+int pg_op_fetch(pg_job *j);
+int pg_op_fetch_body(pg_job *j);
+int pg_op_set_flags(pg_job *j);
+int pg_op_copy(pg_job *j);
+int pg_op_move(pg_job *j);
+int pg_op_expunge(pg_job *j);
+int pg_op_search(pg_job *j);
+int pg_op_changes(pg_job *j);
+
+/* Shared by the mailbox ops: the parents of `name` ("a", "a/b" for
+ * "a/b/c"), in j->a. */
+const char **pg_parents(pg_job *j, const char *name, size_t *n_r);
+/* Fills a tern_mailbox_info from a row laid out as PG_MAILBOX_COLS. */
+void pg_mailbox_row(pg_job *j, const PGresult *r, int row, tern_mailbox_info *out);
+#define PG_MAILBOX_COLS                                                          \
+    "b.id, b.name, b.special_use, b.subscribed, b.uidvalidity, b.uidnext, "      \
+    "(SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id), "              \
+    "(SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id AND m.flags & 1 = 0), " \
+    "(SELECT count(*) FROM messages m WHERE m.mailbox_id = b.id AND m.recent <> 0), " \
+    "(SELECT coalesce(sum(m.size), 0) FROM messages m WHERE m.mailbox_id = b.id), " \
+    "b.highest_modseq, "                                                         \
+    "EXISTS (SELECT 1 FROM mailboxes c WHERE c.account_id = b.account_id "       \
+    "AND left(c.name, length(b.name) + 1) = b.name || '/')"
+
+/* Fills a tern_message_info from a row laid out as PG_MESSAGE_COLS. */
+void pg_message_row(pg_job *j, const PGresult *r, int row, tern_message_info *out);
+#define PG_MESSAGE_COLS                                                          \
+    "m.uid, m.email_id, m.thread_id, m.flags, m.modseq, m.internal_date, m.size, " \
+    "(SELECT string_agg(k.keyword, ' ' ORDER BY k.keyword) FROM keywords k WHERE k.message = m.id)"
+
+#define PG_TX(j)               \
+    PG_QUERY((j), "BEGIN");    \
+    (j)->in_tx = true
+
+#endif

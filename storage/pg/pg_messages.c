@@ -1,0 +1,860 @@
+/* Mailbox and message ops of the PostgreSQL backend: create, rename
+ * (INBOX moves its messages out), delete, list, status, subscribe,
+ * special-use; append, fetch, fetch body, flags, copy, move, expunge.
+ *
+ * Concurrency: every op that changes an account starts by taking a new
+ * modseq with UPDATE accounts ... RETURNING, which row-locks the account
+ * for the transaction. That one lock serialises the account's writers
+ * across all nodes (uid allocation, quota, refcounts of shared bodies), and
+ * since it is always the first lock taken, writers cannot deadlock.
+ *
+ * Input trusted: parameters from our own code; message bytes untrusted,
+ * parsed only by tern_msg_index_build and always bound as parameters. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "storage/index.h"
+#include "storage/pg/pg_internal.h"
+
+#define PG_APPEND_MAX (1024ULL * 1024 * 1024)
+
+static uint64_t affected(const PGresult *r)
+{
+    const char *s = PQcmdTuples((PGresult *)r);
+    return s && *s ? strtoull(s, NULL, 10) : 0;
+}
+
+static bool is_true(const PGresult *r, int row, int col)
+{
+    return PQgetvalue(r, row, col)[0] == 't';
+}
+
+void pg_mailbox_row(pg_job *j, const PGresult *r, int row, tern_mailbox_info *out)
+{
+    out->id = pg_u64(r, row, 0);
+    out->name = pg_str(j, r, row, 1);
+    out->special_use = (unsigned)pg_u64(r, row, 2);
+    out->subscribed = pg_u64(r, row, 3) != 0;
+    out->uidvalidity = (uint32_t)pg_u64(r, row, 4);
+    out->uidnext = (uint32_t)pg_u64(r, row, 5);
+    out->messages = (uint32_t)pg_u64(r, row, 6);
+    out->unseen = (uint32_t)pg_u64(r, row, 7);
+    out->recent = (uint32_t)pg_u64(r, row, 8);
+    out->size = pg_u64(r, row, 9);
+    out->highest_modseq = pg_u64(r, row, 10);
+    out->has_children = is_true(r, row, 11);
+}
+
+void pg_message_row(pg_job *j, const PGresult *r, int row, tern_message_info *out)
+{
+    out->uid = (uint32_t)pg_u64(r, row, 0);
+    out->id = pg_str(j, r, row, 1);
+    out->thread_id = pg_str(j, r, row, 2);
+    out->flags = (unsigned)pg_u64(r, row, 3);
+    out->modseq = pg_u64(r, row, 4);
+    out->internal_date = pg_i64(r, row, 5);
+    out->size = pg_u64(r, row, 6);
+    out->keywords = pg_split_words(&j->req->arena, PQgetisnull(r, row, 7) ? NULL : PQgetvalue(r, row, 7),
+                                   &out->n_keywords);
+}
+
+const char **pg_parents(pg_job *j, const char *name, size_t *n_r)
+{
+    size_t n = 0;
+    for (const char *p = name; *p; p++)
+        n += *p == '/';
+    const char **v = tern_arena_alloc(&j->a, (n + 1) * sizeof *v);
+    size_t k = 0;
+    for (const char *p = name; *p; p++)
+        if (*p == '/' && p > name)
+            v[k++] = tern_arena_strndup(&j->a, name, (size_t)(p - name));
+    *n_r = k;
+    return v;
+}
+
+static const char *canon(pg_job *j, const char *name)
+{
+    return name ? tern_store__canon_mailbox(&j->a, name) : NULL;
+}
+
+/* ---- mailboxes ---------------------------------------------------------- */
+
+int pg_op_mailbox_create(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name || !tern_store__valid_mailbox_name(r->in.name))
+        return pg_done(j, TERN_STORE_EINVAL, "bad mailbox name");
+    j->acct = pg_norm_account(&j->a, r->in.account);
+    j->mbox = canon(j, r->in.name);
+    PG_TX(j);
+    pg_p_str(j, j->acct);
+    PG_QUERY(j, "UPDATE accounts SET highest_modseq = highest_modseq + 1 WHERE name = $1 "
+                "RETURNING id, highest_modseq");
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such account");
+    j->account_id = pg_u64(j->res, 0, 0);
+    j->modseq = pg_u64(j->res, 0, 1);
+    {
+        size_t n;
+        const char **parents = pg_parents(j, j->mbox, &n);
+        if (!r->in.create_parents)
+            n = 0;
+        pg_p_u64(j, j->account_id);
+        pg_p_strarray(j, parents, n, false);
+        pg_p_u64(j, j->modseq);
+    }
+    PG_QUERY(j, "INSERT INTO mailboxes (account_id, name, uidvalidity, highest_modseq) "
+                "SELECT $1, p, nextval('uidvalidity_seq'), $3 FROM unnest($2::text[]) p "
+                "ON CONFLICT DO NOTHING");
+    pg_p_u64(j, j->account_id);
+    pg_p_str(j, j->mbox);
+    pg_p_u64(j, r->in.special_use & 0x3f);
+    pg_p_u64(j, j->modseq);
+    PG_QUERY(j, "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity, highest_modseq) "
+                "VALUES ($1, $2, $3, nextval('uidvalidity_seq'), $4) RETURNING id");
+    j->mailbox_id = pg_u64(j->res, 0, 0);
+    pg_p_u64(j, j->mailbox_id);
+    PG_QUERY(j, "SELECT " PG_MAILBOX_COLS " FROM mailboxes b WHERE b.id = $1");
+    pg_mailbox_row(j, j->res, 0, &r->out.mailbox);
+    pg_note(j, j->mailbox_id, j->modseq);
+    PG_END(j);
+}
+
+int pg_op_mailbox_rename(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name || !r->in.new_name ||
+        !tern_store__valid_mailbox_name(r->in.new_name))
+        return pg_done(j, TERN_STORE_EINVAL, "bad mailbox name");
+    j->acct = pg_norm_account(&j->a, r->in.account);
+    j->mbox = canon(j, r->in.name);
+    j->mbox2 = canon(j, r->in.new_name);
+    if (!strcmp(j->mbox2, "INBOX") || !strcmp(j->mbox, j->mbox2))
+        return pg_done(j, TERN_STORE_EEXISTS, "target mailbox exists");
+    {
+        size_t l = strlen(j->mbox);
+        if (!strncmp(j->mbox2, j->mbox, l) && j->mbox2[l] == '/' && strcmp(j->mbox, "INBOX"))
+            return pg_done(j, TERN_STORE_EINVAL, "cannot rename a mailbox into itself");
+    }
+    PG_TX(j);
+    pg_p_str(j, j->acct);
+    pg_p_str(j, j->mbox);
+    PG_QUERY(j, "WITH a AS (UPDATE accounts SET highest_modseq = highest_modseq + 1 "
+                "WHERE name = $1 RETURNING id, highest_modseq) "
+                "SELECT a.id, a.highest_modseq, b.id, b.uidnext FROM a "
+                "JOIN mailboxes b ON b.account_id = a.id AND b.name = $2");
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    j->account_id = pg_u64(j->res, 0, 0);
+    j->modseq = pg_u64(j->res, 0, 1);
+    j->mailbox_id = pg_u64(j->res, 0, 2);
+    j->u[0] = pg_u64(j->res, 0, 3);
+    {
+        size_t n;
+        const char **parents = pg_parents(j, j->mbox2, &n);
+        pg_p_u64(j, j->account_id);
+        pg_p_strarray(j, parents, n, false);
+        pg_p_u64(j, j->modseq);
+    }
+    PG_QUERY(j, "INSERT INTO mailboxes (account_id, name, uidvalidity, highest_modseq) "
+                "SELECT $1, p, nextval('uidvalidity_seq'), $3 FROM unnest($2::text[]) p "
+                "ON CONFLICT DO NOTHING");
+    if (!strcmp(j->mbox, "INBOX")) {
+        /* RFC 9051 6.3.6: renaming INBOX moves its messages to a new
+         * mailbox and leaves INBOX, and its children, in place. The moved
+         * messages keep their uids under the new UIDVALIDITY. */
+        pg_p_u64(j, j->account_id);
+        pg_p_str(j, j->mbox2);
+        pg_p_u64(j, j->u[0]);
+        pg_p_u64(j, j->modseq);
+        PG_QUERY(j, "INSERT INTO mailboxes (account_id, name, uidvalidity, uidnext, highest_modseq) "
+                    "VALUES ($1, $2, nextval('uidvalidity_seq'), $3, $4) RETURNING id");
+        j->mailbox2_id = pg_u64(j->res, 0, 0);
+        pg_p_u64(j, j->mailbox_id);
+        pg_p_u64(j, j->mailbox2_id);
+        pg_p_u64(j, j->modseq);
+        pg_p_i64(j, (int64_t)time(NULL));
+        PG_QUERY(j, "WITH mv AS (UPDATE messages SET mailbox_id = $2, modseq = $3 "
+                    "WHERE mailbox_id = $1 RETURNING uid), "
+                    "e AS (INSERT INTO expunged (mailbox_id, uid, modseq, at) "
+                    "SELECT $1, uid, $3, $4 FROM mv) "
+                    "UPDATE mailboxes SET highest_modseq = $3 WHERE id = $1");
+        pg_note(j, j->mailbox_id, j->modseq);
+        pg_note(j, j->mailbox2_id, j->modseq);
+    } else {
+        pg_p_u64(j, j->account_id);
+        pg_p_str(j, j->mbox);
+        pg_p_str(j, j->mbox2);
+        pg_p_u64(j, j->modseq);
+        PG_QUERY(j, "UPDATE mailboxes SET name = $3 || substr(name, length($2) + 1), "
+                    "highest_modseq = $4 WHERE account_id = $1 "
+                    "AND (name = $2 OR left(name, length($2) + 1) = $2 || '/')");
+        j->mailbox2_id = j->mailbox_id;
+        pg_note(j, j->mailbox_id, j->modseq);
+    }
+    pg_p_u64(j, j->mailbox2_id);
+    PG_QUERY(j, "SELECT " PG_MAILBOX_COLS " FROM mailboxes b WHERE b.id = $1");
+    pg_mailbox_row(j, j->res, 0, &r->out.mailbox);
+    PG_END(j);
+}
+
+int pg_op_mailbox_delete(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    j->acct = pg_norm_account(&j->a, r->in.account);
+    j->mbox = canon(j, r->in.name);
+    if (!strcmp(j->mbox, "INBOX"))
+        return pg_done(j, TERN_STORE_EFORBIDDEN, "INBOX cannot be deleted");
+    PG_TX(j);
+    pg_p_str(j, j->acct);
+    pg_p_str(j, j->mbox);
+    PG_QUERY(j, "WITH a AS (UPDATE accounts SET highest_modseq = highest_modseq + 1 "
+                "WHERE name = $1 RETURNING id, highest_modseq) "
+                "SELECT a.id, a.highest_modseq, b.id, EXISTS (SELECT 1 FROM mailboxes c "
+                "WHERE c.account_id = a.id AND left(c.name, length($2) + 1) = $2 || '/') "
+                "FROM a JOIN mailboxes b ON b.account_id = a.id AND b.name = $2");
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    if (is_true(j->res, 0, 3))
+        return pg_done(j, TERN_STORE_ENOTEMPTY, "mailbox has children");
+    j->account_id = pg_u64(j->res, 0, 0);
+    j->modseq = pg_u64(j->res, 0, 1);
+    j->mailbox_id = pg_u64(j->res, 0, 2);
+    pg_p_u64(j, j->mailbox_id);
+    pg_p_u64(j, j->account_id);
+    PG_QUERY(j, "WITH c AS (SELECT body_ref, count(*) AS n, sum(size) AS s FROM messages "
+                "WHERE mailbox_id = $1 GROUP BY body_ref), "
+                "d AS (DELETE FROM bodies b USING c WHERE b.id = c.body_ref AND b.refcount <= c.n), "
+                "u AS (UPDATE bodies b SET refcount = b.refcount - c.n FROM c "
+                "WHERE b.id = c.body_ref AND b.refcount > c.n) "
+                "UPDATE accounts SET used_bytes = used_bytes - (SELECT coalesce(sum(s), 0) FROM c), "
+                "used_messages = used_messages - (SELECT coalesce(sum(n), 0) FROM c) WHERE id = $2");
+    pg_p_u64(j, j->mailbox_id);
+    PG_QUERY(j, "WITH e AS (DELETE FROM expunged WHERE mailbox_id = $1) "
+                "DELETE FROM mailboxes WHERE id = $1");
+    pg_note(j, j->mailbox_id, j->modseq);
+    PG_END(j);
+}
+
+int pg_op_mailbox_list(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account)
+        return pg_done(j, TERN_STORE_EINVAL, "no account");
+    pg_p_str(j, pg_norm_account(&j->a, r->in.account));
+    PG_QUERY(j, "SELECT id FROM accounts WHERE name = $1");
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such account");
+    pg_p_u64(j, pg_u64(j->res, 0, 0));
+    pg_p_str(j, r->in.subscribed_only ? "1" : "0");
+    PG_QUERY(j, "SELECT " PG_MAILBOX_COLS " FROM mailboxes b WHERE b.account_id = $1 "
+                "AND ($2::int = 0 OR b.subscribed <> 0) ORDER BY b.name");
+    {
+        int n = PQntuples(j->res);
+        r->out.mailboxes = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.mailboxes);
+        size_t k = 0;
+        for (int i = 0; i < n; i++) {
+            const char *name = PQgetvalue(j->res, i, 1);
+            if (r->in.pattern && !tern_store__pattern_match(r->in.pattern, name))
+                continue;
+            pg_mailbox_row(j, j->res, i, &r->out.mailboxes[k++]);
+        }
+        r->out.n_mailboxes = k;
+    }
+    PG_END(j);
+}
+
+int pg_op_mailbox_status(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    pg_p_str(j, pg_norm_account(&j->a, r->in.account));
+    pg_p_str(j, canon(j, r->in.name));
+    PG_QUERY(j, "SELECT " PG_MAILBOX_COLS " FROM mailboxes b JOIN accounts a ON a.id = b.account_id "
+                "WHERE a.name = $1 AND b.name = $2");
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    pg_mailbox_row(j, j->res, 0, &r->out.mailbox);
+    PG_END(j);
+}
+
+int pg_op_mailbox_subscribe(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    pg_p_str(j, pg_norm_account(&j->a, r->in.account));
+    pg_p_str(j, canon(j, r->in.name));
+    pg_p_str(j, r->in.subscribed ? "1" : "0");
+    PG_QUERY(j, "UPDATE mailboxes b SET subscribed = $3::int FROM accounts a "
+                "WHERE a.id = b.account_id AND a.name = $1 AND b.name = $2");
+    if (affected(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    PG_END(j);
+}
+
+int pg_op_mailbox_set_special(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    pg_p_str(j, pg_norm_account(&j->a, r->in.account));
+    pg_p_str(j, canon(j, r->in.name));
+    pg_p_u64(j, r->in.special_use & 0x3f);
+    PG_QUERY(j, "UPDATE mailboxes b SET special_use = $3::int FROM accounts a "
+                "WHERE a.id = b.account_id AND a.name = $1 AND b.name = $2");
+    if (affected(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    PG_END(j);
+}
+
+/* ---- messages ----------------------------------------------------------- */
+
+static int read_file(pg_job *j, const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return pg_done(j, TERN_STORE_EIO, "open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0 || (uint64_t)st.st_size > PG_APPEND_MAX) {
+        close(fd);
+        return pg_done(j, TERN_STORE_EINVAL, "message file unreadable or too large");
+    }
+    size_t len = (size_t)st.st_size;
+    j->owned_data = malloc(len ? len : 1);
+    if (!j->owned_data) {
+        close(fd);
+        return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+    }
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = read(fd, j->owned_data + got, len - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            close(fd);
+            return pg_done(j, TERN_STORE_EIO, "read %s: %s", path, n < 0 ? strerror(errno) : "short");
+        }
+        got += (size_t)n;
+    }
+    close(fd);
+    j->data = j->owned_data;
+    j->len = len;
+    return 0;
+}
+
+static const char *opt_text(pg_job *j, const char *s)
+{
+    return s ? pg_clean_text(j, s) : NULL;
+}
+
+/* Appends run BEGIN; one statement that takes the modseq, charges the
+ * quota and allocates the uid; the thread lookup; body and message rows;
+ * keywords and header index; NOTIFY; COMMIT. */
+int pg_op_append(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    tern_msg_index *idx;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    j->acct = pg_norm_account(&j->a, r->in.account);
+    j->mbox = canon(j, r->in.name);
+    if (r->in.data_path && !r->in.data) {
+        if (read_file(j, r->in.data_path) != 0)
+            return PG_DONE;
+    } else {
+        j->data = r->in.data ? r->in.data : (const uint8_t *)"";
+        j->len = r->in.data ? r->in.len : 0;
+    }
+    if (j->len > PG_APPEND_MAX)
+        return pg_done(j, TERN_STORE_EINVAL, "message too large");
+    idx = tern_arena_alloc(&j->a, sizeof *idx);
+    if (!idx || tern_msg_index_build(&j->a, j->data, j->len, idx) != 0)
+        return pg_done(j, TERN_STORE_ETEMP, "out of memory indexing the message");
+    j->p = idx;
+    PG_TX(j);
+    pg_p_str(j, j->acct);
+    pg_p_str(j, j->mbox);
+    pg_p_u64(j, j->len);
+    PG_QUERY(j, "WITH a AS (UPDATE accounts SET highest_modseq = highest_modseq + 1, "
+                "used_bytes = used_bytes + $3, used_messages = used_messages + 1 "
+                "WHERE name = $1 RETURNING id, highest_modseq, quota_bytes, quota_messages, "
+                "used_bytes, used_messages), "
+                "b AS (UPDATE mailboxes b SET uidnext = b.uidnext + 1, highest_modseq = a.highest_modseq "
+                "FROM a WHERE b.account_id = a.id AND b.name = $2 "
+                "RETURNING b.id, b.uidvalidity, b.uidnext - 1) "
+                "SELECT a.*, b.* FROM a LEFT JOIN b ON true");
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such account");
+    if (PQgetisnull(j->res, 0, 6))
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    {
+        uint64_t qb = pg_u64(j->res, 0, 2), qm = pg_u64(j->res, 0, 3);
+        if ((qb && pg_u64(j->res, 0, 4) > qb) || (qm && pg_u64(j->res, 0, 5) > qm))
+            return pg_done(j, TERN_STORE_EQUOTA, "over quota");
+    }
+    j->account_id = pg_u64(j->res, 0, 0);
+    j->modseq = pg_u64(j->res, 0, 1);
+    j->mailbox_id = pg_u64(j->res, 0, 6);
+    j->u[0] = pg_u64(j->res, 0, 7); /* uidvalidity */
+    j->u[1] = pg_u64(j->res, 0, 8); /* uid */
+    j->mbox2 = NULL;                /* thread id found, if any */
+    idx = j->p;
+    if (idx->n_references > 0 || idx->message_id) {
+        pg_p_u64(j, j->account_id);
+        pg_p_strarray(j, (const char *const *)idx->references, idx->n_references, false);
+        pg_p_str(j, opt_text(j, idx->message_id));
+        /* JMAP threads: a message joins the thread of a message it refers
+         * to, or of one that already answers it (arrival order varies). */
+        PG_QUERY(j, "(SELECT thread_id FROM messages WHERE account_id = $1 "
+                    "AND message_id = ANY ($2::text[]) LIMIT 1) "
+                    "UNION ALL (SELECT thread_id FROM messages WHERE account_id = $1 "
+                    "AND in_reply_to = $3 LIMIT 1) LIMIT 1");
+        if (PQntuples(j->res) > 0)
+            j->mbox2 = tern_arena_strdup(&j->a, PQgetvalue(j->res, 0, 0));
+    }
+    idx = j->p;
+    {
+        size_t refs_len = 1;
+        for (size_t i = 0; i < idx->n_references; i++)
+            refs_len += strlen(idx->references[i]) + 1;
+        char *refs = tern_arena_alloc(&j->a, refs_len);
+        size_t o = 0;
+        for (size_t i = 0; i < idx->n_references; i++) {
+            size_t l = strlen(idx->references[i]);
+            if (o)
+                refs[o++] = ' ';
+            memcpy(refs + o, idx->references[i], l);
+            o += l;
+        }
+        refs[o] = 0;
+        int64_t idate = r->in.internal_date ? r->in.internal_date : (int64_t)time(NULL);
+        pg_p_bin(j, j->data, j->len);           /* $1 */
+        pg_p_u64(j, j->account_id);             /* $2 */
+        pg_p_u64(j, j->mailbox_id);             /* $3 */
+        pg_p_u64(j, j->u[1]);                   /* $4 */
+        pg_p_u64(j, j->modseq);                 /* $5 */
+        pg_p_u64(j, r->in.flags & 0x1f);        /* $6 */
+        pg_p_i64(j, idate);                     /* $7 */
+        pg_p_u64(j, j->len);                    /* $8 */
+        pg_p_str(j, j->mbox2);                  /* $9 */
+        if (idx->date)
+            pg_p_i64(j, idx->date);             /* $10 */
+        else
+            pg_p_str(j, NULL);
+        pg_p_str(j, opt_text(j, idx->subject));
+        pg_p_str(j, opt_text(j, idx->base_subject));
+        pg_p_str(j, opt_text(j, idx->from));
+        pg_p_str(j, opt_text(j, idx->to));
+        pg_p_str(j, opt_text(j, idx->cc));
+        pg_p_str(j, opt_text(j, idx->bcc));
+        pg_p_str(j, opt_text(j, idx->message_id));
+        pg_p_str(j, opt_text(j, idx->in_reply_to));
+        pg_p_str(j, o ? pg_clean_text(j, refs) : NULL); /* $19 */
+    }
+    PG_QUERY(j, "WITH bd AS (INSERT INTO bodies (data, refcount) VALUES ($1, 1) RETURNING id) "
+                "INSERT INTO messages (account_id, mailbox_id, uid, modseq, flags, internal_date, "
+                "size, email_id, thread_id, recent, hdr_date, subject, base_subject, from_addr, "
+                "to_addr, cc_addr, bcc_addr, message_id, in_reply_to, refs, body_ref) "
+                "SELECT $2, $3, $4, $5, $6, $7, $8, 'M' || bd.id, coalesce($9, 'T' || bd.id), 1, "
+                "$10, $11, $12, $13, $14, $15, $16, $17, $18, $19, bd.id FROM bd "
+                "RETURNING id, email_id, thread_id");
+    r->out.append.uidvalidity = (uint32_t)j->u[0];
+    r->out.append.uid = (uint32_t)j->u[1];
+    r->out.append.modseq = j->modseq;
+    r->out.append.id = pg_str(j, j->res, 0, 1);
+    r->out.append.thread_id = pg_str(j, j->res, 0, 2);
+    j->u[2] = pg_u64(j->res, 0, 0);
+    idx = j->p;
+    {
+        const char **names = tern_arena_alloc(&j->a, (idx->n_fields + 1) * sizeof *names);
+        const char **values = tern_arena_alloc(&j->a, (idx->n_fields + 1) * sizeof *values);
+        for (size_t i = 0; i < idx->n_fields; i++) {
+            names[i] = idx->fields[i].name ? idx->fields[i].name : "";
+            values[i] = idx->fields[i].value ? idx->fields[i].value : "";
+        }
+        pg_p_u64(j, j->u[2]);
+        pg_p_strarray(j, r->in.keywords.names, r->in.keywords.n, true);
+        pg_p_strarray(j, names, idx->n_fields, true);
+        pg_p_strarray(j, values, idx->n_fields, false);
+    }
+    PG_QUERY(j, "WITH k AS (INSERT INTO keywords (message, keyword) "
+                "SELECT DISTINCT $1::bigint, kw FROM unnest($2::text[]) kw ON CONFLICT DO NOTHING) "
+                "INSERT INTO headers (message, name, value) "
+                "SELECT $1, t.n, t.v FROM unnest($3::text[], $4::text[]) AS t(n, v)");
+    pg_note(j, j->mailbox_id, j->modseq);
+    PG_END(j);
+}
+
+/* The mailbox of (account, name) with its largest uid, for "*". */
+#define PG_LOOKUP_MAILBOX                                                        \
+    "SELECT b.id, (SELECT coalesce(max(m.uid), 0) FROM messages m WHERE m.mailbox_id = b.id), " \
+    "b.highest_modseq, b.expunged_below_modseq, b.uidvalidity "                 \
+    "FROM mailboxes b JOIN accounts a ON a.id = b.account_id WHERE a.name = $1 AND b.name = $2"
+
+int pg_op_fetch(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    pg_p_str(j, pg_norm_account(&j->a, r->in.account));
+    pg_p_str(j, canon(j, r->in.name));
+    PG_QUERY(j, PG_LOOKUP_MAILBOX);
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    pg_p_u64(j, pg_u64(j->res, 0, 0));
+    pg_uidset(j, &r->in.uids, pg_u64(j->res, 0, 1));
+    PG_QUERY(j, tern_arena_printf(&j->a, "SELECT " PG_MESSAGE_COLS " FROM messages m "
+                                  "WHERE m.mailbox_id = $1 AND %s ORDER BY m.uid", j->uidset_sql));
+    {
+        int n = PQntuples(j->res);
+        r->out.messages = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.messages);
+        for (int i = 0; i < n; i++)
+            pg_message_row(j, j->res, i, &r->out.messages[i]);
+        r->out.n_messages = (size_t)n;
+    }
+    PG_END(j);
+}
+
+static uint64_t be_u32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return ((uint64_t)u[0] << 24) | ((uint64_t)u[1] << 16) | ((uint64_t)u[2] << 8) | u[3];
+}
+
+int pg_op_fetch_body(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    {
+        size_t max = r->in.max_len && r->in.max_len < PG_FETCH_BODY_MAX ? r->in.max_len
+                                                                        : PG_FETCH_BODY_MAX;
+        if (r->in.offset > (uint64_t)INT32_MAX)
+            return pg_done(j, TERN_STORE_EINVAL, "offset too large");
+        pg_p_str(j, pg_norm_account(&j->a, r->in.account));
+        pg_p_str(j, canon(j, r->in.name));
+        pg_p_u64(j, r->in.uid);
+        pg_p_u64(j, r->in.offset + 1);
+        pg_p_u64(j, max);
+    }
+    j->binary_result = true;
+    PG_QUERY(j, "SELECT length(bd.data)::int4, substring(bd.data FROM $4::int FOR $5::int) "
+                "FROM accounts a JOIN mailboxes b ON b.account_id = a.id "
+                "JOIN messages m ON m.mailbox_id = b.id JOIN bodies bd ON bd.id = m.body_ref "
+                "WHERE a.name = $1 AND b.name = $2 AND m.uid = $3");
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such message");
+    {
+        r->out.body_total = be_u32(PQgetvalue(j->res, 0, 0));
+        size_t n = (size_t)PQgetlength(j->res, 0, 1);
+        r->out.body = tern_arena_alloc(&r->arena, n + 1);
+        if (!r->out.body)
+            return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        memcpy(r->out.body, PQgetvalue(j->res, 0, 1), n);
+        r->out.body_len = n;
+    }
+    PG_END(j);
+}
+
+/* The first statement of the ops that change messages in one mailbox:
+ * takes the account's next modseq (and so its lock), finds the mailbox. */
+#define PG_LOCK_MAILBOX                                                          \
+    "WITH a AS (UPDATE accounts SET highest_modseq = highest_modseq + 1 WHERE name = $1 " \
+    "RETURNING id, highest_modseq, quota_bytes, quota_messages, used_bytes, used_messages) " \
+    "SELECT a.id, a.highest_modseq, a.quota_bytes, a.quota_messages, a.used_bytes, "      \
+    "a.used_messages, b.id, (SELECT coalesce(max(m.uid), 0) FROM messages m "              \
+    "WHERE m.mailbox_id = b.id), b.uidvalidity, b.uidnext "                                \
+    "FROM a JOIN mailboxes b ON b.account_id = a.id AND b.name = $2"
+
+static void locked_row(pg_job *j)
+{
+    j->account_id = pg_u64(j->res, 0, 0);
+    j->modseq = pg_u64(j->res, 0, 1);
+    j->mailbox_id = pg_u64(j->res, 0, 6);
+    j->u[0] = pg_u64(j->res, 0, 7); /* max uid */
+}
+
+int pg_op_set_flags(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    j->acct = pg_norm_account(&j->a, r->in.account);
+    PG_TX(j);
+    pg_p_str(j, j->acct);
+    pg_p_str(j, canon(j, r->in.name));
+    PG_QUERY(j, PG_LOCK_MAILBOX);
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    locked_row(j);
+    if (r->in.unchanged_since) {
+        pg_p_u64(j, j->mailbox_id);
+        pg_p_u64(j, r->in.unchanged_since);
+        pg_uidset(j, &r->in.uids, j->u[0]);
+        PG_QUERY(j, tern_arena_printf(&j->a, "SELECT m.uid FROM messages m WHERE m.mailbox_id = $1 "
+                                      "AND m.modseq > $2 AND %s ORDER BY m.uid", j->uidset_sql));
+        {
+            int n = PQntuples(j->res);
+            r->out.uids = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.uids);
+            for (int i = 0; i < n; i++)
+                r->out.uids[i] = (uint32_t)pg_u64(j->res, i, 0);
+            r->out.n_uids = (size_t)n;
+        }
+    }
+    {
+        const char *fexpr = r->in.flags_mode == TERN_FLAGS_ADD      ? "(m.flags | $3::int)"
+                            : r->in.flags_mode == TERN_FLAGS_REMOVE ? "(m.flags & ~$3::int)"
+                                                                    : "$3::int";
+        const char *kd = "", *ki = "", *kchanged = "";
+        bool kw = r->in.keywords.n > 0;
+        pg_p_u64(j, j->mailbox_id);                 /* $1 */
+        pg_p_u64(j, j->modseq);                     /* $2 */
+        pg_p_u64(j, r->in.flags & 0x1f);            /* $3 */
+        pg_p_u64(j, r->in.unchanged_since ? r->in.unchanged_since : UINT64_MAX >> 1); /* $4 */
+        pg_p_strarray(j, r->in.keywords.names, r->in.keywords.n, true); /* $5 */
+        if (r->in.flags_mode == TERN_FLAGS_REPLACE)
+            kd = ", kd AS (DELETE FROM keywords k USING t WHERE k.message = t.id "
+                 "AND NOT (k.keyword = ANY ($5::text[])) RETURNING k.message)";
+        else if (r->in.flags_mode == TERN_FLAGS_REMOVE && kw)
+            kd = ", kd AS (DELETE FROM keywords k USING t WHERE k.message = t.id "
+                 "AND k.keyword = ANY ($5::text[]) RETURNING k.message)";
+        if (r->in.flags_mode != TERN_FLAGS_REMOVE && kw)
+            ki = ", ki AS (INSERT INTO keywords (message, keyword) SELECT DISTINCT t.id, kw "
+                 "FROM t, unnest($5::text[]) kw ON CONFLICT DO NOTHING RETURNING message)";
+        if (*kd && *ki)
+            kchanged = " OR m.id IN (SELECT message FROM kd) OR m.id IN (SELECT message FROM ki)";
+        else if (*kd)
+            kchanged = " OR m.id IN (SELECT message FROM kd)";
+        else if (*ki)
+            kchanged = " OR m.id IN (SELECT message FROM ki)";
+        pg_uidset(j, &r->in.uids, j->u[0]);
+        j->uidset_sql = tern_arena_printf(&j->a,
+            "WITH t AS (SELECT m.id FROM messages m WHERE m.mailbox_id = $1 AND m.modseq <= $4 "
+            "AND $5::text[] IS NOT NULL AND %s)%s%s UPDATE messages m SET flags = %s, modseq = $2 FROM t "
+            "WHERE m.id = t.id AND (m.flags <> %s%s)",
+            j->uidset_sql, kd, ki, fexpr, fexpr, kchanged);
+    }
+    PG_QUERY(j, j->uidset_sql);
+    j->n = (int64_t)affected(j->res);
+    pg_p_u64(j, j->mailbox_id);
+    pg_p_u64(j, j->modseq);
+    pg_p_str(j, j->n > 0 ? "t" : "f");
+    PG_QUERY(j, "UPDATE mailboxes SET highest_modseq = CASE WHEN $3::bool THEN $2 "
+                "ELSE highest_modseq END WHERE id = $1 RETURNING highest_modseq");
+    r->out.highest_modseq = pg_u64(j->res, 0, 0);
+    if (j->n > 0) {
+        pg_note(j, j->mailbox_id, j->modseq);
+        pg_p_u64(j, j->mailbox_id);
+        pg_p_u64(j, j->modseq);
+        PG_QUERY(j, "SELECT " PG_MESSAGE_COLS " FROM messages m WHERE m.mailbox_id = $1 "
+                    "AND m.modseq = $2 ORDER BY m.uid");
+        {
+            int n = PQntuples(j->res);
+            r->out.messages = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.messages);
+            for (int i = 0; i < n; i++)
+                pg_message_row(j, j->res, i, &r->out.messages[i]);
+            r->out.n_messages = (size_t)n;
+        }
+    }
+    PG_END(j);
+}
+
+int pg_op_expunge(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    j->acct = pg_norm_account(&j->a, r->in.account);
+    PG_TX(j);
+    pg_p_str(j, j->acct);
+    pg_p_str(j, canon(j, r->in.name));
+    PG_QUERY(j, PG_LOCK_MAILBOX);
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    locked_row(j);
+    pg_p_u64(j, j->mailbox_id);
+    pg_p_u64(j, j->modseq);
+    pg_p_i64(j, (int64_t)time(NULL));
+    pg_p_u64(j, j->account_id);
+    if (r->in.uids.n)
+        pg_uidset(j, &r->in.uids, j->u[0]);
+    else
+        j->uidset_sql = "true";
+    PG_QUERY(j, tern_arena_printf(&j->a,
+        "WITH d AS (DELETE FROM messages m WHERE m.mailbox_id = $1 AND m.flags & 8 <> 0 AND %s "
+        "RETURNING m.uid, m.size, m.body_ref), "
+        "c AS (SELECT body_ref, count(*) AS n FROM d GROUP BY body_ref), "
+        "bd AS (DELETE FROM bodies b USING c WHERE b.id = c.body_ref AND b.refcount <= c.n), "
+        "bu AS (UPDATE bodies b SET refcount = b.refcount - c.n FROM c "
+        "WHERE b.id = c.body_ref AND b.refcount > c.n), "
+        "e AS (INSERT INTO expunged (mailbox_id, uid, modseq, at) SELECT $1, uid, $2, $3 FROM d), "
+        "au AS (UPDATE accounts SET used_bytes = used_bytes - (SELECT coalesce(sum(size), 0) FROM d), "
+        "used_messages = used_messages - (SELECT count(*) FROM d) WHERE id = $4) "
+        "SELECT uid FROM d ORDER BY uid", j->uidset_sql));
+    {
+        int n = PQntuples(j->res);
+        r->out.uids = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.uids);
+        for (int i = 0; i < n; i++)
+            r->out.uids[i] = (uint32_t)pg_u64(j->res, i, 0);
+        r->out.n_uids = (size_t)n;
+        j->n = n;
+    }
+    {
+        /* Expunge records older than the retention bound go; the mailbox
+         * remembers the newest modseq it can no longer answer for. */
+        uint64_t ret_s = j->pg->retention_ms / 1000;
+        int64_t now = (int64_t)time(NULL);
+        pg_p_u64(j, j->mailbox_id);
+        pg_p_u64(j, j->modseq);
+        pg_p_str(j, j->n > 0 ? "t" : "f");
+        pg_p_i64(j, ret_s ? now - (int64_t)ret_s : INT64_MIN);
+    }
+    PG_QUERY(j, "WITH p AS (DELETE FROM expunged WHERE mailbox_id = $1 AND at < $4 RETURNING modseq) "
+                "UPDATE mailboxes SET highest_modseq = CASE WHEN $3::bool THEN $2 ELSE highest_modseq END, "
+                "expunged_below_modseq = greatest(expunged_below_modseq, "
+                "(SELECT coalesce(max(modseq), 0) FROM p)) WHERE id = $1 RETURNING highest_modseq");
+    r->out.highest_modseq = pg_u64(j->res, 0, 0);
+    if (j->n > 0)
+        pg_note(j, j->mailbox_id, j->modseq);
+    PG_END(j);
+}
+
+/* COPY and MOVE: same account, source and target found under the
+ * account's lock; new uids are the target's uidnext onwards in source uid
+ * order, which is the UIDPLUS map. */
+static int copy_or_move(pg_job *j, bool move)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name || !r->in.new_name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    j->acct = pg_norm_account(&j->a, r->in.account);
+    PG_TX(j);
+    pg_p_str(j, j->acct);
+    pg_p_str(j, canon(j, r->in.name));
+    pg_p_str(j, canon(j, r->in.new_name));
+    PG_QUERY(j, "WITH a AS (UPDATE accounts SET highest_modseq = highest_modseq + 1 WHERE name = $1 "
+                "RETURNING id, highest_modseq, quota_bytes, quota_messages, used_bytes, used_messages) "
+                "SELECT a.id, a.highest_modseq, a.quota_bytes, a.quota_messages, a.used_bytes, "
+                "a.used_messages, s.id, (SELECT coalesce(max(m.uid), 0) FROM messages m "
+                "WHERE m.mailbox_id = s.id), d.id, d.uidvalidity, d.uidnext "
+                "FROM a JOIN mailboxes s ON s.account_id = a.id AND s.name = $2 "
+                "JOIN mailboxes d ON d.account_id = a.id AND d.name = $3");
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    locked_row(j);
+    j->u[1] = pg_u64(j->res, 0, 2); /* quota bytes */
+    j->u[2] = pg_u64(j->res, 0, 3); /* quota messages */
+    j->u[3] = pg_u64(j->res, 0, 4); /* used bytes */
+    j->u[4] = pg_u64(j->res, 0, 5); /* used messages */
+    j->mailbox2_id = pg_u64(j->res, 0, 8);
+    r->out.dst_uidvalidity = (uint32_t)pg_u64(j->res, 0, 9);
+    j->u[5] = pg_u64(j->res, 0, 10); /* target uidnext */
+    pg_p_u64(j, j->mailbox_id);
+    pg_uidset(j, &r->in.uids, j->u[0]);
+    PG_QUERY(j, tern_arena_printf(&j->a, "SELECT count(*), coalesce(sum(m.size), 0) FROM messages m "
+                                  "WHERE m.mailbox_id = $1 AND %s", j->uidset_sql));
+    j->n = pg_i64(j->res, 0, 0);
+    j->u[6] = pg_u64(j->res, 0, 1);
+    if (j->n == 0)
+        return PG_DONE;
+    if (!move && ((j->u[1] && j->u[3] + j->u[6] > j->u[1]) ||
+                  (j->u[2] && j->u[4] + (uint64_t)j->n > j->u[2])))
+        return pg_done(j, TERN_STORE_EQUOTA, "over quota");
+    if ((uint64_t)j->u[5] + (uint64_t)j->n > UINT32_MAX)
+        return pg_done(j, TERN_STORE_EIO, "target mailbox out of uids");
+    pg_p_u64(j, j->mailbox_id);    /* $1 */
+    pg_p_u64(j, j->mailbox2_id);   /* $2 */
+    pg_p_u64(j, j->u[5]);          /* $3 */
+    pg_p_u64(j, j->modseq);        /* $4 */
+    pg_p_i64(j, (int64_t)time(NULL)); /* $5 */
+    pg_uidset(j, &r->in.uids, j->u[0]);
+    if (move)
+        j->uidset_sql = tern_arena_printf(&j->a,
+            "WITH s AS (SELECT m.id, m.uid, row_number() OVER (ORDER BY m.uid) AS rn "
+            "FROM messages m WHERE m.mailbox_id = $1 AND %s), "
+            "mv AS (UPDATE messages m SET mailbox_id = $2, uid = $3 + s.rn - 1, modseq = $4 "
+            "FROM s WHERE m.id = s.id RETURNING s.uid AS old_uid, m.uid AS new_uid), "
+            "e AS (INSERT INTO expunged (mailbox_id, uid, modseq, at) "
+            "SELECT $1, old_uid, $4, $5 FROM mv) "
+            "SELECT old_uid, new_uid FROM mv ORDER BY old_uid", j->uidset_sql);
+    else
+        j->uidset_sql = tern_arena_printf(&j->a,
+            "WITH s AS (SELECT m.*, row_number() OVER (ORDER BY m.uid) AS rn "
+            "FROM messages m WHERE m.mailbox_id = $1 AND %s AND $5::bigint IS NOT NULL), "
+            "ins AS (INSERT INTO messages (account_id, mailbox_id, uid, modseq, flags, internal_date, "
+            "size, email_id, thread_id, recent, hdr_date, subject, base_subject, from_addr, to_addr, "
+            "cc_addr, bcc_addr, message_id, in_reply_to, refs, body_ref) "
+            "SELECT account_id, $2, $3 + rn - 1, $4, flags, internal_date, size, email_id, thread_id, "
+            "1, hdr_date, subject, base_subject, from_addr, to_addr, cc_addr, bcc_addr, message_id, "
+            "in_reply_to, refs, body_ref FROM s RETURNING id, uid), "
+            "map AS (SELECT s.id AS old_id, s.uid AS old_uid, ins.id AS new_id, ins.uid AS new_uid "
+            "FROM s JOIN ins ON ins.uid = $3 + s.rn - 1), "
+            "kw AS (INSERT INTO keywords (message, keyword) SELECT map.new_id, k.keyword "
+            "FROM map JOIN keywords k ON k.message = map.old_id), "
+            "hd AS (INSERT INTO headers (message, name, value) SELECT map.new_id, h.name, h.value "
+            "FROM map JOIN headers h ON h.message = map.old_id), "
+            "bu AS (UPDATE bodies b SET refcount = b.refcount + c.n FROM "
+            "(SELECT body_ref, count(*) AS n FROM s GROUP BY body_ref) c WHERE b.id = c.body_ref) "
+            "SELECT old_uid, new_uid FROM map ORDER BY old_uid", j->uidset_sql);
+    PG_QUERY(j, j->uidset_sql);
+    {
+        int n = PQntuples(j->res);
+        r->out.src_uids = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof(uint32_t));
+        r->out.dst_uids = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof(uint32_t));
+        for (int i = 0; i < n; i++) {
+            r->out.src_uids[i] = (uint32_t)pg_u64(j->res, i, 0);
+            r->out.dst_uids[i] = (uint32_t)pg_u64(j->res, i, 1);
+        }
+        r->out.n_copied = (size_t)n;
+        j->n = n;
+    }
+    pg_p_u64(j, j->mailbox_id);
+    pg_p_u64(j, j->mailbox2_id);
+    pg_p_i64(j, j->n);
+    pg_p_u64(j, j->modseq);
+    pg_p_u64(j, move ? 0 : j->u[6]);
+    pg_p_i64(j, move ? 0 : j->n);
+    pg_p_u64(j, j->account_id);
+    PG_QUERY(j, "WITH u AS (UPDATE accounts SET used_bytes = used_bytes + $5, "
+                "used_messages = used_messages + $6 WHERE id = $7) "
+                "UPDATE mailboxes SET uidnext = uidnext + CASE WHEN id = $2 THEN $3 ELSE 0 END, "
+                "highest_modseq = $4 WHERE id = $2 OR (id = $1 AND $6 = 0)");
+    if (move)
+        pg_note(j, j->mailbox_id, j->modseq);
+    pg_note(j, j->mailbox2_id, j->modseq);
+    PG_END(j);
+}
+
+int pg_op_copy(pg_job *j)
+{
+    return copy_or_move(j, false);
+}
+
+int pg_op_move(pg_job *j)
+{
+    return copy_or_move(j, true);
+}

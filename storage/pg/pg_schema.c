@@ -1,0 +1,157 @@
+/* The PostgreSQL schema (storage/schema.md) and its creation at open: one
+ * blocking connection, an advisory lock so that several ternd nodes
+ * starting together do not race on CREATE ... IF NOT EXISTS, then the
+ * statements of each version not yet applied, recorded in
+ * meta.schema_version. A database with a newer version than this binary
+ * knows is refused.
+ *
+ * Input trusted: the conninfo from the validated config. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lib/log.h"
+#include "storage/pg/pg_internal.h"
+
+#define PG_SCHEMA_VERSION 1
+#define PG_SCHEMA_LOCK "7367230117"  /* advisory lock key: "tern schema" */
+
+/* Version 1. `body_ref` is BIGINT here: in this backend it is bodies.id. */
+static const char *const schema_v1[] = {
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    "CREATE TABLE IF NOT EXISTS domains (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE IF NOT EXISTS accounts ("
+    " id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+    " domain_id BIGINT NOT NULL REFERENCES domains(id),"
+    " password_hash TEXT, quota_bytes BIGINT NOT NULL DEFAULT 0,"
+    " quota_messages BIGINT NOT NULL DEFAULT 0, used_bytes BIGINT NOT NULL DEFAULT 0,"
+    " used_messages BIGINT NOT NULL DEFAULT 0, highest_modseq BIGINT NOT NULL DEFAULT 1,"
+    " expunged_below_modseq BIGINT NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS aliases (id BIGSERIAL PRIMARY KEY, address TEXT NOT NULL,"
+    " target TEXT NOT NULL, UNIQUE (address, target))",
+    "CREATE TABLE IF NOT EXISTS mailboxes ("
+    " id BIGSERIAL PRIMARY KEY,"
+    " account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,"
+    " name TEXT NOT NULL, special_use INTEGER NOT NULL DEFAULT 0,"
+    " subscribed INTEGER NOT NULL DEFAULT 0, uidvalidity BIGINT NOT NULL,"
+    " uidnext BIGINT NOT NULL DEFAULT 1, highest_modseq BIGINT NOT NULL DEFAULT 0,"
+    " expunged_below_modseq BIGINT NOT NULL DEFAULT 0, UNIQUE (account_id, name))",
+    "CREATE TABLE IF NOT EXISTS bodies (id BIGSERIAL PRIMARY KEY, data BYTEA NOT NULL,"
+    " refcount INTEGER NOT NULL DEFAULT 1)",
+    /* FETCH_BODY reads slices: uncompressed out-of-line storage lets
+     * substring() read only the chunks it needs. */
+    "ALTER TABLE bodies ALTER COLUMN data SET STORAGE EXTERNAL",
+    "CREATE TABLE IF NOT EXISTS messages ("
+    " id BIGSERIAL PRIMARY KEY, account_id BIGINT NOT NULL,"
+    " mailbox_id BIGINT NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,"
+    " uid BIGINT NOT NULL, modseq BIGINT NOT NULL, flags INTEGER NOT NULL DEFAULT 0,"
+    " internal_date BIGINT NOT NULL, size BIGINT NOT NULL, email_id TEXT NOT NULL,"
+    " thread_id TEXT NOT NULL, recent INTEGER NOT NULL DEFAULT 0, hdr_date BIGINT,"
+    " subject TEXT, base_subject TEXT, from_addr TEXT, to_addr TEXT, cc_addr TEXT,"
+    " bcc_addr TEXT, message_id TEXT, in_reply_to TEXT, refs TEXT, body_ref BIGINT NOT NULL,"
+    " UNIQUE (mailbox_id, uid))",
+    "CREATE INDEX IF NOT EXISTS messages_mailbox_modseq ON messages (mailbox_id, modseq)",
+    "CREATE INDEX IF NOT EXISTS messages_account_msgid ON messages (account_id, message_id)",
+    "CREATE INDEX IF NOT EXISTS messages_account_irt ON messages (account_id, in_reply_to)",
+    "CREATE INDEX IF NOT EXISTS messages_body ON messages (body_ref)",
+    "CREATE TABLE IF NOT EXISTS keywords ("
+    " message BIGINT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,"
+    " keyword TEXT NOT NULL, PRIMARY KEY (message, keyword))",
+    "CREATE INDEX IF NOT EXISTS keywords_keyword ON keywords (keyword)",
+    "CREATE TABLE IF NOT EXISTS headers ("
+    " message BIGINT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,"
+    " name TEXT NOT NULL, value TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS headers_message_name ON headers (message, name)",
+    "CREATE TABLE IF NOT EXISTS expunged (mailbox_id BIGINT NOT NULL, uid BIGINT NOT NULL,"
+    " modseq BIGINT NOT NULL, at BIGINT NOT NULL DEFAULT 0)",
+    "CREATE INDEX IF NOT EXISTS expunged_mailbox_modseq ON expunged (mailbox_id, modseq)",
+    NULL,
+};
+
+static int exec(PGconn *c, const char *sql, char **error_r)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        char buf[512];
+        snprintf(buf, sizeof buf, "postgres schema: %s", PQresultErrorMessage(r));
+        buf[strcspn(buf, "\n")] = 0;
+        *error_r = strdup(buf);
+        PQclear(r);
+        return -1;
+    }
+    PQclear(r);
+    return 0;
+}
+
+int pg_schema_create(const char *conninfo, char **error_r)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    if (PQstatus(c) != CONNECTION_OK) {
+        char buf[512];
+        snprintf(buf, sizeof buf, "postgres: cannot connect: %s", PQerrorMessage(c));
+        buf[strcspn(buf, "\n")] = 0;
+        *error_r = strdup(buf);
+        PQfinish(c);
+        return -1;
+    }
+    int rc = -1;
+    PGresult *r = NULL;
+    if (exec(c, "SET client_min_messages = warning", error_r) < 0 ||
+        exec(c, "SELECT pg_advisory_lock(" PG_SCHEMA_LOCK ")", error_r) < 0)
+        goto out;
+    if (exec(c, schema_v1[0], error_r) < 0)
+        goto out;
+    r = PQexec(c, "SELECT value FROM meta WHERE key = 'schema_version'");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        *error_r = strdup("postgres schema: cannot read meta");
+        goto unlock;
+    }
+    long have = PQntuples(r) ? strtol(PQgetvalue(r, 0, 0), NULL, 10) : 0;
+    if (have > PG_SCHEMA_VERSION) {
+        char buf[128];
+        snprintf(buf, sizeof buf, "postgres schema version %ld is newer than this ternd (%d)",
+                 have, PG_SCHEMA_VERSION);
+        *error_r = strdup(buf);
+        goto unlock;
+    }
+    if (have < 1) {
+        if (exec(c, "BEGIN", error_r) < 0)
+            goto unlock;
+        for (size_t i = 1; schema_v1[i]; i++)
+            if (exec(c, schema_v1[i], error_r) < 0)
+                goto unlock;
+        /* UIDVALIDITY must differ for a mailbox re-created under the same
+         * name, across nodes: one database sequence, started at the
+         * creation time so it also differs from a dropped database's. */
+        char seq[200];
+        snprintf(seq, sizeof seq,
+                 "CREATE SEQUENCE IF NOT EXISTS uidvalidity_seq START WITH %" PRId64
+                 " MAXVALUE 4294967295 CYCLE",
+                 (int64_t)time(NULL));
+        if (exec(c, seq, error_r) < 0 ||
+            exec(c, "INSERT INTO meta (key, value) VALUES ('schema_version', '1') "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", error_r) < 0 ||
+            exec(c, "COMMIT", error_r) < 0)
+            goto unlock;
+        TLOG_INFO("store", "event=pg_schema_created version=%d", PG_SCHEMA_VERSION);
+    }
+    rc = 0;
+unlock:
+    if (rc < 0) {
+        PGresult *x = PQexec(c, "ROLLBACK");
+        PQclear(x);
+    }
+    {
+        char *ignored = NULL;
+        exec(c, "SELECT pg_advisory_unlock(" PG_SCHEMA_LOCK ")", &ignored);
+        free(ignored);
+    }
+out:
+    if (r)
+        PQclear(r);
+    PQfinish(c);
+    return rc;
+}
