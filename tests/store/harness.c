@@ -13,6 +13,8 @@
 
 #include <libpq-fe.h>
 
+#include "lib/log.h"
+
 static int pg_exec(const char *conninfo, const char *sql)
 {
     PGconn *c = PQconnectdb(conninfo);
@@ -53,6 +55,10 @@ int harness_pg_drop_db(const char *name)
 int harness_init(harness *h, const char *backend, const char *dir, const char *db)
 {
     memset(h, 0, sizeof(*h));
+    /* Info lines per account would bury the test output; TERN_LOG asks
+     * for more. */
+    const char *lv = getenv("TERN_LOG");
+    tern_log_configure(lv && *lv ? lv : "warn", NULL);
     if (strcmp(backend, "pg") == 0 || strcmp(backend, "postgres") == 0) {
         h->pg = true;
     } else if (strcmp(backend, "local") != 0) {
