@@ -7,6 +7,7 @@
  * back. Runs on the backend thread only.
  *
  * Input trusted: the server's bytes, as far as libpq trusts them. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -135,6 +136,19 @@ void pg_conn_broken(pg_conn *c, const char *why)
     pg_dispatch(c->pg);
 }
 
+/* libpq prints notices (and the server's FATAL on shutdown) to stderr
+ * by default; they belong in our log, one line each. */
+static void on_notice(void *arg, const char *message)
+{
+    pg_conn *c = arg;
+    char q[256];
+    char clean[240];
+    snprintf(clean, sizeof clean, "%s", message);
+    clean[strcspn(clean, "\r\n")] = 0;
+    TLOG_DEBUG("store", "event=pg_notice conn=%s index=%d message=%s", conn_name(c), c->index,
+               tern_log_q(q, sizeof q, clean));
+}
+
 void pg_conn_start(pg_conn *c)
 {
     if (c->pg->shutting_down) {
@@ -146,6 +160,7 @@ void pg_conn_start(pg_conn *c)
         pg_conn_broken(c, "connect failed");
         return;
     }
+    PQsetNoticeProcessor(c->pq, on_notice, c);
     c->state = PG_C_CONNECTING;
     /* Before the first PQconnectPoll the socket is to be waited on as if
      * it had asked for writing. */
@@ -155,7 +170,6 @@ void pg_conn_start(pg_conn *c)
 
 static void connected(pg_conn *c)
 {
-    char q[64];
     if (PQsetnonblocking(c->pq, 1) != 0) {
         pg_conn_broken(c, "cannot set non-blocking");
         return;
@@ -169,7 +183,6 @@ static void connected(pg_conn *c)
     }
     if (again)
         TLOG_INFO("store", "event=pg_reconnected conn=%s index=%d", conn_name(c), c->index);
-    (void)q;
     if (c->listener) {
         c->state = PG_C_BUSY;
         if (!PQsendQuery(c->pq, "LISTEN " PG_CHANNEL)) {

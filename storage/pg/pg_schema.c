@@ -7,6 +7,7 @@
  *
  * Input trusted: the conninfo from the validated config. */
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +99,7 @@ int pg_schema_create(const char *conninfo, char **error_r)
         return -1;
     }
     int rc = -1;
+    bool in_tx = false;
     PGresult *r = NULL;
     if (exec(c, "SET client_min_messages = warning", error_r) < 0 ||
         exec(c, "SELECT pg_advisory_lock(" PG_SCHEMA_LOCK ")", error_r) < 0)
@@ -120,6 +122,7 @@ int pg_schema_create(const char *conninfo, char **error_r)
     if (have < 1) {
         if (exec(c, "BEGIN", error_r) < 0)
             goto unlock;
+        in_tx = true;
         for (size_t i = 1; schema_v1[i]; i++)
             if (exec(c, schema_v1[i], error_r) < 0)
                 goto unlock;
@@ -140,7 +143,7 @@ int pg_schema_create(const char *conninfo, char **error_r)
     }
     rc = 0;
 unlock:
-    if (rc < 0) {
+    if (rc < 0 && in_tx) {
         PGresult *x = PQexec(c, "ROLLBACK");
         PQclear(x);
     }
