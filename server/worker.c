@@ -126,13 +126,19 @@ static void worker__handle(tern_worker *w, wmsg *m)
     worker__msg_free(m);
 }
 
-static void worker__wake(uv_async_t *a)
+static wmsg *worker__take_all(tern_worker *w)
 {
-    tern_worker *w = a->data;
     pthread_mutex_lock(&w->mu);
     wmsg *m = w->head;
     w->head = w->tail = NULL;
     pthread_mutex_unlock(&w->mu);
+    return m;
+}
+
+static void worker__wake(uv_async_t *a)
+{
+    tern_worker *w = a->data;
+    wmsg *m = worker__take_all(w);
     while (m) {
         wmsg *n = m->next;
         if (w->stopping)
@@ -148,10 +154,7 @@ static void worker__main(void *arg)
     tern_worker *w = arg;
     uv_run(&w->loop, UV_RUN_DEFAULT);
     /* Anything posted after the loop stopped. */
-    pthread_mutex_lock(&w->mu);
-    wmsg *m = w->head;
-    w->head = w->tail = NULL;
-    pthread_mutex_unlock(&w->mu);
+    wmsg *m = worker__take_all(w);
     while (m) {
         wmsg *n = m->next;
         worker__msg_free(m);
