@@ -4,13 +4,15 @@
  * or stop the database under it, then check what survived.
  *
  *   store_burst init   BACKEND DIR [DB]        create the account (pg: and DB)
- *   store_burst append BACKEND DIR [DB] N [WINDOW] [SECONDS]
+ *   store_burst append BACKEND DIR [DB] N [WINDOW] [SECONDS] [STOPFILE]
  *       appends messages 1..N to INBOX of burst@example.test, WINDOW in
  *       flight at once; prints "ACK uid n" (flushed) when append n
  *       succeeded, "ETEMP n" when it failed temporarily (it is retried),
  *       "ERR n status" on any other failure, and "DONE acked etemp err" at
  *       the end. Exits 0 when every append was acknowledged and none failed
  *       other than temporarily; 3 when SECONDS (default 120) ran out.
+ *       Once STOPFILE exists it starts no new message: N becomes the count
+ *       started so far, and it ends when those are all acknowledged.
  *   store_burst check  BACKEND DIR [DB] ACKFILE
  *       reopens the store (local: reconciliation runs) and checks that
  *       every ACK line's uid is there with the bytes of message n, and
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tests/store/harness.h"
 
@@ -50,6 +53,7 @@ typedef struct burst {
     size_t n_retry;
     double deadline;
     int timed_out;
+    const char *stop_path;
 } burst;
 
 static void burst_fill(burst *b);
@@ -118,12 +122,16 @@ static void on_tick(uv_timer_t *t)
         b->timed_out = 1;
         return;
     }
+    if (b->stop_path && b->next <= b->n_total && access(b->stop_path, F_OK) == 0)
+        b->n_total = b->next - 1;
     burst_fill(b);
 }
 
-static int do_append(harness *h, unsigned n_total, unsigned window, double seconds)
+static int do_append(harness *h, unsigned n_total, unsigned window, double seconds,
+                     const char *stop_path)
 {
-    burst b = {.h = h, .n_total = n_total, .next = 1, .window = window ? window : 1};
+    burst b = {.h = h, .n_total = n_total, .next = 1, .window = window ? window : 1,
+               .stop_path = stop_path};
     b.retry = calloc(n_total + 1, sizeof(unsigned));
     b.deadline = harness_now() + seconds;
     uv_loop_init(&b.loop);
@@ -132,7 +140,7 @@ static int do_append(harness *h, unsigned n_total, unsigned window, double secon
     b.timer.data = &b;
     uv_timer_start(&b.timer, on_tick, 50, 50);
     burst_fill(&b);
-    while (!b.timed_out && (b.acked + b.err < n_total || b.in_flight > 0))
+    while (!b.timed_out && (b.acked + b.err < b.n_total || b.in_flight > 0))
         uv_run(&b.loop, UV_RUN_ONCE);
     uv_timer_stop(&b.timer);
     uv_close((uv_handle_t *)&b.timer, NULL);
@@ -145,7 +153,7 @@ static int do_append(harness *h, unsigned n_total, unsigned window, double secon
     free(b.retry);
     if (b.timed_out)
         return 3;
-    return b.err == 0 && b.acked == n_total ? 0 : 1;
+    return b.err == 0 && b.acked == b.n_total ? 0 : 1;
 }
 
 /* ---- check ------------------------------------------------------------- */
@@ -317,7 +325,7 @@ int main(int argc, char **argv)
         unsigned n = (unsigned)strtoul(argv[ai], NULL, 10);
         unsigned window = argc > ai + 1 ? (unsigned)strtoul(argv[ai + 1], NULL, 10) : 8;
         double secs = argc > ai + 2 ? strtod(argv[ai + 2], NULL) : 120;
-        rc = do_append(&h, n, window, secs);
+        rc = do_append(&h, n, window, secs, argc > ai + 3 ? argv[ai + 3] : NULL);
     } else if (strcmp(mode, "check") == 0 && argc > ai) {
         rc = do_check(&h, argv[ai]);
     } else {
