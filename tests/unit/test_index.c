@@ -417,7 +417,7 @@ static void check_search(searchdb *s, const tern_search *q, const char *want)
     char got[256] = "", evgot[256] = "";
     while (sqlite3_step(st) == SQLITE_ROW) {
         uint32_t uid = (uint32_t)sqlite3_column_int64(st, 0);
-        size_t fi;
+        size_t fi = 0;
         assert_non_null(fixture_by_uid(uid, &fi));
         if (sql.needs_body && !body_check(q, &sql, s, fi))
             continue;
