@@ -141,6 +141,8 @@ char *local_col_text(tern_arena *a, sqlite3_stmt *st, int col)
     return tern_arena_strndup(a, (const char *)t, (size_t)sqlite3_column_bytes(st, col));
 }
 
+static void pending_cancel(local_store *L, const char *path);
+
 /* ---- effects ---------------------------------------------------------- */
 
 void local_effect(local_store *L, leffect_kind kind, const char *a, const char *b)
@@ -191,11 +193,12 @@ void local_sync_dir(local_store *L, const char *dir)
     L->sync_dirs[L->n_sync_dirs++] = tern_arena_strdup(&L->batch, dir);
 }
 
-static void undo_effects(lctx *c)
+static void undo_effects(local_store *L, lctx *c)
 {
     for (leffect *e = c->effects; e; e = e->next) {
         switch (e->kind) {
         case LEFF_UNDO_UNLINK:
+            pending_cancel(L, e->a);
             if (unlink(e->a) != 0 && errno != ENOENT)
                 TLOG_WARN("store", "event=undo_failed op=unlink path=\"%s\" error=\"%s\"", e->a,
                           strerror(errno));
@@ -229,6 +232,171 @@ static void post_effects(local_store *L, lctx *c)
             local_rmtree(e->a);
         }
     }
+}
+
+/* ---- pending files and the fsync helpers ------------------------------ */
+
+static void sync_some(local_store *L)
+{
+    for (;;) {
+        pthread_mutex_lock(&L->sync_mu);
+        if (L->sync_next >= L->sync_n) {
+            pthread_mutex_unlock(&L->sync_mu);
+            return;
+        }
+        size_t i = L->sync_next++;
+        pthread_mutex_unlock(&L->sync_mu);
+        int err = 0;
+        if (L->sync_fds[i] >= 0 && fdatasync(L->sync_fds[i]) != 0)
+            err = errno;
+        pthread_mutex_lock(&L->sync_mu);
+        L->sync_errs[i] = err;
+        if (++L->sync_finished == L->sync_n)
+            pthread_cond_signal(&L->sync_done);
+        pthread_mutex_unlock(&L->sync_mu);
+    }
+}
+
+static void *sync_main(void *arg)
+{
+    local_store *L = arg;
+    uint64_t seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&L->sync_mu);
+        while (L->sync_gen == seen && !L->sync_stop)
+            pthread_cond_wait(&L->sync_work, &L->sync_mu);
+        if (L->sync_stop) {
+            pthread_mutex_unlock(&L->sync_mu);
+            return NULL;
+        }
+        seen = L->sync_gen;
+        pthread_mutex_unlock(&L->sync_mu);
+        sync_some(L);
+    }
+}
+
+/* fsyncs fds[0..n) on the helpers and this thread; fd -1 is skipped. */
+static void sync_all(local_store *L, int *fds, int *errs, size_t n)
+{
+    if (n == 0)
+        return;
+    pthread_mutex_lock(&L->sync_mu);
+    L->sync_fds = fds;
+    L->sync_errs = errs;
+    L->sync_n = n;
+    L->sync_next = 0;
+    L->sync_finished = 0;
+    L->sync_gen++;
+    if (n > 1)
+        pthread_cond_broadcast(&L->sync_work);
+    pthread_mutex_unlock(&L->sync_mu);
+    sync_some(L);
+    pthread_mutex_lock(&L->sync_mu);
+    while (L->sync_finished < n)
+        pthread_cond_wait(&L->sync_done, &L->sync_mu);
+    L->sync_n = 0;
+    pthread_mutex_unlock(&L->sync_mu);
+}
+
+int local_pending_flush(local_store *L)
+{
+    if (L->n_pending == 0)
+        return 0;
+    int fds[LOCAL_PENDING_MAX], errs[LOCAL_PENDING_MAX];
+    for (size_t i = 0; i < L->n_pending; i++)
+        fds[i] = L->pending[i].cancelled ? -1 : L->pending[i].fd;
+    sync_all(L, fds, errs, L->n_pending);
+    int err = 0;
+    for (size_t i = 0; i < L->n_pending; i++) {
+        lpending *p = &L->pending[i];
+        p->err = errs[i];
+        if (!p->cancelled && err == 0 && p->err == 0) {
+            if (rename(p->tmp, p->final) != 0)
+                p->err = errno;
+            else
+                local_sync_dir(L, p->cur_dir);
+        }
+        if (!p->cancelled && p->err != 0 && err == 0) {
+            err = p->err;
+            TLOG_ERR("store", "event=message_sync_failed path=\"%s\" error=\"%s\"", p->tmp,
+                     strerror(err));
+        }
+        close(p->fd);
+    }
+    L->n_pending = 0;
+    if (err != 0 && L->broken_err == 0)
+        L->broken_err = err;
+    return err;
+}
+
+/* fsyncs every directory queued for this group, in parallel. Returns 0 or
+ * an errno with the failing directory in *which_r. */
+static int sync_dirs(local_store *L, const char **which_r)
+{
+    int rc = 0;
+    for (size_t base = 0; base < L->n_sync_dirs && rc == 0; base += LOCAL_PENDING_MAX) {
+        size_t n = L->n_sync_dirs - base;
+        if (n > LOCAL_PENDING_MAX)
+            n = LOCAL_PENDING_MAX;
+        int fds[LOCAL_PENDING_MAX], errs[LOCAL_PENDING_MAX];
+        for (size_t i = 0; i < n; i++) {
+            fds[i] = open(L->sync_dirs[base + i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            errs[i] = fds[i] < 0 ? errno : 0;
+        }
+        int ofds[LOCAL_PENDING_MAX];
+        memcpy(ofds, fds, n * sizeof *fds);
+        int oerrs[LOCAL_PENDING_MAX];
+        memcpy(oerrs, errs, n * sizeof *errs);
+        sync_all(L, fds, errs, n);
+        for (size_t i = 0; i < n; i++) {
+            int e = ofds[i] < 0 ? oerrs[i] : errs[i];
+            if (ofds[i] >= 0)
+                close(ofds[i]);
+            /* A directory removed in this group (a rolled-back create) is
+             * not an error. */
+            if (e != 0 && e != ENOENT && rc == 0) {
+                rc = e;
+                *which_r = L->sync_dirs[base + i];
+            }
+        }
+    }
+    return rc;
+}
+
+int local_pending_add(local_store *L, int fd, const char *tmp, const char *final,
+                      const char *cur_dir)
+{
+    if (L->n_pending == LOCAL_PENDING_MAX) {
+        int err = local_pending_flush(L);
+        if (err != 0) {
+            close(fd);
+            unlink(tmp);
+            errno = err;
+            return -1;
+        }
+    }
+    lpending *p = &L->pending[L->n_pending++];
+    p->fd = fd;
+    p->err = 0;
+    p->cancelled = false;
+    p->tmp = tern_arena_strdup(&L->batch, tmp);
+    p->final = tern_arena_strdup(&L->batch, final);
+    p->cur_dir = tern_arena_strdup(&L->batch, cur_dir);
+    if (p->tmp == NULL || p->final == NULL || p->cur_dir == NULL) {
+        L->n_pending--;
+        close(fd);
+        unlink(tmp);
+        errno = ENOMEM;
+        return -1;
+    }
+    return 0;
+}
+
+static void pending_cancel(local_store *L, const char *path)
+{
+    for (size_t i = 0; i < L->n_pending; i++)
+        if (strcmp(L->pending[i].tmp, path) == 0)
+            L->pending[i].cancelled = true;
 }
 
 /* ---- the thread ---------------------------------------------------------- */
@@ -273,19 +441,30 @@ static void reset_statements(local_store *L)
             sqlite3_reset(st);
 }
 
-static void fail_group(tern_store_req **reqs, lctx *ctxs, size_t n, int status, const char *why)
+static void fail_group(local_store *L, tern_store_req **reqs, lctx *ctxs, size_t n, int status,
+                       const char *why)
 {
     for (size_t i = 0; i < n; i++) {
         if (reqs[i]->status == TERN_STORE_OK)
             tern_store__fail(reqs[i], status, "%s", why);
-        undo_effects(&ctxs[i]);
+        undo_effects(L, &ctxs[i]);
     }
 }
 
 /* Runs reqs[0..n) in one transaction; completes none of them. */
+static void pending_discard(local_store *L)
+{
+    for (size_t i = 0; i < L->n_pending; i++) {
+        close(L->pending[i].fd);
+        unlink(L->pending[i].tmp);
+    }
+    L->n_pending = 0;
+}
+
 static void run_group(local_store *L, tern_store_req **reqs, lctx *ctxs, size_t n)
 {
     L->n_sync_dirs = 0;
+    L->broken_err = 0;
     if (local_exec(L, NULL, "BEGIN IMMEDIATE") != TERN_STORE_OK) {
         int st = local_db_fail(L, NULL, sqlite3_extended_errcode(L->db), "begin");
         for (size_t i = 0; i < n; i++)
@@ -306,6 +485,11 @@ static void run_group(local_store *L, tern_store_req **reqs, lctx *ctxs, size_t 
     for (size_t i = 0; i < n; i++) {
         tern_store_req *req = reqs[i];
         L->ctx = &ctxs[i];
+        /* Only APPENDs leave files in tmp/; anything else may read them. */
+        if (req->op != TERN_STORE_APPEND && L->n_pending)
+            local_pending_flush(L);
+        if (L->broken_err)
+            break;
         if (local_exec(L, req, "SAVEPOINT r") != TERN_STORE_OK)
             continue;
         req->status = TERN_STORE_OK;
@@ -314,13 +498,14 @@ static void run_group(local_store *L, tern_store_req **reqs, lctx *ctxs, size_t 
         if (st != TERN_STORE_OK) {
             if (req->status == TERN_STORE_OK)
                 req->status = st;
-            undo_effects(&ctxs[i]);
+            undo_effects(L, &ctxs[i]);
             if (sqlite3_get_autocommit(L->db)) {
                 /* SQLite rolled the whole transaction back (disk full, I/O
                  * error): every earlier request of the group is undone. */
-                fail_group(reqs, ctxs, i, req->status, req->error);
+                fail_group(L, reqs, ctxs, i, req->status, req->error);
                 for (size_t j = i + 1; j < n; j++)
                     tern_store__fail(reqs[j], req->status, "%s", req->error);
+                pending_discard(L);
                 return;
             }
             local_exec(L, NULL, "ROLLBACK TO r");
@@ -328,15 +513,25 @@ static void run_group(local_store *L, tern_store_req **reqs, lctx *ctxs, size_t 
         local_exec(L, NULL, "RELEASE r");
     }
     L->ctx = NULL;
-    for (size_t i = 0; i < L->n_sync_dirs; i++) {
-        if (local_fsync_path(L->sync_dirs[i]) != 0) {
-            int err = errno;
-            local_exec(L, NULL, "ROLLBACK");
-            char why[200];
-            snprintf(why, sizeof why, "fsync %s: %s", L->sync_dirs[i], strerror(err));
-            fail_group(reqs, ctxs, n, local_errno_fail(NULL, err, "fsync", L->sync_dirs[i]), why);
-            return;
-        }
+    if (L->broken_err == 0)
+        local_pending_flush(L);
+    if (L->broken_err != 0) {
+        int err = L->broken_err;
+        local_exec(L, NULL, "ROLLBACK");
+        char why[200];
+        snprintf(why, sizeof why, "writing a message: %s", strerror(err));
+        fail_group(L, reqs, ctxs, n, local_errno_fail(NULL, err, "fsync", "batch"), why);
+        pending_discard(L);
+        return;
+    }
+    const char *which = NULL;
+    int derr = sync_dirs(L, &which);
+    if (derr != 0) {
+        local_exec(L, NULL, "ROLLBACK");
+        char why[200];
+        snprintf(why, sizeof why, "fsync %s: %s", which, strerror(derr));
+        fail_group(L, reqs, ctxs, n, local_errno_fail(NULL, derr, "fsync", which), why);
+        return;
     }
     if (local_exec(L, NULL, "COMMIT") != TERN_STORE_OK) {
         int st = local_db_fail(L, NULL, sqlite3_extended_errcode(L->db), "commit");
@@ -344,7 +539,7 @@ static void run_group(local_store *L, tern_store_req **reqs, lctx *ctxs, size_t 
         snprintf(why, sizeof why, "commit: %s", sqlite3_errmsg(L->db));
         if (!sqlite3_get_autocommit(L->db))
             local_exec(L, NULL, "ROLLBACK");
-        fail_group(reqs, ctxs, n, st, why);
+        fail_group(L, reqs, ctxs, n, st, why);
         return;
     }
     for (size_t i = 0; i < n; i++) {
@@ -430,6 +625,15 @@ static int mkdir_p(const char *path)
 
 static void local_free(local_store *L)
 {
+    pthread_mutex_lock(&L->sync_mu);
+    L->sync_stop = true;
+    pthread_cond_broadcast(&L->sync_work);
+    pthread_mutex_unlock(&L->sync_mu);
+    for (size_t i = 0; i < L->n_sync_th; i++)
+        pthread_join(L->sync_th[i], NULL);
+    pthread_mutex_destroy(&L->sync_mu);
+    pthread_cond_destroy(&L->sync_work);
+    pthread_cond_destroy(&L->sync_done);
     for (size_t i = 0; i < LOCAL_STMT_SLOTS; i++)
         if (L->stmts[i].st)
             sqlite3_finalize(L->stmts[i].st);
@@ -470,6 +674,9 @@ static int local_open(const tern_config *cfg, tern_store *store, void **impl_r, 
     L->lock_fd = -1;
     pthread_mutex_init(&L->mu, NULL);
     pthread_cond_init(&L->cv, NULL);
+    pthread_mutex_init(&L->sync_mu, NULL);
+    pthread_cond_init(&L->sync_work, NULL);
+    pthread_cond_init(&L->sync_done, NULL);
     tern_arena_init(&L->batch, 64 * 1024);
     L->store = store;
     L->retention_ms = cfg->storage.changes_retention_ms;
@@ -520,6 +727,11 @@ static int local_open(const tern_config *cfg, tern_store *store, void **impl_r, 
                   "lock; no reconciliation\"", L->root);
     }
     L->last_prune_ms = 0;
+    for (size_t i = 0; i < LOCAL_SYNC_THREADS; i++) {
+        if (pthread_create(&L->sync_th[i], NULL, sync_main, L) != 0)
+            break;
+        L->n_sync_th++;
+    }
     if (pthread_create(&L->thread, NULL, thread_main, L) != 0)
         return open_fail(L, error_r, "cannot start the store thread", "");
     L->started = true;

@@ -92,6 +92,22 @@ static int kw_parse(tern_arena *a, kwset *s, const char *joined)
     return 0;
 }
 
+bool local_valid_keywords(const tern_keywords *kw)
+{
+    for (size_t i = 0; i < kw->n; i++) {
+        const char *k = kw->names[i];
+        size_t n = k ? strlen(k) : 0;
+        if (n == 0 || n > 255 || k[0] == '\\')
+            return false;
+        for (size_t j = 0; j < n; j++) {
+            unsigned char c = (unsigned char)k[j];
+            if (c <= 0x20 || c >= 0x7f || strchr("(){%*\"\\]", c) != NULL)
+                return false;
+        }
+    }
+    return true;
+}
+
 static int collect(local_store *L, tern_store_req *req, const lmbox *m, const tern_uid_range *rg,
                    size_t nr, fmsg **out_r, size_t *n_r)
 {
@@ -227,6 +243,8 @@ static int apply(local_store *L, tern_store_req *req, lacct *a, fmsg *f, unsigne
 
 int local_set_flags(local_store *L, tern_store_req *req)
 {
+    if (!local_valid_keywords(&req->in.keywords))
+        return tern_store__fail(req, TERN_STORE_EINVAL, "bad keyword");
     lacct a;
     lmbox m;
     int r = local_target(L, req, &a, &m);

@@ -49,6 +49,17 @@ typedef struct lctx {
     lnotify *events;
 } lctx;
 
+/* A message file written to tmp/ and not yet durable. */
+typedef struct lpending {
+    int fd;
+    int err;
+    bool cancelled;        /* its request was rolled back */
+    char *tmp, *final, *cur_dir;
+} lpending;
+
+#define LOCAL_SYNC_THREADS 4
+#define LOCAL_PENDING_MAX 256 /* open fds held by one batch */
+
 typedef struct lstmt_slot {
     const char *sql;
     sqlite3_stmt *st;
@@ -83,6 +94,22 @@ typedef struct local_store {
     lctx *ctx;             /* the request being run */
     char **sync_dirs;      /* directories to fsync before COMMIT */
     size_t n_sync_dirs, cap_sync_dirs;
+    lpending pending[LOCAL_PENDING_MAX];
+    size_t n_pending;
+    int broken_err;        /* a flush failed: the whole group must roll back */
+
+    /* fsync helpers: one fsync takes a few ms on most disks, but several
+     * running at once share one journal commit, so a batch's files are
+     * synced in parallel. */
+    pthread_t sync_th[LOCAL_SYNC_THREADS];
+    size_t n_sync_th;
+    pthread_mutex_t sync_mu;
+    pthread_cond_t sync_work, sync_done;
+    uint64_t sync_gen;
+    size_t sync_next, sync_finished;
+    int *sync_fds, *sync_errs;  /* the job: fsync each fd, errno or 0 out */
+    size_t sync_n;
+    bool sync_stop;
 } local_store;
 
 typedef struct lacct {
@@ -115,6 +142,13 @@ int local_errno_fail(tern_store_req *req, int err, const char *what, const char 
 void local_effect(local_store *L, leffect_kind kind, const char *a, const char *b);
 void local_event(local_store *L, const char *account, uint64_t mailbox_id, uint64_t modseq);
 void local_sync_dir(local_store *L, const char *dir);
+/* Takes ownership of fd. Returns 0, or -1 after closing and unlinking when
+ * a flush to make room failed (errno set). */
+int local_pending_add(local_store *L, int fd, const char *tmp, const char *final,
+                      const char *cur_dir);
+/* fsyncs every pending file (in parallel), renames them into cur/ and
+ * queues their directories for fsync. Returns 0 or an errno. */
+int local_pending_flush(local_store *L);
 char *local_col_text(tern_arena *a, sqlite3_stmt *st, int col);
 int64_t local_now(void);
 
@@ -143,13 +177,16 @@ char *local_mailbox_rel(tern_arena *a, const char *name);
 int local_mkdir_folder(const char *dir);
 int local_fsync_path(const char *path);
 int local_rmtree(const char *path);
-/* Writes a message into dir/tmp, fsyncs, renames into dir/cur. Either
+/* Writes a message into dir/tmp, without fsync: the caller hands the open
+ * fd to local_pending_add, which fsyncs (in parallel with the rest of the
+ * batch) and renames it into cur/ as *name_r before the COMMIT. Either
  * `data`/`len` or `src_path` gives the bytes. Returns 0 or -errno; on
- * success *name_r is the file name in cur/, *size_r its size, and `head`
- * holds up to LOCAL_HEADER_MAX first bytes (malloc'd, caller frees). */
+ * success *size_r is its size and `head` holds up to LOCAL_HEADER_MAX first
+ * bytes when read from src_path (malloc'd, caller frees). */
 int local_write_message(local_store *L, tern_arena *a, const char *dir, const uint8_t *data,
                         size_t len, const char *src_path, unsigned flags, int64_t mtime,
-                        char **name_r, uint64_t *size_r, uint8_t **head_r, size_t *head_len_r);
+                        char **name_r, uint64_t *size_r, uint8_t **head_r, size_t *head_len_r,
+                        int *fd_r, char **tmp_r);
 /* Reads up to LOCAL_HEADER_MAX first bytes of a file (malloc'd). */
 int local_read_head(const char *path, uint8_t **head_r, size_t *len_r);
 
@@ -177,6 +214,10 @@ int local_mailbox_touch(local_store *L, tern_store_req *req, lmbox *m, uint64_t 
                         uint32_t uidnext);
 /* local_flags.c */
 int local_set_flags(local_store *L, tern_store_req *req);
+/* IMAP atoms only (RFC 9051 flag-keyword): 1..255 printable ASCII without
+ * atom-specials, not starting with '\\'. */
+bool local_valid_keywords(const tern_keywords *kw);
+#define LOCAL_SPECIAL_MASK 0x3fu
 /* Indexes a file already in a folder's cur/ (reconciliation). */
 int local_insert_message(local_store *L, tern_store_req *req, lacct *a, lmbox *m,
                          const char *rel_path, uint64_t size, unsigned flags,

@@ -93,6 +93,8 @@ static int mailbox_create(local_store *L, tern_store_req *req, lacct *a)
     const char *name = req->in.name;
     if (name == NULL || !tern_store__valid_mailbox_name(name))
         return tern_store__fail(req, TERN_STORE_EINVAL, "bad mailbox name");
+    if (req->in.special_use & ~LOCAL_SPECIAL_MASK)
+        return tern_store__fail(req, TERN_STORE_EINVAL, "bad special-use");
     name = tern_store__canon_mailbox(&L->batch, name);
     lmbox m;
     int r = local_mailbox_get(L, req, a, name, &m);
@@ -437,6 +439,8 @@ static int mailbox_list(local_store *L, tern_store_req *req, lacct *a)
 
 static int mailbox_update(local_store *L, tern_store_req *req, lacct *a)
 {
+    if (req->op == TERN_STORE_MAILBOX_SET_SPECIAL && (req->in.special_use & ~LOCAL_SPECIAL_MASK))
+        return tern_store__fail(req, TERN_STORE_EINVAL, "bad special-use");
     lmbox m;
     int r = local_mailbox_get(L, req, a, req->in.name, &m);
     if (r != TERN_STORE_OK)

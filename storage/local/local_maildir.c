@@ -342,7 +342,8 @@ int local_read_head(const char *path, uint8_t **head_r, size_t *len_r)
 
 int local_write_message(local_store *L, tern_arena *a, const char *dir, const uint8_t *data,
                         size_t len, const char *src_path, unsigned flags, int64_t mtime,
-                        char **name_r, uint64_t *size_r, uint8_t **head_r, size_t *head_len_r)
+                        char **name_r, uint64_t *size_r, uint8_t **head_r, size_t *head_len_r,
+                        int *fd_r, char **tmp_r)
 {
     *head_r = NULL;
     *head_len_r = 0;
@@ -403,23 +404,19 @@ int local_write_message(local_store *L, tern_arena *a, const char *dir, const ui
         struct timespec ts[2] = {{.tv_sec = mtime, .tv_nsec = 0}, {.tv_sec = mtime, .tv_nsec = 0}};
         futimens(fd, ts); /* best effort: the row holds the internal date */
     }
-    if (err == 0 && fsync(fd) != 0)
-        err = errno;
-    if (close(fd) != 0 && err == 0)
-        err = errno;
     char letters[8];
     local_flag_letters(flags, letters);
     char *name = tern_arena_printf(a, "%s,S=%" PRIu64 ":2,%s", base, size, letters);
-    char *final = name ? tern_arena_printf(a, "%s/cur/%s", dir, name) : NULL;
-    if (err == 0 && final == NULL)
+    if (err == 0 && name == NULL)
         err = ENOMEM;
-    if (err == 0 && rename(tmp, final) != 0)
-        err = errno;
     if (err != 0) {
+        close(fd);
         unlink(tmp);
         free(head);
         return -err;
     }
+    *fd_r = fd;
+    *tmp_r = tmp;
     *name_r = name;
     *size_r = size;
     *head_r = head;

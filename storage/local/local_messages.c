@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -376,6 +377,8 @@ int local_delete_rows(local_store *L, tern_store_req *req, int64_t msg_id)
 
 static int append(local_store *L, tern_store_req *req)
 {
+    if (!local_valid_keywords(&req->in.keywords))
+        return tern_store__fail(req, TERN_STORE_EINVAL, "bad keyword");
     lacct a;
     lmbox m;
     int r = local_target(L, req, &a, &m);
@@ -393,24 +396,31 @@ static int append(local_store *L, tern_store_req *req)
     if ((r = quota_check(req, &a, want, 1)) != TERN_STORE_OK)
         return r;
     int64_t idate = req->in.internal_date ? req->in.internal_date : local_now();
-    char *name;
+    char *name, *tmp;
     uint64_t size;
     uint8_t *head = NULL;
     size_t head_len = 0;
+    int fd;
     int err = local_write_message(L, &L->batch, m.dir, req->in.data_path ? NULL : req->in.data,
                                   req->in.len, req->in.data_path, req->in.flags, idate, &name,
-                                  &size, &head, &head_len);
+                                  &size, &head, &head_len, &fd, &tmp);
     if (err != 0)
         return local_errno_fail(req, -err, "write message into", m.dir);
     char *abs = tern_arena_printf(&L->batch, "%s/cur/%s", m.dir, name);
     char *cur = tern_arena_printf(&L->batch, "%s/cur", m.dir);
     char *rel = tern_arena_printf(&L->batch, "%scur/%s", local_mailbox_rel(&L->batch, m.name), name);
     if (abs == NULL || cur == NULL || rel == NULL) {
+        close(fd);
+        unlink(tmp);
         free(head);
         return tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
     }
+    if (local_pending_add(L, fd, tmp, abs, cur) != 0) {
+        free(head);
+        return local_errno_fail(req, errno, "write message into", m.dir);
+    }
+    local_effect(L, LEFF_UNDO_UNLINK, tmp, NULL);
     local_effect(L, LEFF_UNDO_UNLINK, abs, NULL);
-    local_sync_dir(L, cur);
     if (size != want && (r = quota_check(req, &a, size, 1)) != TERN_STORE_OK) {
         free(head);
         return r;
