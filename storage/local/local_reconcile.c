@@ -280,8 +280,10 @@ static int reconcile_folder(local_store *L, tern_store_req *req, lacct *a, lmbox
         names_free(&files);
         return local_errno_fail(req, errno, "list", cur);
     }
-    qsort(files.v, files.n, sizeof *files.v, cmp_names);
-    qsort(rows, nrows, sizeof *rows, cmp_rows);
+    if (files.n > 1)
+        qsort(files.v, files.n, sizeof *files.v, cmp_names);
+    if (nrows > 1)
+        qsort(rows, nrows, sizeof *rows, cmp_rows);
     char *rel = local_mailbox_rel(&L->batch, m->name);
     uint64_t ms = 0;
     size_t i = 0, j = 0, added = 0, removed = 0;
