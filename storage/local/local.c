@@ -641,6 +641,10 @@ static void local_free(local_store *L)
         sqlite3_close(L->db);
     if (L->lock_fd >= 0)
         close(L->lock_fd);
+    for (size_t i = 0; i < LOCAL_SHARED_MAX; i++) {
+        free(L->shared[i].src);
+        free(L->shared[i].stored);
+    }
     tern_arena_free(&L->batch);
     free(L->queue);
     free(L->root);

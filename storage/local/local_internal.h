@@ -57,6 +57,17 @@ typedef struct lpending {
     char *tmp, *final, *cur_dir;
 } lpending;
 
+/* A spool file recently stored by APPEND (data_path), so that the same
+ * delivery fanned out to several local recipients becomes hard links of
+ * one file instead of copies. Keyed by the source's identity, not only its
+ * name, since spool temp names are reused. */
+typedef struct lshared_body {
+    char *src, *stored;    /* malloc'd; stored: absolute path in some cur/ */
+    uint64_t dev, ino, size;
+    int64_t mtime_ns, ctime_ns;
+} lshared_body;
+
+#define LOCAL_SHARED_MAX 16
 #define LOCAL_SYNC_THREADS 4
 #define LOCAL_PENDING_MAX 256 /* open fds held by one batch */
 
@@ -94,6 +105,8 @@ typedef struct local_store {
     lctx *ctx;             /* the request being run */
     char **sync_dirs;      /* directories to fsync before COMMIT */
     size_t n_sync_dirs, cap_sync_dirs;
+    lshared_body shared[LOCAL_SHARED_MAX];
+    size_t shared_next;
     lpending pending[LOCAL_PENDING_MAX];
     size_t n_pending;
     int broken_err;        /* a flush failed: the whole group must roll back */

@@ -375,6 +375,78 @@ int local_delete_rows(local_store *L, tern_store_req *req, int64_t msg_id)
 
 /* ---- APPEND ---------------------------------------------------------------- */
 
+static int64_t ts_ns(struct timespec t)
+{
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static lshared_body *shared_find(local_store *L, const char *src, const struct stat *sb)
+{
+    for (size_t i = 0; i < LOCAL_SHARED_MAX; i++) {
+        lshared_body *e = &L->shared[i];
+        if (e->src && strcmp(e->src, src) == 0 && e->dev == (uint64_t)sb->st_dev &&
+            e->ino == (uint64_t)sb->st_ino && e->size == (uint64_t)sb->st_size &&
+            e->mtime_ns == ts_ns(sb->st_mtim) && e->ctime_ns == ts_ns(sb->st_ctim))
+            return e;
+    }
+    return NULL;
+}
+
+static void shared_remember(local_store *L, const char *src, const struct stat *sb,
+                            const char *stored)
+{
+    lshared_body *e = shared_find(L, src, sb);
+    if (e == NULL) {
+        e = &L->shared[L->shared_next++ % LOCAL_SHARED_MAX];
+        free(e->src);
+        e->src = strdup(src);
+    }
+    free(e->stored);
+    e->stored = strdup(stored);
+    e->dev = (uint64_t)sb->st_dev;
+    e->ino = (uint64_t)sb->st_ino;
+    e->size = (uint64_t)sb->st_size;
+    e->mtime_ns = ts_ns(sb->st_mtim);
+    e->ctime_ns = ts_ns(sb->st_ctim);
+    if (e->src == NULL || e->stored == NULL) {
+        free(e->src);
+        free(e->stored);
+        e->src = e->stored = NULL;
+    }
+}
+
+/* Stores the message as a new hard link of a file an earlier APPEND of the
+ * same spool file wrote. 1 done, 0 not possible (copy instead), <0 error. */
+static int append_linked(local_store *L, tern_store_req *req, lacct *a, lmbox *m,
+                         lshared_body *e, int64_t idate)
+{
+    if (L->n_pending && local_pending_flush(L) != 0)
+        return tern_store__fail(req, TERN_STORE_EIO, "writing a message failed");
+    struct stat sb;
+    if (stat(e->stored, &sb) != 0 || (uint64_t)sb.st_size != e->size)
+        return 0;
+    char *name = local_file_name(L, &L->batch, e->size, req->in.flags);
+    char *cur = tern_arena_printf(&L->batch, "%s/cur", m->dir);
+    char *to = cur && name ? tern_arena_printf(&L->batch, "%s/%s", cur, name) : NULL;
+    char *rel = name ? tern_arena_printf(&L->batch, "%scur/%s",
+                                         local_mailbox_rel(&L->batch, m->name), name) : NULL;
+    if (to == NULL || rel == NULL)
+        return tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+    if (link(e->stored, to) != 0)
+        return 0;
+    local_effect(L, LEFF_UNDO_UNLINK, to, NULL);
+    local_sync_dir(L, cur);
+    uint8_t *head;
+    size_t hl;
+    int err = local_read_head(to, &head, &hl);
+    if (err != 0)
+        return local_errno_fail(req, -err, "read", to);
+    int r = local_insert_message(L, req, a, m, rel, e->size, req->in.flags, &req->in.keywords,
+                                 idate, head, hl, &req->out.append);
+    free(head);
+    return r == TERN_STORE_OK ? 1 : r;
+}
+
 static int append(local_store *L, tern_store_req *req)
 {
     if (!local_valid_keywords(&req->in.keywords))
@@ -385,8 +457,8 @@ static int append(local_store *L, tern_store_req *req)
     if (r != TERN_STORE_OK)
         return r;
     uint64_t want = req->in.len;
+    struct stat sb;
     if (req->in.data_path) {
-        struct stat sb;
         if (stat(req->in.data_path, &sb) != 0)
             return local_errno_fail(req, errno, "stat", req->in.data_path);
         want = (uint64_t)sb.st_size;
@@ -396,6 +468,9 @@ static int append(local_store *L, tern_store_req *req)
     if ((r = quota_check(req, &a, want, 1)) != TERN_STORE_OK)
         return r;
     int64_t idate = req->in.internal_date ? req->in.internal_date : local_now();
+    lshared_body *shared = req->in.data_path ? shared_find(L, req->in.data_path, &sb) : NULL;
+    if (shared && (r = append_linked(L, req, &a, &m, shared, idate)) != 0)
+        return r < 0 ? r : TERN_STORE_OK;
     char *name, *tmp;
     uint64_t size;
     uint8_t *head = NULL;
@@ -421,6 +496,8 @@ static int append(local_store *L, tern_store_req *req)
     }
     local_effect(L, LEFF_UNDO_UNLINK, tmp, NULL);
     local_effect(L, LEFF_UNDO_UNLINK, abs, NULL);
+    if (req->in.data_path && size == want)
+        shared_remember(L, req->in.data_path, &sb, abs);
     if (size != want && (r = quota_check(req, &a, size, 1)) != TERN_STORE_OK) {
         free(head);
         return r;

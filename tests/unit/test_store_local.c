@@ -409,6 +409,48 @@ static void t_reconcile(void **state)
     assert_int_equal(status_messages("Extra"), 1);
 }
 
+static void t_fanout_hard_links(void **state)
+{
+    (void)state;
+    make_account();
+    tern_store_req *r = req(TERN_STORE_ACCOUNT_CREATE);
+    r->in.account = "v@example.test";
+    tern_store_req_free(run(r, TERN_STORE_OK));
+    char src[600];
+    snprintf(src, sizeof src, "%s/spool-msg", F.dir);
+    write_file(src, MSG);
+    const char *accts[] = {ACCT, "v@example.test", ACCT};
+    for (size_t i = 0; i < 3; i++) {
+        r = req(TERN_STORE_APPEND);
+        r->in.account = accts[i];
+        r->in.name = i == 2 ? "Archive" : "INBOX";
+        r->in.data_path = src;
+        r->in.flags = i == 1 ? TERN_FLAG_SEEN : 0;
+        tern_store_req_free(run(r, TERN_STORE_OK));
+    }
+    size_t n;
+    char *f = find_file(path("/cur", ""), NULL, &n);
+    assert_int_equal(n, 1);
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s", path("/cur", ""), f);
+    struct stat sb;
+    assert_int_equal(stat(p, &sb), 0);
+    /* One body, three names: two accounts and two mailboxes. */
+    assert_int_equal(sb.st_nlink, 3);
+    /* A changed spool file (same name) is not mistaken for the old one. */
+    write_file(src, MSG "more\r\n");
+    r = req(TERN_STORE_APPEND);
+    r->in.data_path = src;
+    tern_store_req_free(run(r, TERN_STORE_OK));
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_nlink, 3);
+    r = req(TERN_STORE_FETCH_BODY);
+    r->in.uid = 2;
+    run(r, TERN_STORE_OK);
+    assert_int_equal(r->out.body_len, strlen(MSG "more\r\n"));
+    tern_store_req_free(r);
+}
+
 static void t_missing_folder_keeps_rows(void **state)
 {
     (void)state;
@@ -431,6 +473,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(t_layout_and_flag_rename, setup, teardown),
         cmocka_unit_test_setup_teardown(t_failed_append_leaves_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(t_reconcile, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_fanout_hard_links, setup, teardown),
         cmocka_unit_test_setup_teardown(t_missing_folder_keeps_rows, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
