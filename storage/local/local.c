@@ -8,8 +8,13 @@
  * the connection needs no locking around statements. Throughput comes from
  * batching instead: the thread takes every request queued while it was
  * busy and runs them in one transaction (one SAVEPOINT each, so one
- * failing request does not sink the others), with one fsync per touched
- * directory and one WAL fsync (synchronous=FULL) for the whole batch.
+ * failing request does not sink the others). APPENDs write their files to
+ * tmp/ without fsync; before the COMMIT (or before any other request that
+ * could read them) the batch's files are fsynced at once by four helper
+ * threads (parallel fsyncs share journal commits: on the dev VM 330/s
+ * serial against ~6,000/s four at a time), renamed into cur/, each touched
+ * directory fsynced (also in parallel), then one WAL fsync
+ * (synchronous=FULL) commits the whole batch.
  *
  * Durability order for a new message: file written in tmp/, fsync, rename
  * into cur/, directory fsync, then COMMIT. A crash before the COMMIT leaves

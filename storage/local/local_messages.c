@@ -8,7 +8,12 @@
  * by MOVE and shared by COPY; a Thread id is "T" + the same, taken from the
  * thread of any message of the account that shares a Message-ID or
  * reference with the new one (thread_refs), else new. Modseqs come from
- * accounts.highest_modseq: one per APPEND, one per COPY/MOVE/EXPUNGE call. */
+ * accounts.highest_modseq: one per APPEND, one per COPY/MOVE/EXPUNGE call.
+ *
+ * \Recent: every APPEND and COPY sets messages.recent = 1 and STATUS counts
+ * them. Nothing clears it yet: the IMAP SELECT that claims recent messages
+ * (RFC 3501; gone in RFC 9051) needs a store op that reads and clears them
+ * in one step, to be added with IMAP. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
