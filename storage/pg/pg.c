@@ -72,6 +72,41 @@ int pg_send(pg_job *j, const char *sql)
     return PG_WAIT;
 }
 
+static int send_failed(pg_job *j)
+{
+    j->req->status = tern_store__fail(j->req, TERN_STORE_ETEMP, "database connection lost");
+    return PG_DONE;
+}
+
+/* Runs a statement kept prepared on the connection, preparing it first
+ * when this session has not seen it (pg_job_result then sends the
+ * execution with the parameters kept here). */
+int pg_send_prepared(pg_job *j, int stmt, const char *sql)
+{
+    if (j->res) {
+        PQclear(j->res);
+        j->res = NULL;
+    }
+    pg_conn *c = j->conn;
+    if (c->prepared & (1u << stmt)) {
+        int np = j->np;
+        bool binary = j->binary_result;
+        j->np = 0;
+        j->binary_result = false;
+        if (pg_conn_send_prepared(c, stmt, np, j->pv, j->pl, j->pf, binary) < 0)
+            return send_failed(j);
+        return PG_WAIT;
+    }
+    j->prep_stmt = stmt + 1;
+    j->prep_np = j->np;
+    j->prep_binary = j->binary_result;
+    j->np = 0;
+    j->binary_result = false;
+    if (pg_conn_prepare(c, stmt, sql, j->prep_np) < 0)
+        return send_failed(j);
+    return PG_WAIT;
+}
+
 int pg_done(pg_job *j, int status, const char *fmt, ...)
 {
     va_list ap;
@@ -417,6 +452,20 @@ void pg_job_result(pg_job *j, PGresult *res)
     if (j->res)
         PQclear(j->res);
     j->res = res;
+    if (j->prep_stmt && ok) {
+        int stmt = j->prep_stmt - 1;
+        j->prep_stmt = 0;
+        j->conn->prepared |= 1u << stmt;
+        PQclear(j->res);
+        j->res = NULL;
+        if (pg_conn_send_prepared(j->conn, stmt, j->prep_np, j->pv, j->pl, j->pf,
+                                  j->prep_binary) < 0) {
+            send_failed(j);
+            pg_job_finish(j);
+        }
+        return;
+    }
+    j->prep_stmt = 0;
     switch (j->phase) {
     case PG_PH_OP:
         if (!ok) {

@@ -71,6 +71,12 @@ struct pg_job {
     uint8_t *owned_data;   /* APPEND from data_path: malloc'd */
     const char *uidset_sql;  /* built by pg_uidset() */
 
+    /* A named statement being prepared on this connection first: its
+     * execution is sent when the PREPARE has answered. */
+    int prep_stmt;           /* PG_STMT_* + 1, or 0 */
+    int prep_np;
+    bool prep_binary;
+
     /* Change events to raise with the commit: "account\tmailbox\tmodseq". */
     const char *notes[4];
     int n_notes;
@@ -92,6 +98,7 @@ struct pg_conn {
     uv_timer_t timer;
     pg_job *job;
     PGresult *pending;   /* the result being collected for job */
+    uint32_t prepared;   /* bit per PG_STMT_* prepared on this session */
     int index;
 };
 
@@ -129,11 +136,18 @@ void pg_job_finish(pg_job *j);
 void pg_notify_payload(pg_impl *pg, const char *payload);
 void pg_maybe_shutdown(pg_impl *pg);
 
+/* Statements run often enough to keep prepared on every connection
+ * (planning them each time costs more than running them). */
+enum { PG_STMT_APPEND = 0, PG_STMT_LOCK_MAILBOX, PG_STMT_LOOKUP_MAILBOX, PG_STMT__COUNT };
+
 /* pg_pool.c */
 void pg_conn_init(pg_impl *pg, pg_conn *c, int index, bool listener);
 void pg_conn_start(pg_conn *c);
 int pg_conn_send(pg_conn *c, const char *sql, int np, const char *const *pv, const int *pl,
                  const int *pf, int binary);
+int pg_conn_prepare(pg_conn *c, int stmt, const char *sql, int np);
+int pg_conn_send_prepared(pg_conn *c, int stmt, int np, const char *const *pv, const int *pl,
+                          const int *pf, int binary);
 void pg_conn_close(pg_conn *c);
 void pg_conn_broken(pg_conn *c, const char *why);
 
@@ -142,6 +156,7 @@ int pg_schema_create(const char *conninfo, char **error_r);
 
 /* Job helpers (pg.c). */
 int pg_send(pg_job *j, const char *sql);
+int pg_send_prepared(pg_job *j, int stmt, const char *sql);
 int pg_done(pg_job *j, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int pg_ok(pg_job *j);
 void pg_p_str(pg_job *j, const char *s);
@@ -168,6 +183,12 @@ char **pg_split_words(tern_arena *a, const char *s, size_t *n_r);
     do {                                                                   \
         (j)->pt = __LINE__;                                                \
         return pg_send((j), (sql));                                        \
+        case __LINE__:;                                                    \
+    } while (0)
+#define PG_QUERY_PREPARED(j, stmt, sql)                                    \
+    do {                                                                   \
+        (j)->pt = __LINE__;                                                \
+        return pg_send_prepared((j), (stmt), (sql));                       \
         case __LINE__:;                                                    \
     } while (0)
 #define PG_END(j) } return pg_ok(j)

@@ -365,13 +365,46 @@ static const char *opt_text(pg_job *j, const char *s)
     return s ? pg_clean_text(j, s) : NULL;
 }
 
-/* Appends run BEGIN; one statement that takes the modseq, charges the
- * quota and allocates the uid; the thread lookup; body and message rows;
- * keywords and header index; NOTIFY; COMMIT. */
+/* An append is one statement in a transaction, so the account's lock is
+ * held for one statement and the COMMIT: it takes the account's next modseq (which
+ * row-locks the account and charges the quota, refused inside the WHERE),
+ * the mailbox's next uid, finds the thread, writes the body, the message,
+ * its keywords and header index, and queues the NOTIFY that goes out with
+ * the commit. When it returns no row (a concurrent rename can empty `b`
+ * after `a` charged the account), the transaction is rolled back and a
+ * read-only query says why. */
+#define PG_APPEND_SQL                                                                         \
+    "WITH a AS (UPDATE accounts SET highest_modseq = highest_modseq + 1, "                    \
+    "used_bytes = used_bytes + $3, used_messages = used_messages + 1 "                        \
+    "WHERE name = $1 AND (quota_bytes = 0 OR used_bytes + $3 <= quota_bytes) "                \
+    "AND (quota_messages = 0 OR used_messages + 1 <= quota_messages) "                        \
+    "AND EXISTS (SELECT 1 FROM mailboxes x WHERE x.account_id = accounts.id AND x.name = $2) " \
+    "RETURNING id, highest_modseq), "                                                          \
+    "b AS (UPDATE mailboxes b SET uidnext = b.uidnext + 1, highest_modseq = a.highest_modseq " \
+    "FROM a WHERE b.account_id = a.id AND b.name = $2 "                                        \
+    "RETURNING b.id, b.uidvalidity, b.uidnext - 1 AS uid), "                                   \
+    "bd AS (INSERT INTO bodies (data, refcount) SELECT $4, 1 FROM b RETURNING id), "           \
+    "msg AS (INSERT INTO messages (account_id, mailbox_id, uid, modseq, flags, internal_date, " \
+    "size, email_id, thread_id, recent, hdr_date, subject, base_subject, from_addr, to_addr, "  \
+    "cc_addr, bcc_addr, message_id, in_reply_to, refs, body_ref) "                             \
+    "SELECT a.id, b.id, b.uid, a.highest_modseq, $5, $6, $3, 'M' || bd.id, "                   \
+    "coalesce((SELECT t.thread_id FROM messages t WHERE t.account_id = a.id "                  \
+    "AND t.message_id = ANY ($7::text[]) LIMIT 1), "                                           \
+    "(SELECT t.thread_id FROM messages t WHERE t.account_id = a.id "                           \
+    "AND t.in_reply_to = $8 LIMIT 1), 'T' || bd.id), "                                         \
+    "1, $9, $10, $11, $12, $13, $14, $15, $8, $16, $17, bd.id FROM a, b, bd "                   \
+    "RETURNING id, mailbox_id, uid, modseq, email_id, thread_id), "                            \
+    "kw AS (INSERT INTO keywords (message, keyword) "                                          \
+    "SELECT DISTINCT msg.id, k FROM msg, unnest($18::text[]) k), "                             \
+    "hd AS (INSERT INTO headers (message, name, value) "                                       \
+    "SELECT msg.id, t.n, t.v FROM msg, unnest($19::text[], $20::text[]) AS t(n, v)) "          \
+    "SELECT b.uidvalidity, msg.uid, msg.modseq, msg.email_id, msg.thread_id, "                 \
+    "pg_notify('" PG_CHANNEL "', $1 || E'\\t' || msg.mailbox_id || E'\\t' || msg.modseq) "     \
+    "FROM msg, b"
+
 int pg_op_append(pg_job *j)
 {
     tern_store_req *r = j->req;
-    tern_msg_index *idx;
     PG_BEGIN(j);
     if (!r->in.account || !r->in.name)
         return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
@@ -386,121 +419,77 @@ int pg_op_append(pg_job *j)
     }
     if (j->len > PG_APPEND_MAX)
         return pg_done(j, TERN_STORE_EINVAL, "message too large");
-    idx = tern_arena_alloc(&j->a, sizeof *idx);
-    if (!idx || tern_msg_index_build(&j->a, j->data, j->len, idx) != 0)
-        return pg_done(j, TERN_STORE_ETEMP, "out of memory indexing the message");
-    j->p = idx;
     PG_TX(j);
-    pg_p_str(j, j->acct);
-    pg_p_str(j, j->mbox);
-    pg_p_u64(j, j->len);
-    PG_QUERY(j, "WITH a AS (UPDATE accounts SET highest_modseq = highest_modseq + 1, "
-                "used_bytes = used_bytes + $3, used_messages = used_messages + 1 "
-                "WHERE name = $1 RETURNING id, highest_modseq, quota_bytes, quota_messages, "
-                "used_bytes, used_messages), "
-                "b AS (UPDATE mailboxes b SET uidnext = b.uidnext + 1, highest_modseq = a.highest_modseq "
-                "FROM a WHERE b.account_id = a.id AND b.name = $2 "
-                "RETURNING b.id, b.uidvalidity, b.uidnext - 1) "
-                "SELECT a.*, b.* FROM a LEFT JOIN b ON true");
-    if (PQntuples(j->res) == 0)
-        return pg_done(j, TERN_STORE_ENOTFOUND, "no such account");
-    if (PQgetisnull(j->res, 0, 6))
-        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
     {
-        uint64_t qb = pg_u64(j->res, 0, 2), qm = pg_u64(j->res, 0, 3);
-        if ((qb && pg_u64(j->res, 0, 4) > qb) || (qm && pg_u64(j->res, 0, 5) > qm))
-            return pg_done(j, TERN_STORE_EQUOTA, "over quota");
-    }
-    j->account_id = pg_u64(j->res, 0, 0);
-    j->modseq = pg_u64(j->res, 0, 1);
-    j->mailbox_id = pg_u64(j->res, 0, 6);
-    j->u[0] = pg_u64(j->res, 0, 7); /* uidvalidity */
-    j->u[1] = pg_u64(j->res, 0, 8); /* uid */
-    j->mbox2 = NULL;                /* thread id found, if any */
-    idx = j->p;
-    if (idx->n_references > 0 || idx->message_id) {
-        pg_p_u64(j, j->account_id);
-        pg_p_strarray(j, (const char *const *)idx->references, idx->n_references, false);
-        pg_p_str(j, opt_text(j, idx->message_id));
-        /* JMAP threads: a message joins the thread of a message it refers
-         * to, or of one that already answers it (arrival order varies). */
-        PG_QUERY(j, "(SELECT thread_id FROM messages WHERE account_id = $1 "
-                    "AND message_id = ANY ($2::text[]) LIMIT 1) "
-                    "UNION ALL (SELECT thread_id FROM messages WHERE account_id = $1 "
-                    "AND in_reply_to = $3 LIMIT 1) LIMIT 1");
-        if (PQntuples(j->res) > 0)
-            j->mbox2 = tern_arena_strdup(&j->a, PQgetvalue(j->res, 0, 0));
-    }
-    idx = j->p;
-    {
+        tern_msg_index idx;
+        if (tern_msg_index_build(&j->a, j->data, j->len, &idx) != 0)
+            return pg_done(j, TERN_STORE_ETEMP, "out of memory indexing the message");
         size_t refs_len = 1;
-        for (size_t i = 0; i < idx->n_references; i++)
-            refs_len += strlen(idx->references[i]) + 1;
+        for (size_t i = 0; i < idx.n_references; i++)
+            refs_len += strlen(idx.references[i]) + 1;
         char *refs = tern_arena_alloc(&j->a, refs_len);
         size_t o = 0;
-        for (size_t i = 0; i < idx->n_references; i++) {
-            size_t l = strlen(idx->references[i]);
+        for (size_t i = 0; i < idx.n_references; i++) {
+            size_t l = strlen(idx.references[i]);
             if (o)
                 refs[o++] = ' ';
-            memcpy(refs + o, idx->references[i], l);
+            memcpy(refs + o, idx.references[i], l);
             o += l;
         }
         refs[o] = 0;
+        const char **names = tern_arena_alloc(&j->a, (idx.n_fields + 1) * sizeof *names);
+        const char **values = tern_arena_alloc(&j->a, (idx.n_fields + 1) * sizeof *values);
+        for (size_t i = 0; i < idx.n_fields; i++) {
+            names[i] = idx.fields[i].name ? idx.fields[i].name : "";
+            values[i] = idx.fields[i].value ? idx.fields[i].value : "";
+        }
         int64_t idate = r->in.internal_date ? r->in.internal_date : (int64_t)time(NULL);
-        pg_p_bin(j, j->data, j->len);           /* $1 */
-        pg_p_u64(j, j->account_id);             /* $2 */
-        pg_p_u64(j, j->mailbox_id);             /* $3 */
-        pg_p_u64(j, j->u[1]);                   /* $4 */
-        pg_p_u64(j, j->modseq);                 /* $5 */
-        pg_p_u64(j, r->in.flags & 0x1f);        /* $6 */
-        pg_p_i64(j, idate);                     /* $7 */
-        pg_p_u64(j, j->len);                    /* $8 */
-        pg_p_str(j, j->mbox2);                  /* $9 */
-        if (idx->date)
-            pg_p_i64(j, idx->date);             /* $10 */
+        pg_p_str(j, j->acct);                   /* $1 */
+        pg_p_str(j, j->mbox);                   /* $2 */
+        pg_p_u64(j, j->len);                    /* $3 */
+        pg_p_bin(j, j->data, j->len);           /* $4 */
+        pg_p_u64(j, r->in.flags & 0x1f);        /* $5 */
+        pg_p_i64(j, idate);                     /* $6 */
+        pg_p_strarray(j, (const char *const *)idx.references, idx.n_references, false); /* $7 */
+        pg_p_str(j, opt_text(j, idx.message_id)); /* $8 */
+        if (idx.date)
+            pg_p_i64(j, idx.date);              /* $9 */
         else
             pg_p_str(j, NULL);
-        pg_p_str(j, opt_text(j, idx->subject));
-        pg_p_str(j, opt_text(j, idx->base_subject));
-        pg_p_str(j, opt_text(j, idx->from));
-        pg_p_str(j, opt_text(j, idx->to));
-        pg_p_str(j, opt_text(j, idx->cc));
-        pg_p_str(j, opt_text(j, idx->bcc));
-        pg_p_str(j, opt_text(j, idx->message_id));
-        pg_p_str(j, opt_text(j, idx->in_reply_to));
-        pg_p_str(j, o ? pg_clean_text(j, refs) : NULL); /* $19 */
+        pg_p_str(j, opt_text(j, idx.subject));  /* $10 */
+        pg_p_str(j, opt_text(j, idx.base_subject));
+        pg_p_str(j, opt_text(j, idx.from));
+        pg_p_str(j, opt_text(j, idx.to));
+        pg_p_str(j, opt_text(j, idx.cc));
+        pg_p_str(j, opt_text(j, idx.bcc));      /* $15 */
+        pg_p_str(j, opt_text(j, idx.in_reply_to));
+        pg_p_str(j, o ? pg_clean_text(j, refs) : NULL); /* $17 */
+        pg_p_strarray(j, r->in.keywords.names, r->in.keywords.n, true); /* $18 */
+        pg_p_strarray(j, names, idx.n_fields, true);
+        pg_p_strarray(j, values, idx.n_fields, false); /* $20 */
     }
-    PG_QUERY(j, "WITH bd AS (INSERT INTO bodies (data, refcount) VALUES ($1, 1) RETURNING id) "
-                "INSERT INTO messages (account_id, mailbox_id, uid, modseq, flags, internal_date, "
-                "size, email_id, thread_id, recent, hdr_date, subject, base_subject, from_addr, "
-                "to_addr, cc_addr, bcc_addr, message_id, in_reply_to, refs, body_ref) "
-                "SELECT $2, $3, $4, $5, $6, $7, $8, 'M' || bd.id, coalesce($9, 'T' || bd.id), 1, "
-                "$10, $11, $12, $13, $14, $15, $16, $17, $18, $19, bd.id FROM bd "
-                "RETURNING id, email_id, thread_id");
-    r->out.append.uidvalidity = (uint32_t)j->u[0];
-    r->out.append.uid = (uint32_t)j->u[1];
-    r->out.append.modseq = j->modseq;
-    r->out.append.id = pg_str(j, j->res, 0, 1);
-    r->out.append.thread_id = pg_str(j, j->res, 0, 2);
-    j->u[2] = pg_u64(j->res, 0, 0);
-    idx = j->p;
-    {
-        const char **names = tern_arena_alloc(&j->a, (idx->n_fields + 1) * sizeof *names);
-        const char **values = tern_arena_alloc(&j->a, (idx->n_fields + 1) * sizeof *values);
-        for (size_t i = 0; i < idx->n_fields; i++) {
-            names[i] = idx->fields[i].name ? idx->fields[i].name : "";
-            values[i] = idx->fields[i].value ? idx->fields[i].value : "";
-        }
-        pg_p_u64(j, j->u[2]);
-        pg_p_strarray(j, r->in.keywords.names, r->in.keywords.n, true);
-        pg_p_strarray(j, names, idx->n_fields, true);
-        pg_p_strarray(j, values, idx->n_fields, false);
+    PG_QUERY_PREPARED(j, PG_STMT_APPEND, PG_APPEND_SQL);
+    if (PQntuples(j->res) == 0) {
+        pg_p_str(j, j->acct);
+        pg_p_str(j, j->mbox);
+        pg_p_u64(j, j->len);
+        PG_QUERY(j, "SELECT EXISTS (SELECT 1 FROM mailboxes b WHERE b.account_id = a.id "
+                    "AND b.name = $2), (quota_bytes = 0 OR used_bytes + $3 <= quota_bytes) "
+                    "AND (quota_messages = 0 OR used_messages + 1 <= quota_messages) "
+                    "FROM accounts a WHERE a.name = $1");
+        if (PQntuples(j->res) == 0)
+            return pg_done(j, TERN_STORE_ENOTFOUND, "no such account");
+        if (!is_true(j->res, 0, 0))
+            return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+        if (!is_true(j->res, 0, 1))
+            return pg_done(j, TERN_STORE_EQUOTA, "over quota");
+        return pg_done(j, TERN_STORE_ETEMP, "append raced with a concurrent change; retry");
     }
-    PG_QUERY(j, "WITH k AS (INSERT INTO keywords (message, keyword) "
-                "SELECT DISTINCT $1::bigint, kw FROM unnest($2::text[]) kw ON CONFLICT DO NOTHING) "
-                "INSERT INTO headers (message, name, value) "
-                "SELECT $1, t.n, t.v FROM unnest($3::text[], $4::text[]) AS t(n, v)");
-    pg_note(j, j->mailbox_id, j->modseq);
+    r->out.append.uidvalidity = (uint32_t)pg_u64(j->res, 0, 0);
+    r->out.append.uid = (uint32_t)pg_u64(j->res, 0, 1);
+    r->out.append.modseq = pg_u64(j->res, 0, 2);
+    r->out.append.id = pg_str(j, j->res, 0, 3);
+    r->out.append.thread_id = pg_str(j, j->res, 0, 4);
     PG_END(j);
 }
 
@@ -518,7 +507,7 @@ int pg_op_fetch(pg_job *j)
         return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
     pg_p_str(j, pg_norm_account(&j->a, r->in.account));
     pg_p_str(j, canon(j, r->in.name));
-    PG_QUERY(j, PG_LOOKUP_MAILBOX);
+    PG_QUERY_PREPARED(j, PG_STMT_LOOKUP_MAILBOX, PG_LOOKUP_MAILBOX);
     if (PQntuples(j->res) == 0)
         return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
     pg_p_u64(j, pg_u64(j->res, 0, 0));
@@ -605,7 +594,7 @@ int pg_op_set_flags(pg_job *j)
     PG_TX(j);
     pg_p_str(j, j->acct);
     pg_p_str(j, canon(j, r->in.name));
-    PG_QUERY(j, PG_LOCK_MAILBOX);
+    PG_QUERY_PREPARED(j, PG_STMT_LOCK_MAILBOX, PG_LOCK_MAILBOX);
     if (PQntuples(j->res) == 0)
         return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
     locked_row(j);
@@ -691,7 +680,7 @@ int pg_op_expunge(pg_job *j)
     PG_TX(j);
     pg_p_str(j, j->acct);
     pg_p_str(j, canon(j, r->in.name));
-    PG_QUERY(j, PG_LOCK_MAILBOX);
+    PG_QUERY_PREPARED(j, PG_STMT_LOCK_MAILBOX, PG_LOCK_MAILBOX);
     if (PQntuples(j->res) == 0)
         return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
     locked_row(j);

@@ -176,6 +176,7 @@ static void connected(pg_conn *c)
     }
     bool again = c->backoff_ms > 0;
     c->backoff_ms = 0;
+    c->prepared = 0;
     c->state = PG_C_IDLE;
     if (poll_update(c, UV_READABLE) < 0) {
         pg_conn_broken(c, "cannot watch socket");
@@ -222,13 +223,8 @@ static void connect_continue(pg_conn *c)
     }
 }
 
-int pg_conn_send(pg_conn *c, const char *sql, int np, const char *const *pv, const int *pl,
-                 const int *pf, int binary)
+static int after_send(pg_conn *c)
 {
-    if (!c->pq || PQstatus(c->pq) != CONNECTION_OK)
-        return -1;
-    if (!PQsendQueryParams(c->pq, sql, np, NULL, pv, pl, pf, binary))
-        return -1;
     int r = PQflush(c->pq);
     if (r < 0)
         return -1;
@@ -239,6 +235,43 @@ int pg_conn_send(pg_conn *c, const char *sql, int np, const char *const *pv, con
             return -1;
     }
     return 0;
+}
+
+int pg_conn_send(pg_conn *c, const char *sql, int np, const char *const *pv, const int *pl,
+                 const int *pf, int binary)
+{
+    if (!c->pq || PQstatus(c->pq) != CONNECTION_OK)
+        return -1;
+    if (!PQsendQueryParams(c->pq, sql, np, NULL, pv, pl, pf, binary))
+        return -1;
+    return after_send(c);
+}
+
+static const char *stmt_name(int stmt, char buf[16])
+{
+    snprintf(buf, 16, "tern_%d", stmt);
+    return buf;
+}
+
+int pg_conn_prepare(pg_conn *c, int stmt, const char *sql, int np)
+{
+    char name[16];
+    if (!c->pq || PQstatus(c->pq) != CONNECTION_OK)
+        return -1;
+    if (!PQsendPrepare(c->pq, stmt_name(stmt, name), sql, np, NULL))
+        return -1;
+    return after_send(c);
+}
+
+int pg_conn_send_prepared(pg_conn *c, int stmt, int np, const char *const *pv, const int *pl,
+                          const int *pf, int binary)
+{
+    char name[16];
+    if (!c->pq || PQstatus(c->pq) != CONNECTION_OK)
+        return -1;
+    if (!PQsendQueryPrepared(c->pq, stmt_name(stmt, name), np, pv, pl, pf, binary))
+        return -1;
+    return after_send(c);
 }
 
 static void listener_drain(pg_conn *c)
