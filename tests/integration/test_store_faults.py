@@ -165,3 +165,40 @@ def test_pg_restart_during_burst(store_dir):
         assert rc == 0, f"{out}{err}"
     finally:
         _run(["drop", "pg", store_dir] + db)
+
+
+def test_local_reconcile_at_open(store_dir):
+    """Local: a message file without a row (dropped in by hand, as another
+    Maildir tool would) is indexed at open, and a row whose file is gone
+    is dropped, not served as a broken message."""
+    base = ["local", store_dir]
+    rc, out, err = _run(["init"] + base)
+    if rc == 77:
+        pytest.skip(out.strip())
+    assert rc == 0, f"init failed: {out}{err}"
+    log = os.path.join(store_dir, "acks")
+    rc, out, err = _run(["append"] + base + ["20", "4", "60"])
+    assert rc == 0, f"{out}{err}"
+    with open(log, "w") as f:
+        f.write(out)
+    maildir = os.path.join(store_dir, "mail", "example.test", "burst", "Maildir")
+    files = sorted(os.path.join(maildir, d, n) for d in ("cur", "new")
+                   for n in os.listdir(os.path.join(maildir, d)))
+    assert len(files) == 20, files
+    # One file goes; its acknowledgement is no longer a promise to check.
+    gone = files[3]
+    with open(gone, "rb") as f:
+        subject = next(line for line in f.read().split(b"\r\n") if line.startswith(b"Subject: "))
+    gone_n = subject.split()[-1].decode()
+    os.unlink(gone)
+    with open(log, "w") as f:
+        f.write("".join(line + "\n" for line in out.splitlines()
+                        if line.startswith("ACK ") and line.split()[2] != gone_n))
+    # One file arrives, a copy of another message's bytes, in new/.
+    with open(files[5], "rb") as f:
+        data = f.read()
+    with open(os.path.join(maildir, "new", "1700000000.M1P1Q1.stray.example"), "wb") as f:
+        f.write(data)
+    rc, out, err = _run(["check"] + base + [log], timeout=120 * SLOW)
+    assert rc == 0, f"{out}{err}"
+    assert out.startswith("OK visible=20 acked=19"), out
