@@ -5,7 +5,9 @@
   half-written is visible (local backend, and pg);
 - PostgreSQL stopped (pg_ctl stop -m fast) and started again during a
   burst: the calls in flight fail with ETEMP (their callbacks run, the
-  process does not crash) and later calls succeed.
+  process does not crash) and later calls succeed;
+- local reconciliation at open: a Maildir file without a row is indexed, a
+  row without its file is dropped.
 
 pg needs the cluster tools/test starts (TERN_TEST_PG_CONNINFO and
 TERN_PG_STATE from tests/pg/start); without it the pg cases are skipped.
