@@ -72,6 +72,19 @@ int pg_send(pg_job *j, const char *sql)
     return PG_WAIT;
 }
 
+int pg_send_begin(pg_job *j)
+{
+    if (j->res) {
+        PQclear(j->res);
+        j->res = NULL;
+    }
+    if (pg_conn_send(j->conn, "BEGIN", 0, NULL, NULL, NULL, 0) < 0) {
+        j->req->status = tern_store__fail(j->req, TERN_STORE_ETEMP, "database connection lost");
+        return PG_DONE;
+    }
+    return PG_WAIT;
+}
+
 static int send_failed(pg_job *j)
 {
     j->req->status = tern_store__fail(j->req, TERN_STORE_ETEMP, "database connection lost");
@@ -413,7 +426,8 @@ static void send_control(pg_job *j, const char *sql)
 
 static void run_op(pg_job *j)
 {
-    if (pg_ops[j->req->op](j) == PG_WAIT)
+    pg_op_fn fn = j->batch ? pg_op_append_batch : pg_ops[j->req->op];
+    if (fn(j) == PG_WAIT)
         return;
     if (!j->conn || PQstatus(j->conn->pq) == CONNECTION_BAD) {
         pg_job_finish(j);
@@ -437,7 +451,7 @@ static void run_op(pg_job *j)
 void pg_job_start(pg_job *j)
 {
     j->phase = PG_PH_OP;
-    if (!pg_ops[j->req->op]) {
+    if (!j->batch && !pg_ops[j->req->op]) {
         pg_done(j, TERN_STORE_EINVAL, "unknown store op %d", (int)j->req->op);
         pg_job_finish(j);
         return;
@@ -508,6 +522,7 @@ void pg_job_result(pg_job *j, PGresult *res)
 
 void pg_job_abort(pg_job *j, const char *why)
 {
+    j->conn_lost = true;
     if (j->req->status == TERN_STORE_OK || j->phase == PG_PH_COMMIT)
         /* A lost COMMIT may or may not have committed: the caller must
          * treat it as a temporary failure and look again. */
@@ -515,9 +530,63 @@ void pg_job_abort(pg_job *j, const char *why)
     pg_job_finish(j);
 }
 
+static void q_push_front(pg_impl *pg, pg_job *j)
+{
+    j->next = pg->q_head;
+    pg->q_head = j;
+    if (!pg->q_tail)
+        pg->q_tail = j;
+    pg->q_len++;
+}
+
+/* A member of a failed batch goes back to the head of the queue to run
+ * on its own. */
+static void requeue_alone(pg_impl *pg, pg_job *m)
+{
+    if (m->res)
+        PQclear(m->res);
+    m->res = NULL;
+    m->pt = 0;
+    m->phase = PG_PH_OP;
+    m->in_tx = false;
+    m->np = 0;
+    m->prep_stmt = 0;
+    m->n_notes = 0;
+    m->conn = NULL;
+    m->no_batch = true;
+    m->req->status = TERN_STORE_OK;
+    m->req->error[0] = 0;
+    q_push_front(pg, m);
+}
+
+static void finish_batch(pg_job *b)
+{
+    pg_job **mem = b->p;
+    int st = b->req->status;
+    /* Back to front so that requeued members keep their order. */
+    for (int64_t i = b->n - 1; i >= 0; i--) {
+        pg_job *m = mem[i];
+        if (st != TERN_STORE_OK && m->req->status == TERN_STORE_OK) {
+            if (!b->conn_lost) {
+                requeue_alone(b->pg, m);
+                continue;
+            }
+            m->req->status = tern_store__fail(m->req, st, "%s", b->req->error);
+        }
+        pg_job_finish(m);
+    }
+    if (b->res)
+        PQclear(b->res);
+    tern_arena_free(&b->req->arena);
+    free(b->req);
+    tern_arena_free(&b->a);
+    free(b);
+}
+
 void pg_job_finish(pg_job *j)
 {
     pg_conn *c = j->conn;
+    j->conn = NULL;
     if (c) {
         c->job = NULL;
         if (c->state == PG_C_BUSY) {
@@ -525,6 +594,10 @@ void pg_job_finish(pg_job *j)
             if (!c->pq || PQstatus(c->pq) == CONNECTION_BAD)
                 pg_conn_broken(c, "connection lost");
         }
+    }
+    if (j->batch) {
+        finish_batch(j);
+        return;
     }
     if (j->res)
         PQclear(j->res);
@@ -573,6 +646,93 @@ static void fail_queued(pg_impl *pg, const char *why)
     }
 }
 
+#define PG_SCAN_MAX 512
+#define PG_BATCH_MAX 64
+
+static bool append_busy(pg_impl *pg, const char *key)
+{
+    for (size_t i = 0; i < pg->n_conns; i++) {
+        pg_job *x = pg->conns[i].job;
+        if (x && x->acct_key && !strcmp(x->acct_key, key))
+            return true;
+    }
+    return false;
+}
+
+static void q_unlink(pg_impl *pg, pg_job *prev, pg_job *j)
+{
+    if (prev)
+        prev->next = j->next;
+    else
+        pg->q_head = j->next;
+    if (pg->q_tail == j)
+        pg->q_tail = prev;
+    pg->q_len--;
+    j->next = NULL;
+}
+
+/* Appends to one account wait while one of its appends is running, and
+ * those that queued up meanwhile then go together in one transaction:
+ * in-process contention on the account's row lock turns into group
+ * commit. */
+static pg_job *gather(pg_impl *pg, pg_job *first)
+{
+    pg_job *found[PG_BATCH_MAX];
+    int n = 0;
+    pg_job *prev = NULL, *x = pg->q_head;
+    for (int scanned = 0; x && scanned < PG_SCAN_MAX && n < PG_BATCH_MAX - 1; scanned++) {
+        pg_job *next = x->next;
+        if (x->acct_key && !x->no_batch && !strcmp(x->acct_key, first->acct_key)) {
+            q_unlink(pg, prev, x);
+            found[n++] = x;
+        } else {
+            prev = x;
+        }
+        x = next;
+    }
+    if (n == 0)
+        return first;
+    pg_job *b = calloc(1, sizeof *b);
+    tern_store_req *req = calloc(1, sizeof *req);
+    if (!b || !req) {
+        free(b);
+        free(req);
+        for (int i = n - 1; i >= 0; i--)
+            q_push_front(pg, found[i]);
+        return first;
+    }
+    tern_arena_init(&b->a, 1024);
+    tern_arena_init(&req->arena, 256);
+    req->op = TERN_STORE_APPEND;
+    b->req = req;
+    b->pg = pg;
+    b->batch = true;
+    b->acct_key = tern_arena_strdup(&b->a, first->acct_key);
+    pg_job **mem = tern_arena_alloc(&b->a, (size_t)(n + 1) * sizeof *mem);
+    mem[0] = first;
+    for (int i = 0; i < n; i++)
+        mem[i + 1] = found[i];
+    b->p = mem;
+    b->n = n + 1;
+    return b;
+}
+
+static pg_job *pick(pg_impl *pg)
+{
+    pg_job *prev = NULL, *j = pg->q_head;
+    for (int scanned = 0; j && scanned < PG_SCAN_MAX; scanned++) {
+        if (!j->acct_key || !append_busy(pg, j->acct_key)) {
+            q_unlink(pg, prev, j);
+            if (j->acct_key && !j->no_batch)
+                j = gather(pg, j);
+            return j;
+        }
+        prev = j;
+        j = j->next;
+    }
+    return NULL;
+}
+
 void pg_dispatch(pg_impl *pg)
 {
     if (pg->dispatching)
@@ -580,9 +740,9 @@ void pg_dispatch(pg_impl *pg)
     pg->dispatching = true;
     for (;;) {
         pg_conn *c;
-        if (!pg->q_head || (c = idle_conn(pg)) == NULL)
+        pg_job *j;
+        if (!pg->q_head || (c = idle_conn(pg)) == NULL || (j = pick(pg)) == NULL)
             break;
-        pg_job *j = q_pop(pg);
         c->state = PG_C_BUSY;
         c->job = j;
         j->conn = c;
@@ -607,6 +767,8 @@ static void take_inbox(pg_impl *pg)
         in = in->next;
         j->next = NULL;
         j->queued_ms = now;
+        if (j->req->op == TERN_STORE_APPEND && j->req->in.account)
+            j->acct_key = pg_norm_account(&j->a, j->req->in.account);
         if (pg->q_len >= PG_QUEUE_LIMIT) {
             j->req->status = tern_store__fail(j->req, TERN_STORE_ETEMP, "database queue full");
             pg_job_finish(j);

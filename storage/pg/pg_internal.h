@@ -74,6 +74,14 @@ struct pg_job {
     /* A named statement being prepared on this connection first: its
      * execution is sent when the PREPARE has answered. */
     int prep_stmt;           /* PG_STMT_* + 1, or 0 */
+    /* APPEND batching (pg.c): the account an append is for, whether it
+     * may join a batch, and for a batch job the member jobs (in p, n of
+     * them; a failed batch runs each member again alone unless the
+     * connection was lost). */
+    const char *acct_key;
+    bool no_batch;
+    bool batch;              /* a job of our own: its req is not a caller's */
+    bool conn_lost;
     int prep_np;
     bool prep_binary;
 
@@ -156,6 +164,7 @@ int pg_schema_create(const char *conninfo, char **error_r);
 
 /* Job helpers (pg.c). */
 int pg_send(pg_job *j, const char *sql);
+int pg_send_begin(pg_job *j);
 int pg_send_prepared(pg_job *j, int stmt, const char *sql);
 int pg_done(pg_job *j, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int pg_ok(pg_job *j);
@@ -218,6 +227,7 @@ int pg_op_mailbox_status(pg_job *j);
 int pg_op_mailbox_subscribe(pg_job *j);
 int pg_op_mailbox_set_special(pg_job *j);
 int pg_op_append(pg_job *j);
+int pg_op_append_batch(pg_job *j);
 int pg_op_fetch(pg_job *j);
 int pg_op_fetch_body(pg_job *j);
 int pg_op_set_flags(pg_job *j);
@@ -248,8 +258,13 @@ void pg_message_row(pg_job *j, const PGresult *r, int row, tern_message_info *ou
     "m.uid, m.email_id, m.thread_id, m.flags, m.modseq, m.internal_date, m.size, " \
     "(SELECT string_agg(k.keyword, ' ' ORDER BY k.keyword) FROM keywords k WHERE k.message = m.id)"
 
-#define PG_TX(j)               \
-    PG_QUERY((j), "BEGIN");    \
+/* BEGIN leaves parameters already bound for the next statement alone. */
+#define PG_TX(j)                                                           \
+    do {                                                                   \
+        (j)->pt = __LINE__;                                                \
+        return pg_send_begin(j);                                           \
+        case __LINE__:;                                                    \
+    } while (0);                                                           \
     (j)->in_tx = true
 
 #endif

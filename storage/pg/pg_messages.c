@@ -402,72 +402,91 @@ static const char *opt_text(pg_job *j, const char *s)
     "pg_notify('" PG_CHANNEL "', $1 || E'\\t' || msg.mailbox_id || E'\\t' || msg.modseq) "     \
     "FROM msg, b"
 
+/* Checks an append, reads its bytes, indexes its header and binds the
+ * statement's parameters on m (kept there until sent). Returns 0, or -1
+ * with m's status set. */
+static int append_prepare(pg_job *m)
+{
+    tern_store_req *r = m->req;
+    if (!r->in.account || !r->in.name)
+        return pg_done(m, TERN_STORE_EINVAL, "no mailbox"), -1;
+    m->acct = pg_norm_account(&m->a, r->in.account);
+    m->mbox = canon(m, r->in.name);
+    if (r->in.data_path && !r->in.data) {
+        if (!m->owned_data && read_file(m, r->in.data_path) != 0)
+            return -1;
+    } else {
+        m->data = r->in.data ? r->in.data : (const uint8_t *)"";
+        m->len = r->in.data ? r->in.len : 0;
+    }
+    if (m->len > PG_APPEND_MAX)
+        return pg_done(m, TERN_STORE_EINVAL, "message too large"), -1;
+    tern_msg_index idx;
+    if (tern_msg_index_build(&m->a, m->data, m->len, &idx) != 0)
+        return pg_done(m, TERN_STORE_ETEMP, "out of memory indexing the message"), -1;
+    size_t refs_len = 1;
+    for (size_t i = 0; i < idx.n_references; i++)
+        refs_len += strlen(idx.references[i]) + 1;
+    char *refs = tern_arena_alloc(&m->a, refs_len);
+    size_t o = 0;
+    for (size_t i = 0; i < idx.n_references; i++) {
+        size_t l = strlen(idx.references[i]);
+        if (o)
+            refs[o++] = ' ';
+        memcpy(refs + o, idx.references[i], l);
+        o += l;
+    }
+    refs[o] = 0;
+    const char **names = tern_arena_alloc(&m->a, (idx.n_fields + 1) * sizeof *names);
+    const char **values = tern_arena_alloc(&m->a, (idx.n_fields + 1) * sizeof *values);
+    for (size_t i = 0; i < idx.n_fields; i++) {
+        names[i] = idx.fields[i].name ? idx.fields[i].name : "";
+        values[i] = idx.fields[i].value ? idx.fields[i].value : "";
+    }
+    int64_t idate = r->in.internal_date ? r->in.internal_date : (int64_t)time(NULL);
+    m->np = 0;
+    pg_p_str(m, m->acct);                   /* $1 */
+    pg_p_str(m, m->mbox);                   /* $2 */
+    pg_p_u64(m, m->len);                    /* $3 */
+    pg_p_bin(m, m->data, m->len);           /* $4 */
+    pg_p_u64(m, r->in.flags & 0x1f);        /* $5 */
+    pg_p_i64(m, idate);                     /* $6 */
+    pg_p_strarray(m, (const char *const *)idx.references, idx.n_references, false); /* $7 */
+    pg_p_str(m, opt_text(m, idx.message_id)); /* $8 */
+    if (idx.date)
+        pg_p_i64(m, idx.date);              /* $9 */
+    else
+        pg_p_str(m, NULL);
+    pg_p_str(m, opt_text(m, idx.subject));  /* $10 */
+    pg_p_str(m, opt_text(m, idx.base_subject));
+    pg_p_str(m, opt_text(m, idx.from));
+    pg_p_str(m, opt_text(m, idx.to));
+    pg_p_str(m, opt_text(m, idx.cc));
+    pg_p_str(m, opt_text(m, idx.bcc));      /* $15 */
+    pg_p_str(m, opt_text(m, idx.in_reply_to));
+    pg_p_str(m, o ? pg_clean_text(m, refs) : NULL); /* $17 */
+    pg_p_strarray(m, r->in.keywords.names, r->in.keywords.n, true); /* $18 */
+    pg_p_strarray(m, names, idx.n_fields, true);
+    pg_p_strarray(m, values, idx.n_fields, false); /* $20 */
+    return 0;
+}
+
+static void append_out(pg_job *m, const PGresult *res)
+{
+    tern_store_req *r = m->req;
+    r->out.append.uidvalidity = (uint32_t)pg_u64(res, 0, 0);
+    r->out.append.uid = (uint32_t)pg_u64(res, 0, 1);
+    r->out.append.modseq = pg_u64(res, 0, 2);
+    r->out.append.id = tern_arena_strdup(&r->arena, PQgetvalue(res, 0, 3));
+    r->out.append.thread_id = tern_arena_strdup(&r->arena, PQgetvalue(res, 0, 4));
+}
+
 int pg_op_append(pg_job *j)
 {
-    tern_store_req *r = j->req;
     PG_BEGIN(j);
-    if (!r->in.account || !r->in.name)
-        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
-    j->acct = pg_norm_account(&j->a, r->in.account);
-    j->mbox = canon(j, r->in.name);
-    if (r->in.data_path && !r->in.data) {
-        if (read_file(j, r->in.data_path) != 0)
-            return PG_DONE;
-    } else {
-        j->data = r->in.data ? r->in.data : (const uint8_t *)"";
-        j->len = r->in.data ? r->in.len : 0;
-    }
-    if (j->len > PG_APPEND_MAX)
-        return pg_done(j, TERN_STORE_EINVAL, "message too large");
+    if (append_prepare(j) != 0)
+        return PG_DONE;
     PG_TX(j);
-    {
-        tern_msg_index idx;
-        if (tern_msg_index_build(&j->a, j->data, j->len, &idx) != 0)
-            return pg_done(j, TERN_STORE_ETEMP, "out of memory indexing the message");
-        size_t refs_len = 1;
-        for (size_t i = 0; i < idx.n_references; i++)
-            refs_len += strlen(idx.references[i]) + 1;
-        char *refs = tern_arena_alloc(&j->a, refs_len);
-        size_t o = 0;
-        for (size_t i = 0; i < idx.n_references; i++) {
-            size_t l = strlen(idx.references[i]);
-            if (o)
-                refs[o++] = ' ';
-            memcpy(refs + o, idx.references[i], l);
-            o += l;
-        }
-        refs[o] = 0;
-        const char **names = tern_arena_alloc(&j->a, (idx.n_fields + 1) * sizeof *names);
-        const char **values = tern_arena_alloc(&j->a, (idx.n_fields + 1) * sizeof *values);
-        for (size_t i = 0; i < idx.n_fields; i++) {
-            names[i] = idx.fields[i].name ? idx.fields[i].name : "";
-            values[i] = idx.fields[i].value ? idx.fields[i].value : "";
-        }
-        int64_t idate = r->in.internal_date ? r->in.internal_date : (int64_t)time(NULL);
-        pg_p_str(j, j->acct);                   /* $1 */
-        pg_p_str(j, j->mbox);                   /* $2 */
-        pg_p_u64(j, j->len);                    /* $3 */
-        pg_p_bin(j, j->data, j->len);           /* $4 */
-        pg_p_u64(j, r->in.flags & 0x1f);        /* $5 */
-        pg_p_i64(j, idate);                     /* $6 */
-        pg_p_strarray(j, (const char *const *)idx.references, idx.n_references, false); /* $7 */
-        pg_p_str(j, opt_text(j, idx.message_id)); /* $8 */
-        if (idx.date)
-            pg_p_i64(j, idx.date);              /* $9 */
-        else
-            pg_p_str(j, NULL);
-        pg_p_str(j, opt_text(j, idx.subject));  /* $10 */
-        pg_p_str(j, opt_text(j, idx.base_subject));
-        pg_p_str(j, opt_text(j, idx.from));
-        pg_p_str(j, opt_text(j, idx.to));
-        pg_p_str(j, opt_text(j, idx.cc));
-        pg_p_str(j, opt_text(j, idx.bcc));      /* $15 */
-        pg_p_str(j, opt_text(j, idx.in_reply_to));
-        pg_p_str(j, o ? pg_clean_text(j, refs) : NULL); /* $17 */
-        pg_p_strarray(j, r->in.keywords.names, r->in.keywords.n, true); /* $18 */
-        pg_p_strarray(j, names, idx.n_fields, true);
-        pg_p_strarray(j, values, idx.n_fields, false); /* $20 */
-    }
     PG_QUERY_PREPARED(j, PG_STMT_APPEND, PG_APPEND_SQL);
     if (PQntuples(j->res) == 0) {
         pg_p_str(j, j->acct);
@@ -485,11 +504,36 @@ int pg_op_append(pg_job *j)
             return pg_done(j, TERN_STORE_EQUOTA, "over quota");
         return pg_done(j, TERN_STORE_ETEMP, "append raced with a concurrent change; retry");
     }
-    r->out.append.uidvalidity = (uint32_t)pg_u64(j->res, 0, 0);
-    r->out.append.uid = (uint32_t)pg_u64(j->res, 0, 1);
-    r->out.append.modseq = pg_u64(j->res, 0, 2);
-    r->out.append.id = pg_str(j, j->res, 0, 3);
-    r->out.append.thread_id = pg_str(j, j->res, 0, 4);
+    append_out(j, j->res);
+    PG_END(j);
+}
+
+/* Appends to one account that were queued together (pg.c groups them):
+ * one transaction, one statement each, one COMMIT, so they share the
+ * account's lock and the commit's WAL flush. If any of them cannot be
+ * stored, the whole batch rolls back and pg.c queues each again on its
+ * own, where it gets its precise answer. */
+int pg_op_append_batch(pg_job *j)
+{
+    pg_job **mem = j->p;
+    PG_BEGIN(j);
+    for (int64_t i = 0; i < j->n; i++)
+        append_prepare(mem[i]);
+    PG_TX(j);
+    for (j->i = 0; j->i < j->n; j->i++) {
+        if (mem[j->i]->req->status != TERN_STORE_OK)
+            continue;
+        j->pv = mem[j->i]->pv;
+        j->pl = mem[j->i]->pl;
+        j->pf = mem[j->i]->pf;
+        j->np = mem[j->i]->np;
+        j->cap = mem[j->i]->cap;
+        PG_QUERY_PREPARED(j, PG_STMT_APPEND, PG_APPEND_SQL);
+        mem = j->p;
+        if (PQntuples(j->res) == 0)
+            return pg_done(j, TERN_STORE_ETEMP, "an append of the batch failed");
+        append_out(mem[j->i], j->res);
+    }
     PG_END(j);
 }
 
