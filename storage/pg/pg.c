@@ -1,8 +1,13 @@
 /* The `postgres` store backend: the backend table, the backend thread and
  * its loop, the job queue, and the driver that runs a job's statements
  * (BEGIN ... NOTIFY ... COMMIT/ROLLBACK around the op's own ones) and maps
- * PostgreSQL errors to TERN_STORE_E*. Connections live in pg_pool.c, the
- * ops in pg_directory.c, pg_messages.c and pg_search.c.
+ * PostgreSQL errors to TERN_STORE_E*. The queue also groups appends: while
+ * one account has an append running, its next appends wait and then run
+ * together in one transaction. Connections live in pg_pool.c, the ops in
+ * pg_directory.c, pg_messages.c and pg_search.c.
+ *
+ * Change events are raised only through LISTEN (ours and other nodes'
+ * NOTIFYs alike), so a change is announced once and only once committed.
  *
  * Input trusted: requests from store.c (our own code); notification
  * payloads from the database, which any client of it could have sent, so
@@ -398,7 +403,7 @@ static int map_error(pg_job *j, const PGresult *res)
     char clean[200];
     snprintf(clean, sizeof clean, "%s", msg && *msg ? msg : "unknown database error");
     for (char *p = clean; *p; p++)
-        if (*p == '\n' || *p == '\r')
+        if (*p == '\n' || *p == '\r' || *p == '\t')
             *p = ' ';
     int st = TERN_STORE_EIO;
     if (!state || PQstatus(j->conn->pq) == CONNECTION_BAD)
@@ -797,6 +802,17 @@ static void on_wake(uv_async_t *h)
 static void on_tick(uv_timer_t *t)
 {
     pg_impl *pg = t->data;
+    uint64_t now0 = tern_now_ms();
+    /* A server that stopped answering without closing the socket (host
+     * gone, network cut) would hold the job forever: past the bound the
+     * connection is dropped, the job fails with ETEMP, and the pool
+     * reconnects. */
+    for (size_t i = 0; i < pg->n_conns; i++) {
+        pg_conn *c = &pg->conns[i];
+        if (c->state == PG_C_BUSY && c->job && c->job->sent_ms &&
+            now0 - c->job->sent_ms > PG_RUN_MAX_MS)
+            pg_conn_broken(c, "no answer from the database");
+    }
     if (any_alive(pg))
         return;
     uint64_t now = tern_now_ms();

@@ -26,6 +26,7 @@
 #define PG_MAX_PARAMS 4096      /* a search tree past this is refused */
 #define PG_QUEUE_LIMIT 10000      /* queued jobs past this fail with ETEMP */
 #define PG_WAIT_DOWN_MS 5000      /* a job waits this long for a dead pool */
+#define PG_RUN_MAX_MS 120000      /* a statement silent this long: the link is dead */
 #define PG_BACKOFF_MIN_MS 100
 #define PG_BACKOFF_MAX_MS 5000
 #define PG_FETCH_BODY_MAX (1024 * 1024)
@@ -46,6 +47,7 @@ struct pg_job {
     tern_store_req *req;
     pg_conn *conn;
     uint64_t queued_ms;
+    uint64_t sent_ms;        /* when its last statement went out */
     int pt;              /* resume point of the op's protothread */
     int phase;
     bool in_tx;

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "lib/log.h"
+#include "lib/util.h"
 #include "storage/pg/pg_internal.h"
 
 struct pg_poll {
@@ -118,7 +119,7 @@ void pg_conn_broken(pg_conn *c, const char *why)
     char clean[200];
     snprintf(clean, sizeof clean, "%s%s%s", why, *msg ? ": " : "", msg);
     for (char *p = clean; *p; p++)
-        if (*p == '\n' || *p == '\r')
+        if (*p == '\n' || *p == '\r' || *p == '\t')
             *p = ' ';
     if (was_up)
         TLOG_WARN("store", "event=pg_conn_lost conn=%s index=%d error=%s", conn_name(c), c->index,
@@ -225,6 +226,8 @@ static void connect_continue(pg_conn *c)
 
 static int after_send(pg_conn *c)
 {
+    if (c->job)
+        c->job->sent_ms = tern_now_ms();
     int r = PQflush(c->pq);
     if (r < 0)
         return -1;
