@@ -132,33 +132,36 @@ const char *tern_store__canon_mailbox(tern_arena *a, const char *name)
     return tern_arena_strdup(a, name);
 }
 
-/* Recursive with memo-free backtracking: patterns come from IMAP LIST and
- * are short; '*' runs are collapsed so the worst case stays small. */
+/* Dynamic programming over (pattern position, name prefix): O(|p|*|n|)
+ * time whatever the wildcards, so a hostile LIST pattern such as
+ * "*a*a*a*a*b" costs no more than a plain one. row[i] says whether the
+ * pattern so far matches the first i bytes of the name. */
 static bool names__match(const char *p, const char *n)
 {
-    while (*p) {
-        if (*p == '*' || *p == '%') {
-            bool star = false;
-            while (*p == '*' || *p == '%') {
-                if (*p == '*')
-                    star = true;
-                p++;
-            }
-            if (*p == '\0')
-                return star || strchr(n, '/') == NULL;
-            for (const char *t = n;; t++) {
-                if (names__match(p, t))
-                    return true;
-                if (*t == '\0' || (!star && *t == '/'))
-                    return false;
-            }
+    size_t nl = strlen(n);
+    if (nl > MAX_MAILBOX_NAME * 2)
+        return false;
+    bool a[MAX_MAILBOX_NAME * 2 + 1], b[MAX_MAILBOX_NAME * 2 + 1];
+    bool *prev = a, *cur = b;
+    prev[0] = true;
+    for (size_t i = 1; i <= nl; i++)
+        prev[i] = false;
+    for (; *p; p++) {
+        char c = *p;
+        cur[0] = prev[0] && (c == '*' || c == '%');
+        for (size_t i = 1; i <= nl; i++) {
+            if (c == '*')
+                cur[i] = prev[i] || cur[i - 1];
+            else if (c == '%')
+                cur[i] = prev[i] || (cur[i - 1] && n[i - 1] != '/');
+            else
+                cur[i] = prev[i - 1] && n[i - 1] == c;
         }
-        if (*p != *n)
-            return false;
-        p++;
-        n++;
+        bool *t = prev;
+        prev = cur;
+        cur = t;
     }
-    return *n == '\0';
+    return prev[nl];
 }
 
 bool tern_store__pattern_match(const char *pattern, const char *name)
