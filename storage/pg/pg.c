@@ -864,6 +864,54 @@ void pg_notify_payload(pg_impl *pg, const char *payload)
     tern_store__notify(pg->store, account, mailbox_id, modseq);
 }
 
+void pg_wake_watched(pg_impl *pg)
+{
+    uv_mutex_lock(&pg->mu);
+    size_t n = pg->n_watched;
+    char **copy = n ? calloc(n, sizeof *copy) : NULL;
+    for (size_t i = 0; copy && i < n; i++)
+        copy[i] = strdup(pg->watched[i]);
+    uv_mutex_unlock(&pg->mu);
+    if (!copy)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (copy[i])
+            tern_store__notify(pg->store, copy[i], 0, 0);
+        free(copy[i]);
+    }
+    free(copy);
+}
+
+static void pg_watch_changed(void *impl, const char *account, bool watched)
+{
+    pg_impl *pg = impl;
+    uv_mutex_lock(&pg->mu);
+    if (watched) {
+        if (pg->n_watched == pg->cap_watched) {
+            size_t cap = pg->cap_watched ? pg->cap_watched * 2 : 16;
+            char **v = realloc(pg->watched, cap * sizeof *v);
+            if (v) {
+                pg->watched = v;
+                pg->cap_watched = cap;
+            }
+        }
+        char *a = strdup(account);
+        if (a && pg->n_watched < pg->cap_watched)
+            pg->watched[pg->n_watched++] = a;
+        else
+            free(a);
+    } else {
+        for (size_t i = 0; i < pg->n_watched; i++) {
+            if (!strcmp(pg->watched[i], account)) {
+                free(pg->watched[i]);
+                pg->watched[i] = pg->watched[--pg->n_watched];
+                break;
+            }
+        }
+    }
+    uv_mutex_unlock(&pg->mu);
+}
+
 static void thread_main(void *arg)
 {
     pg_impl *pg = arg;
@@ -930,6 +978,9 @@ static void pg_close(void *impl)
     uv_thread_join(&pg->thread);
     uv_loop_close(&pg->loop);
     uv_mutex_destroy(&pg->mu);
+    for (size_t i = 0; i < pg->n_watched; i++)
+        free(pg->watched[i]);
+    free(pg->watched);
     free(pg->conns);
     free(pg->conninfo);
     free(pg);
@@ -964,5 +1015,5 @@ const tern_store_backend tern_store_backend_pg = {
     .open = pg_open,
     .close = pg_close,
     .submit = pg_submit,
-    .watch_changed = NULL,
+    .watch_changed = pg_watch_changed,
 };

@@ -104,6 +104,7 @@ struct pg_conn {
     int state;
     bool listener;
     bool want_write;
+    bool rewake;         /* listener: wake every watch once LISTEN is back */
     unsigned backoff_ms;
     uv_timer_t timer;
     pg_job *job;
@@ -123,9 +124,11 @@ struct pg_impl {
     uv_async_t wake;
     uv_timer_t tick;
 
-    uv_mutex_t mu;       /* guards inbox_head/tail and closing */
+    uv_mutex_t mu;       /* guards inbox_head/tail, closing and watched */
     pg_job *inbox_head, *inbox_tail;
     bool closing;
+    char **watched;      /* accounts with watches (store.c tells us) */
+    size_t n_watched, cap_watched;
 
     /* loop-thread only */
     pg_job *q_head, *q_tail;
@@ -145,6 +148,7 @@ void pg_job_abort(pg_job *j, const char *why);
 void pg_job_finish(pg_job *j);
 void pg_notify_payload(pg_impl *pg, const char *payload);
 void pg_maybe_shutdown(pg_impl *pg);
+void pg_wake_watched(pg_impl *pg);
 
 /* Statements run often enough to keep prepared on every connection
  * (planning them each time costs more than running them). */

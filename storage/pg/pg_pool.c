@@ -186,6 +186,7 @@ static void connected(pg_conn *c)
     if (again)
         TLOG_INFO("store", "event=pg_reconnected conn=%s index=%d", conn_name(c), c->index);
     if (c->listener) {
+        c->rewake = again;
         c->state = PG_C_BUSY;
         if (!PQsendQuery(c->pq, "LISTEN " PG_CHANNEL)) {
             pg_conn_broken(c, "LISTEN failed");
@@ -290,6 +291,12 @@ static void listener_drain(pg_conn *c)
         }
         PQclear(r);
         c->state = PG_C_IDLE;
+        if (c->rewake) {
+            /* NOTIFYs sent while we were not listening are lost: every
+             * watcher looks again (a spurious wake is harmless). */
+            c->rewake = false;
+            pg_wake_watched(c->pg);
+        }
     }
     PGnotify *n;
     while ((n = PQnotifies(c->pq)) != NULL) {
