@@ -125,6 +125,21 @@ int pg_send_prepared(pg_job *j, int stmt, const char *sql)
     return PG_WAIT;
 }
 
+/* Prepares a statement on the connection without running it (for
+ * pipelines, which then run it several times); the op resumes after. */
+int pg_send_prepare_only(pg_job *j, int stmt, const char *sql)
+{
+    if (j->res) {
+        PQclear(j->res);
+        j->res = NULL;
+    }
+    j->prep_stmt = stmt + 1;
+    j->prep_only = true;
+    if (pg_conn_prepare(j->conn, stmt, sql, 0) < 0)
+        return send_failed(j);
+    return PG_WAIT;
+}
+
 int pg_done(pg_job *j, int status, const char *fmt, ...)
 {
     va_list ap;
@@ -396,7 +411,7 @@ char **pg_split_words(tern_arena *a, const char *s, size_t *n_r)
 
 /* ---- the driver ---------------------------------------------------------- */
 
-static int map_error(pg_job *j, const PGresult *res)
+int pg_map_error(pg_job *j, const PGresult *res)
 {
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     const char *msg = PQresultErrorMessage(res);
@@ -475,6 +490,11 @@ void pg_job_result(pg_job *j, PGresult *res)
         int stmt = j->prep_stmt - 1;
         j->prep_stmt = 0;
         j->conn->prepared |= 1u << stmt;
+        if (j->prep_only) {
+            j->prep_only = false;
+            run_op(j);
+            return;
+        }
         PQclear(j->res);
         j->res = NULL;
         if (pg_conn_send_prepared(j->conn, stmt, j->prep_np, j->pv, j->pl, j->pf,
@@ -485,10 +505,11 @@ void pg_job_result(pg_job *j, PGresult *res)
         return;
     }
     j->prep_stmt = 0;
+    j->prep_only = false;
     switch (j->phase) {
     case PG_PH_OP:
         if (!ok) {
-            map_error(j, res);
+            pg_map_error(j, res);
             if (j->in_tx && PQstatus(j->conn->pq) != CONNECTION_BAD) {
                 j->phase = PG_PH_ROLLBACK;
                 send_control(j, "ROLLBACK");
@@ -501,7 +522,7 @@ void pg_job_result(pg_job *j, PGresult *res)
         return;
     case PG_PH_NOTIFY:
         if (!ok) {
-            map_error(j, res);
+            pg_map_error(j, res);
             j->phase = PG_PH_ROLLBACK;
             send_control(j, "ROLLBACK");
             return;
@@ -511,7 +532,7 @@ void pg_job_result(pg_job *j, PGresult *res)
         return;
     case PG_PH_COMMIT:
         if (!ok)
-            map_error(j, res);
+            pg_map_error(j, res);
         else if (PQcmdStatus(res) && !strcmp(PQcmdStatus(res), "ROLLBACK"))
             /* COMMIT of a failed transaction answers ROLLBACK. */
             j->req->status = tern_store__fail(j->req, TERN_STORE_EIO, "transaction rolled back");
@@ -523,6 +544,24 @@ void pg_job_result(pg_job *j, PGresult *res)
         pg_job_finish(j);
         return;
     }
+}
+
+/* The results of a pipeline the op queued; the op reads them from j->pipe
+ * and decides. */
+void pg_job_pipeline_done(pg_job *j, PGresult **res, int n)
+{
+    j->pipe = res;
+    j->pipe_n = n;
+    run_op(j);
+}
+
+static void free_pipe(pg_job *j)
+{
+    for (int i = 0; i < j->pipe_n; i++)
+        PQclear(j->pipe[i]);
+    free(j->pipe);
+    j->pipe = NULL;
+    j->pipe_n = 0;
 }
 
 void pg_job_abort(pg_job *j, const char *why)
@@ -559,6 +598,7 @@ static void requeue_alone(pg_impl *pg, pg_job *m)
     m->n_notes = 0;
     m->conn = NULL;
     m->no_batch = true;
+    m->redo = false;
     m->req->status = TERN_STORE_OK;
     m->req->error[0] = 0;
     q_push_front(pg, m);
@@ -571,6 +611,10 @@ static void finish_batch(pg_job *b)
     /* Back to front so that requeued members keep their order. */
     for (int64_t i = b->n - 1; i >= 0; i--) {
         pg_job *m = mem[i];
+        if (st == TERN_STORE_OK && m->redo) {
+            requeue_alone(b->pg, m);
+            continue;
+        }
         if (st != TERN_STORE_OK && m->req->status == TERN_STORE_OK) {
             if (!b->conn_lost) {
                 requeue_alone(b->pg, m);
@@ -600,6 +644,7 @@ void pg_job_finish(pg_job *j)
                 pg_conn_broken(c, "connection lost");
         }
     }
+    free_pipe(j);
     if (j->batch) {
         finish_batch(j);
         return;

@@ -76,6 +76,10 @@ struct pg_job {
     /* A named statement being prepared on this connection first: its
      * execution is sent when the PREPARE has answered. */
     int prep_stmt;           /* PG_STMT_* + 1, or 0 */
+    bool prep_only;          /* continue the op after PREPARE, send nothing */
+    /* Results of a pipeline (pg_pool.c collects them up to the sync). */
+    PGresult **pipe;
+    int pipe_n;
     /* APPEND batching (pg.c): the account an append is for, whether it
      * may join a batch, and for a batch job the member jobs (in p, n of
      * them; a failed batch runs each member again alone unless the
@@ -84,6 +88,7 @@ struct pg_job {
     bool no_batch;
     bool batch;              /* a job of our own: its req is not a caller's */
     bool conn_lost;
+    bool redo;               /* batch member that changed nothing: run it alone */
     int prep_np;
     bool prep_binary;
 
@@ -110,6 +115,9 @@ struct pg_conn {
     pg_job *job;
     PGresult *pending;   /* the result being collected for job */
     uint32_t prepared;   /* bit per PG_STMT_* prepared on this session */
+    bool pipeline;       /* in libpq pipeline mode, collecting up to the sync */
+    PGresult **pipe;     /* results collected so far, malloc'd */
+    int pipe_n, pipe_cap;
     int index;
 };
 
@@ -144,6 +152,7 @@ struct pg_impl {
 void pg_dispatch(pg_impl *pg);
 void pg_job_start(pg_job *j);
 void pg_job_result(pg_job *j, PGresult *res);
+void pg_job_pipeline_done(pg_job *j, PGresult **res, int n);
 void pg_job_abort(pg_job *j, const char *why);
 void pg_job_finish(pg_job *j);
 void pg_notify_payload(pg_impl *pg, const char *payload);
@@ -163,6 +172,13 @@ int pg_conn_prepare(pg_conn *c, int stmt, const char *sql, int np);
 int pg_conn_send_prepared(pg_conn *c, int stmt, int np, const char *const *pv, const int *pl,
                           const int *pf, int binary);
 void pg_conn_close(pg_conn *c);
+/* Pipeline: enter, queue statements (nothing is read until the sync), then
+ * sync; the job gets every result at once through pg_job_pipeline_done. */
+int pg_conn_pipeline_enter(pg_conn *c);
+int pg_conn_pipeline_query(pg_conn *c, const char *sql);
+int pg_conn_pipeline_prepared(pg_conn *c, int stmt, int np, const char *const *pv, const int *pl,
+                              const int *pf);
+int pg_conn_pipeline_sync(pg_conn *c);
 void pg_conn_broken(pg_conn *c, const char *why);
 
 /* pg_schema.c */
@@ -172,8 +188,11 @@ int pg_schema_create(const char *conninfo, char **error_r);
 int pg_send(pg_job *j, const char *sql);
 int pg_send_begin(pg_job *j);
 int pg_send_prepared(pg_job *j, int stmt, const char *sql);
+int pg_send_prepare_only(pg_job *j, int stmt, const char *sql);
 int pg_done(pg_job *j, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int pg_ok(pg_job *j);
+/* Sets the job's status from an error result; returns it. */
+int pg_map_error(pg_job *j, const PGresult *res);
 void pg_p_str(pg_job *j, const char *s);
 void pg_p_u64(pg_job *j, uint64_t v);
 void pg_p_i64(pg_job *j, int64_t v);
@@ -204,6 +223,20 @@ char **pg_split_words(tern_arena *a, const char *s, size_t *n_r);
     do {                                                                   \
         (j)->pt = __LINE__;                                                \
         return pg_send_prepared((j), (stmt), (sql));                       \
+        case __LINE__:;                                                    \
+    } while (0)
+/* Prepares without running (pipelines run it afterwards). */
+#define PG_PREPARE(j, stmt, sql)                                           \
+    do {                                                                   \
+        (j)->pt = __LINE__;                                                \
+        return pg_send_prepare_only((j), (stmt), (sql));                   \
+        case __LINE__:;                                                    \
+    } while (0)
+/* Waits for what was queued by hand (a pipeline) without sending. */
+#define PG_AWAIT(j)                                                        \
+    do {                                                                   \
+        (j)->pt = __LINE__;                                                \
+        return PG_WAIT;                                                    \
         case __LINE__:;                                                    \
     } while (0)
 #define PG_END(j) } return pg_ok(j)

@@ -366,13 +366,14 @@ static const char *opt_text(pg_job *j, const char *s)
 }
 
 /* An append is one statement in a transaction, so the account's lock is
- * held for one statement and the COMMIT: it takes the account's next modseq (which
- * row-locks the account and charges the quota, refused inside the WHERE),
- * the mailbox's next uid, finds the thread, writes the body, the message,
- * its keywords and header index, and queues the NOTIFY that goes out with
- * the commit. When it returns no row (a concurrent rename can empty `b`
- * after `a` charged the account), the transaction is rolled back and a
- * read-only query says why. */
+ * held for one statement and the COMMIT: it takes the account's next modseq
+ * (which row-locks the account and charges the quota, refused inside the
+ * WHERE), the mailbox's next uid, finds the thread, writes the body, the
+ * message, its keywords and header index, and queues the NOTIFY that goes
+ * out with the commit. It returns no row only when it changed nothing (no
+ * account, no mailbox, over quota); a rename committed while it waited for
+ * the account's lock empties `b` after `a` charged the account, and `chk`
+ * then fails the statement with a retryable error rather than keep half. */
 #define PG_APPEND_SQL                                                                         \
     "WITH a AS (UPDATE accounts SET highest_modseq = highest_modseq + 1, "                    \
     "used_bytes = used_bytes + $3, used_messages = used_messages + 1 "                        \
@@ -397,7 +398,9 @@ static const char *opt_text(pg_job *j, const char *s)
     "kw AS (INSERT INTO keywords (message, keyword) "                                          \
     "SELECT DISTINCT msg.id, k FROM msg, unnest($18::text[]) k), "                             \
     "hd AS (INSERT INTO headers (message, name, value) "                                       \
-    "SELECT msg.id, t.n, t.v FROM msg, unnest($19::text[], $20::text[]) AS t(n, v)) "          \
+    "SELECT msg.id, t.n, t.v FROM msg, unnest($19::text[], $20::text[]) AS t(n, v)), "         \
+    "chk AS (INSERT INTO meta (key, value) SELECT 'never', tern_retry('mailbox renamed') "     \
+    "FROM a WHERE NOT EXISTS (SELECT 1 FROM b)) "                                              \
     "SELECT b.uidvalidity, msg.uid, msg.modseq, msg.email_id, msg.thread_id, "                 \
     "pg_notify('" PG_CHANNEL "', $1 || E'\\t' || msg.mailbox_id || E'\\t' || msg.modseq) "     \
     "FROM msg, b"
@@ -509,30 +512,74 @@ int pg_op_append(pg_job *j)
 }
 
 /* Appends to one account that were queued together (pg.c groups them):
- * one transaction, one statement each, one COMMIT, so they share the
- * account's lock and the commit's WAL flush. If any of them cannot be
- * stored, the whole batch rolls back and pg.c queues each again on its
- * own, where it gets its precise answer. */
+ * one pipeline of BEGIN, one statement each, COMMIT and a sync, so they
+ * cost one round trip, share the account's lock and one WAL flush. A
+ * member whose statement changed nothing (no mailbox, over quota) is run
+ * again alone after the commit, where it gets its precise answer; if a
+ * statement fails, the whole batch rolls back and pg.c runs each member
+ * alone. */
 int pg_op_append_batch(pg_job *j)
 {
     pg_job **mem = j->p;
     PG_BEGIN(j);
     for (int64_t i = 0; i < j->n; i++)
         append_prepare(mem[i]);
-    PG_TX(j);
-    for (j->i = 0; j->i < j->n; j->i++) {
-        if (mem[j->i]->req->status != TERN_STORE_OK)
-            continue;
-        j->pv = mem[j->i]->pv;
-        j->pl = mem[j->i]->pl;
-        j->pf = mem[j->i]->pf;
-        j->np = mem[j->i]->np;
-        j->cap = mem[j->i]->cap;
-        PG_QUERY_PREPARED(j, PG_STMT_APPEND, PG_APPEND_SQL);
-        mem = j->p;
-        if (PQntuples(j->res) == 0)
-            return pg_done(j, TERN_STORE_ETEMP, "an append of the batch failed");
-        append_out(mem[j->i], j->res);
+    if (!(j->conn->prepared & (1u << PG_STMT_APPEND)))
+        PG_PREPARE(j, PG_STMT_APPEND, PG_APPEND_SQL);
+    {
+        pg_conn *c = j->conn;
+        int sent = 0;
+        for (int64_t i = 0; i < j->n; i++)
+            sent += mem[i]->req->status == TERN_STORE_OK;
+        if (sent == 0)
+            return PG_DONE;
+        if (pg_conn_pipeline_enter(c) < 0 || pg_conn_pipeline_query(c, "BEGIN") < 0)
+            return pg_done(j, TERN_STORE_ETEMP, "database connection lost");
+        j->in_tx = true;
+        for (int64_t i = 0; i < j->n; i++) {
+            pg_job *m = mem[i];
+            if (m->req->status != TERN_STORE_OK)
+                continue;
+            if (pg_conn_pipeline_prepared(c, PG_STMT_APPEND, m->np, m->pv, m->pl, m->pf) < 0)
+                return pg_done(j, TERN_STORE_ETEMP, "database connection lost");
+        }
+        if (pg_conn_pipeline_query(c, "COMMIT") < 0 || pg_conn_pipeline_sync(c) < 0)
+            return pg_done(j, TERN_STORE_ETEMP, "database connection lost");
+        j->u[0] = (uint64_t)sent;
+    }
+    PG_AWAIT(j);
+    {
+        const PGresult *last = j->pipe_n ? j->pipe[j->pipe_n - 1] : NULL;
+        bool committed = last && PQresultStatus(last) == PGRES_COMMAND_OK &&
+                         !strcmp(PQcmdStatus((PGresult *)last), "COMMIT");
+        if (!committed) {
+            for (int i = 0; i < j->pipe_n; i++)
+                if (PQresultStatus(j->pipe[i]) == PGRES_FATAL_ERROR)
+                    return pg_map_error(j, j->pipe[i]), PG_DONE;
+            return pg_done(j, TERN_STORE_EIO, "batch transaction not committed");
+        }
+        if ((uint64_t)j->pipe_n != j->u[0] + 2) {
+            /* Committed, but which result is whose is unknown: the members
+             * fail without a rerun, which could store them twice. */
+            j->in_tx = false;
+            j->conn_lost = true;
+            return pg_done(j, TERN_STORE_EIO, "pipeline answered %d results for %d", j->pipe_n,
+                           (int)j->u[0] + 2);
+        }
+    }
+    j->in_tx = false;
+    {
+        int k = 1;
+        for (int64_t i = 0; i < j->n; i++) {
+            pg_job *m = mem[i];
+            if (m->req->status != TERN_STORE_OK)
+                continue;
+            const PGresult *res = j->pipe[k++];
+            if (PQntuples(res) == 0)
+                m->redo = true;
+            else
+                append_out(m, res);
+        }
     }
     PG_END(j);
 }

@@ -98,9 +98,20 @@ void pg_conn_init(pg_impl *pg, pg_conn *c, int index, bool listener)
     c->timer.data = c;
 }
 
+static void drop_pipe(pg_conn *c)
+{
+    for (int i = 0; i < c->pipe_n; i++)
+        PQclear(c->pipe[i]);
+    free(c->pipe);
+    c->pipe = NULL;
+    c->pipe_n = c->pipe_cap = 0;
+    c->pipeline = false;
+}
+
 static void drop_pq(pg_conn *c)
 {
     poll_detach(c);
+    drop_pipe(c);
     if (c->pending) {
         PQclear(c->pending);
         c->pending = NULL;
@@ -278,6 +289,85 @@ int pg_conn_send_prepared(pg_conn *c, int stmt, int np, const char *const *pv, c
     return after_send(c);
 }
 
+int pg_conn_pipeline_enter(pg_conn *c)
+{
+    if (!c->pq || PQstatus(c->pq) != CONNECTION_OK || !PQenterPipelineMode(c->pq))
+        return -1;
+    c->pipeline = true;
+    return 0;
+}
+
+int pg_conn_pipeline_query(pg_conn *c, const char *sql)
+{
+    return PQsendQueryParams(c->pq, sql, 0, NULL, NULL, NULL, NULL, 0) ? 0 : -1;
+}
+
+int pg_conn_pipeline_prepared(pg_conn *c, int stmt, int np, const char *const *pv, const int *pl,
+                              const int *pf)
+{
+    char name[16];
+    return PQsendQueryPrepared(c->pq, stmt_name(stmt, name), np, pv, pl, pf, 0) ? 0 : -1;
+}
+
+int pg_conn_pipeline_sync(pg_conn *c)
+{
+    if (!PQpipelineSync(c->pq))
+        return -1;
+    return after_send(c);
+}
+
+/* In pipeline mode each statement's results end with a NULL, and the sync
+ * comes last as PGRES_PIPELINE_SYNC; two NULLs in a row mean nothing more
+ * is queued. Everything is kept and handed over at the sync. */
+static void pipeline_drain(pg_conn *c)
+{
+    int nulls = 0;
+    while (c->pq && !PQisBusy(c->pq)) {
+        PGresult *r = PQgetResult(c->pq);
+        if (!r) {
+            if (++nulls >= 2)
+                return;
+            continue;
+        }
+        nulls = 0;
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            c->pipeline = false;
+            if (PQexitPipelineMode(c->pq) != 1) {
+                pg_conn_broken(c, "cannot leave pipeline mode");
+                return;
+            }
+            PGresult **res = c->pipe;
+            int n = c->pipe_n;
+            c->pipe = NULL;
+            c->pipe_n = c->pipe_cap = 0;
+            if (c->job) {
+                pg_job *j = c->job;
+                pg_job_pipeline_done(j, res, n);
+                if (c->job != j && c->pq && PQstatus(c->pq) == CONNECTION_BAD)
+                    pg_conn_broken(c, "connection lost");
+            } else {
+                for (int i = 0; i < n; i++)
+                    PQclear(res[i]);
+                free(res);
+            }
+            return;
+        }
+        if (c->pipe_n == c->pipe_cap) {
+            int cap = c->pipe_cap ? c->pipe_cap * 2 : 16;
+            PGresult **v = realloc(c->pipe, (size_t)cap * sizeof *v);
+            if (!v) {
+                PQclear(r);
+                pg_conn_broken(c, "out of memory");
+                return;
+            }
+            c->pipe = v;
+            c->pipe_cap = cap;
+        }
+        c->pipe[c->pipe_n++] = r;
+    }
+}
+
 static void listener_drain(pg_conn *c)
 {
     while (!PQisBusy(c->pq)) {
@@ -392,6 +482,8 @@ static void on_poll(uv_poll_t *h, int status, int events)
         }
         if (c->listener)
             listener_drain(c);
+        else if (c->pipeline)
+            pipeline_drain(c);
         else
             pool_drain(c);
     }

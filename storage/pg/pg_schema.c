@@ -55,7 +55,8 @@ static const char *const schema_v1[] = {
     " UNIQUE (mailbox_id, uid))",
     "CREATE INDEX IF NOT EXISTS messages_mailbox_modseq ON messages (mailbox_id, modseq)",
     "CREATE INDEX IF NOT EXISTS messages_account_msgid ON messages (account_id, message_id)",
-    "CREATE INDEX IF NOT EXISTS messages_account_irt ON messages (account_id, in_reply_to)",
+    "CREATE INDEX IF NOT EXISTS messages_account_irt ON messages (account_id, in_reply_to) "
+    "WHERE in_reply_to IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS messages_body ON messages (body_ref)",
     "CREATE TABLE IF NOT EXISTS keywords ("
     " message BIGINT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,"
@@ -68,6 +69,11 @@ static const char *const schema_v1[] = {
     "CREATE TABLE IF NOT EXISTS expunged (mailbox_id BIGINT NOT NULL, uid BIGINT NOT NULL,"
     " modseq BIGINT NOT NULL, at BIGINT NOT NULL DEFAULT 0)",
     "CREATE INDEX IF NOT EXISTS expunged_mailbox_modseq ON expunged (mailbox_id, modseq)",
+    /* Lets one statement give up on a concurrent change with a clean,
+     * retryable error (serialization_failure) instead of doing half its
+     * work: see the APPEND statement. */
+    "CREATE OR REPLACE FUNCTION tern_retry(what text) RETURNS text LANGUAGE plpgsql AS "
+    "$$BEGIN RAISE EXCEPTION 'concurrent change: %', what USING ERRCODE = '40001'; END$$",
     NULL,
 };
 
