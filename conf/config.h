@@ -91,6 +91,8 @@ typedef struct tern_smtp_conf {
     uint64_t memory_threshold;   /* body spills to a temp file above it; default 1MiB */
     uint32_t max_hops;           /* Received headers; default 50 */
     bool vrfy;                   /* default false: VRFY answers 252 */
+    bool verify_recipients;      /* default true: RCPT to an unknown address of a local
+                                    domain gets 550 5.1.1 (postmaster is always accepted) */
     tern_bare_lf bare_lf;        /* default reject */
     /* RFC 5321 4.5.3.2 timeouts */
     uint64_t greeting_timeout_ms;   /* default 5m (client waiting for us is not our timer; used for our own inactivity before EHLO) */

@@ -272,6 +272,7 @@ static const field smtp_fields[] = {
     F_SIZE("memory_threshold", tern_smtp_conf, memory_threshold, 4 * KiB, 256 * MiB, MiB),
     F_UINT("max_hops", tern_smtp_conf, max_hops, 1, 500, 50, 0),
     F_BOOL("vrfy", tern_smtp_conf, vrfy, false),
+    F_BOOL("verify_recipients", tern_smtp_conf, verify_recipients, true),
     F_ENUM("bare_lf", tern_smtp_conf, bare_lf, bare_lf_names, TERN_BARE_LF_REJECT, 0),
     F_DURATION("greeting_timeout", tern_smtp_conf, greeting_timeout_ms, SEC, HOUR, 5 * MIN, 1),
     F_DURATION("command_timeout", tern_smtp_conf, command_timeout_ms, SEC, HOUR, 5 * MIN, 1),

@@ -263,6 +263,15 @@ static void server__reload_work(uv_work_t *w)
     r->cfg = tern_config_load(r->srv->config_path, &r->errs);
     if (r->cfg == NULL)
         return;
+    char *serr = NULL;
+    if (tern_store_seed_domains(r->srv->store, r->cfg, &serr) != 0) {
+        tern_config_errors_add(&r->errs, "domains: cannot add to the directory: %s",
+                               serr ? serr : "?");
+        free(serr);
+        tern_config_unref(r->cfg);
+        r->cfg = NULL;
+        return;
+    }
     if (server__uses_tls(r->cfg)) {
         char *err = NULL;
         r->tls = tern_tls_server_new(r->cfg, &err);
@@ -562,6 +571,18 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         free(err);
         return 1;
     }
+    if (tern_store_open(cfg, &srv->store, &err) != 0) {
+        TLOG_ERR(MOD, "event=store_open_failed backend=%s error=\"%s\"",
+                 cfg->storage.backend == TERN_STORAGE_POSTGRES ? "postgres" : "local",
+                 err ? err : "?");
+        free(err);
+        return 1;
+    }
+    if (tern_store_seed_domains(srv->store, cfg, &err) != 0) {
+        TLOG_ERR(MOD, "event=domain_seed_failed error=\"%s\"", err ? err : "?");
+        free(err);
+        return 1;
+    }
     size_t live = tern_spool_each(srv->spool, server__log_replayed, NULL);
     TLOG_INFO("spool", "event=opened dir=%s live=%zu", spool_dir, live);
     tern_spool_set_sink(srv->spool, server__spool_sink, srv);
@@ -613,6 +634,7 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         pthread_mutex_destroy(&srv->workers[i].mu);
     }
     tern_spool_close(srv->spool);
+    tern_store_close(srv->store);
     free(srv->workers);
     tern_limits_free(srv->limits);
     while (reuse_list) {

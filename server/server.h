@@ -75,6 +75,7 @@ struct tern_server {
     tern_tls_server *tls;
     tern_limits *limits;
     tern_spool *spool;
+    tern_store *store;
     tern_worker *workers;
     unsigned nworkers;
     tern_acceptor *acceptors; /* the main loop's */

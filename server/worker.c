@@ -64,6 +64,7 @@ static void worker__maybe_stop(tern_worker *w)
     }
     w->acceptors = NULL;
     tern_spool_client_close(w->host.spool_client);
+    tern_store_client_close(w->host.store_client);
     uv_close((uv_handle_t *)&w->wake, worker__closed_async);
 }
 
@@ -183,6 +184,10 @@ int tern_worker_start(tern_worker *w)
      * running loop; the loop is not running yet, so this is fine here. */
     w->host.spool_client = tern_spool_client_new(w->srv->spool, &w->loop);
     if (w->host.spool_client == NULL)
+        return UV_ENOMEM;
+    w->host.store = w->srv->store;
+    w->host.store_client = tern_store_client_new(w->srv->store, &w->loop);
+    if (w->host.store_client == NULL)
         return UV_ENOMEM;
     w->host.list.next = w->host.list.prev = &w->host.list;
     w->host.released = worker__released;

@@ -116,6 +116,32 @@ int tern_store_open(const tern_config *cfg, tern_store **store_r, char **error_r
     return 0;
 }
 
+int tern_store_seed_domains(tern_store *s, const tern_config *cfg, char **error_r)
+{
+    for (size_t i = 0; i < cfg->n_domains; i++) {
+        tern_store_req *r = tern_store_req_new(TERN_STORE_DOMAIN_ADD, NULL, NULL);
+        if (r == NULL) {
+            if (error_r)
+                *error_r = strdup("out of memory");
+            return -1;
+        }
+        r->in.domain = cfg->domains[i];
+        int st = tern_store_run_sync(s, r);
+        if (st != TERN_STORE_OK && st != TERN_STORE_EEXISTS) {
+            if (error_r) {
+                char buf[512];
+                snprintf(buf, sizeof(buf), "domain %s: %s%s%s", cfg->domains[i],
+                         tern_store_strerror(st), r->error[0] ? ": " : "", r->error);
+                *error_r = strdup(buf);
+            }
+            tern_store_req_free(r);
+            return -1;
+        }
+        tern_store_req_free(r);
+    }
+    return 0;
+}
+
 void tern_store_close(tern_store *s)
 {
     if (s == NULL)

@@ -306,6 +306,10 @@ struct tern_store_req {
  * without files are repaired and logged). Blocking: call at start-up or
  * from a pool thread. Returns 0 or -1 with *error_r (malloc'd). */
 int tern_store_open(const tern_config *cfg, tern_store **store_r, char **error_r);
+/* Makes the config's `domains:` local domains of the directory (adding
+ * those missing), so the store alone answers "is this address ours".
+ * Blocking, like tern_store_open. Returns 0 or -1 with *error_r. */
+int tern_store_seed_domains(tern_store *s, const tern_config *cfg, char **error_r);
 /* Finishes queued requests, then closes. */
 void tern_store_close(tern_store *s);
 const char *tern_store_backend_name(const tern_store *s);

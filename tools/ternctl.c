@@ -1,6 +1,7 @@
-/* ternctl: the admin command line. For now offline spool inspection
+/* ternctl: the admin command line: offline spool inspection
  * (`ternctl spool list|show|count`), reading STATE_DIR/spool read-only, so
- * it is safe next to a running ternd. Input trusted: the command line; the
+ * it is safe next to a running ternd; and the directory (domains, accounts,
+ * aliases: ternctl_store.c), through store.h. Input trusted: the command line; the
  * spool files are checked by the spool's own replay, and strings from them
  * (addresses, HELO names: network data) are escaped before printing.
  *
@@ -13,24 +14,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "lib/log.h"
 #include "storage/queue/spool.h"
 
-#define DEFAULT_STATE_DIR "/var/lib/tern"
-
-typedef struct ctx {
-    const char *state_dir;
-    const char *prog;
-} ctx;
-
-typedef struct command {
-    const char *name;
-    int (*run)(ctx *c, int argc, char **argv);
-    const char *usage;
-    const char *help;
-} command;
-
-/* Exit codes. */
-enum { EX_OK_ = 0, EX_FAIL = 1, EX_USAGE_ = 2 };
+#include "tools/ternctl.h"
 
 static void print_table(FILE *f, const char *prefix, const command *t)
 {
@@ -38,7 +25,7 @@ static void print_table(FILE *f, const char *prefix, const command *t)
         fprintf(f, "  %s %-24s %s\n", prefix, t->usage, t->help);
 }
 
-static int dispatch(ctx *c, const char *prefix, const command *t, int argc, char **argv)
+int ternctl_dispatch(ctx *c, const char *prefix, const command *t, int argc, char **argv)
 {
     if (argc < 1 || strcmp(argv[0], "help") == 0 || strcmp(argv[0], "-h") == 0 ||
         strcmp(argv[0], "--help") == 0) {
@@ -253,19 +240,27 @@ static const command spool_cmds[] = {
 
 static int cmd_spool(ctx *c, int argc, char **argv)
 {
-    return dispatch(c, "spool", spool_cmds, argc, argv);
+    return ternctl_dispatch(c, "spool", spool_cmds, argc, argv);
 }
 
 static const command top_cmds[] = {
     {"spool", cmd_spool, "spool COMMAND", "inspect the durable spool (offline, read-only)"},
+    {"domain", ternctl_cmd_domain, "domain COMMAND", "add, remove and list local domains"},
+    {"account", ternctl_cmd_account, "account COMMAND", "add, remove, list accounts; passwords, quotas"},
+    {"alias", ternctl_cmd_alias, "alias COMMAND", "add, remove and list aliases and catch-alls"},
     {NULL, NULL, NULL, NULL},
 };
 
 int main(int argc, char **argv)
 {
     ctx c = {.prog = "ternctl"};
+    /* A command line tool: only warnings and errors unless asked. */
+    const char *lvl = getenv("TERN_LOG");
+    tern_log_configure(lvl && *lvl ? lvl : "warn", NULL);
     const char *env = getenv("TERN_STATE_DIR");
     c.state_dir = env && *env ? env : DEFAULT_STATE_DIR;
+    env = getenv("TERN_CONFIG");
+    c.config_path = env && *env ? env : DEFAULT_CONFIG;
     /* -d may come anywhere, so `ternctl spool list -d DIR` works too. */
     int n = 0;
     for (int i = 1; i < argc; i++) {
@@ -277,20 +272,27 @@ int main(int argc, char **argv)
             c.state_dir = argv[++i];
         } else if (strncmp(argv[i], "--state-dir=", 12) == 0) {
             c.state_dir = argv[i] + 12;
+        } else if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "%s: %s needs a file\n", c.prog, argv[i]);
+                return EX_USAGE_;
+            }
+            c.config_path = argv[++i];
         } else {
             argv[n++] = argv[i];
         }
     }
     if (n == 0) {
-        fprintf(stderr, "usage: %s [-d STATE_DIR] COMMAND ...\n", c.prog);
+        fprintf(stderr, "usage: %s [-d STATE_DIR] [-c CONFIG] COMMAND ...\n", c.prog);
         print_table(stderr, "", top_cmds);
         fprintf(stderr, "STATE_DIR defaults to $TERN_STATE_DIR or %s\n", DEFAULT_STATE_DIR);
         return EX_USAGE_;
     }
     if (strcmp(argv[0], "help") == 0 || strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "--help") == 0) {
-        printf("usage: %s [-d STATE_DIR] COMMAND ...\n", c.prog);
+        printf("usage: %s [-d STATE_DIR] [-c CONFIG] COMMAND ...\n", c.prog);
         print_table(stdout, "", top_cmds);
-        printf("STATE_DIR defaults to $TERN_STATE_DIR or %s\n", DEFAULT_STATE_DIR);
+        printf("STATE_DIR defaults to $TERN_STATE_DIR or %s; CONFIG (for the directory\n"
+               "commands) to $TERN_CONFIG or %s\n", DEFAULT_STATE_DIR, DEFAULT_CONFIG);
         return EX_OK_;
     }
     for (const command *x = top_cmds; x->name; x++)

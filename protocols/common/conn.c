@@ -444,8 +444,8 @@ void tern_conn_pause(tern_conn *c)
 
 void tern_conn_resume(tern_conn *c)
 {
-    if (!c->paused)
-        return;
+    /* Even when not paused: input may be buffered from an earlier pause
+     * that was lifted while the session could not take it. */
     c->paused = false;
     if (c->closing || c->failed)
         return;

@@ -16,6 +16,7 @@
 #include "protocols/common/conn.h"
 #include "protocols/common/tls.h"
 #include "storage/queue/spool.h"
+#include "storage/store.h"
 
 typedef struct tern_session tern_session;
 typedef struct tern_session_host tern_session_host;
@@ -41,6 +42,8 @@ struct tern_session_host {
     tern_conn_worker conn_worker;
     tern_spool *spool;
     tern_spool_client *spool_client;
+    tern_store *store;
+    tern_store_client *store_client;
     tern_session list;            /* sentinel */
     size_t count;
     bool draining;

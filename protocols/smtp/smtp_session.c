@@ -62,6 +62,7 @@ typedef struct smtp_tx {
     bool abandoned;       /* data_done timeout replied 451 already */
     char qid[TERN_QID_LEN];
     uint64_t started_ms;
+    tern_spool_rcpt pending_rcpt; /* the RCPT being looked up */
 } smtp_tx;
 
 typedef struct smtp_session {
@@ -79,6 +80,8 @@ typedef struct smtp_session {
     bool relay_client;    /* peer is in smtp.relay_networks */
     bool draining;
     bool conn_closed;     /* on_close fired; free once async work is done */
+    bool lookup_pending;  /* a recipient lookup is out: parse nothing */
+    bool body_writing;    /* a body append is on the disk: take no more input */
     unsigned pending;     /* async operations that hold a pointer to us */
     unsigned errors;
     unsigned messages;
@@ -150,6 +153,16 @@ static void smtp__goodbye(smtp_session *s, const char *line)
 }
 
 static void smtp__maybe_free(smtp_session *s);
+
+/* Input resumes only here, once nothing the session waits for is
+ * outstanding: the pause reasons (recipient lookup, body write, spool
+ * submit, unsent replies) overlap, and whoever finishes first must not
+ * resume for the others. */
+static void smtp__continue(smtp_session *s);
+
+typedef enum { RCPT_LOCAL, RCPT_REMOTE, RCPT_UNKNOWN, RCPT_TEMPFAIL } rcpt_verdict;
+static void smtp__rcpt_finish(smtp_session *s, rcpt_verdict v);
+static void smtp__rcpt_looked_up(tern_store_req *r);
 
 /* --- greeting and EHLO ------------------------------------------------ */
 
@@ -334,26 +347,74 @@ static void cmd_rcpt(smtp_session *s, const tern_smtp_cmd *cmd)
         smtp__reply(s, "452 4.5.3 Too many recipients");
         return;
     }
-    tern_smtp_slice dom = {0};
-    bool local;
-    if (tern_smtp_mailbox_domain(ra.path.p, ra.path.len, &dom) != 0) {
-        /* Only <postmaster> parses without a domain (RFC 5321 4.5.1). */
-        local = true;
-    } else {
-        local = dom.len > 0 && dom.p[0] != '[' &&
-                tern_config_is_local_domain(s->cfg, dom.p, dom.len);
-    }
-    char q[600];
     char addr[520];
     size_t al = ra.path.len < sizeof(addr) - 1 ? ra.path.len : sizeof(addr) - 1;
     memcpy(addr, ra.path.p, al);
     addr[al] = '\0';
-    if (!local && !smtp__may_relay(s)) {
-        TLOG_INFO(MOD, "event=rcpt session=%s to=%s result=relay_denied ip=%s", s->base.id,
-                  tern_log_q(q, sizeof(q), addr), s->conn.peer_ip);
-        smtp__reply(s, "554 5.7.1 <%s>: Relay access denied", addr);
+    tern_smtp_slice dom = {0};
+    bool bare_postmaster = tern_smtp_mailbox_domain(ra.path.p, ra.path.len, &dom) != 0;
+    tx->pending_rcpt.addr = tern_arena_strdup(&tx->arena, addr);
+    tx->pending_rcpt.orcpt = ra.orcpt.len ? tern_arena_strndup(&tx->arena, ra.orcpt.p, ra.orcpt.len) : NULL;
+    tx->pending_rcpt.notify = ra.notify;
+    if (tx->pending_rcpt.addr == NULL) {
+        smtp__reply(s, "452 4.3.1 Insufficient system resources");
+        return;
+    }
+    /* Only <postmaster> parses without a domain (RFC 5321 4.5.1): ours. */
+    if (bare_postmaster) {
+        smtp__rcpt_finish(s, RCPT_LOCAL);
+        return;
+    }
+    if (s->base.host->store_client == NULL || dom.p[0] == '[') {
+        bool local = dom.p[0] != '[' && tern_config_is_local_domain(s->cfg, dom.p, dom.len);
+        smtp__rcpt_finish(s, local ? RCPT_LOCAL : RCPT_REMOTE);
+        return;
+    }
+    /* The directory decides: it knows the configured domains (seeded at
+     * start) and those added with ternctl. */
+    tern_store_req *lq = tern_store_req_new(TERN_STORE_RCPT_LOOKUP, smtp__rcpt_looked_up, s);
+    if (lq == NULL) {
+        smtp__reply(s, "451 4.3.0 Temporary recipient lookup failure");
+        return;
+    }
+    lq->in.name = tx->pending_rcpt.addr;
+    if (tern_store_submit(s->base.host->store_client, lq) != 0) {
+        tern_store_req_free(lq);
+        smtp__reply(s, "451 4.3.0 Temporary recipient lookup failure");
+        return;
+    }
+    s->pending++;
+    s->lookup_pending = true;
+    tern_conn_pause(&s->conn);
+}
+
+/* The outcome of a recipient lookup, then the relay rule. */
+static void smtp__rcpt_finish(smtp_session *s, rcpt_verdict v)
+{
+    smtp_tx *tx = &s->tx;
+    tern_spool_rcpt *pr = &tx->pending_rcpt;
+    char q[600];
+    switch (v) {
+    case RCPT_TEMPFAIL:
+        smtp__reply(s, "451 4.3.0 <%s>: Temporary recipient lookup failure", pr->addr);
+        return;
+    case RCPT_UNKNOWN:
+        TLOG_INFO(MOD, "event=rcpt session=%s to=%s result=unknown_user", s->base.id,
+                  tern_log_q(q, sizeof(q), pr->addr));
+        smtp__reply(s, "550 5.1.1 <%s>: Recipient address rejected: user unknown", pr->addr);
         smtp__error(s);
         return;
+    case RCPT_REMOTE:
+        if (!smtp__may_relay(s)) {
+            TLOG_INFO(MOD, "event=rcpt session=%s to=%s result=relay_denied ip=%s", s->base.id,
+                      tern_log_q(q, sizeof(q), pr->addr), s->conn.peer_ip);
+            smtp__reply(s, "554 5.7.1 <%s>: Relay access denied", pr->addr);
+            smtp__error(s);
+            return;
+        }
+        break;
+    case RCPT_LOCAL:
+        break;
     }
     if (tx->n_rcpts == tx->cap_rcpts) {
         size_t nc = tx->cap_rcpts ? tx->cap_rcpts * 2 : 4;
@@ -367,14 +428,52 @@ static void cmd_rcpt(smtp_session *s, const tern_smtp_cmd *cmd)
         tx->rcpts = n;
         tx->cap_rcpts = nc;
     }
-    tern_spool_rcpt *rc = &tx->rcpts[tx->n_rcpts++];
-    rc->addr = tern_arena_strdup(&tx->arena, addr);
-    rc->orcpt = ra.orcpt.len ? tern_arena_strndup(&tx->arena, ra.orcpt.p, ra.orcpt.len) : NULL;
-    rc->notify = ra.notify;
+    tx->rcpts[tx->n_rcpts++] = *pr;
     s->state = ST_RCPT;
     TLOG_INFO(MOD, "event=rcpt session=%s to=%s result=ok local=%d", s->base.id,
-              tern_log_q(q, sizeof(q), addr), local);
+              tern_log_q(q, sizeof(q), pr->addr), v == RCPT_LOCAL);
     smtp__reply(s, "250 2.1.5 Ok");
+}
+
+static void smtp__rcpt_looked_up(tern_store_req *r)
+{
+    smtp_session *s = r->data;
+    s->pending--;
+    s->lookup_pending = false;
+    if (s->conn_closed) {
+        tern_store_req_free(r);
+        smtp__maybe_free(s);
+        return;
+    }
+    rcpt_verdict v;
+    if (r->status != TERN_STORE_OK) {
+        TLOG_WARN(MOD, "event=rcpt_lookup_failed session=%s error=\"%s: %s\"", s->base.id,
+                  tern_store_strerror(r->status), r->error);
+        v = RCPT_TEMPFAIL;
+    } else {
+        switch (r->out.rcpt.kind) {
+        case TERN_RCPT_NOT_LOCAL:
+            v = RCPT_REMOTE;
+            break;
+        case TERN_RCPT_UNKNOWN: {
+            /* postmaster@ every local domain must work (RFC 5321 4.5.1),
+             * account or not; and verification can be switched off. */
+            const char *a = s->tx.pending_rcpt.addr;
+            v = (strncasecmp(a, "postmaster@", 11) == 0 || !s->cfg->smtp.verify_recipients)
+                    ? RCPT_LOCAL
+                    : RCPT_UNKNOWN;
+            break;
+        }
+        default:
+            v = RCPT_LOCAL;
+            break;
+        }
+    }
+    tern_store_req_free(r);
+    if (s->state != ST_CLOSED) {
+        smtp__rcpt_finish(s, v);
+        smtp__continue(s);
+    }
 }
 
 static void cmd_rset(smtp_session *s, const tern_smtp_cmd *cmd)
@@ -521,6 +620,7 @@ static bool smtp__keep(smtp_session *s, const uint8_t *p, size_t n)
     int r = tern_body_append(tx->body, p, n, smtp__body_written, s);
     if (r == 1) {
         s->pending++;
+        s->body_writing = true;
         tern_conn_pause(&s->conn);
         return false;
     }
@@ -538,6 +638,7 @@ static void smtp__body_written(void *arg, int status)
 {
     smtp_session *s = arg;
     s->pending--;
+    s->body_writing = false;
     if (s->conn_closed) {
         smtp__maybe_free(s);
         return;
@@ -553,8 +654,7 @@ static void smtp__body_written(void *arg, int status)
         else
             smtp__end_of_message(s);
     }
-    if (s->state != ST_SUBMIT && s->state != ST_CLOSED)
-        tern_conn_resume(&s->conn);
+    smtp__continue(s);
 }
 
 /* Returns bytes consumed. */
@@ -723,8 +823,7 @@ static void smtp__submitted(void *arg, int status, const char *qid, const char *
     if (s->state == ST_CLOSED)
         return;
     smtp__after_message(s);
-    if (s->state != ST_CLOSED)
-        tern_conn_resume(&s->conn);
+    smtp__continue(s);
 }
 
 static void smtp__end_of_message(smtp_session *s)
@@ -945,9 +1044,16 @@ static void smtp__on_error(tern_conn *c, const char *reason)
 static void smtp__on_drain(tern_conn *c)
 {
     smtp_session *s = c->data;
-    if (s->conn.paused && s->state != ST_SUBMIT && s->state != ST_CLOSED && s->pending == 0 &&
-        tern_conn_unsent(c) <= OUT_HIGH_WATER / 2)
-        tern_conn_resume(c);
+    if (s->conn.paused && tern_conn_unsent(c) <= OUT_HIGH_WATER / 2)
+        smtp__continue(s);
+}
+
+static void smtp__continue(smtp_session *s)
+{
+    if (s->state == ST_CLOSED || s->state == ST_SUBMIT || s->lookup_pending || s->body_writing ||
+        s->conn_closed)
+        return;
+    tern_conn_resume(&s->conn);
 }
 
 static void smtp__free(smtp_session *s)

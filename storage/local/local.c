@@ -732,7 +732,7 @@ static int local_open(const tern_config *cfg, tern_store *store, void **impl_r, 
             return -1;
         }
     } else {
-        TLOG_WARN("store", "event=store_shared path=\"%s\" note=\"another process holds the "
+        TLOG_INFO("store", "event=store_shared path=\"%s\" note=\"another process holds the "
                   "lock; no reconciliation\"", L->root);
     }
     L->last_prune_ms = 0;
