@@ -665,7 +665,7 @@ static void test_search_sql_text(void **state)
     tern_arena a;
     tern_arena_init(&a, 4096);
     tern_sql sql;
-    const tern_search q = AND(K(HEADER, .field = "Subject", .str = "50%"), K(KEYWORD, .str = "X"),
+    const tern_search q = AND(K(HEADER, .field = "X-List", .str = "50%"), K(KEYWORD, .str = "X"),
                               K(LARGER, .num = 7));
     assert_int_equal(tern_search_to_sql(&a, &q, TERN_SQL_POSTGRES, 2, &sql), 0);
     assert_string_equal(sql.where,
@@ -673,10 +673,15 @@ static void test_search_sql_text(void **state)
         " ILIKE $3 ESCAPE '\\') AND EXISTS (SELECT 1 FROM keywords k WHERE k.message = m.id"
         " AND k.keyword = $4) AND m.size > $5::bigint)");
     assert_int_equal(sql.n_params, 4);
-    assert_string_equal(sql.params[0], "subject");
+    assert_string_equal(sql.params[0], "x-list");
     assert_string_equal(sql.params[1], "%50\\%%");
     assert_string_equal(sql.params[2], "x");
     assert_string_equal(sql.params[3], "7");
+    /* Subject, From, To, Cc and Bcc are read from the message row. */
+    const tern_search q2 = AND(K(HEADER, .field = "Subject", .str = "hi"), K(HEADER, .field = "FROM"));
+    assert_int_equal(tern_search_to_sql(&a, &q2, TERN_SQL_SQLITE, 1, &sql), 0);
+    assert_string_equal(sql.where, "(m.subject LIKE ? ESCAPE '\\' AND m.from_addr IS NOT NULL)");
+    assert_int_equal(sql.n_params, 1);
     assert_int_equal(sql.needs_body, 0);
 
     assert_int_equal(tern_search_to_sql(&a, &q, TERN_SQL_SQLITE, 2, &sql), 0);
