@@ -91,6 +91,8 @@ typedef struct tern_account_info {
     uint64_t used_bytes;
     uint64_t used_messages;
     bool has_password;
+    char *password_hash;   /* filled by ACCOUNT_GET (other ops may leave it NULL): the
+                              stored value as given, for auth/'s internal backend */
 } tern_account_info;
 
 typedef struct tern_mailbox_info {

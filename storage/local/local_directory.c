@@ -395,6 +395,7 @@ static int account_get(local_store *L, tern_store_req *req)
     if (r == 0)
         return tern_store__fail(req, TERN_STORE_ENOTFOUND, "no account %s", name);
     fill_account(L, req, st, &req->out.account);
+    req->out.account.password_hash = local_col_text(&req->arena, st, 5);
     return TERN_STORE_OK;
 }
 

@@ -181,10 +181,11 @@ int pg_op_account_get(pg_job *j)
     if (!r->in.account)
         return pg_done(j, TERN_STORE_EINVAL, "no account");
     pg_p_str(j, pg_norm_account(&j->a, r->in.account));
-    PG_QUERY(j, "SELECT " ACCOUNT_COLS " FROM accounts WHERE name = $1");
+    PG_QUERY(j, "SELECT " ACCOUNT_COLS ", password_hash FROM accounts WHERE name = $1");
     if (PQntuples(j->res) == 0)
         return pg_done(j, TERN_STORE_ENOTFOUND, "no such account");
     account_row(j, j->res, 0, &r->out.account);
+    r->out.account.password_hash = pg_str(j, j->res, 0, 6);
     PG_END(j);
 }
 
