@@ -128,6 +128,27 @@ typedef struct tern_postgres_conf {
     uint32_t pool_size;            /* default 8 */
 } tern_postgres_conf;
 
+/* auth: which backends answer for users, in order, and the login limiter. */
+typedef struct tern_auth_conf {
+    char **backends;           /* "internal", "file"; default [internal]; no duplicates */
+    size_t n_backends;
+    uint32_t max_failures;     /* failures per IP or per account before a lockout; default 10 */
+    uint64_t lockout_ms;       /* how long a locked IP or account is refused; default 15m */
+    uint64_t failure_delay_ms; /* delay after the first failure, doubled per failure; default 250ms */
+    uint64_t max_delay_ms;     /* cap of that delay; default 5s */
+} tern_auth_conf;
+
+typedef struct tern_auth_file_conf {
+    bool present;              /* the `auth_file:` section exists */
+    char *path;                /* passwd-style file; required when present */
+    char *default_domain;      /* appended to users written without '@' (file and login) */
+} tern_auth_file_conf;
+
+typedef struct tern_auth_internal_conf {
+    bool scram;                /* every account's password was set with SCRAM keys (ternctl
+                                  does so): SCRAM-SHA-256 may be offered; default false */
+} tern_auth_internal_conf;
+
 typedef struct tern_config {
     atomic_int refs;
     tern_arena arena;
@@ -146,6 +167,9 @@ typedef struct tern_config {
     tern_storage_conf storage;
     tern_local_conf local;
     tern_postgres_conf postgres;
+    tern_auth_conf auth;
+    tern_auth_file_conf auth_file;
+    tern_auth_internal_conf auth_internal;
 } tern_config;
 
 /* Collected validation errors: each "path: message". */

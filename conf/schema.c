@@ -311,6 +311,38 @@ static const field postgres_fields[] = {
 };
 static const schema_map postgres_schema = {postgres_fields, COUNT(postgres_fields), NULL};
 
+static const char *check_auth_backend(const char *s)
+{
+    static const char *const names[] = {"internal", "file"};
+    for (size_t i = 0; i < COUNT(names); i++)
+        if (strcmp(s, names[i]) == 0)
+            return NULL;
+    return "is not an auth backend (internal, file)";
+}
+
+static const field auth_fields[] = {
+    F_STRLIST("backends", tern_auth_conf, backends, n_backends, FL_LOWER, check_auth_backend),
+    F_UINT("max_failures", tern_auth_conf, max_failures, 1, 100000, 10, 0),
+    F_DURATION("lockout", tern_auth_conf, lockout_ms, SEC, DAY, 15 * MIN, 1),
+    F_DURATION("failure_delay", tern_auth_conf, failure_delay_ms, 0, 10 * SEC, 250, 1),
+    F_DURATION("max_delay", tern_auth_conf, max_delay_ms, 0, MIN, 5 * SEC, 1),
+};
+static const schema_map auth_schema = {auth_fields, COUNT(auth_fields), NULL};
+
+/* path is required only when the section exists; validate.c says so. */
+static const field auth_file_fields[] = {
+    F_STRING("path", tern_auth_file_conf, path, NULL, FL_FILE, NULL),
+    F_STRING("default_domain", tern_auth_file_conf, default_domain, NULL, FL_LOWER,
+             conf__check_hostname),
+};
+static const schema_map auth_file_schema = {auth_file_fields, COUNT(auth_file_fields), NULL};
+
+static const field auth_internal_fields[] = {
+    F_BOOL("scram", tern_auth_internal_conf, scram, false),
+};
+static const schema_map auth_internal_schema = {auth_internal_fields, COUNT(auth_internal_fields),
+                                                NULL};
+
 static void listener_tls(conf_walk *w, const cnode *n, void *dst, const char *path);
 
 static const field listener_fields[] = {
@@ -356,6 +388,8 @@ static void root_post(conf_walk *w, const cnode *n, void *base, const char *path
     for (const cnode *k = n ? n->child : NULL; k; k = k->next)
         if (strcmp(k->str, "postgres") == 0)
             cfg->postgres.present = true;
+        else if (strcmp(k->str, "auth_file") == 0)
+            cfg->auth_file.present = true;
 }
 
 static const field root_fields[] = {
@@ -368,6 +402,9 @@ static const field root_fields[] = {
     F_MAP("storage", tern_config, storage, storage_schema),
     F_MAP("local", tern_config, local, local_schema),
     F_MAP("postgres", tern_config, postgres, postgres_schema),
+    F_MAP("auth", tern_config, auth, auth_schema),
+    F_MAP("auth_file", tern_config, auth_file, auth_file_schema),
+    F_MAP("auth_internal", tern_config, auth_internal, auth_internal_schema),
     {.key = "listeners", .type = FT_MAPLIST, .off = offsetof(tern_config, listeners),
      .count_off = offsetof(tern_config, n_listeners), .elem_size = sizeof(tern_listener_conf),
      .min_items = 1, .max_items = CONF_MAX_LISTENERS, .sub = &listener_schema},

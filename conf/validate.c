@@ -59,6 +59,51 @@ static void validate__storage(conf_walk *w)
         conf__err(w, 0, "postgres.conninfo", "required when a postgres: section is present");
 }
 
+/* A backend named in auth.backends reads its own section; one that takes
+ * settings (file) without it could answer for no one. The file itself is
+ * parsed by auth/ when the auth snapshot is built, which fails the reload
+ * with file:line errors; here it must at least be readable. */
+static void validate__auth(conf_walk *w)
+{
+    tern_config *c = w->cfg;
+    tern_auth_conf *a = &c->auth;
+    if (a->n_backends == 0 && conf__line(w, &a->backends) == 0) {
+        a->backends = conf__alloc(w, sizeof(char *));
+        if (a->backends != NULL) {
+            a->backends[0] = conf__strdup(w, "internal");
+            a->n_backends = 1;
+        }
+        return;
+    }
+    if (a->n_backends == 0)
+        conf__err(w, conf__line(w, &a->backends), "auth.backends",
+                  "is empty: no one could log in; list at least one backend");
+    for (size_t i = 0; i < a->n_backends; i++) {
+        char path[64];
+        snprintf(path, sizeof(path), "auth.backends[%zu]", i);
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(a->backends[i], a->backends[j]) == 0) {
+                conf__err(w, conf__line(w, &a->backends[i]), path, "\"%s\" is listed twice",
+                          a->backends[i]);
+                break;
+            }
+        }
+        if (strcmp(a->backends[i], "file") == 0 && !c->auth_file.present)
+            conf__err(w, conf__line(w, &a->backends[i]), path,
+                      "file needs an auth_file: section with path");
+    }
+    if (c->auth_file.present && c->auth_file.path == NULL &&
+        conf__line(w, &c->auth_file.path) == 0)
+        conf__err(w, 0, "auth_file.path", "required when an auth_file: section is present");
+    if (c->auth_file.path != NULL) {
+        char buf[256];
+        const char *why = conf__check_readable(c->auth_file.path, buf, sizeof(buf));
+        if (why)
+            conf__err(w, conf__line(w, &c->auth_file.path), "auth_file.path", "\"%s\": %s",
+                      c->auth_file.path, why);
+    }
+}
+
 static void validate__smtp(conf_walk *w)
 {
     /* memory_threshold above max_message_size is harmless: no message
@@ -215,6 +260,7 @@ void conf__validate(conf_walk *w)
     tern_config *c = w->cfg;
     validate__hostname(w);
     validate__storage(w);
+    validate__auth(w);
     validate__smtp(w);
     validate__domains(w);
     for (size_t i = 0; i < c->n_listeners; i++)
