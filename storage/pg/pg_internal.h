@@ -67,7 +67,7 @@ struct pg_job {
     uint64_t account_id, mailbox_id, mailbox2_id, modseq;
     uint64_t u[8];
     int64_t i, n;
-    void *p;
+    void *p, *q;
     const uint8_t *data;   /* APPEND: the message */
     size_t len;
     uint8_t *owned_data;   /* APPEND from data_path: malloc'd */

@@ -590,6 +590,61 @@ int pg_op_append_batch(pg_job *j)
     "b.highest_modseq, b.expunged_below_modseq, b.uidvalidity "                 \
     "FROM mailboxes b JOIN accounts a ON a.id = b.account_id WHERE a.name = $1 AND b.name = $2"
 
+#define PG_FETCH_PAGE 50000
+
+/* How many uids a set can name at most, "*" being max_uid. */
+static uint64_t uidset_span(const tern_uid_set *set, uint64_t max_uid)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < set->n; i++) {
+        uint64_t x = set->ranges[i].first == UINT32_MAX ? max_uid : set->ranges[i].first;
+        uint64_t y = set->ranges[i].last == UINT32_MAX ? max_uid : set->ranges[i].last;
+        uint64_t lo = x < y ? x : y, hi = x < y ? y : x;
+        if (hi > max_uid)
+            hi = max_uid;
+        if (lo <= hi)
+            n += hi - lo + 1;
+    }
+    return n;
+}
+
+typedef struct fetch_page {
+    struct fetch_page *next;
+    tern_message_info *m;
+    size_t n;
+} fetch_page;
+
+typedef struct fetch_kw {
+    uint32_t *uid;           /* ascending */
+    char **word;
+    size_t n, at;
+} fetch_kw;
+
+/* Gives m the keywords listed for its uid in kw (both in uid order). */
+static void attach_keywords(pg_job *j, fetch_kw *kw, tern_message_info *m)
+{
+    while (kw->at < kw->n && kw->uid[kw->at] < m->uid)
+        kw->at++;
+    size_t from = kw->at;
+    while (kw->at < kw->n && kw->uid[kw->at] == m->uid)
+        kw->at++;
+    m->n_keywords = kw->at - from;
+    m->keywords = NULL;
+    if (m->n_keywords) {
+        m->keywords = tern_arena_alloc(&j->req->arena, m->n_keywords * sizeof(char *));
+        if (m->keywords)
+            memcpy(m->keywords, kw->word + from, m->n_keywords * sizeof(char *));
+        else
+            m->n_keywords = 0;
+    }
+}
+
+/* Small sets are one statement (keywords by a subquery per message, an
+ * index probe each). A set that may be large takes the mailbox's keywords
+ * for the set first, then reads the messages through a cursor a page at a
+ * time and merges, so libpq never holds the whole mailbox's rows next to
+ * the result being built, and no plan can join per message against an
+ * aggregate. */
 int pg_op_fetch(pg_job *j)
 {
     tern_store_req *r = j->req;
@@ -601,23 +656,84 @@ int pg_op_fetch(pg_job *j)
     PG_QUERY_PREPARED(j, PG_STMT_LOOKUP_MAILBOX, PG_LOOKUP_MAILBOX);
     if (PQntuples(j->res) == 0)
         return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
-    pg_p_u64(j, pg_u64(j->res, 0, 0));
-    pg_uidset(j, &r->in.uids, pg_u64(j->res, 0, 1));
-    /* Keywords joined as one aggregate over the mailbox's keyword rows
-     * rather than a subquery per message: flags of a large mailbox are
-     * what clients ask for most, and most messages have no keywords. */
-    PG_QUERY(j, tern_arena_printf(&j->a,
-        "SELECT m.uid, m.email_id, m.thread_id, m.flags, m.modseq, m.internal_date, m.size, kw.k "
-        "FROM messages m LEFT JOIN (SELECT k.message, string_agg(k.keyword, ' ' ORDER BY k.keyword) AS k "
-        "FROM keywords k JOIN messages x ON x.id = k.message WHERE x.mailbox_id = $1 "
-        "GROUP BY k.message) kw ON kw.message = m.id "
-        "WHERE m.mailbox_id = $1 AND %s ORDER BY m.uid", j->uidset_sql));
+    j->mailbox_id = pg_u64(j->res, 0, 0);
+    j->u[0] = pg_u64(j->res, 0, 1);
+    if (uidset_span(&r->in.uids, j->u[0]) <= PG_FETCH_PAGE) {
+        pg_p_u64(j, j->mailbox_id);
+        pg_uidset(j, &r->in.uids, j->u[0]);
+        PG_QUERY(j, tern_arena_printf(&j->a, "SELECT " PG_MESSAGE_COLS " FROM messages m "
+                                      "WHERE m.mailbox_id = $1 AND %s ORDER BY m.uid",
+                                      j->uidset_sql));
+        {
+            int n = PQntuples(j->res);
+            r->out.messages = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.messages);
+            for (int i = 0; i < n; i++)
+                pg_message_row(j, j->res, i, &r->out.messages[i]);
+            r->out.n_messages = (size_t)n;
+        }
+        return PG_DONE;
+    }
+    /* One snapshot for the keywords and the cursor. */
+    PG_TX(j);
+    PG_QUERY(j, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+    pg_p_u64(j, j->mailbox_id);
+    pg_uidset(j, &r->in.uids, j->u[0]);
+    PG_QUERY(j, tern_arena_printf(&j->a, "SELECT m.uid, k.keyword FROM keywords k "
+                                  "JOIN messages m ON m.id = k.message WHERE m.mailbox_id = $1 "
+                                  "AND %s ORDER BY m.uid, k.keyword", j->uidset_sql));
     {
-        int n = PQntuples(j->res);
-        r->out.messages = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.messages);
-        for (int i = 0; i < n; i++)
-            pg_message_row(j, j->res, i, &r->out.messages[i]);
-        r->out.n_messages = (size_t)n;
+        size_t n = (size_t)PQntuples(j->res);
+        fetch_kw *kw = tern_arena_alloc(&j->a, sizeof *kw);
+        kw->uid = tern_arena_alloc(&j->a, (n + 1) * sizeof *kw->uid);
+        kw->word = tern_arena_alloc(&j->a, (n + 1) * sizeof *kw->word);
+        if (!kw->uid || !kw->word)
+            return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        for (size_t i = 0; i < n; i++) {
+            kw->uid[i] = (uint32_t)pg_u64(j->res, (int)i, 0);
+            kw->word[i] = pg_str(j, j->res, (int)i, 1);
+        }
+        kw->n = n;
+        j->q = kw;
+    }
+    pg_p_u64(j, j->mailbox_id);
+    pg_uidset(j, &r->in.uids, j->u[0]);
+    PG_QUERY(j, tern_arena_printf(&j->a, "DECLARE tern_fetch NO SCROLL CURSOR FOR "
+                                  "SELECT m.uid, m.email_id, m.thread_id, m.flags, m.modseq, "
+                                  "m.internal_date, m.size, NULL FROM messages m "
+                                  "WHERE m.mailbox_id = $1 AND %s ORDER BY m.uid", j->uidset_sql));
+    j->p = NULL;
+    j->n = 0;
+    do {
+        PG_QUERY(j, tern_arena_printf(&j->a, "FETCH %d FROM tern_fetch", PG_FETCH_PAGE));
+        {
+            size_t n = (size_t)PQntuples(j->res);
+            fetch_kw *kw = j->q;
+            fetch_page *page = tern_arena_alloc(&j->a, sizeof *page);
+            page->m = tern_arena_alloc(&j->a, (n + 1) * sizeof *page->m);
+            if (!page->m)
+                return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+            for (size_t i = 0; i < n; i++) {
+                pg_message_row(j, j->res, (int)i, &page->m[i]);
+                attach_keywords(j, kw, &page->m[i]);
+            }
+            page->n = n;
+            /* Pages are kept newest first; assembled in order below. */
+            page->next = j->p;
+            j->p = page;
+            j->n += (int64_t)n;
+            j->i = (int64_t)n;
+        }
+    } while (j->i == PG_FETCH_PAGE);
+    {
+        size_t total = (size_t)j->n, at = total;
+        r->out.messages = tern_arena_alloc(&r->arena, (total + 1) * sizeof *r->out.messages);
+        if (!r->out.messages)
+            return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        for (fetch_page *page = j->p; page; page = page->next) {
+            at -= page->n;
+            memcpy(r->out.messages + at, page->m, page->n * sizeof *page->m);
+        }
+        r->out.n_messages = total;
     }
     PG_END(j);
 }

@@ -1,7 +1,7 @@
 /* Unit tests for storage/pg/, the PostgreSQL backend, on what the shared
  * conformance suite (tests/store/) does not look at: hostile header values
  * and names bound as parameters, shared body rows and their refcounts,
- * FETCH_BODY chunking, change events arriving from another process
+ * FETCH_BODY chunking, large FETCHes read by pages, change events arriving from another process
  * (a raw NOTIFY), connections killed under the pool (ETEMP, then
  * recovery; LISTEN too, with watchers woken since events may have been
  * missed), and refusing a newer schema.
@@ -310,6 +310,67 @@ static void t_shared_bodies_and_chunks(void **state)
     free(msg);
 }
 
+/* ---- large fetches ------------------------------------------------------- */
+
+static void exec_ok(const char *sql)
+{
+    assert_int_equal(exec_on(ci, sql), 0);
+}
+
+/* A set that may be large is read through a cursor page by page: the rows
+ * come back whole, in uid order, with their keywords. The mailbox is
+ * filled by SQL (copies of one appended message) to stay quick. */
+static void t_fetch_pages(void **state)
+{
+    SKIP_WITHOUT_PG();
+    fixture *f = *state;
+    mk_account(f->s, "example.test", "big@example.test");
+    append(f->s, "big@example.test", "INBOX", "Subject: one\r\n\r\nx\r\n", 18);
+    exec_ok("INSERT INTO messages (account_id, mailbox_id, uid, modseq, flags, internal_date, size, "
+            "email_id, thread_id, body_ref) SELECT account_id, mailbox_id, g, modseq, g % 2, "
+            "internal_date, size, 'E' || g, 'T' || g, body_ref FROM messages, "
+            "generate_series(2, 120001) g WHERE uid = 1");
+    exec_ok("INSERT INTO keywords (message, keyword) SELECT id, 'k' || (uid % 3) FROM messages "
+            "WHERE uid % 1000 = 0");
+    exec_ok("UPDATE bodies SET refcount = 120001");
+    exec_ok("UPDATE mailboxes SET uidnext = 120002 WHERE name = 'INBOX' AND account_id = "
+            "(SELECT id FROM accounts WHERE name = 'big@example.test')");
+
+    tern_uid_range all = {1, UINT32_MAX};
+    tern_store_req *r = req(TERN_STORE_FETCH);
+    r->in.account = "big@example.test";
+    r->in.name = "INBOX";
+    r->in.uids = (tern_uid_set){&all, 1};
+    assert_int_equal(run(f->s, r), 0);
+    assert_int_equal(r->out.n_messages, 120001);
+    for (size_t i = 0; i < r->out.n_messages; i++) {
+        tern_message_info *m = &r->out.messages[i];
+        assert_int_equal(m->uid, i + 1);
+        if (m->uid > 1) {
+            assert_int_equal(m->flags, m->uid % 2);
+            assert_int_equal(m->n_keywords, m->uid % 1000 == 0 ? 1 : 0);
+        }
+        if (m->n_keywords) {
+            char want[8];
+            snprintf(want, sizeof want, "k%u", m->uid % 3);
+            assert_string_equal(m->keywords[0], want);
+        }
+    }
+    tern_store_req_free(r);
+
+    /* Two ranges, one of them past the end: both paths agree. */
+    tern_uid_range two[2] = {{59999, 60001}, {119999, 200000}};
+    r = req(TERN_STORE_FETCH);
+    r->in.account = "big@example.test";
+    r->in.name = "INBOX";
+    r->in.uids = (tern_uid_set){two, 2};
+    assert_int_equal(run(f->s, r), 0);
+    assert_int_equal(r->out.n_messages, 6);
+    assert_int_equal(r->out.messages[0].uid, 59999);
+    assert_int_equal(r->out.messages[5].uid, 120001);
+    tern_store_req_free(r);
+}
+
 /* ---- events from elsewhere --------------------------------------------- */
 
 typedef struct ev {
@@ -462,6 +523,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(t_hostile_values, setup, teardown),
         cmocka_unit_test_setup_teardown(t_shared_bodies_and_chunks, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_fetch_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(t_foreign_notify_and_kill, setup, teardown),
         cmocka_unit_test_setup_teardown(t_newer_schema_refused, setup, teardown),
     };
