@@ -13,7 +13,8 @@
 #include "storage/index.h"
 #include "storage/pg/pg_internal.h"
 
-#define PG_SEARCH_BATCH 16
+#define PG_SEARCH_BATCH 64
+#define PG_SEARCH_BATCH_BYTES (8u << 20) /* bodies read at once, past the first */
 #define PG_SEARCH_MAX_BODY_NODES 64
 
 typedef struct cand {
@@ -130,9 +131,18 @@ int pg_op_search(pg_job *j)
         }
         st->n = n;
     }
-    for (j->i = 0; j->i < (int64_t)st->n; j->i += PG_SEARCH_BATCH) {
+    for (j->i = 0; j->i < (int64_t)st->n; j->i = (int64_t)j->u[1]) {
         j->u[0] = (uint64_t)j->i;
-        j->u[1] = j->u[0] + PG_SEARCH_BATCH < st->n ? j->u[0] + PG_SEARCH_BATCH : st->n;
+        {
+            /* A batch is bounded in messages and in bytes, so a mailbox of
+             * large messages is read a few at a time. */
+            size_t end = (size_t)j->u[0] + 1;
+            uint64_t bytes = st->c[j->u[0]].size;
+            while (end < st->n && end - (size_t)j->u[0] < PG_SEARCH_BATCH &&
+                   bytes + st->c[end].size <= PG_SEARCH_BATCH_BYTES)
+                bytes += st->c[end++].size;
+            j->u[1] = end;
+        }
         if (st->sql.needs_eval) {
             bind_ids(j, st, (size_t)j->u[0], (size_t)j->u[1]);
             PG_QUERY(j, "SELECT message, name, value FROM headers WHERE message = ANY ($1::bigint[])");

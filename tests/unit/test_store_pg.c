@@ -1,7 +1,8 @@
 /* Unit tests for storage/pg/, the PostgreSQL backend, on what the shared
  * conformance suite (tests/store/) does not look at: hostile header values
  * and names bound as parameters, shared body rows and their refcounts,
- * FETCH_BODY chunking, large FETCHes read by pages, change events arriving from another process
+ * FETCH_BODY chunking, large FETCHes read by pages, BODY searches over
+ * several batches of bodies (under OR and NOT too), change events arriving from another process
  * (a raw NOTIFY), connections killed under the pool (ETEMP, then
  * recovery; LISTEN too, with watchers woken since events may have been
  * missed), and refusing a newer schema.
@@ -371,6 +372,55 @@ static void t_fetch_pages(void **state)
     tern_store_req_free(r);
 }
 
+/* ---- body search over several batches ------------------------------------ */
+
+static size_t search_uids(tern_store *s, const char *account, const tern_search *q, uint32_t *out,
+                          size_t max)
+{
+    tern_store_req *r = req(TERN_STORE_SEARCH);
+    r->in.account = account;
+    r->in.name = "INBOX";
+    r->in.search = q;
+    assert_int_equal(run(s, r), 0);
+    size_t n = r->out.n_uids;
+    assert_true(n <= max);
+    memcpy(out, r->out.uids, n * sizeof *out);
+    tern_store_req_free(r);
+    return n;
+}
+
+static void t_body_search_batches(void **state)
+{
+    SKIP_WITHOUT_PG();
+    fixture *f = *state;
+    mk_account(f->s, "example.test", "find@example.test");
+    for (unsigned i = 1; i <= 150; i++) {
+        char msg[256];
+        int n = snprintf(msg, sizeof msg, "Subject: s%u\r\nContent-Type: text/plain\r\n\r\n%s %u\r\n",
+                         i, i % 3 == 0 ? "the alpha word" : "nothing here", i);
+        append(f->s, "find@example.test", "INBOX", msg, (size_t)n);
+    }
+    uint32_t u[200];
+    tern_search body = {.kind = TERN_SEARCH_BODY, .str = "ALPHA"};
+    size_t n = search_uids(f->s, "find@example.test", &body, u, 200);
+    assert_int_equal(n, 50);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(u[i], 3 * (i + 1));
+
+    /* Under OR and NOT the C evaluator decides, with the SQL's superset. */
+    tern_search subj = {.kind = TERN_SEARCH_HEADER, .field = "subject", .str = "s7"};
+    tern_search kids[2] = {body, subj};
+    tern_search or = {.kind = TERN_SEARCH_OR, .children = kids, .n_children = 2};
+    n = search_uids(f->s, "find@example.test", &or, u, 200);
+    /* multiples of 3, plus s7, s70..s79 (s72, s75, s78 already in) */
+    assert_int_equal(n, 50 + 1 + 7);
+    tern_search not = {.kind = TERN_SEARCH_NOT, .children = &body, .n_children = 1};
+    n = search_uids(f->s, "find@example.test", &not, u, 200);
+    assert_int_equal(n, 100);
+    for (size_t i = 0; i < n; i++)
+        assert_int_not_equal(u[i] % 3, 0);
+}
+
 /* ---- events from elsewhere --------------------------------------------- */
 
 typedef struct ev {
@@ -524,6 +574,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(t_hostile_values, setup, teardown),
         cmocka_unit_test_setup_teardown(t_shared_bodies_and_chunks, setup, teardown),
         cmocka_unit_test_setup_teardown(t_fetch_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_body_search_batches, setup, teardown),
         cmocka_unit_test_setup_teardown(t_foreign_notify_and_kill, setup, teardown),
         cmocka_unit_test_setup_teardown(t_newer_schema_refused, setup, teardown),
     };
