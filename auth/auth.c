@@ -1,0 +1,659 @@
+/* auth.c: the auth API (auth.h): backends in order, hashing on the thread
+ * pool, answers that do not tell whether a user exists, and the login
+ * limiter. Input trusted: the validated config; user names and passwords
+ * from clients, bounded here before any backend sees them. */
+#include <errno.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auth/auth.h"
+#include "auth/auth_backend.h"
+#include "lib/log.h"
+
+const char *tern_auth_strerror(int status)
+{
+    switch (status) {
+    case TERN_AUTH_OK: return "ok";
+    case TERN_AUTH_EFAIL: return "authentication failed";
+    case TERN_AUTH_ENOTFOUND: return "no such user";
+    case TERN_AUTH_EUNAVAIL: return "no such credential for this user";
+    case TERN_AUTH_ELOCKED: return "temporarily refused after too many failures";
+    case TERN_AUTH_ETEMP: return "authentication backend unavailable";
+    case TERN_AUTH_EINVAL: return "invalid request";
+    default: return "unknown error";
+    }
+}
+
+int tern_auth__normalise(const char *in, const char *default_domain, char *out, size_t size)
+{
+    size_t n = strlen(in);
+    if (n == 0 || n > TERN_AUTH_MAX_USER || n >= size)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        if (ch <= ' ' || ch == 0x7f || ch == ':')
+            return -1;
+    }
+    memcpy(out, in, n + 1);
+    char *at = strrchr(out, '@');
+    if (at == NULL && default_domain != NULL) {
+        if (n + 1 + strlen(default_domain) >= size ||
+            n + 1 + strlen(default_domain) > TERN_AUTH_MAX_USER)
+            return -1;
+        out[n] = '@';
+        strcpy(out + n + 1, default_domain);
+        at = out + n;
+    }
+    if (at != NULL && (at == out || at[1] == '\0'))
+        return -1;
+    for (char *p = at; p && *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p + 32);
+    return 0;
+}
+
+/* ---- the limiter ---------------------------------------------------------- */
+
+/* A fixed table keyed by a keyed hash of "ip:..." or "acct:...": memory is
+ * bounded whatever an attacker sends, and when the probe window is full the
+ * entry idle longest is replaced. */
+#define LIM_SLOTS 16384
+#define LIM_PROBE 8
+
+typedef struct lim_entry {
+    uint64_t key;         /* 0: free */
+    uint64_t last_ms;     /* last failure */
+    uint64_t locked_until;
+    uint32_t failures;
+} lim_entry;
+
+typedef struct limiter {
+    atomic_int refs;
+    pthread_mutex_t mu;
+    uint8_t key[crypto_shorthash_KEYBYTES];
+    lim_entry slots[LIM_SLOTS];
+} limiter;
+
+static limiter *limiter_new(void)
+{
+    limiter *l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return NULL;
+    atomic_init(&l->refs, 1);
+    pthread_mutex_init(&l->mu, NULL);
+    randombytes_buf(l->key, sizeof(l->key));
+    return l;
+}
+
+static void limiter_unref(limiter *l)
+{
+    if (l != NULL && atomic_fetch_sub(&l->refs, 1) == 1) {
+        pthread_mutex_destroy(&l->mu);
+        free(l);
+    }
+}
+
+static uint64_t lim_key(const limiter *l, const char *kind, const char *name)
+{
+    char buf[TERN_AUTH_MAX_USER + 16];
+    int n = snprintf(buf, sizeof(buf), "%s:%s", kind, name);
+    uint8_t h[crypto_shorthash_BYTES];
+    crypto_shorthash(h, (const uint8_t *)buf, (unsigned long long)(n > 0 ? n : 0), l->key);
+    uint64_t k;
+    memcpy(&k, h, sizeof(k));
+    return k == 0 ? 1 : k;
+}
+
+typedef struct tern_auth_limits {
+    uint32_t max_failures;
+    uint64_t lockout_ms, delay_ms, max_delay_ms;
+} tern_auth_limits;
+
+/* An entry whose last failure is older than the lockout and that is not
+ * locked has been forgiven: its slot is as good as free. */
+static bool lim_stale(const lim_entry *e, const tern_auth_limits *lm, uint64_t now)
+{
+    return e->key == 0 || (e->locked_until <= now && now - e->last_ms >= lm->lockout_ms);
+}
+
+static lim_entry *lim_find(limiter *l, uint64_t key, bool create, const tern_auth_limits *lm,
+                           uint64_t now)
+{
+    size_t base = (size_t)(key % LIM_SLOTS);
+    lim_entry *victim = NULL;
+    for (size_t i = 0; i < LIM_PROBE; i++) {
+        lim_entry *e = &l->slots[(base + i) % LIM_SLOTS];
+        if (e->key == key) {
+            if (lim_stale(e, lm, now))
+                *e = (lim_entry){.key = key};
+            return e;
+        }
+        if (!create)
+            continue;
+        if (lim_stale(e, lm, now)) {
+            if (victim == NULL || !lim_stale(victim, lm, now))
+                victim = e;
+        } else if (victim == NULL ||
+                   (!lim_stale(victim, lm, now) && e->last_ms < victim->last_ms)) {
+            victim = e;
+        }
+    }
+    if (victim != NULL)
+        *victim = (lim_entry){.key = key};
+    return victim;
+}
+
+/* ---- the auth object ------------------------------------------------------- */
+
+#define MAX_BACKENDS 8
+
+typedef struct backend {
+    const tern_auth_backend_ops *ops;
+    void *state;
+} backend;
+
+struct tern_auth {
+    atomic_int refs;
+    backend backends[MAX_BACKENDS];
+    size_t n_backends;
+    unsigned caps;
+    char *default_domain;
+    tern_auth_limits limits;
+    _Atomic(limiter *) lim;
+};
+
+struct tern_auth_client {
+    tern_auth *auth;
+    uv_loop_t *loop;
+    void *bstate[MAX_BACKENDS];
+    size_t pending;
+    bool closing;
+};
+
+static const tern_auth_backend_ops *backend_by_name(const char *name)
+{
+    if (strcmp(name, "file") == 0)
+        return &tern_auth_file_backend;
+    if (strcmp(name, "internal") == 0)
+        return &tern_auth_internal_backend;
+    return NULL;
+}
+
+tern_auth *tern_auth_new(const tern_config *cfg, tern_store *store, char **error_r)
+{
+    if (tern_hash_init() != 0) {
+        *error_r = strdup("libsodium failed to initialise");
+        return NULL;
+    }
+    tern_auth *a = calloc(1, sizeof(*a));
+    limiter *lim = limiter_new();
+    if (a == NULL || lim == NULL) {
+        free(a);
+        limiter_unref(lim);
+        *error_r = strdup("out of memory");
+        return NULL;
+    }
+    atomic_init(&a->refs, 1);
+    atomic_init(&a->lim, lim);
+    a->limits = (tern_auth_limits){
+        .max_failures = cfg->auth.max_failures ? cfg->auth.max_failures : 10,
+        .lockout_ms = cfg->auth.lockout_ms ? cfg->auth.lockout_ms : 15 * 60 * 1000,
+        .delay_ms = cfg->auth.failure_delay_ms,
+        .max_delay_ms = cfg->auth.max_delay_ms,
+    };
+    if (cfg->auth_file.default_domain != NULL)
+        a->default_domain = strdup(cfg->auth_file.default_domain);
+    a->caps = TERN_AUTH_CAP_PASSWORD | TERN_AUTH_CAP_SCRAM_SHA_256 | TERN_AUTH_CAP_CRAM_MD5;
+    static const char *const def[] = {"internal"};
+    const char *const *names = cfg->auth.n_backends ? (const char *const *)cfg->auth.backends : def;
+    size_t n = cfg->auth.n_backends ? cfg->auth.n_backends : 1;
+    for (size_t i = 0; i < n; i++) {
+        const tern_auth_backend_ops *ops = backend_by_name(names[i]);
+        if (ops == NULL || a->n_backends == MAX_BACKENDS) {
+            char buf[128];
+            snprintf(buf, sizeof(buf), "auth.backends: \"%s\" is not available", names[i]);
+            *error_r = strdup(buf);
+            tern_auth_unref(a);
+            return NULL;
+        }
+        void *st = ops->create(cfg, store, error_r);
+        if (st == NULL) {
+            tern_auth_unref(a);
+            return NULL;
+        }
+        a->backends[a->n_backends++] = (backend){ops, st};
+        a->caps &= ops->caps(st);
+    }
+    return a;
+}
+
+void tern_auth_keep_state(tern_auth *next, tern_auth *prev)
+{
+    limiter *l = atomic_load(&prev->lim);
+    atomic_fetch_add(&l->refs, 1);
+    limiter_unref(atomic_exchange(&next->lim, l));
+}
+
+tern_auth *tern_auth_ref(tern_auth *a)
+{
+    atomic_fetch_add(&a->refs, 1);
+    return a;
+}
+
+void tern_auth_unref(tern_auth *a)
+{
+    if (a == NULL || atomic_fetch_sub(&a->refs, 1) != 1)
+        return;
+    for (size_t i = 0; i < a->n_backends; i++)
+        a->backends[i].ops->destroy(a->backends[i].state);
+    limiter_unref(atomic_load(&a->lim));
+    free(a->default_domain);
+    free(a);
+}
+
+unsigned tern_auth_capabilities(const tern_auth *a)
+{
+    return a->caps;
+}
+
+/* ---- limiter API ------------------------------------------------------------ */
+
+int tern_auth_limiter_check(tern_auth *a, const char *ip, const char *account, uint64_t now_ms)
+{
+    limiter *l = atomic_load(&a->lim);
+    int rc = 0;
+    pthread_mutex_lock(&l->mu);
+    const char *kinds[2] = {"ip", "acct"}, *names[2] = {ip, account};
+    for (int i = 0; i < 2; i++) {
+        if (names[i] == NULL)
+            continue;
+        lim_entry *e = lim_find(l, lim_key(l, kinds[i], names[i]), false, &a->limits, now_ms);
+        if (e != NULL && e->locked_until > now_ms)
+            rc = TERN_AUTH_ELOCKED;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return rc;
+}
+
+uint64_t tern_auth_limiter_failure(tern_auth *a, const char *ip, const char *account,
+                                   uint64_t now_ms)
+{
+    limiter *l = atomic_load(&a->lim);
+    const tern_auth_limits *lm = &a->limits;
+    uint32_t worst = 0;
+    pthread_mutex_lock(&l->mu);
+    const char *kinds[2] = {"ip", "acct"}, *names[2] = {ip, account};
+    for (int i = 0; i < 2; i++) {
+        if (names[i] == NULL)
+            continue;
+        lim_entry *e = lim_find(l, lim_key(l, kinds[i], names[i]), true, lm, now_ms);
+        if (e == NULL)
+            continue;
+        if (e->failures < UINT32_MAX)
+            e->failures++;
+        e->last_ms = now_ms;
+        if (e->failures >= lm->max_failures && e->locked_until <= now_ms) {
+            e->locked_until = now_ms + lm->lockout_ms;
+            TLOG_WARN("auth", "event=auth_lockout kind=%s failures=%u lockout_ms=%llu", kinds[i],
+                      e->failures, (unsigned long long)lm->lockout_ms);
+        }
+        if (e->failures > worst)
+            worst = e->failures;
+    }
+    pthread_mutex_unlock(&l->mu);
+    if (worst == 0)
+        return 0;
+    uint64_t d = lm->delay_ms;
+    for (uint32_t i = 1; i < worst && d < lm->max_delay_ms; i++)
+        d *= 2;
+    return d > lm->max_delay_ms ? lm->max_delay_ms : d;
+}
+
+void tern_auth_limiter_success(tern_auth *a, const char *ip, const char *account)
+{
+    limiter *l = atomic_load(&a->lim);
+    pthread_mutex_lock(&l->mu);
+    const char *kinds[2] = {"ip", "acct"}, *names[2] = {ip, account};
+    for (int i = 0; i < 2; i++) {
+        if (names[i] == NULL)
+            continue;
+        lim_entry *e = lim_find(l, lim_key(l, kinds[i], names[i]), false, &a->limits, UINT64_MAX);
+        if (e != NULL)
+            *e = (lim_entry){0};
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
+size_t tern_auth_limiter_entries(const tern_auth *a)
+{
+    limiter *l = atomic_load(&((tern_auth *)a)->lim);
+    size_t n = 0;
+    pthread_mutex_lock(&l->mu);
+    for (size_t i = 0; i < LIM_SLOTS; i++)
+        n += l->slots[i].key != 0;
+    pthread_mutex_unlock(&l->mu);
+    return n;
+}
+
+/* ---- clients and requests ---------------------------------------------------- */
+
+tern_auth_client *tern_auth_client_new(tern_auth *a, uv_loop_t *loop)
+{
+    tern_auth_client *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->auth = tern_auth_ref(a);
+    c->loop = loop;
+    for (size_t i = 0; i < a->n_backends; i++)
+        if (a->backends[i].ops->client_new)
+            c->bstate[i] = a->backends[i].ops->client_new(a->backends[i].state, loop);
+    return c;
+}
+
+static void client_maybe_free(tern_auth_client *c)
+{
+    if (!c->closing || c->pending > 0)
+        return;
+    tern_auth *a = c->auth;
+    for (size_t i = 0; i < a->n_backends; i++)
+        if (a->backends[i].ops->client_close && c->bstate[i])
+            a->backends[i].ops->client_close(a->backends[i].state, c->bstate[i]);
+    tern_auth_unref(a);
+    free(c);
+}
+
+void tern_auth_client_close(tern_auth_client *c)
+{
+    if (c == NULL)
+        return;
+    c->closing = true;
+    client_maybe_free(c);
+}
+
+tern_auth_req *tern_auth_req_new(tern_auth_op op, tern_auth_cb cb, void *data)
+{
+    tern_auth_req *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->op = op;
+    r->cb = cb;
+    r->data = data;
+    tern_arena_init(&r->arena, 1024);
+    return r;
+}
+
+void tern_auth_req_free(tern_auth_req *r)
+{
+    if (r == NULL)
+        return;
+    tern_arena_free(&r->arena);
+    sodium_memzero(&r->out.cram_md5, sizeof(r->out.cram_md5));
+    sodium_memzero(&r->out.scram, sizeof(r->out.scram));
+    free(r);
+}
+
+static int req_fail(tern_auth_req *r, int status, const char *msg)
+{
+    r->status = status;
+    snprintf(r->error, sizeof(r->error), "%s", msg);
+    return status;
+}
+
+static uint64_t now_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+static uint8_t fake_secret[crypto_generichash_KEYBYTES];
+static pthread_once_t fake_once = PTHREAD_ONCE_INIT;
+
+static void fake_secret_init(void)
+{
+    randombytes_buf(fake_secret, sizeof(fake_secret));
+}
+
+/* Keys for a user no backend knows (or who has none): derived from a
+ * process secret and the name, so asking twice gives the same salt, as it
+ * would for a real user. */
+static void fake_scram(const char *user, tern_scram_keys *k)
+{
+    uint8_t out[16 + 32 + 32];
+    pthread_once(&fake_once, fake_secret_init);
+    crypto_generichash(out, sizeof(out), (const uint8_t *)user, strlen(user), fake_secret,
+                       sizeof(fake_secret));
+    k->iterations = TERN_HASH_SCRAM_DEFAULT_ITERATIONS;
+    memcpy(k->salt, out, 16);
+    k->salt_len = 16;
+    memcpy(k->stored_key, out + 16, 32);
+    memcpy(k->server_key, out + 48, 32);
+}
+
+static void finish_work(uv_work_t *w);
+static void after_work(uv_work_t *w, int status);
+static void next_backend(tern_auth_req *r);
+
+/* Every answer goes through the pool, hashing or not, so the callback
+ * never runs inside tern_auth_submit and all answers take the same path. */
+static void queue_finish(tern_auth_req *r)
+{
+    r->priv_.work.data = r;
+    if (uv_queue_work(r->priv_.client->loop, &r->priv_.work, finish_work, after_work) != 0) {
+        r->status = TERN_AUTH_ETEMP;
+        snprintf(r->error, sizeof(r->error), "cannot queue work");
+        after_work(&r->priv_.work, 0);
+    }
+}
+
+static void lookup_done(tern_auth_lookup *lk)
+{
+    tern_auth_req *r = lk->req;
+    tern_auth *a = r->priv_.client->auth;
+    if (lk->status == TERN_AUTH_ETEMP) {
+        r->status = TERN_AUTH_ETEMP;
+        if (r->error[0] == '\0')
+            snprintf(r->error, sizeof(r->error), "backend %s unavailable",
+                     a->backends[r->priv_.backend].ops->name);
+        queue_finish(r);
+        return;
+    }
+    if (lk->status == TERN_AUTH_LOOKUP_FOUND) {
+        r->priv_.found = true;
+        r->priv_.stored = lk->stored;
+        r->out.account = lk->account;
+        r->out.backend = a->backends[r->priv_.backend].ops->name;
+        queue_finish(r);
+        return;
+    }
+    r->priv_.backend++;
+    next_backend(r);
+}
+
+static void next_backend(tern_auth_req *r)
+{
+    tern_auth_client *c = r->priv_.client;
+    tern_auth *a = c->auth;
+    if (r->priv_.backend >= a->n_backends) {
+        queue_finish(r); /* nobody knows the user */
+        return;
+    }
+    tern_auth_lookup *lk = tern_arena_alloc(&r->arena, sizeof(*lk));
+    if (lk == NULL) {
+        r->status = TERN_AUTH_ETEMP;
+        snprintf(r->error, sizeof(r->error), "out of memory");
+        queue_finish(r);
+        return;
+    }
+    *lk = (tern_auth_lookup){.req = r, .user = r->priv_.user,
+                             .client_state = c->bstate[r->priv_.backend], .done = lookup_done};
+    const backend *b = &a->backends[r->priv_.backend];
+    b->ops->lookup(b->state, lk);
+}
+
+int tern_auth_submit(tern_auth_client *c, tern_auth_req *r)
+{
+    r->status = TERN_AUTH_OK;
+    r->error[0] = '\0';
+    r->priv_.client = c;
+    r->priv_.backend = 0;
+    r->priv_.found = false;
+    r->priv_.stored = NULL;
+    if (c->closing)
+        return req_fail(r, TERN_AUTH_EINVAL, "client is closing");
+    if (r->op < TERN_AUTH_VERIFY_PASSWORD || r->op > TERN_AUTH_USER_EXISTS)
+        return req_fail(r, TERN_AUTH_EINVAL, "unknown operation");
+    if (r->in.user == NULL)
+        return req_fail(r, TERN_AUTH_EINVAL, "no user");
+    if (r->op == TERN_AUTH_VERIFY_PASSWORD &&
+        (r->in.password == NULL || r->in.password_len > TERN_HASH_MAX_PASSWORD))
+        return req_fail(r, TERN_AUTH_EINVAL, "no password, or longer than 1024 bytes");
+    c->pending++;
+    if (tern_auth__normalise(r->in.user, c->auth->default_domain, r->priv_.user,
+                             sizeof(r->priv_.user)) != 0) {
+        /* Not a user name any backend could hold: an unknown user, with
+         * the same cost and answer. */
+        snprintf(r->priv_.user, sizeof(r->priv_.user), "invalid");
+        r->priv_.backend = c->auth->n_backends;
+    }
+    if (r->op == TERN_AUTH_VERIFY_PASSWORD &&
+        tern_auth_limiter_check(c->auth, r->in.remote_ip, r->priv_.user, now_ms()) != 0) {
+        r->status = TERN_AUTH_ELOCKED;
+        queue_finish(r);
+        return 0;
+    }
+    next_backend(r);
+    return 0;
+}
+
+/* On a pool thread: the hashing, and filling the outputs from the stored
+ * credentials. Touches only the request. */
+static void finish_work(uv_work_t *w)
+{
+    tern_auth_req *r = w->data;
+    if (r->status != TERN_AUTH_OK)
+        return;
+    const char *stored = r->priv_.stored;
+    size_t len = 0;
+    const char *d;
+    switch (r->op) {
+    case TERN_AUTH_VERIFY_PASSWORD: {
+        if (!r->priv_.found || stored == NULL) {
+            tern_hash_verify_dummy(r->in.password, r->in.password_len);
+            r->status = TERN_AUTH_EFAIL;
+            break;
+        }
+        int v = tern_hash_verify(stored, r->in.password, r->in.password_len);
+        if (v == TERN_HASH_EUNSUPPORTED) {
+            char scheme[32];
+            snprintf(r->error, sizeof(r->error), "stored password of scheme %s not supported",
+                     tern_hash_scheme(stored, scheme, sizeof(scheme)));
+        }
+        r->status = v == TERN_HASH_MATCH ? TERN_AUTH_OK : TERN_AUTH_EFAIL;
+        break;
+    }
+    case TERN_AUTH_GET_SCRAM_KEYS:
+        d = stored ? tern_hash_find(stored, "SCRAM-SHA-256", &len) : NULL;
+        if (!r->priv_.found) {
+            r->status = TERN_AUTH_ENOTFOUND;
+        } else if (d == NULL || tern_hash_scram_parse(d, len, &r->out.scram) != 0) {
+            r->status = TERN_AUTH_EUNAVAIL;
+        }
+        if (r->status != TERN_AUTH_OK)
+            fake_scram(r->priv_.user, &r->out.scram);
+        break;
+    case TERN_AUTH_GET_SECRET:
+        if (!r->priv_.found) {
+            r->status = TERN_AUTH_ENOTFOUND;
+        } else if (stored && (d = tern_hash_find(stored, "CRAM-MD5", &len)) != NULL) {
+            if (tern_hash_cram_md5_parse(d, len, r->out.cram_md5) != 0)
+                r->status = TERN_AUTH_EUNAVAIL;
+        } else if (stored && (d = tern_hash_find(stored, "PLAIN", &len)) != NULL) {
+            tern_hash_cram_md5_context(d, len, r->out.cram_md5);
+        } else {
+            r->status = TERN_AUTH_EUNAVAIL;
+        }
+        break;
+    case TERN_AUTH_USER_EXISTS:
+        if (!r->priv_.found)
+            r->status = TERN_AUTH_ENOTFOUND;
+        break;
+    }
+}
+
+static void after_work(uv_work_t *w, int status)
+{
+    tern_auth_req *r = w->data;
+    tern_auth_client *c = r->priv_.client;
+    tern_auth *a = c->auth;
+    if (status != 0 && r->status == TERN_AUTH_OK)
+        r->status = TERN_AUTH_ETEMP;
+    if (r->op == TERN_AUTH_VERIFY_PASSWORD) {
+        char qu[128];
+        const char *svc = r->in.service ? r->in.service : "-";
+        const char *ip = r->in.remote_ip ? r->in.remote_ip : "-";
+        if (r->status == TERN_AUTH_OK) {
+            tern_auth_limiter_success(a, r->in.remote_ip, r->priv_.user);
+            TLOG_INFO("auth", "event=auth_ok service=%s ip=%s account=%s backend=%s", svc, ip,
+                      tern_log_q(qu, sizeof(qu), r->out.account), r->out.backend);
+        } else if (r->status == TERN_AUTH_EFAIL || r->status == TERN_AUTH_ELOCKED) {
+            if (r->status == TERN_AUTH_EFAIL)
+                r->out.delay_ms =
+                    tern_auth_limiter_failure(a, r->in.remote_ip, r->priv_.user, now_ms());
+            else
+                r->out.delay_ms = a->limits.max_delay_ms;
+            /* The account is only named once a backend knows it: a log
+             * full of guessed names helps no one. */
+            TLOG_INFO("auth", "event=auth_failed service=%s ip=%s user=%s known=%s locked=%s "
+                              "delay_ms=%llu%s%s",
+                      svc, ip, tern_log_q(qu, sizeof(qu), r->priv_.user),
+                      r->priv_.found ? "yes" : "no", r->status == TERN_AUTH_ELOCKED ? "yes" : "no",
+                      (unsigned long long)r->out.delay_ms, r->error[0] ? " error=" : "",
+                      r->error[0] ? r->error : "");
+            r->out.account = NULL;
+            r->out.backend = NULL;
+        } else {
+            TLOG_WARN("auth", "event=auth_error service=%s ip=%s status=%d error=\"%s\"", svc, ip,
+                      r->status, r->error);
+        }
+    }
+    c->pending--;
+    if (r->cb)
+        r->cb(r);
+    client_maybe_free(c);
+}
+
+/* ---- sync ------------------------------------------------------------------- */
+
+static void sync_done(tern_auth_req *r)
+{
+    *(bool *)r->data = true;
+}
+
+int tern_auth_run_sync(tern_auth *a, tern_auth_req *r)
+{
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0)
+        return req_fail(r, TERN_AUTH_ETEMP, "cannot create a loop");
+    tern_auth_client *c = tern_auth_client_new(a, &loop);
+    if (c == NULL) {
+        uv_loop_close(&loop);
+        return req_fail(r, TERN_AUTH_ETEMP, "out of memory");
+    }
+    bool done = false;
+    tern_auth_cb saved_cb = r->cb;
+    void *saved_data = r->data;
+    r->cb = sync_done;
+    r->data = &done;
+    if (tern_auth_submit(c, r) == 0)
+        while (!done)
+            uv_run(&loop, UV_RUN_ONCE);
+    r->cb = saved_cb;
+    r->data = saved_data;
+    tern_auth_client_close(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    return r->status;
+}
