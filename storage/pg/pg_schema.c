@@ -77,6 +77,11 @@ static const char *const schema_v1[] = {
     NULL,
 };
 
+/* Migrations: migrations[v - 1] takes a database from version v - 1 to v.
+ * A new version appends an array here and bumps PG_SCHEMA_VERSION; a
+ * released array is never edited. */
+static const char *const *const migrations[PG_SCHEMA_VERSION] = {schema_v1};
+
 static int exec(PGconn *c, const char *sql, char **error_r)
 {
     PGresult *r = PQexec(c, sql);
@@ -125,27 +130,35 @@ int pg_schema_create(const char *conninfo, char **error_r)
         *error_r = strdup(buf);
         goto unlock;
     }
-    if (have < 1) {
+    for (long v = have + 1; v <= PG_SCHEMA_VERSION; v++) {
         if (exec(c, "BEGIN", error_r) < 0)
             goto unlock;
         in_tx = true;
-        for (size_t i = 1; schema_v1[i]; i++)
-            if (exec(c, schema_v1[i], error_r) < 0)
+        const char *const *stmts = migrations[v - 1];
+        for (size_t i = 0; stmts[i]; i++)
+            if (exec(c, stmts[i], error_r) < 0)
                 goto unlock;
-        /* UIDVALIDITY must differ for a mailbox re-created under the same
-         * name, across nodes: one database sequence, started at the
-         * creation time so it also differs from a dropped database's. */
-        char seq[200];
-        snprintf(seq, sizeof seq,
-                 "CREATE SEQUENCE IF NOT EXISTS uidvalidity_seq START WITH %" PRId64
-                 " MAXVALUE 4294967295 CYCLE",
-                 (int64_t)time(NULL));
-        if (exec(c, seq, error_r) < 0 ||
-            exec(c, "INSERT INTO meta (key, value) VALUES ('schema_version', '1') "
-                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", error_r) < 0 ||
-            exec(c, "COMMIT", error_r) < 0)
+        if (v == 1) {
+            /* UIDVALIDITY must differ for a mailbox re-created under the
+             * same name, across nodes: one database sequence, started at
+             * the creation time so it also differs from a dropped
+             * database's. */
+            char seq[200];
+            snprintf(seq, sizeof seq,
+                     "CREATE SEQUENCE IF NOT EXISTS uidvalidity_seq START WITH %" PRId64
+                     " MAXVALUE 4294967295 CYCLE",
+                     (int64_t)time(NULL));
+            if (exec(c, seq, error_r) < 0)
+                goto unlock;
+        }
+        char set[160];
+        snprintf(set, sizeof set,
+                 "INSERT INTO meta (key, value) VALUES ('schema_version', '%ld') "
+                 "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", v);
+        if (exec(c, set, error_r) < 0 || exec(c, "COMMIT", error_r) < 0)
             goto unlock;
-        TLOG_INFO("store", "event=pg_schema_created version=%d", PG_SCHEMA_VERSION);
+        in_tx = false;
+        TLOG_INFO("store", "event=pg_schema_migrated version=%ld", v);
     }
     rc = 0;
 unlock:
