@@ -13,17 +13,12 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "auth/hash.h"
 #include "conf/config.h"
 #include "lib/log.h"
 #include "lib/util.h"
 #include "storage/store.h"
 #include "tools/ternctl.h"
-
-/* Argon2id cost: OWASP's minimum (19 MiB, 2 passes) keeps one login well
- * under 50 ms of CPU; the login rate limiter, not the hash, is what stops
- * guessing. */
-#define PW_OPSLIMIT 2
-#define PW_MEMLIMIT (19u * 1024u * 1024u)
 
 static tern_store *open_store(ctx *c, tern_config **cfg_r)
 {
@@ -161,16 +156,19 @@ static int read_password(char *buf, size_t size)
     return n == 0 ? -1 : 0;
 }
 
-/* "{ARGON2ID}$argon2id$v=19$m=...": the scheme prefix is what Dovecot
- * writes, so hashes move between the two. */
+/* The stored credential list (auth/hash.h): "{ARGON2ID}..." for the
+ * plaintext mechanisms, then "{SCRAM-SHA-256}..." so that SCRAM can be
+ * served without the password. */
 static int hash_password(const char *pw, char *out, size_t size)
 {
-    char h[crypto_pwhash_STRBYTES];
-    if (sodium_init() < 0 ||
-        crypto_pwhash_str_alg(h, pw, strlen(pw), PW_OPSLIMIT, PW_MEMLIMIT,
-                              crypto_pwhash_ALG_ARGON2ID13) != 0)
+    char scram[TERN_HASH_MAX];
+    size_t n = strlen(pw);
+    if (tern_hash_argon2id(pw, n, out, size) != 0 ||
+        tern_hash_scram_sha256(pw, n, TERN_HASH_SCRAM_DEFAULT_ITERATIONS, scram,
+                               sizeof(scram)) != 0)
         return -1;
-    return snprintf(out, size, "{ARGON2ID}%s", h) < (int)size ? 0 : -1;
+    size_t at = strlen(out);
+    return snprintf(out + at, size - at, " %s", scram) < (int)(size - at) ? 0 : -1;
 }
 
 /* ---- account ----------------------------------------------------------- */
@@ -216,7 +214,7 @@ static int account_add(ctx *c, int argc, char **argv)
                         "[--quota-messages N]\n", c->prog);
         return EX_USAGE_;
     }
-    char pw[1024], hash[256];
+    char pw[1024], hash[TERN_HASH_MAX];
     if (want_pw) {
         if (read_password(pw, sizeof(pw)) != 0 || hash_password(pw, hash, sizeof(hash)) != 0) {
             sodium_memzero(pw, sizeof(pw));
@@ -316,7 +314,7 @@ static int account_passwd(ctx *c, int argc, char **argv)
         fprintf(stderr, "usage: %s account passwd USER@DOMAIN   (password on stdin)\n", c->prog);
         return EX_USAGE_;
     }
-    char pw[1024], hash[256];
+    char pw[1024], hash[TERN_HASH_MAX];
     if (read_password(pw, sizeof(pw)) != 0 || hash_password(pw, hash, sizeof(hash)) != 0) {
         sodium_memzero(pw, sizeof(pw));
         fprintf(stderr, "%s: no password read from stdin\n", c->prog);
