@@ -177,12 +177,14 @@ void sasl__challenge(tern_sasl *s, tern_sasl_result *r, const void *data, size_t
 {
     sasl__reset(r);
     s->out.len = 0;
-    if (len && tern_buf_append(&s->out, data, len) != 0) {
+    /* A NUL after the data (not counted) lets callers log it as text. */
+    if ((len && tern_buf_append(&s->out, data, len) != 0) || tern_buf_append(&s->out, "", 1) != 0) {
         sasl__fail(s, r, TERN_SASL_EINTERNAL);
         return;
     }
+    s->out.len--;
     r->status = TERN_SASL_CHALLENGE;
-    r->data = s->out.len ? s->out.data : (const uint8_t *)"";
+    r->data = s->out.data;
     r->data_len = s->out.len;
     s->wait = WAIT_STEP;
     fill_names(s, r);
@@ -191,14 +193,15 @@ void sasl__challenge(tern_sasl *s, tern_sasl_result *r, const void *data, size_t
 void sasl__success(tern_sasl *s, tern_sasl_result *r, const char *account)
 {
     sasl__reset(r);
-    if (account == s->account)
-        ; /* already in place */
-    else if (account && account[0])
-        copy_str(s->account, s->max_user + 1, account);
-    else if (s->authzid[0])
+    /* account may already be s->account (SCRAM keeps it there). */
+    if (account && account[0]) {
+        if (account != s->account)
+            copy_str(s->account, s->max_user + 1, account);
+    } else if (s->authzid[0]) {
         copy_str(s->account, s->max_user + 1, s->authzid);
-    else
+    } else {
         copy_str(s->account, s->max_user + 1, s->authcid);
+    }
     r->status = TERN_SASL_SUCCESS;
     r->account = s->account;
     s->wait = WAIT_NOTHING;

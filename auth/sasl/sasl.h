@@ -89,7 +89,8 @@ typedef enum {
 typedef struct tern_sasl_result {
     tern_sasl_status status;
     tern_sasl_error error;
-    const uint8_t *data; /* CHALLENGE bytes; SUCCESS/FAIL extra data */
+    const uint8_t *data; /* CHALLENGE bytes; SUCCESS/FAIL extra data; a NUL
+                          * follows (not counted in data_len) */
     size_t data_len;
     const char *authcid; /* NUL-terminated; "" when the mechanism has none */
     const char *authzid; /* "" when none was requested */

@@ -130,9 +130,10 @@ static void fail_e(tern_sasl *s, tern_sasl_result *r, tern_sasl_error e, const c
     s->state = SC_DONE;
     sasl__fail(s, r, e);
     s->out.len = 0;
-    if (tern_buf_append_str(&s->out, "e=") == 0 && tern_buf_append_str(&s->out, value) == 0) {
+    if (tern_buf_append_str(&s->out, "e=") == 0 && tern_buf_append_str(&s->out, value) == 0 &&
+        tern_buf_append(&s->out, "", 1) == 0) {
         r->data = s->out.data;
-        r->data_len = s->out.len;
+        r->data_len = --s->out.len;
     }
 }
 
