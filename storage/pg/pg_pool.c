@@ -218,7 +218,13 @@ static void connected(pg_conn *c)
 
 static void connect_continue(pg_conn *c)
 {
-    switch (PQconnectPoll(c->pq)) {
+    PostgresPollingStatusType st = PQconnectPoll(c->pq);
+    /* libpq may have closed the socket and opened another (next address,
+     * SSL or GSS fallback), quite possibly under the same number: a watch
+     * kept across that would wait on a descriptor epoll no longer knows.
+     * While connecting, every step gets a fresh watch. */
+    poll_detach(c);
+    switch (st) {
     case PGRES_POLLING_READING:
         if (poll_update(c, UV_READABLE) < 0)
             pg_conn_broken(c, "cannot watch socket");

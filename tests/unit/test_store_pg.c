@@ -5,7 +5,7 @@
  * several batches of bodies (under OR and NOT too), change events arriving from another process
  * (a raw NOTIFY), connections killed under the pool (ETEMP, then
  * recovery; LISTEN too, with watchers woken since events may have been
- * missed), and refusing a newer schema.
+ * missed), a pool whose first host refuses, and refusing a newer schema.
  *
  * Needs TERN_TEST_PG_CONNINFO (tests/pg/start prints one); without it every
  * test is skipped and counted as passed. Each test works in its own
@@ -541,6 +541,37 @@ static void t_foreign_notify_and_kill(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- connecting ------------------------------------------------------------ */
+
+/* libpq tries the next host on a new socket, often under the same number
+ * as the one it closed: the pool must still hear from it. The first host
+ * here refuses connections (port 1). */
+static void t_second_host(void **state)
+{
+    SKIP_WITHOUT_PG();
+    fixture *f = *state;
+    const char *p = strstr(ci, "port=");
+    assert_non_null(p);
+    int port = atoi(p + 5);
+    tern_config *c = make_config();
+    c->postgres.conninfo = tern_arena_printf(&c->arena, "%s host=127.0.0.1,127.0.0.1 port=1,%d "
+                                             "connect_timeout=5", ci, port);
+    tern_store *s = NULL;
+    char *err = NULL;
+    if (tern_store_open(c, &s, &err) != 0)
+        fail_msg("open: %s", err);
+    mk_account(s, "example.test", "hosts@example.test");
+    for (int i = 0; i < 20; i++) {
+        tern_store_req *r = req(TERN_STORE_ACCOUNT_GET);
+        r->in.account = "hosts@example.test";
+        assert_int_equal(run(s, r), 0);
+        tern_store_req_free(r);
+    }
+    tern_store_close(s);
+    free_config(c);
+    (void)f;
+}
+
 /* ---- schema versions ----------------------------------------------------- */
 
 static void t_newer_schema_refused(void **state)
@@ -576,6 +607,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(t_fetch_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(t_body_search_batches, setup, teardown),
         cmocka_unit_test_setup_teardown(t_foreign_notify_and_kill, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_second_host, setup, teardown),
         cmocka_unit_test_setup_teardown(t_newer_schema_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
