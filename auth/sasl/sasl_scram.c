@@ -308,11 +308,13 @@ static void client_final(tern_sasl *s, const uint8_t *m, size_t len, tern_sasl_r
     tern_buf_append(&want, s->gs2.data, s->gs2.len);
     if (s->mech == SASL_SCRAM_PLUS)
         tern_buf_append(&want, s->cb_data, s->cb_len);
-    uint8_t got[512];
+    /* An escaped authzid makes the header up to three times its length. */
+    uint8_t *got = malloc(want.len + 3);
     size_t got_len = 0;
-    bool cb_ok = want.len <= sizeof got &&
-                 tern_base64_decode((const char *)m + 2, ce - 2, got, sizeof got, &got_len) == 0 &&
+    bool cb_ok = got && want.data &&
+                 tern_base64_decode((const char *)m + 2, ce - 2, got, want.len + 3, &got_len) == 0 &&
                  got_len == want.len && sodium_memcmp(got, want.data, want.len) == 0;
+    free(got);
     tern_buf_free(&want);
     if (!cb_ok) {
         fail_e(s, r, TERN_SASL_ECB_MISMATCH, "channel-bindings-dont-match");

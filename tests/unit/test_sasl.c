@@ -498,7 +498,7 @@ static tern_sasl_result run_scram(const tern_sasl_params *p, const scram_case *c
     tern_sasl_result r;
     tern_sasl *s = tern_sasl_new(c->mech, p);
     assert_non_null(s);
-    char first[256];
+    char first[2048];
     snprintf(first, sizeof first, "%sn=%s,r=fyko+d2lbbFgONRv9qkxdawL", c->gs2, c->user);
     step_str(s, first, &r);
     if (r.status != TERN_SASL_NEED_SCRAM_KEYS) {
@@ -512,14 +512,14 @@ static tern_sasl_result run_scram(const tern_sasl_params *p, const scram_case *c
     server_first[r.data_len] = '\0';
     assert_true(strncmp(server_first, "r=fyko+d2lbbFgONRv9qkxdawL", 26) == 0);
     const char *nonce_end = strchr(server_first, ',');
-    uint8_t cbind[256];
+    uint8_t cbind[2048];
     size_t gl = strlen(c->gs2);
     memcpy(cbind, c->gs2, gl);
     if (c->client_cb_len)
         memcpy(cbind + gl, c->client_cb, c->client_cb_len);
-    char cb64[400];
+    char cb64[3000];
     tern_base64_encode(cbind, gl + c->client_cb_len, cb64, sizeof cb64);
-    char without[600], am[1200], proof[64], ssig[64], final[700];
+    char without[3200], am[6000], proof[64], ssig[64], final[3300];
     snprintf(without, sizeof without, "c=%s,%.*s", cb64, (int)(nonce_end - server_first),
              server_first);
     snprintf(am, sizeof am, "%s,%s,%s", first + gl, server_first, without);
@@ -645,6 +645,15 @@ static void test_scram_authzid(void **state)
     r = run_scram(&p, &c);
     assert_int_equal(r.status, TERN_SASL_SUCCESS);
     assert_string_equal(r.account, "admin");
+    /* A long escaped authzid: the c= header is three times its length. */
+    char big[700] = "n,a=";
+    for (int i = 0; i < 200; i++)
+        strcat(big, "=2C");
+    strcat(big, ",");
+    c.gs2 = big;
+    r = run_scram(&p, &c);
+    assert_int_equal(r.status, TERN_SASL_SUCCESS);
+    assert_int_equal(strlen(r.account), 200);
     /* Escaped names. */
     tern_sasl *s = tern_sasl_new("SCRAM-SHA-256", &p);
     tern_sasl_result rr;
