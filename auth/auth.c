@@ -421,15 +421,20 @@ static void fake_secret_init(void)
  * would for a real user. */
 static void fake_scram(const char *user, tern_scram_keys *k)
 {
-    uint8_t out[16 + 32 + 32];
+    uint8_t a[16 + 32], b[32];
+    crypto_generichash_state st;
     pthread_once(&fake_once, fake_secret_init);
-    crypto_generichash(out, sizeof(out), (const uint8_t *)user, strlen(user), fake_secret,
+    crypto_generichash(a, sizeof(a), (const uint8_t *)user, strlen(user), fake_secret,
                        sizeof(fake_secret));
+    crypto_generichash_init(&st, fake_secret, sizeof(fake_secret), sizeof(b));
+    crypto_generichash_update(&st, (const uint8_t *)"server:", 7);
+    crypto_generichash_update(&st, (const uint8_t *)user, strlen(user));
+    crypto_generichash_final(&st, b, sizeof(b));
     k->iterations = TERN_HASH_SCRAM_DEFAULT_ITERATIONS;
-    memcpy(k->salt, out, 16);
+    memcpy(k->salt, a, 16);
     k->salt_len = 16;
-    memcpy(k->stored_key, out + 16, 32);
-    memcpy(k->server_key, out + 48, 32);
+    memcpy(k->stored_key, a + 16, 32);
+    memcpy(k->server_key, b, 32);
 }
 
 static void finish_work(uv_work_t *w);
