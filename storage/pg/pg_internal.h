@@ -23,7 +23,7 @@
 #include "lib/arena.h"
 #include "storage/store_backend.h"
 
-#define PG_MAX_PARAMS 4096      /* a search tree past this is refused */
+#define PG_MAX_PARAMS 4096        /* a search tree past this is refused */
 #define PG_QUEUE_LIMIT 10000      /* queued jobs past this fail with ETEMP */
 #define PG_WAIT_DOWN_MS 5000      /* a job waits this long for a dead pool */
 #define PG_RUN_MAX_MS 120000      /* a statement silent this long: the link is dead */
@@ -48,14 +48,14 @@ struct pg_job {
     pg_conn *conn;
     uint64_t queued_ms;
     uint64_t sent_ms;        /* when its last statement went out */
-    int pt;              /* resume point of the op's protothread */
+    int pt;                  /* resume point of the op's protothread */
     int phase;
     bool in_tx;
-    bool binary_result;  /* next query asks for binary results */
-    PGresult *res;       /* the last statement's result, valid after PG_QUERY */
-    tern_arena a;        /* scratch: parameter text, intermediate values */
+    bool binary_result;      /* next query asks for binary results */
+    PGresult *res;           /* the last statement's result, valid after PG_QUERY */
+    tern_arena a;            /* scratch: parameter text, intermediate values */
 
-    int np, cap;         /* parameters of the next statement, in j->a */
+    int np, cap;             /* parameters of the next statement, in j->a */
     const char **pv;
     int *pl;
     int *pf;
@@ -76,6 +76,8 @@ struct pg_job {
     /* A named statement being prepared on this connection first: its
      * execution is sent when the PREPARE has answered. */
     int prep_stmt;           /* PG_STMT_* + 1, or 0 */
+    int prep_np;             /* the execution's parameters (still in pv/pl/pf) */
+    bool prep_binary;
     bool prep_only;          /* continue the op after PREPARE, send nothing */
     /* Results of a pipeline (pg_pool.c collects them up to the sync). */
     PGresult **pipe;
@@ -89,8 +91,6 @@ struct pg_job {
     bool batch;              /* a job of our own: its req is not a caller's */
     bool conn_lost;
     bool redo;               /* batch member that changed nothing: run it alone */
-    int prep_np;
-    bool prep_binary;
 
     /* Change events to raise with the commit: "account\tmailbox\tmodseq". */
     const char *notes[4];
