@@ -110,6 +110,7 @@ struct pg_conn {
     bool listener;
     bool want_write;
     bool rewake;         /* listener: wake every watch once LISTEN is back */
+    bool warned;         /* this outage has been logged at warn level */
     unsigned backoff_ms;
     uv_timer_t timer;
     pg_job *job;

@@ -327,6 +327,9 @@ int pg_op_mailbox_set_special(pg_job *j)
 
 /* ---- messages ----------------------------------------------------------- */
 
+/* APPEND from a file (a spooled message): read whole on the backend
+ * thread. That blocks only our own loop, for a local read, and the bytes
+ * must be in memory anyway to be bound as the body parameter. */
 static int read_file(pg_job *j, const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -135,9 +135,15 @@ void pg_conn_broken(pg_conn *c, const char *why)
     if (was_up)
         TLOG_WARN("store", "event=pg_conn_lost conn=%s index=%d error=%s", conn_name(c), c->index,
                   tern_log_q(q, sizeof q, clean));
+    else if (!c->warned)
+        /* Once per outage, so that a server refusing us (too many
+         * connections, bad credentials) is visible without flooding. */
+        TLOG_WARN("store", "event=pg_connect_failed conn=%s index=%d error=%s", conn_name(c),
+                  c->index, tern_log_q(q, sizeof q, clean));
     else
         TLOG_DEBUG("store", "event=pg_connect_failed conn=%s index=%d error=%s", conn_name(c),
                    c->index, tern_log_q(q, sizeof q, clean));
+    c->warned = true;
     c->state = PG_C_DOWN;
     pg_job *j = c->job;
     c->job = NULL;
@@ -188,6 +194,7 @@ static void connected(pg_conn *c)
     }
     bool again = c->backoff_ms > 0;
     c->backoff_ms = 0;
+    c->warned = false;
     c->prepared = 0;
     c->state = PG_C_IDLE;
     if (poll_update(c, UV_READABLE) < 0) {
