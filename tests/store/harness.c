@@ -112,6 +112,8 @@ int harness_init(harness *h, const char *backend, const char *dir, const char *d
             snprintf(sql, sizeof(sql), "CREATE DATABASE %s", h->pg_db);
             if (pg_exec(h->pg_base, sql) != 0) {
                 free(c);
+                if (dir == NULL)
+                    rmdir(h->dir);
                 return -1;
             }
         }
