@@ -31,6 +31,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "auth/sasl/sasl.h"
+
 #define TERN_HASH_MATCH 1
 #define TERN_HASH_MISMATCH 0
 #define TERN_HASH_EUNSUPPORTED (-1) /* unknown scheme or malformed value */
@@ -43,17 +45,12 @@
 
 #define TERN_HASH_SCRAM_DEFAULT_ITERATIONS 4096
 #define TERN_HASH_SCRAM_MAX_ITERATIONS 1000000 /* a hostile value must not cost minutes */
-#define TERN_HASH_SCRAM_MAX_SALT 128
+#define TERN_HASH_SCRAM_MAX_SALT TERN_SCRAM_SALT_MAX
 #define TERN_HASH_MAX_PASSWORD 1024
 #define TERN_HASH_MAX 1024 /* longest credential list we write or accept */
 
-typedef struct tern_scram_keys {
-    uint32_t iterations;
-    uint8_t salt[TERN_HASH_SCRAM_MAX_SALT];
-    size_t salt_len;
-    uint8_t stored_key[32];
-    uint8_t server_key[32];
-} tern_scram_keys;
+/* tern_scram_keys comes from the SASL layer (auth/sasl/sasl.h): the keys
+ * this module parses are the ones the SCRAM mechanism consumes. */
 
 /* Calls sodium_init(); idempotent. Returns 0 or -1. */
 int tern_hash_init(void);

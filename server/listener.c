@@ -101,7 +101,8 @@ static void acceptor__poll_cb(uv_poll_t *p, int status, int events)
         }
         tern_config *cfg;
         tern_tls_server *tls;
-        tern_server_snapshot(a->srv, &cfg, &tls);
+        tern_auth *auth;
+        tern_server_snapshot(a->srv, &cfg, &tls, &auth);
         tern_worker *w = a->owner;
         if (w == NULL) {
             w = &a->srv->workers[a->rr % a->nworkers];
@@ -112,6 +113,8 @@ static void acceptor__poll_cb(uv_poll_t *p, int status, int events)
                 tern_config_unref(cfg);
                 if (tls)
                     tern_tls_server_unref(tls);
+                if (auth)
+                    tern_auth_unref(auth);
                 continue;
             }
             m->type = WMSG_CONN;
@@ -119,9 +122,10 @@ static void acceptor__poll_cb(uv_poll_t *p, int status, int events)
             m->name = strdup(a->name);
             m->cfg = cfg;
             m->tls = tls;
+            m->auth = auth;
             tern_worker_post(w, m);
         } else {
-            tern_server_serve(w, fd, a->name, cfg, tls);
+            tern_server_serve(w, fd, a->name, cfg, tls, auth);
         }
     }
 }

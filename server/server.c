@@ -31,11 +31,13 @@ typedef struct reuse_rec {
 
 static reuse_rec *reuse_list;
 
-void tern_server_snapshot(tern_server *srv, tern_config **cfg_r, tern_tls_server **tls_r)
+void tern_server_snapshot(tern_server *srv, tern_config **cfg_r, tern_tls_server **tls_r,
+                          tern_auth **auth_r)
 {
     pthread_mutex_lock(&srv->snap_mu);
     *cfg_r = tern_config_ref(srv->cfg);
     *tls_r = srv->tls ? tern_tls_server_ref(srv->tls) : NULL;
+    *auth_r = srv->auth ? tern_auth_ref(srv->auth) : NULL;
     pthread_mutex_unlock(&srv->snap_mu);
 }
 
@@ -253,6 +255,7 @@ typedef struct reload_req {
     tern_server *srv;
     tern_config *cfg;
     tern_tls_server *tls;
+    tern_auth *auth;
     tern_config_errors errs;
 } reload_req;
 
@@ -267,6 +270,16 @@ static void server__reload_work(uv_work_t *w)
     if (tern_store_seed_domains(r->srv->store, r->cfg, &serr) != 0) {
         tern_config_errors_add(&r->errs, "domains: cannot add to the directory: %s",
                                serr ? serr : "?");
+        free(serr);
+        tern_config_unref(r->cfg);
+        r->cfg = NULL;
+        return;
+    }
+    /* Rebuilding auth re-reads the password file: a broken file fails the
+     * reload and the old one keeps serving. */
+    r->auth = tern_auth_new(r->cfg, r->srv->store, &serr);
+    if (r->auth == NULL) {
+        tern_config_errors_add(&r->errs, "auth: %s", serr ? serr : "cannot set up");
         free(serr);
         tern_config_unref(r->cfg);
         r->cfg = NULL;
@@ -309,14 +322,20 @@ static void server__reload_done(uv_work_t *w, int status)
                  (unsigned long long)srv->cfg->generation);
         goto out;
     }
+    tern_auth_keep_state(r->auth, srv->auth);
     pthread_mutex_lock(&srv->snap_mu);
     tern_config *old_cfg = srv->cfg;
     tern_tls_server *old_tls = srv->tls;
+    tern_auth *old_auth = srv->auth;
     srv->cfg = r->cfg;
     srv->tls = r->tls;
+    srv->auth = r->auth;
     r->cfg = NULL;
     r->tls = NULL;
+    r->auth = NULL;
     pthread_mutex_unlock(&srv->snap_mu);
+    if (old_auth)
+        tern_auth_unref(old_auth);
     if (getenv("TERN_LOG") == NULL)
         tern_log_configure(srv->cfg->server.log_level, NULL);
     srv->max_connections = server__effective_max_connections(srv->cfg, 0);
@@ -331,6 +350,8 @@ out:
         tern_config_unref(r->cfg);
     if (r->tls)
         tern_tls_server_unref(r->tls);
+    if (r->auth)
+        tern_auth_unref(r->auth);
     tern_config_errors_free(&r->errs);
     free(r);
 }
@@ -583,6 +604,12 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         free(err);
         return 1;
     }
+    srv->auth = tern_auth_new(cfg, srv->store, &err);
+    if (srv->auth == NULL) {
+        TLOG_ERR(MOD, "event=auth_setup_failed error=\"%s\"", err ? err : "?");
+        free(err);
+        return 1;
+    }
     size_t live = tern_spool_each(srv->spool, server__log_replayed, NULL);
     TLOG_INFO("spool", "event=opened dir=%s live=%zu", spool_dir, live);
     tern_spool_set_sink(srv->spool, server__spool_sink, srv);
@@ -634,6 +661,8 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         pthread_mutex_destroy(&srv->workers[i].mu);
     }
     tern_spool_close(srv->spool);
+    if (srv->auth)
+        tern_auth_unref(srv->auth);
     tern_store_close(srv->store);
     free(srv->workers);
     tern_limits_free(srv->limits);

@@ -12,6 +12,7 @@
 
 #include "conf/config.h"
 #include "protocols/common/session.h"
+#include "auth/auth.h"
 #include "protocols/common/tls.h"
 #include "server/limits.h"
 #include "storage/queue/spool.h"
@@ -51,6 +52,7 @@ typedef struct wmsg {
     char *key;
     tern_config *cfg;    /* CONN: the snapshot admitted with (a reference) */
     tern_tls_server *tls;
+    tern_auth *auth;
     struct wmsg *next;
 } wmsg;
 
@@ -73,6 +75,7 @@ struct tern_server {
     pthread_mutex_t snap_mu;  /* guards cfg and tls swaps */
     tern_config *cfg;
     tern_tls_server *tls;
+    tern_auth *auth;
     tern_limits *limits;
     tern_spool *spool;
     tern_store *store;
@@ -91,11 +94,12 @@ struct tern_server {
 /* server.c */
 int tern_server_run(const char *config_path, tern_config *cfg);
 /* Takes references to the current snapshot. */
-void tern_server_snapshot(tern_server *srv, tern_config **cfg_r, tern_tls_server **tls_r);
+void tern_server_snapshot(tern_server *srv, tern_config **cfg_r, tern_tls_server **tls_r,
+                          tern_auth **auth_r);
 /* Accepted connection on any thread: admission, then a session (or a
  * refusal) on worker `w`. Takes ownership of fd and the references. */
 void tern_server_serve(tern_worker *w, int fd, const char *listener, tern_config *cfg,
-                       tern_tls_server *tls);
+                       tern_tls_server *tls, tern_auth *auth);
 
 /* listener.c */
 /* Creates and binds a listening socket for listener `lc`; reuseport when

@@ -33,6 +33,8 @@ static void worker__msg_free(wmsg *m)
         tern_config_unref(m->cfg);
     if (m->tls)
         tern_tls_server_unref(m->tls);
+    if (m->auth)
+        tern_auth_unref(m->auth);
     free(m->name);
     free(m->key);
     free(m);
@@ -76,10 +78,11 @@ static void worker__handle(tern_worker *w, wmsg *m)
             worker__msg_free(m);
             return;
         }
-        tern_server_serve(w, m->fd, m->name, m->cfg, m->tls);
+        tern_server_serve(w, m->fd, m->name, m->cfg, m->tls, m->auth);
         m->fd = -1;
         m->cfg = NULL;
         m->tls = NULL;
+        m->auth = NULL;
         break;
     case WMSG_ADD_ACCEPTOR: {
         if (w->draining)
@@ -199,8 +202,18 @@ int tern_worker_start(tern_worker *w)
     return r;
 }
 
+static void serve__drop(int fd, tern_config *cfg, tern_tls_server *tls, tern_auth *auth)
+{
+    close(fd);
+    tern_config_unref(cfg);
+    if (tls)
+        tern_tls_server_unref(tls);
+    if (auth)
+        tern_auth_unref(auth);
+}
+
 void tern_server_serve(tern_worker *w, int fd, const char *listener, tern_config *cfg,
-                       tern_tls_server *tls)
+                       tern_tls_server *tls, tern_auth *auth)
 {
     size_t li = cfg->n_listeners;
     for (size_t i = 0; i < cfg->n_listeners; i++)
@@ -212,10 +225,7 @@ void tern_server_serve(tern_worker *w, int fd, const char *listener, tern_config
     socklen_t pl = sizeof(peer);
     if (li == cfg->n_listeners || w->draining ||
         getpeername(fd, (struct sockaddr *)&peer, &pl) != 0) {
-        close(fd);
-        tern_config_unref(cfg);
-        if (tls)
-            tern_tls_server_unref(tls);
+        serve__drop(fd, cfg, tls, auth);
         return;
     }
     tern_admit adm = tern_limits_admit(w->srv->limits, (struct sockaddr *)&peer, tern_now_ms());
@@ -233,13 +243,10 @@ void tern_server_serve(tern_worker *w, int fd, const char *listener, tern_config
             ssize_t wr = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL);
             (void)wr;
         }
-        close(fd);
-        tern_config_unref(cfg);
-        if (tls)
-            tern_tls_server_unref(tls);
+        serve__drop(fd, cfg, tls, auth);
         return;
     }
-    tern_session_args args = {.cfg = cfg, .tls = tls, .listener = li, .fd = fd};
+    tern_session_args args = {.cfg = cfg, .tls = tls, .auth = auth, .listener = li, .fd = fd};
     memcpy(&args.peer, &peer, sizeof(peer));
     int r = tern_smtp_session_start(&w->host, &args);
     if (r < 0) {

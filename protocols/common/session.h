@@ -56,6 +56,7 @@ struct tern_session_host {
 typedef struct tern_session_args {
     tern_config *cfg;        /* a reference the session takes over */
     tern_tls_server *tls;    /* a reference the session takes over (may be NULL) */
+    struct tern_auth *auth;  /* a reference the session takes over (may be NULL) */
     size_t listener;         /* index into cfg->listeners */
     int fd;                  /* accepted socket, ownership passes */
     struct sockaddr_storage peer; /* as admitted (for per-IP accounting) */

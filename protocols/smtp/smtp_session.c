@@ -7,6 +7,7 @@
  * Input: the client's bytes (untrusted), the config snapshot (validated). */
 #include "protocols/smtp/smtp_session.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,11 +20,15 @@
 #include "lib/arena.h"
 #include "lib/log.h"
 #include "lib/net.h"
+#include "auth/auth.h"
+#include "auth/sasl/sasl.h"
+#include "lib/base64.h"
 #include "protocols/smtp/smtp_parser.h"
 
 #define MOD "smtp"
 #define OUT_HIGH_WATER (64 * 1024) /* stop parsing while this much is unsent */
 #define DATA_CHUNK 8192            /* DATA input handled per step */
+#define AUTH_LINE_MAX 12288        /* RFC 4954 4: SASL responses up to 12288 octets */
 
 typedef enum {
     ST_HANDSHAKE = 1 << 0, /* implicit TLS: before the greeting */
@@ -35,6 +40,7 @@ typedef enum {
     ST_BDAT = 1 << 6,      /* reading a BDAT chunk */
     ST_SUBMIT = 1 << 7,    /* waiting for the spool */
     ST_CLOSED = 1 << 8,
+    ST_AUTH = 1 << 9,      /* a SASL exchange: lines are responses, not commands */
 } smtp_state;
 
 #define ST_ANY (ST_INIT | ST_READY | ST_MAIL | ST_RCPT)
@@ -82,6 +88,15 @@ typedef struct smtp_session {
     bool conn_closed;     /* on_close fired; free once async work is done */
     bool lookup_pending;  /* a recipient lookup is out: parse nothing */
     bool body_writing;    /* a body append is on the disk: take no more input */
+    /* SMTP AUTH (RFC 4954) */
+    tern_auth *auth;      /* the snapshot's auth, or NULL */
+    tern_auth_client *auth_client; /* created at the first AUTH */
+    tern_sasl *sasl;      /* the exchange in progress */
+    char *auth_line;      /* AUTH_LINE_MAX line buffer while in ST_AUTH */
+    char *auth_user;      /* the authenticated account */
+    char auth_mech[24];
+    bool auth_pending;    /* an auth/ request is out */
+    uv_timer_t *delay_timer; /* holds a failure reply back (brute force) */
     unsigned pending;     /* async operations that hold a pointer to us */
     unsigned errors;
     unsigned messages;
@@ -154,6 +169,8 @@ static void smtp__goodbye(smtp_session *s, const char *line)
 
 static void smtp__maybe_free(smtp_session *s);
 
+static int smtp__auth_mechs(const struct smtp_session *s, char *buf, size_t size);
+
 /* Input resumes only here, once nothing the session waits for is
  * outstanding: the pause reasons (recipient lookup, body write, spool
  * submit, unsent replies) overlap, and whoever finishes first must not
@@ -200,7 +217,9 @@ static void cmd_ehlo(smtp_session *s, const tern_smtp_cmd *cmd)
         return;
     }
     /* One write for the whole multi-line reply: it is one packet. */
-    char buf[512];
+    char mechs[256];
+    smtp__auth_mechs(s, mechs, sizeof(mechs));
+    char buf[800];
     int len = snprintf(buf, sizeof(buf),
                        "250-%s Hello %s [%s]\r\n"
                        "250-PIPELINING\r\n"
@@ -209,13 +228,14 @@ static void cmd_ehlo(smtp_session *s, const tern_smtp_cmd *cmd)
                        "250-SMTPUTF8\r\n"
                        "250-ENHANCEDSTATUSCODES\r\n"
                        "250-CHUNKING\r\n"
-                       "%s"
+                       "%s%s%s%s"
                        "250 DSN\r\n",
                        s->cfg->server.hostname, s->helo, s->conn.peer_ip,
                        (unsigned long long)s->max_size,
                        s->lc->tls == TERN_TLS_STARTTLS && !tern_conn_is_tls(&s->conn) && s->tls
                            ? "250-STARTTLS\r\n"
-                           : "");
+                           : "",
+                       mechs[0] ? "250-AUTH " : "", mechs, mechs[0] ? "\r\n" : "");
     tern_conn_write(&s->conn, buf, (size_t)len);
 }
 
@@ -236,7 +256,7 @@ static void smtp__tx_reset(smtp_session *s)
 
 static bool smtp__may_relay(const smtp_session *s)
 {
-    return s->relay_client;
+    return s->relay_client || s->auth_user != NULL;
 }
 
 static void cmd_mail(smtp_session *s, const tern_smtp_cmd *cmd)
@@ -753,12 +773,14 @@ static void cmd_bdat(smtp_session *s, const tern_smtp_cmd *cmd)
 
 static const char *smtp__with(const smtp_session *s)
 {
+    /* RFC 3848 and RFC 6531 7.9: S for TLS, A for authenticated. */
     bool tls = tern_conn_is_tls(&s->conn);
+    bool a = s->auth_user != NULL;
     if (s->tx.mail.smtputf8)
-        return tls ? "UTF8SMTPS" : "UTF8SMTP";
+        return tls ? (a ? "UTF8SMTPSA" : "UTF8SMTPS") : (a ? "UTF8SMTPA" : "UTF8SMTP");
     if (!s->esmtp)
         return "SMTP";
-    return tls ? "ESMTPS" : "ESMTP";
+    return tls ? (a ? "ESMTPSA" : "ESMTPS") : (a ? "ESMTPA" : "ESMTP");
 }
 
 static size_t smtp__received(smtp_session *s, char *buf, size_t size)
@@ -873,6 +895,7 @@ static void smtp__end_of_message(smtp_session *s)
     env.body = tx->mail.body == 1 ? TERN_BODY_8BITMIME : TERN_BODY_7BIT;
     env.smtputf8 = tx->mail.smtputf8;
     env.helo = s->helo;
+    env.auth_user = s->auth_user;
     env.client_addr = s->conn.peer_ip;
     env.session_id = s->base.id;
     env.listener = s->lc->name;
@@ -896,6 +919,363 @@ static void smtp__end_of_message(smtp_session *s)
     tern_conn_set_timeout(&s->conn, s->cfg->smtp.data_done_timeout_ms);
 }
 
+/* --- AUTH (RFC 4954) ---------------------------------------------------- */
+
+/* What the session may offer: the backends' capabilities, plaintext
+ * mechanisms only over TLS (or allow_plaintext_auth), nothing once
+ * authenticated. CRAM-MD5 is not offered: auth/ gives its stored secret as
+ * an HMAC context that the SASL layer cannot take yet. */
+static int smtp__auth_mechs(const struct smtp_session *s, char *buf, size_t size)
+{
+    buf[0] = '\0';
+    if (!s->lc->auth || s->auth == NULL || s->auth_user != NULL)
+        return 0;
+    /* No mechanism at all before TLS (unless the listener allows it): even
+     * SCRAM, which hides the password, would show the user name and then
+     * the mail itself in the clear (RFC 8314). */
+    if (!tern_conn_is_tls(&s->conn) && !s->lc->allow_plaintext_auth)
+        return 0;
+    unsigned caps = 0, ac = tern_auth_capabilities(s->auth);
+    if (ac & TERN_AUTH_CAP_PASSWORD)
+        caps |= TERN_SASL_CAP_PASSWORD;
+    if (ac & TERN_AUTH_CAP_SCRAM_SHA_256)
+        caps |= TERN_SASL_CAP_SCRAM;
+    return tern_sasl_mechanisms(caps, tern_conn_is_tls(&s->conn), s->lc->allow_plaintext_auth,
+                                false, buf, size);
+}
+
+static bool smtp__mech_offered(const smtp_session *s, const char *mech)
+{
+    char list[256];
+    if (smtp__auth_mechs(s, list, sizeof(list)) <= 0)
+        return false;
+    size_t n = strlen(mech);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ' ');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == n && strncasecmp(p, mech, n) == 0)
+            return true;
+        p += l;
+        if (*p == ' ')
+            p++;
+    }
+    return false;
+}
+
+static void smtp__auth_end(smtp_session *s)
+{
+    tern_sasl_free(s->sasl);
+    s->sasl = NULL;
+    if (s->state == ST_AUTH)
+        s->state = ST_READY;
+    tern_smtp_line_init(&s->lr, s->linebuf, s->cfg->smtp.max_command_line);
+    free(s->auth_line);
+    s->auth_line = NULL;
+}
+
+typedef struct auth_delay {
+    smtp_session *s;
+    char reply[128];
+} auth_delay;
+
+static void smtp__delay_closed(uv_handle_t *h)
+{
+    smtp_session *s = h->data;
+    free(h);
+    s->pending--;
+    smtp__maybe_free(s);
+}
+
+static void smtp__delay_fired(uv_timer_t *t)
+{
+    smtp_session *s = t->data;
+    auth_delay *d = (auth_delay *)(t + 1);
+    s->delay_timer = NULL;
+    uv_close((uv_handle_t *)t, smtp__delay_closed);
+    if (s->conn_closed || s->state == ST_CLOSED)
+        return;
+    smtp__reply(s, "%s", d->reply);
+    smtp__continue(s);
+}
+
+/* A failed exchange answers late, by the limiter's delay, so guessing
+ * passwords over one connection is slow; input waits meanwhile. */
+static void smtp__auth_fail(smtp_session *s, uint64_t delay_ms, const char *reply)
+{
+    smtp__auth_end(s);
+    s->errors++;
+    if (delay_ms == 0) {
+        smtp__reply(s, "%s", reply);
+        return;
+    }
+    uv_timer_t *t = malloc(sizeof(uv_timer_t) + sizeof(auth_delay));
+    if (t == NULL || uv_timer_init(s->base.host->loop, t) != 0) {
+        free(t);
+        smtp__reply(s, "%s", reply);
+        return;
+    }
+    auth_delay *d = (auth_delay *)(t + 1);
+    snprintf(d->reply, sizeof(d->reply), "%s", reply);
+    t->data = s;
+    s->delay_timer = t;
+    s->pending++;
+    tern_conn_pause(&s->conn);
+    uv_timer_start(t, smtp__delay_fired, delay_ms, 0);
+}
+
+static void smtp__sasl_result(smtp_session *s, tern_sasl_result *r);
+
+static void smtp__auth_done(tern_auth_req *q)
+{
+    smtp_session *s = q->data;
+    s->pending--;
+    s->auth_pending = false;
+    if (s->conn_closed || s->sasl == NULL) {
+        tern_auth_req_free(q);
+        smtp__maybe_free(s);
+        return;
+    }
+    tern_sasl_result r;
+    const char *ip = s->conn.peer_ip;
+    switch (q->op) {
+    case TERN_AUTH_VERIFY_PASSWORD:
+        if (q->status == TERN_AUTH_OK) {
+            tern_sasl_verified(s->sasl, true, q->out.account, &r);
+        } else if (q->status == TERN_AUTH_EFAIL) {
+            uint64_t delay = q->out.delay_ms;
+            tern_auth_req_free(q);
+            TLOG_WARN(MOD, "event=auth_failed session=%s ip=%s mech=%s reason=bad_credentials",
+                      s->base.id, ip, s->auth_mech);
+            smtp__auth_fail(s, delay, "535 5.7.8 Authentication credentials invalid");
+            smtp__continue(s);
+            return;
+        } else {
+            TLOG_WARN(MOD, "event=auth_failed session=%s ip=%s mech=%s reason=%s error=\"%s\"",
+                      s->base.id, ip, s->auth_mech, tern_auth_strerror(q->status), q->error);
+            tern_auth_req_free(q);
+            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+            smtp__continue(s);
+            return;
+        }
+        break;
+    case TERN_AUTH_GET_SCRAM_KEYS:
+        if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_ENOTFOUND ||
+            q->status == TERN_AUTH_EUNAVAIL) {
+            /* Unknown users come back with stable fake keys: the exchange
+             * runs to its end and fails there, telling nothing. */
+            tern_sasl_scram_keys(s->sasl, &q->out.scram,
+                                 q->status == TERN_AUTH_OK ? q->out.account : NULL, &r);
+        } else {
+            tern_auth_req_free(q);
+            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+            smtp__continue(s);
+            return;
+        }
+        break;
+    default:
+        tern_auth_req_free(q);
+        smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+        smtp__continue(s);
+        return;
+    }
+    smtp__sasl_result(s, &r);
+    tern_auth_req_free(q);
+    smtp__continue(s);
+}
+
+static void smtp__auth_ask(smtp_session *s, tern_auth_op op, const tern_sasl_result *r)
+{
+    if (s->auth_client == NULL)
+        s->auth_client = tern_auth_client_new(s->auth, s->base.host->loop);
+    tern_auth_req *q = s->auth_client ? tern_auth_req_new(op, smtp__auth_done, s) : NULL;
+    if (q == NULL) {
+        smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+        return;
+    }
+    q->in.service = "smtp";
+    q->in.user = r->authcid;
+    q->in.password = (const char *)r->password;
+    q->in.password_len = r->password_len;
+    q->in.remote_ip = s->conn.peer_ip;
+    int rc = tern_auth_submit(s->auth_client, q);
+    if (rc != 0) {
+        tern_auth_req_free(q);
+        /* EINVAL: a name or password past auth/'s bounds: no account can
+         * have it, so it is a wrong credential, not a server problem. */
+        smtp__auth_fail(s, 0, rc == TERN_AUTH_EINVAL ? "535 5.7.8 Authentication credentials invalid"
+                                                     : "454 4.7.0 Temporary authentication failure");
+        return;
+    }
+    s->pending++;
+    s->auth_pending = true;
+    tern_conn_pause(&s->conn);
+}
+
+static void smtp__sasl_result(smtp_session *s, tern_sasl_result *r)
+{
+    const char *ip = s->conn.peer_ip;
+    switch (r->status) {
+    case TERN_SASL_CHALLENGE: {
+        size_t cap = (r->data_len + 2) / 3 * 4 + 1;
+        char *b64 = malloc(cap);
+        if (b64 == NULL || tern_base64_encode(r->data, r->data_len, b64, cap) < 0) {
+            free(b64);
+            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+            return;
+        }
+        tern_conn_printf(&s->conn, "334 %s\r\n", b64);
+        free(b64);
+        return;
+    }
+    case TERN_SASL_NEED_VERIFY_PASSWORD:
+        smtp__auth_ask(s, TERN_AUTH_VERIFY_PASSWORD, r);
+        return;
+    case TERN_SASL_NEED_SCRAM_KEYS:
+        if (tern_auth_limiter_check(s->auth, ip, r->authcid, tern_now_ms()) != 0) {
+            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+            return;
+        }
+        smtp__auth_ask(s, TERN_AUTH_GET_SCRAM_KEYS, r);
+        return;
+    case TERN_SASL_SUCCESS:
+        free(s->auth_user);
+        s->auth_user = strdup(r->account ? r->account : "");
+        if (strcasecmp(s->auth_mech, "SCRAM-SHA-256") == 0)
+            tern_auth_limiter_success(s->auth, ip, s->auth_user);
+        TLOG_INFO(MOD, "event=auth session=%s ip=%s mech=%s account=%s", s->base.id, ip,
+                  s->auth_mech, s->auth_user ? s->auth_user : "?");
+        smtp__auth_end(s);
+        smtp__reply(s, "235 2.7.0 Authentication successful");
+        return;
+    case TERN_SASL_FAIL: {
+        char q[300];
+        TLOG_WARN(MOD, "event=auth_failed session=%s ip=%s mech=%s user=%s reason=%s", s->base.id,
+                  ip, s->auth_mech, tern_log_q(q, sizeof(q), r->authcid),
+                  tern_sasl_error_name(r->error));
+        if (r->error == TERN_SASL_EABORTED) {
+            smtp__auth_fail(s, 0, "501 5.0.0 Authentication aborted");
+        } else if (r->error == TERN_SASL_EMALFORMED || r->error == TERN_SASL_ETOOLONG) {
+            smtp__auth_fail(s, 0, "501 5.5.2 Cannot decode the response");
+        } else {
+            uint64_t delay = 0;
+            if (strcasecmp(s->auth_mech, "SCRAM-SHA-256") == 0)
+                delay = tern_auth_limiter_failure(s->auth, ip, r->authcid && r->authcid[0]
+                                                                   ? r->authcid : NULL,
+                                                  tern_now_ms());
+            smtp__auth_fail(s, delay, "535 5.7.8 Authentication credentials invalid");
+        }
+        return;
+    }
+    default:
+        /* Tokens and certificates have no backend yet; never offered. */
+        smtp__auth_fail(s, 0, "535 5.7.8 Authentication credentials invalid");
+        return;
+    }
+}
+
+/* One client line while in ST_AUTH: base64, "*", or "" (empty). */
+static void smtp__auth_response(smtp_session *s, const char *line, size_t len)
+{
+    uint8_t *dec = malloc(AUTH_LINE_MAX);
+    size_t n = 0;
+    if (dec == NULL) {
+        smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+        return;
+    }
+    tern_sasl_result r;
+    switch (tern_sasl_decode_response(line, len, false, dec, AUTH_LINE_MAX, &n)) {
+    case TERN_SASL_RESP_OK:
+        tern_sasl_step(s->sasl, dec, n, &r);
+        smtp__sasl_result(s, &r);
+        break;
+    case TERN_SASL_RESP_ABORT:
+        tern_sasl_abort(s->sasl, &r);
+        smtp__sasl_result(s, &r);
+        break;
+    default:
+        smtp__auth_fail(s, 0, "501 5.5.2 Cannot decode the response");
+        break;
+    }
+    free(dec);
+}
+
+static void cmd_auth(smtp_session *s, const tern_smtp_cmd *cmd)
+{
+    if (s->state == ST_INIT) {
+        smtp__reply(s, "503 5.5.1 Send EHLO first");
+        smtp__error(s);
+        return;
+    }
+    if (s->auth_user) {
+        smtp__reply(s, "503 5.5.1 Already authenticated");
+        smtp__error(s);
+        return;
+    }
+    tern_smtp_slice mech, initial;
+    if (tern_smtp_parse_auth(cmd->args.p, cmd->args.len, &mech, &initial) != 0 ||
+        mech.len >= sizeof(s->auth_mech)) {
+        smtp__reply(s, "501 5.5.4 Syntax: AUTH mechanism [initial-response]");
+        smtp__error(s);
+        return;
+    }
+    memcpy(s->auth_mech, mech.p, mech.len);
+    s->auth_mech[mech.len] = '\0';
+    for (char *p = s->auth_mech; *p; p++)
+        *p = (char)toupper((unsigned char)*p);
+    if (!smtp__mech_offered(s, s->auth_mech)) {
+        bool any = s->lc->auth && s->auth != NULL;
+        smtp__reply(s, any && !tern_conn_is_tls(&s->conn) && !s->lc->allow_plaintext_auth
+                           ? "538 5.7.11 Encryption required for requested authentication mechanism"
+                           : "504 5.5.4 Unrecognized authentication type");
+        smtp__error(s);
+        return;
+    }
+    if (tern_auth_limiter_check(s->auth, s->conn.peer_ip, NULL, tern_now_ms()) != 0) {
+        TLOG_WARN(MOD, "event=auth_refused session=%s ip=%s reason=lockout", s->base.id,
+                  s->conn.peer_ip);
+        smtp__reply(s, "454 4.7.0 Temporary authentication failure, try again later");
+        return;
+    }
+    tern_sasl_params sp = {
+        .service = "smtp",
+        .hostname = s->cfg->server.hostname,
+        .success_data = false, /* SMTP has no data with 235: SCRAM's v= comes as a 334 */
+    };
+    s->sasl = tern_sasl_new(s->auth_mech, &sp);
+    s->auth_line = malloc(AUTH_LINE_MAX);
+    if (s->sasl == NULL || s->auth_line == NULL) {
+        smtp__auth_end(s);
+        smtp__reply(s, "454 4.7.0 Temporary authentication failure");
+        return;
+    }
+    s->state = ST_AUTH;
+    /* Responses may be far longer than a command line. The reader holds no
+     * partial line here: it has just returned the AUTH line. */
+    tern_smtp_line_init(&s->lr, s->auth_line, AUTH_LINE_MAX);
+    tern_sasl_result r;
+    if (initial.len == 0) {
+        tern_sasl_step(s->sasl, NULL, 0, &r);
+        smtp__sasl_result(s, &r);
+        return;
+    }
+    uint8_t *dec = malloc(AUTH_LINE_MAX);
+    size_t n = 0;
+    if (dec == NULL) {
+        smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+        return;
+    }
+    tern_sasl_resp rr = tern_sasl_decode_response(initial.p, initial.len, true, dec, AUTH_LINE_MAX, &n);
+    if (rr == TERN_SASL_RESP_OK) {
+        tern_sasl_step(s->sasl, dec, n, &r);
+        smtp__sasl_result(s, &r);
+    } else if (rr == TERN_SASL_RESP_ABORT) {
+        smtp__auth_fail(s, 0, "501 5.0.0 Authentication aborted");
+    } else {
+        smtp__auth_fail(s, 0, "501 5.5.2 Cannot decode the initial response");
+    }
+    free(dec);
+}
+
 /* --- command dispatch ------------------------------------------------- */
 
 static const smtp_cmd_def smtp_commands[] = {
@@ -912,6 +1292,7 @@ static const smtp_cmd_def smtp_commands[] = {
     {TERN_SMTP_CMD_EXPN, ST_ANY, cmd_expn},
     {TERN_SMTP_CMD_HELP, ST_ANY, cmd_help},
     {TERN_SMTP_CMD_STARTTLS, ST_INIT | ST_READY, cmd_starttls},
+    {TERN_SMTP_CMD_AUTH, ST_INIT | ST_READY, cmd_auth},
 };
 
 static void smtp__dispatch(smtp_session *s, const tern_smtp_cmd *cmd)
@@ -929,9 +1310,7 @@ static void smtp__dispatch(smtp_session *s, const tern_smtp_cmd *cmd)
         d->handler(s, cmd);
         return;
     }
-    if (cmd->verb == TERN_SMTP_CMD_AUTH) {
-        smtp__reply(s, "502 5.5.1 AUTH not available");
-    } else {
+    {
         char q[80];
         TLOG_DEBUG(MOD, "event=unknown_command session=%s name=%s", s->base.id,
                    tern_log_q(q, sizeof(q), cmd->name.len < 32 ? cmd->name.p : ""));
@@ -968,6 +1347,13 @@ static void smtp__process(smtp_session *s)
         tern_smtp_line_status st;
         size_t used = tern_smtp_line_feed(&s->lr, in, len, &cmd, &st);
         tern_conn_consume(&s->conn, used);
+        if (s->state == ST_AUTH && st != TERN_SMTP_LINE_MORE) {
+            if (st == TERN_SMTP_LINE_OK && cmd.args.len == 0)
+                smtp__auth_response(s, cmd.name.p, cmd.name.len);
+            else
+                smtp__auth_fail(s, 0, "501 5.5.2 Cannot decode the response");
+            continue;
+        }
         switch (st) {
         case TERN_SMTP_LINE_MORE:
             break;
@@ -1009,6 +1395,8 @@ static void smtp__on_tls(tern_conn *c)
     /* RFC 3207 4.2: forget everything learnt before TLS. */
     s->helo[0] = '\0';
     s->esmtp = false;
+    free(s->auth_user);
+    s->auth_user = NULL;
     smtp__tx_reset(s);
     s->state = ST_INIT;
     tern_conn_set_timeout(&s->conn, smtp__command_timeout(s));
@@ -1051,13 +1439,20 @@ static void smtp__on_drain(tern_conn *c)
 static void smtp__continue(smtp_session *s)
 {
     if (s->state == ST_CLOSED || s->state == ST_SUBMIT || s->lookup_pending || s->body_writing ||
-        s->conn_closed)
+        s->auth_pending || s->delay_timer != NULL || s->conn_closed)
         return;
     tern_conn_resume(&s->conn);
 }
 
 static void smtp__free(smtp_session *s)
 {
+    tern_sasl_free(s->sasl);
+    free(s->auth_line);
+    free(s->auth_user);
+    if (s->auth_client)
+        tern_auth_client_close(s->auth_client);
+    if (s->auth)
+        tern_auth_unref(s->auth);
     smtp__tx_reset(s);
     tern_arena_free(&s->tx.arena);
     tern_config_unref(s->cfg);
@@ -1081,6 +1476,11 @@ static void smtp__on_close(tern_conn *c)
               (unsigned long long)c->bytes_out, (unsigned long long)(tern_now_ms() - s->started_ms));
     s->conn_closed = true;
     s->state = ST_CLOSED;
+    if (s->delay_timer) {
+        uv_timer_stop(s->delay_timer);
+        uv_close((uv_handle_t *)s->delay_timer, smtp__delay_closed);
+        s->delay_timer = NULL;
+    }
     tern_session_unlink(&s->base);
     smtp__maybe_free(s);
 }
@@ -1135,12 +1535,15 @@ int tern_smtp_session_start(tern_session_host *h, tern_session_args *a)
         tern_config_unref(a->cfg);
         if (a->tls)
             tern_tls_server_unref(a->tls);
+        if (a->auth)
+            tern_auth_unref(a->auth);
         return UV_ENOMEM;
     }
     s->base.ops = &smtp_session_ops;
     tern_uuid(s->base.id);
     s->cfg = a->cfg;
     s->tls = a->tls;
+    s->auth = a->auth;
     s->li = a->listener;
     s->lc = &cfg->listeners[a->listener];
     s->linebuf = linebuf;

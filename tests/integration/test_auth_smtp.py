@@ -1,0 +1,206 @@
+"""SMTP AUTH (RFC 4954) on submission listeners, driven by real clients:
+smtplib's PLAIN and LOGIN, swaks, and a SCRAM-SHA-256 client written here
+from RFC 5802. Covers what is advertised where (never plaintext mechanisms
+before TLS), relaying after AUTH, failures that say nothing about the user,
+the limiter's delay, aborts, and the Received header's ESMTPSA."""
+
+import base64
+import hashlib
+import hmac
+import os
+import smtplib
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from conftest import TERNCTL, make_message, client_context
+
+
+def ctl(t, *args, stdin=None):
+    p = subprocess.run([str(TERNCTL), "-c", str(t.conf_path), *args], input=stdin,
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p
+
+
+@pytest.fixture
+def authed(tern_factory):
+    t = tern_factory({"auth": {"failure_delay": "200ms", "max_delay": "1s"},
+                      "auth_internal": {"scram": True}}, start=False)
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test", "--password-stdin", stdin=b"correct horse\n")
+    t.start()
+    return t
+
+
+def smtplib_tls(t, name="submission"):
+    s = smtplib.SMTP("127.0.0.1", t.port(name), timeout=20)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s.starttls(context=ctx)
+    s.ehlo()
+    return s
+
+
+def test_no_auth_before_tls(authed):
+    c = authed.connect("submission")
+    r = c.ehlo()
+    assert not any(ln.upper().startswith("AUTH") for ln in r.lines), r
+    r = c.cmd("AUTH PLAIN " + base64.b64encode(b"\0alice@example.test\0correct horse").decode())
+    assert r.code == 538 and r.enhanced == "5.7.11", r
+    c.starttls(client_context())
+    r = c.ehlo()
+    auth = [ln for ln in r.lines if ln.upper().startswith("AUTH ")]
+    assert auth and "PLAIN" in auth[0] and "LOGIN" in auth[0] and "SCRAM-SHA-256" in auth[0], r
+
+
+def test_mx_listener_offers_no_auth(authed):
+    c = authed.connect("mx")
+    c.starttls(client_context())
+    r = c.ehlo()
+    assert not any(ln.upper().startswith("AUTH") for ln in r.lines), r
+
+
+@pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
+def test_smtplib_login_then_relay(authed, mech):
+    s = smtplib_tls(authed)
+    s.user, s.password = "alice@example.test", "correct horse"
+    code, _ = s.auth(mech, getattr(s, "auth_" + mech.lower()))
+    assert code == 235
+    # Authenticated: relaying to a foreign domain is allowed on submission.
+    refused = s.sendmail("alice@example.test", ["friend@elsewhere.example"],
+                         make_message(subject=f"via {mech}"))
+    assert refused == {}
+    s.quit()
+    log = authed.log()
+    assert f"event=auth " in log and f"mech={mech}" in log and "account=alice@example.test" in log
+    qid = [ln for ln in log.splitlines() if "event=queued" in ln][-1].split("qid=")[1].split()[0]
+    show = authed.spool_show(qid).decode("utf-8", "replace")
+    assert "with ESMTPSA" in show, show
+    assert "auth_user: alice@example.test" in show, show
+
+
+def test_wrong_password_and_unknown_user_look_the_same(authed):
+    replies = []
+    for user, pw in (("alice@example.test", "Wr0ng-Pa55"), ("nobody@example.test", "Wr0ng-Pa55")):
+        s = smtplib_tls(authed)
+        t0 = time.monotonic()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+            s.login(user, pw)
+        replies.append((e.value.smtp_code, e.value.smtp_error))
+        # The limiter holds a failure's answer back.
+        assert time.monotonic() - t0 >= 0.15
+        s.close()
+    assert replies[0] == replies[1] == (535, b"5.7.8 Authentication credentials invalid"), replies
+    assert "Wr0ng-Pa55" not in authed.log()             # passwords are never logged
+    assert base64.b64encode(b"Wr0ng-Pa55").decode() not in authed.log()
+
+
+def test_mail_needs_auth_on_submission(authed):
+    c = authed.connect("submission")
+    c.starttls(client_context())
+    c.ehlo()
+    r = c.cmd("MAIL FROM:<alice@example.test>")
+    assert r.code == 530 and r.enhanced == "5.7.0", r
+
+
+def test_abort_and_bad_base64(authed):
+    c = authed.connect("submission")
+    c.starttls(client_context())
+    c.ehlo()
+    r = c.cmd("AUTH LOGIN")
+    assert r.code == 334, r
+    r = c.cmd("*")
+    assert r.code == 501, r
+    r = c.cmd("AUTH PLAIN !!!notbase64")
+    assert r.code == 501, r
+    r = c.cmd("AUTH CRAM-MD5")
+    assert r.code == 504, r                       # not offered: never served
+    r = c.cmd("AUTH PLAIN")
+    assert r.code == 334 and r.text.strip() == "", r
+    r = c.cmd(base64.b64encode(b"\0alice@example.test\0correct horse").decode())
+    assert r.code == 235, r
+    r = c.cmd("AUTH PLAIN")
+    assert r.code == 503, r                       # already authenticated
+
+
+def test_long_response_line(authed):
+    """Responses may exceed the 512-octet command limit (RFC 4954: 12288)."""
+    c = authed.connect("submission")
+    c.starttls(client_context())
+    c.ehlo()
+    assert c.cmd("AUTH PLAIN").code == 334
+    blob = base64.b64encode(b"\0alice@example.test\0" + b"x" * 3000).decode()
+    r = c.cmd(blob)
+    assert r.code == 535, r
+    assert c.cmd("NOOP").code == 250
+
+
+def _scram(c, user, password, tamper=False):
+    nonce = base64.b64encode(os.urandom(18)).decode()
+    first_bare = f"n={user},r={nonce}"
+    r = c.cmd("AUTH SCRAM-SHA-256 " + base64.b64encode(("n,," + first_bare).encode()).decode())
+    assert r.code == 334, r
+    server_first = base64.b64decode(r.text.strip()).decode()
+    attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+    assert attrs["r"].startswith(nonce)
+    salt = base64.b64decode(attrs["s"])
+    it = int(attrs["i"])
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, it)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored = hashlib.sha256(client_key).digest()
+    final_bare = "c=biws,r=" + attrs["r"]
+    auth_msg = ",".join([first_bare, server_first, final_bare]).encode()
+    sig = hmac.new(stored, auth_msg, "sha256").digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, sig))
+    if tamper:
+        proof = bytes([proof[0] ^ 1]) + proof[1:]
+    r = c.cmd(base64.b64encode(
+        (final_bare + ",p=" + base64.b64encode(proof).decode()).encode()).decode())
+    if r.code != 334:
+        return r, None
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    expect = base64.b64encode(hmac.new(server_key, auth_msg, "sha256").digest()).decode()
+    v = base64.b64decode(r.text.strip()).decode()
+    r2 = c.cmd("")
+    return r2, v == "v=" + expect
+
+
+def test_scram_sha_256(authed):
+    c = authed.connect("submission")
+    c.starttls(client_context())
+    c.ehlo()
+    r, server_ok = _scram(c, "alice@example.test", "correct horse")
+    assert r.code == 235, r
+    assert server_ok, "the server's signature did not verify"
+    assert c.cmd("MAIL FROM:<alice@example.test>").code == 250
+
+
+def test_scram_wrong_password_and_unknown_user(authed):
+    for user, pw in (("alice@example.test", "nope"), ("ghost@example.test", "nope")):
+        c = authed.connect("submission")
+        c.starttls(client_context())
+        c.ehlo()
+        r, _ = _scram(c, user, pw)
+        assert r.code == 535, (user, r)
+
+
+def test_swaks_auth(authed):
+    p = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(authed.port("submission")),
+                        "--tls", "--auth", "LOGIN", "--auth-user", "alice@example.test",
+                        "--auth-password", "correct horse", "--from", "alice@example.test",
+                        "--to", "someone@elsewhere.example"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "235 2.7.0" in p.stdout and "queued as" in p.stdout, p.stdout
+
+
+def test_implicit_tls_auth(authed):
+    s = smtplib.SMTP_SSL("127.0.0.1", authed.port("submissions"), timeout=20,
+                         context=client_context())
+    s.login("alice@example.test", "correct horse")
+    assert s.sendmail("alice@example.test", ["x@elsewhere.example"], make_message()) == {}
+    s.quit()
