@@ -47,7 +47,8 @@
 #define TERN_STORE_ETOOOLD    (-7)  /* changes asked since a modseq past retention */
 #define TERN_STORE_ETEMP      (-8)  /* backend unavailable: retry later (db down, disk full) */
 #define TERN_STORE_EIO        (-9)  /* backend failed: see req->error */
-#define TERN_STORE_EFORBIDDEN (-10) /* e.g. delete or rename INBOX */
+#define TERN_STORE_EFORBIDDEN (-10) /* e.g. delete INBOX (renaming INBOX moves its messages to
+                                       the new name and leaves INBOX empty, RFC 9051 6.3.6) */
 
 const char *tern_store_strerror(int status);
 
@@ -337,7 +338,10 @@ int tern_store_run_sync(tern_store *s, tern_store_req *r);
 /* A subscriber (an IDLE session, a JMAP push stream) is told, on its loop,
  * that a mailbox of an account changed. mailbox_id 0 in a subscription
  * means "any mailbox of the account". With PostgreSQL this crosses
- * processes (LISTEN/NOTIFY): a delivery on another node wakes the session. */
+ * processes (LISTEN/NOTIFY): a delivery on another node wakes the session.
+ * An event with mailbox_id 0 means "something of this account may have
+ * changed" (pg sends it after its LISTEN connection comes back, since
+ * notifications in between are lost): every watch of the account gets it. */
 typedef struct tern_store_watch tern_store_watch;
 typedef void (*tern_store_event_cb)(void *data, const char *account, uint64_t mailbox_id,
                                     uint64_t modseq);

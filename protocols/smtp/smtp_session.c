@@ -179,6 +179,8 @@ static void smtp__continue(smtp_session *s);
 
 typedef enum { RCPT_LOCAL, RCPT_REMOTE, RCPT_UNKNOWN, RCPT_TEMPFAIL } rcpt_verdict;
 static void smtp__rcpt_finish(smtp_session *s, rcpt_verdict v);
+static void smtp__mail_accept(smtp_session *s, bool ok);
+static void smtp__sender_looked_up(tern_store_req *r);
 static void smtp__rcpt_looked_up(tern_store_req *r);
 
 /* --- greeting and EHLO ------------------------------------------------ */
@@ -324,11 +326,82 @@ static void cmd_mail(smtp_session *s, const tern_smtp_cmd *cmd)
         tx->envid = tern_arena_strndup(&tx->arena, dec, (size_t)dl);
     }
     tx->started_ms = tern_now_ms();
-    s->state = ST_MAIL;
+    /* Submission (RFC 6409 6.1): an authenticated user sends only as an
+     * address it owns. */
+    if (s->lc->protocol == TERN_PROTO_SUBMISSION && s->auth_user != NULL) {
+        tern_store_req *lq = s->base.host->store_client
+                                 ? tern_store_req_new(TERN_STORE_RCPT_LOOKUP, smtp__sender_looked_up, s)
+                                 : NULL;
+        if (tx->from[0] == '\0' || lq == NULL) {
+            tern_store_req_free(lq);
+            smtp__mail_accept(s, false);
+            return;
+        }
+        lq->in.name = tx->from;
+        if (tern_store_submit(s->base.host->store_client, lq) != 0) {
+            tern_store_req_free(lq);
+            smtp__reply(s, "451 4.3.0 Temporary sender lookup failure");
+            smtp__tx_reset(s);
+            return;
+        }
+        s->pending++;
+        s->lookup_pending = true;
+        tern_conn_pause(&s->conn);
+        return;
+    }
+    smtp__mail_accept(s, true);
+}
+
+static void smtp__mail_accept(smtp_session *s, bool ok)
+{
+    smtp_tx *tx = &s->tx;
     char q[600];
+    if (!ok) {
+        TLOG_WARN(MOD, "event=mail session=%s from=%s result=not_owned account=%s", s->base.id,
+                  tern_log_q(q, sizeof(q), tx->from), s->auth_user ? s->auth_user : "-");
+        smtp__reply(s, "553 5.7.1 <%s>: Sender address not owned by user %s", tx->from,
+                    s->auth_user ? s->auth_user : "");
+        smtp__tx_reset(s);
+        smtp__error(s);
+        return;
+    }
+    s->state = ST_MAIL;
     TLOG_INFO(MOD, "event=mail session=%s from=%s", s->base.id,
               tern_log_q(q, sizeof(q), tx->from));
     smtp__reply(s, "250 2.1.0 Ok");
+}
+
+static void smtp__sender_looked_up(tern_store_req *r)
+{
+    smtp_session *s = r->data;
+    s->pending--;
+    s->lookup_pending = false;
+    if (s->conn_closed) {
+        tern_store_req_free(r);
+        smtp__maybe_free(s);
+        return;
+    }
+    if (s->state == ST_CLOSED) {
+        tern_store_req_free(r);
+        return;
+    }
+    if (r->status != TERN_STORE_OK) {
+        TLOG_WARN(MOD, "event=sender_lookup_failed session=%s error=\"%s: %s\"", s->base.id,
+                  tern_store_strerror(r->status), r->error);
+        smtp__reply(s, "451 4.3.0 Temporary sender lookup failure");
+        smtp__tx_reset(s);
+    } else {
+        /* The account's own address (with or without +detail). Aliases
+         * do not count yet: the lookup cannot tell an alias from a
+         * catch-all, and a catch-all must not let a user send as every
+         * address of the domain. */
+        const tern_rcpt_result *rr = &r->out.rcpt;
+        bool owned = rr->kind == TERN_RCPT_ACCOUNT && rr->n_targets == 1 &&
+                     strcasecmp(rr->targets[0], s->auth_user) == 0;
+        smtp__mail_accept(s, owned);
+    }
+    tern_store_req_free(r);
+    smtp__continue(s);
 }
 
 static void cmd_rcpt(smtp_session *s, const tern_smtp_cmd *cmd)

@@ -204,3 +204,20 @@ def test_implicit_tls_auth(authed):
     s.login("alice@example.test", "correct horse")
     assert s.sendmail("alice@example.test", ["x@elsewhere.example"], make_message()) == {}
     s.quit()
+
+
+def test_sender_must_be_owned(authed):
+    ctl(authed, "account", "add", "bob@example.test")
+    ctl(authed, "alias", "add", "@example.test", "alice@example.test")   # catch-all to alice
+    s = smtplib_tls(authed)
+    s.login("alice@example.test", "correct horse")
+    for sender in ("bob@example.test", "random@example.test", "ceo@elsewhere.example", ""):
+        code, msg = s.mail(sender)
+        assert code == 553 and msg.startswith(b"5.7.1"), (sender, code, msg)
+        s.rset()
+    for sender in ("alice@example.test", "Alice+lists@example.test"):
+        code, msg = s.mail(sender)
+        assert code == 250, (sender, code, msg)
+        s.rset()
+    s.quit()
+    # Clients in relay_networks without AUTH are not checked (no account).
