@@ -146,6 +146,7 @@ typedef struct tern_rcpt_result {
     bool *target_is_local;
     size_t n_targets;
     char *detail;            /* the "+detail" part when the match used sub-addressing, or NULL */
+    bool catch_all;          /* ALIAS: matched by the domain's catch-all, not by this address */
 } tern_rcpt_result;
 
 /* ---- search ------------------------------------------------------------ */

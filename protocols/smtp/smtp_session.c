@@ -391,13 +391,14 @@ static void smtp__sender_looked_up(tern_store_req *r)
         smtp__reply(s, "451 4.3.0 Temporary sender lookup failure");
         smtp__tx_reset(s);
     } else {
-        /* The account's own address (with or without +detail). Aliases
-         * do not count yet: the lookup cannot tell an alias from a
-         * catch-all, and a catch-all must not let a user send as every
-         * address of the domain. */
+        /* The account's own address (with or without +detail), or an
+         * alias that delivers to it. A catch-all does not count: it must
+         * not let a user send as every address of the domain. */
         const tern_rcpt_result *rr = &r->out.rcpt;
-        bool owned = rr->kind == TERN_RCPT_ACCOUNT && rr->n_targets == 1 &&
-                     strcasecmp(rr->targets[0], s->auth_user) == 0;
+        bool owned = false;
+        if (rr->kind == TERN_RCPT_ACCOUNT || (rr->kind == TERN_RCPT_ALIAS && !rr->catch_all))
+            for (size_t i = 0; i < rr->n_targets && !owned; i++)
+                owned = strcasecmp(rr->targets[i], s->auth_user) == 0;
         smtp__mail_accept(s, owned);
     }
     tern_store_req_free(r);

@@ -684,8 +684,10 @@ static int rcpt_lookup(local_store *L, tern_store_req *req)
         }
     }
     char *catchall = tern_arena_printf(&req->arena, "@%s", domain);
-    if ((r = find_alias(L, req, catchall)) != 0)
+    if ((r = find_alias(L, req, catchall)) != 0) {
+        req->out.rcpt.catch_all = r > 0;
         return r < 0 ? r : TERN_STORE_OK;
+    }
     req->out.rcpt.kind = TERN_RCPT_UNKNOWN;
     return TERN_STORE_OK;
 }

@@ -374,6 +374,7 @@ int pg_op_rcpt_lookup(pg_job *j)
         if (best == 1 || best == 2 || best == 5)
             o->detail = NULL;
         o->kind = best == 1 || best == 3 ? TERN_RCPT_ACCOUNT : TERN_RCPT_ALIAS;
+        o->catch_all = best == 5;
         o->targets = tern_arena_alloc(&r->arena, (size_t)n * sizeof(char *));
         o->target_is_local = tern_arena_alloc(&r->arena, (size_t)n * sizeof(bool));
         for (int i = 0; i < n; i++) {

@@ -209,13 +209,14 @@ def test_implicit_tls_auth(authed):
 def test_sender_must_be_owned(authed):
     ctl(authed, "account", "add", "bob@example.test")
     ctl(authed, "alias", "add", "@example.test", "alice@example.test")   # catch-all to alice
+    ctl(authed, "alias", "add", "sales@example.test", "alice@example.test", "bob@example.test")
     s = smtplib_tls(authed)
     s.login("alice@example.test", "correct horse")
     for sender in ("bob@example.test", "random@example.test", "ceo@elsewhere.example", ""):
         code, msg = s.mail(sender)
         assert code == 553 and msg.startswith(b"5.7.1"), (sender, code, msg)
         s.rset()
-    for sender in ("alice@example.test", "Alice+lists@example.test"):
+    for sender in ("alice@example.test", "Alice+lists@example.test", "sales@example.test"):
         code, msg = s.mail(sender)
         assert code == 250, (sender, code, msg)
         s.rset()

@@ -548,6 +548,7 @@ static void t_aliases_and_rcpt(void **state)
     alias_add("team@alias.test", team, 1, TERN_STORE_EEXISTS);
     r = rcpt("team@alias.test");
     assert_int_equal(r->out.rcpt.kind, TERN_RCPT_ALIAS);
+    assert_false(r->out.rcpt.catch_all);
     assert_int_equal(r->out.rcpt.n_targets, 3);
     assert_true(rcpt_has(r, "alice@alias.test", true));
     assert_true(rcpt_has(r, "bob@alias.test", true));
@@ -568,6 +569,7 @@ static void t_aliases_and_rcpt(void **state)
     alias_add("@alias.test", catchall, 1, TERN_STORE_OK);
     r = rcpt("whoever@alias.test");
     assert_int_equal(r->out.rcpt.kind, TERN_RCPT_ALIAS);
+    assert_true(r->out.rcpt.catch_all); /* submission must not take it as owned */
     assert_int_equal(r->out.rcpt.n_targets, 1);
     assert_true(rcpt_has(r, "bob@alias.test", true));
     r = rcpt("alice@alias.test");
