@@ -179,19 +179,26 @@ size_t tern_smtp_data_feed(tern_smtp_data_reader *r, const uint8_t *in, size_t l
 enum {
     H_BOL = 0, /* start of a header line */
     H_BOL_CR,  /* a CR at the start of a line: maybe the empty line */
-    H_NAME,    /* matching "Received" */
-    H_WSP,     /* after "Received", before ':' */
+    H_NAME,    /* matching one of the names below */
+    H_WSP,     /* after the name, before ':' */
     H_LINE,    /* rest of a line */
 };
 
-static const char received[] = "received";
+/* The fields the session needs to know about: Received (loop detection),
+ * Message-ID and Date (submission adds them when missing). Their first
+ * letters differ, so the first byte picks the one candidate. */
+static const char *const hdr_names[] = {"received", "message-id", "date"};
+#define HDR_NAMES (sizeof(hdr_names) / sizeof(hdr_names[0]))
 
 void tern_smtp_hdr_scan_init(tern_smtp_hdr_scan *h)
 {
     h->state = H_BOL;
     h->done = false;
     h->received = 0;
+    h->has_message_id = false;
+    h->has_date = false;
     h->match = 0;
+    h->which = 0;
     h->at_line_start = true;
 }
 
@@ -209,11 +216,15 @@ void tern_smtp_hdr_scan_feed(tern_smtp_hdr_scan *h, const uint8_t *data, size_t 
                     h->state = H_BOL_CR;
                 else if (c == '\n')
                     h->done = true;
-                else if (lc == (uint8_t)received[0]) {
-                    h->match = 1;
-                    h->state = H_NAME;
-                } else
+                else {
                     h->state = H_LINE;
+                    for (size_t k = 0; k < HDR_NAMES; k++)
+                        if (lc == (uint8_t)hdr_names[k][0]) {
+                            h->which = (int)k;
+                            h->match = 1;
+                            h->state = H_NAME;
+                        }
+                }
                 break;
             case H_BOL_CR:
                 if (c == '\n')
@@ -224,8 +235,8 @@ void tern_smtp_hdr_scan_feed(tern_smtp_hdr_scan *h, const uint8_t *data, size_t 
                 }
                 break;
             case H_NAME:
-                if (lc == (uint8_t)received[h->match]) {
-                    if (++h->match == sizeof(received) - 1)
+                if (lc == (uint8_t)hdr_names[h->which][h->match]) {
+                    if (hdr_names[h->which][++h->match] == '\0')
                         h->state = H_WSP;
                 } else {
                     h->state = H_LINE;
@@ -234,8 +245,12 @@ void tern_smtp_hdr_scan_feed(tern_smtp_hdr_scan *h, const uint8_t *data, size_t 
                 break;
             case H_WSP:
                 if (c == ':') {
-                    if (h->received < UINT32_MAX)
+                    if (h->which == 0 && h->received < UINT32_MAX)
                         h->received++;
+                    else if (h->which == 1)
+                        h->has_message_id = true;
+                    else if (h->which == 2)
+                        h->has_date = true;
                     h->state = H_LINE;
                 } else if (c != ' ' && c != '\t') {
                     h->state = H_LINE;

@@ -147,7 +147,10 @@ typedef struct tern_smtp_hdr_scan {
     int state;
     bool done;           /* the blank line ending the header section was seen */
     uint32_t received;   /* count of Received: header fields */
+    bool has_message_id; /* a Message-ID: field was seen */
+    bool has_date;       /* a Date: field was seen */
     size_t match;        /* private */
+    int which;           /* private: the field name being matched */
     bool at_line_start;  /* private */
 } tern_smtp_hdr_scan;
 

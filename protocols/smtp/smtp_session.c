@@ -956,8 +956,27 @@ static void smtp__end_of_message(smtp_session *s)
         return;
     }
     tern_qid(tx->qid);
-    char received[1024];
+    char received[1600];
     size_t rlen = smtp__received(s, received, sizeof(received));
+    /* RFC 6409 8.2 and 8.3: a submission server completes a message that
+     * lacks Date or Message-ID, so that it is valid (RFC 5322 3.6) when it
+     * leaves. An MX relays what it got. */
+    if (s->lc->protocol == TERN_PROTO_SUBMISSION) {
+        int n;
+        if (!tx->hs.has_date && rlen < sizeof(received)) {
+            char date[64];
+            tern_rfc5322_date(time(NULL), date, sizeof(date));
+            n = snprintf(received + rlen, sizeof(received) - rlen, "Date: %s\r\n", date);
+            if (n > 0 && (size_t)n < sizeof(received) - rlen)
+                rlen += (size_t)n;
+        }
+        if (!tx->hs.has_message_id && rlen < sizeof(received)) {
+            n = snprintf(received + rlen, sizeof(received) - rlen, "Message-ID: <%s.%lld@%s>\r\n",
+                         tx->qid, (long long)time(NULL), s->cfg->server.hostname);
+            if (n > 0 && (size_t)n < sizeof(received) - rlen)
+                rlen += (size_t)n;
+        }
+    }
     tern_envelope env;
     memset(&env, 0, sizeof(env));
     memcpy(env.qid, tx->qid, sizeof(env.qid));

@@ -222,3 +222,32 @@ def test_sender_must_be_owned(authed):
         s.rset()
     s.quit()
     # Clients in relay_networks without AUTH are not checked (no account).
+
+
+def test_submission_adds_date_and_message_id(authed):
+    s = smtplib_tls(authed)
+    s.login("alice@example.test", "correct horse")
+    s.sendmail("alice@example.test", ["x@elsewhere.example"],
+               "From: alice@example.test\r\nSubject: bare\r\n\r\nno date, no id\r\n")
+    s.sendmail("alice@example.test", ["x@elsewhere.example"],
+               "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <mine@client>\r\n"
+               "Subject: complete\r\n\r\nhas both\r\n")
+    s.quit()
+    qids = [ln.split("qid=")[1].split()[0] for ln in authed.log().splitlines()
+            if "event=queued" in ln]
+    bare = authed.spool_show(qids[-2]).decode()
+    assert "\nDate: " in bare and "\nMessage-ID: <" in bare and "@mail.example.test>" in bare, bare
+    full = authed.spool_show(qids[-1]).decode()
+    assert full.count("Message-ID:") == 1 and "<mine@client>" in full, full
+    assert full.count("\nDate:") == 1, full
+
+
+def test_mx_adds_nothing(authed):
+    c = authed.connect("mx")
+    c.ehlo()
+    assert c.cmd("MAIL FROM:<a@example.org>").code == 250
+    assert c.cmd("RCPT TO:<postmaster@example.test>").code == 250
+    r = c.data("Subject: bare\r\n\r\nno date\r\n")
+    assert r.code == 250, r
+    show = authed.spool_show(r.qid).decode()
+    assert "Message-ID:" not in show and "\nDate:" not in show, show

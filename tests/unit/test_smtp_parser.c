@@ -1344,6 +1344,7 @@ static void test_session_stream(void **state)
 typedef struct {
     bool done;
     uint32_t received;
+    bool msgid, date;
 } hdr_res;
 
 static void run_hdr_with(const char *in, size_t len, feeder *f, hdr_res *res)
@@ -1359,6 +1360,8 @@ static void run_hdr_with(const char *in, size_t len, feeder *f, hdr_res *res)
     tern_smtp_hdr_scan_feed(&h, (const uint8_t *)"", 0);
     res->done = h.done;
     res->received = h.received;
+    res->msgid = h.has_message_id;
+    res->date = h.has_date;
 }
 
 static void run_hdr(const char *in, size_t len, hdr_res *res)
@@ -1383,7 +1386,24 @@ static void run_hdr(const char *in, size_t len, hdr_res *res)
         run_hdr_with(in, len, &f, &other);
         assert_int_equal(res->done, other.done);
         assert_int_equal(res->received, other.received);
+        assert_int_equal(res->msgid, other.msgid);
+        assert_int_equal(res->date, other.date);
     }
+}
+
+static void test_hdr_scan_msgid_date(void **state)
+{
+    hdr_res h;
+    run_hdr(S("Subject: x\r\nmessage-ID : <a@b>\r\nDATE:\tMon, 1 Jan 2024\r\n\r\nbody\r\n"), &h);
+    assert_true(h.msgid);
+    assert_true(h.date);
+    assert_int_equal(h.received, 0);
+    /* Look-alikes, folded lines and the body do not count. */
+    run_hdr(S("X-Message-ID: <a@b>\r\nDated: x\r\nMessage-IDs: y\r\n Date: folded\r\n"
+              "Subject: Date: no\r\nReceived: r\r\n\r\nMessage-ID: <body@x>\r\nDate: body\r\n"), &h);
+    assert_false(h.msgid);
+    assert_false(h.date);
+    assert_int_equal(h.received, 1);
 }
 
 static void test_hdr_scan(void **state)
@@ -1470,6 +1490,7 @@ int main(void)
         cmocka_unit_test(test_data_after_end_and_tiny_out),
         cmocka_unit_test(test_session_stream),
         cmocka_unit_test(test_hdr_scan),
+        cmocka_unit_test(test_hdr_scan_msgid_date),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
