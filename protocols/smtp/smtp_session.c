@@ -1014,6 +1014,29 @@ static void smtp__end_of_message(smtp_session *s)
 
 /* --- AUTH (RFC 4954) ---------------------------------------------------- */
 
+/* The account a verified client certificate names: its subject's CN
+ * (certificates for mail users carry the address there). Only when the
+ * listener verified the chain against its client_ca. */
+static bool smtp__cert_account(const smtp_session *s, char *out, size_t size)
+{
+    if (!tern_conn_is_tls(&s->conn) || !tern_tls_conn_peer_verified(s->conn.tls))
+        return false;
+    const char *dn = tern_tls_conn_peer_subject(s->conn.tls);
+    const char *cn = NULL;
+    for (const char *p = dn; p && *p; p++)
+        if ((p == dn || p[-1] == ' ' || p[-1] == ',') && strncmp(p, "CN=", 3) == 0)
+            cn = p + 3;
+    if (cn == NULL)
+        return false;
+    size_t n = strcspn(cn, ",");
+    if (n == 0 || n >= size)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)tolower((unsigned char)cn[i]);
+    out[n] = '\0';
+    return strchr(out, '@') != NULL;
+}
+
 /* What the session may offer: the backends' capabilities, plaintext
  * mechanisms only over TLS (or allow_plaintext_auth), nothing once
  * authenticated. CRAM-MD5 is not offered: auth/ gives its stored secret as
@@ -1033,6 +1056,9 @@ static int smtp__auth_mechs(const struct smtp_session *s, char *buf, size_t size
         caps |= TERN_SASL_CAP_PASSWORD;
     if (ac & TERN_AUTH_CAP_SCRAM_SHA_256)
         caps |= TERN_SASL_CAP_SCRAM;
+    char acct[TERN_AUTH_MAX_USER + 1];
+    if (smtp__cert_account(s, acct, sizeof(acct)))
+        caps |= TERN_SASL_CAP_EXTERNAL;
     return tern_sasl_mechanisms(caps, tern_conn_is_tls(&s->conn), s->lc->allow_plaintext_auth,
                                 false, buf, size);
 }
@@ -1165,6 +1191,16 @@ static void smtp__auth_done(tern_auth_req *q)
             return;
         }
         break;
+    case TERN_AUTH_USER_EXISTS:
+        if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_ENOTFOUND) {
+            tern_sasl_verified(s->sasl, q->status == TERN_AUTH_OK, q->out.account, &r);
+        } else {
+            tern_auth_req_free(q);
+            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+            smtp__continue(s);
+            return;
+        }
+        break;
     default:
         tern_auth_req_free(q);
         smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
@@ -1230,6 +1266,22 @@ static void smtp__sasl_result(smtp_session *s, tern_sasl_result *r)
         }
         smtp__auth_ask(s, TERN_AUTH_GET_SCRAM_KEYS, r);
         return;
+    case TERN_SASL_NEED_EXTERNAL: {
+        /* The certificate names the account; an authzid may only repeat
+         * it. The directory must still know the account. */
+        char acct[TERN_AUTH_MAX_USER + 1];
+        if (!smtp__cert_account(s, acct, sizeof(acct)) ||
+            (r->authzid && r->authzid[0] && strcasecmp(r->authzid, acct) != 0)) {
+            tern_sasl_result f;
+            tern_sasl_verified(s->sasl, false, NULL, &f);
+            smtp__sasl_result(s, &f);
+            return;
+        }
+        tern_sasl_result q = *r;
+        q.authcid = acct;
+        smtp__auth_ask(s, TERN_AUTH_USER_EXISTS, &q);
+        return;
+    }
     case TERN_SASL_SUCCESS:
         free(s->auth_user);
         s->auth_user = strdup(r->account ? r->account : "");
@@ -1329,9 +1381,11 @@ static void cmd_auth(smtp_session *s, const tern_smtp_cmd *cmd)
         smtp__reply(s, "454 4.7.0 Temporary authentication failure, try again later");
         return;
     }
+    char cert_acct[TERN_AUTH_MAX_USER + 1];
     tern_sasl_params sp = {
         .service = "smtp",
         .hostname = s->cfg->server.hostname,
+        .external_available = smtp__cert_account(s, cert_acct, sizeof(cert_acct)),
         .success_data = false, /* SMTP has no data with 235: SCRAM's v= comes as a 334 */
     };
     s->sasl = tern_sasl_new(s->auth_mech, &sp);

@@ -251,3 +251,55 @@ def test_mx_adds_nothing(authed):
     assert r.code == 250, r
     show = authed.spool_show(r.qid).decode()
     assert "Message-ID:" not in show and "\nDate:" not in show, show
+
+
+def _client_cert(certs, tmp, cn):
+    """A client certificate for `cn` signed by the test client CA."""
+    key, csr, crt = (str(tmp / f"{cn}.{x}") for x in ("key", "csr", "crt"))
+    for args in (["req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+                  "-keyout", key, "-out", csr],
+                 ["x509", "-req", "-in", csr, "-CA", certs.path("ca.crt"), "-CAkey",
+                  certs.path("ca.key"), "-CAcreateserial", "-days", "30", "-out", crt]):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+    return crt, key
+
+
+def test_external_with_client_certificate(tern_factory, certs, tmp_path):
+    t = tern_factory(start=False)
+    t.config["listeners"][2]["tls"] = {"mode": "implicit", "client_ca": certs.path("ca.crt"),
+                                       "client_cert": "optional"}
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test")
+    t.start()
+    crt, key = _client_cert(certs, tmp_path, "alice@example.test")
+    ctx = client_context()
+    ctx.load_cert_chain(crt, key)
+    from conftest import Client
+    c = Client(t.port("submissions"), tls=True, context=ctx)
+    assert c.reply().code == 220
+    r = c.ehlo()
+    auth = [ln for ln in r.lines if ln.upper().startswith("AUTH ")]
+    assert auth and "EXTERNAL" in auth[0], r
+    r = c.cmd("AUTH EXTERNAL =")
+    assert r.code == 235, r
+    assert c.cmd("MAIL FROM:<alice@example.test>").code == 250
+    # An authzid naming someone else is refused.
+    c2 = Client(t.port("submissions"), tls=True, context=ctx)
+    c2.reply()
+    c2.ehlo()
+    r = c2.cmd("AUTH EXTERNAL " + base64.b64encode(b"bob@example.test").decode())
+    assert r.code == 535, r
+    # A certificate for an address the directory does not know: refused.
+    crt2, key2 = _client_cert(certs, tmp_path, "ghost@example.test")
+    ctx2 = client_context()
+    ctx2.load_cert_chain(crt2, key2)
+    c3 = Client(t.port("submissions"), tls=True, context=ctx2)
+    c3.reply()
+    c3.ehlo()
+    r = c3.cmd("AUTH EXTERNAL =")
+    assert r.code == 535, r
+    # Without a certificate EXTERNAL is not offered.
+    c4 = Client(t.port("submissions"), tls=True)
+    c4.reply()
+    r = c4.ehlo()
+    assert not any("EXTERNAL" in ln for ln in r.lines), r
