@@ -254,19 +254,6 @@ static void md5_state_put(uint8_t *out, const mbedtls_md5_context *m)
             out[i * 4 + b] = (uint8_t)(m->state[i] >> (8 * b));
 }
 
-static void md5_state_get(mbedtls_md5_context *m, const uint8_t *in)
-{
-    /* A context that has absorbed exactly one 64-byte block: the HMAC key
-     * pad. Resuming from it is the point of Dovecot's format. */
-    mbedtls_md5_init(m);
-    mbedtls_md5_starts_ret(m);
-    for (int i = 0; i < 4; i++)
-        m->state[i] = (uint32_t)in[i * 4] | (uint32_t)in[i * 4 + 1] << 8 |
-                      (uint32_t)in[i * 4 + 2] << 16 | (uint32_t)in[i * 4 + 3] << 24;
-    m->total[0] = 64;
-    m->total[1] = 0;
-}
-
 void tern_hash_cram_md5_context(const char *pw, size_t pw_len, uint8_t ctx[32])
 {
     uint8_t key[64] = {0}, pad[64];
@@ -301,16 +288,8 @@ int tern_hash_cram_md5_parse(const char *hex, size_t len, uint8_t ctx[32])
 void tern_hash_cram_md5_digest(const uint8_t ctx[32], const uint8_t *challenge, size_t len,
                                uint8_t digest[16])
 {
-    mbedtls_md5_context m;
-    uint8_t inner[16];
-    md5_state_get(&m, ctx + 16);
-    mbedtls_md5_update_ret(&m, challenge, len);
-    mbedtls_md5_finish_ret(&m, inner);
-    mbedtls_md5_free(&m);
-    md5_state_get(&m, ctx);
-    mbedtls_md5_update_ret(&m, inner, sizeof(inner));
-    mbedtls_md5_finish_ret(&m, digest);
-    mbedtls_md5_free(&m);
+    /* One implementation, in the SASL layer that verifies with it. */
+    tern_cram_md5_digest(ctx, challenge, len, digest);
 }
 
 static int verify_cram_md5(const cred *c, const char *pw, size_t pw_len)

@@ -64,7 +64,8 @@ typedef enum {
     TERN_SASL_CHALLENGE,            /* send data (base64 by the protocol) */
     TERN_SASL_NEED_VERIFY_PASSWORD, /* authcid, authzid, password -> tern_sasl_verified */
     TERN_SASL_NEED_SCRAM_KEYS,      /* authcid (authzid) -> tern_sasl_scram_keys */
-    TERN_SASL_NEED_CRAM_SECRET,     /* authcid, challenge, digest -> tern_sasl_cram_secret */
+    TERN_SASL_NEED_CRAM_SECRET,     /* authcid, challenge, digest -> tern_sasl_cram_context
+                                       (or tern_sasl_cram_secret with a plaintext secret) */
     TERN_SASL_NEED_VERIFY_TOKEN,    /* authzid (user), token -> tern_sasl_verified */
     TERN_SASL_NEED_EXTERNAL,        /* authzid (maybe "") -> tern_sasl_verified */
     TERN_SASL_SUCCESS,              /* account; data: final server data, if any */
@@ -140,6 +141,11 @@ void tern_sasl_scram_keys(tern_sasl *s, const tern_scram_keys *keys, const char 
 void tern_sasl_cram_secret(tern_sasl *s, const uint8_t *secret, size_t secret_len,
                            const char *account, tern_sasl_result *r);
 
+/* Answer to NEED_CRAM_SECRET with the HMAC-MD5 context (auth/'s GET_SECRET
+ * out.cram_md5); ctx NULL when the user is unknown or has no such secret. */
+void tern_sasl_cram_context(tern_sasl *s, const uint8_t *ctx, const char *account,
+                            tern_sasl_result *r);
+
 /* Protocol helpers. Decodes one client response line (without CRLF).
  * initial: it is a SASL-IR initial response, where "=" means empty. */
 typedef enum {
@@ -183,6 +189,15 @@ int tern_scram_keys_format(const tern_scram_keys *keys, char *buf, size_t size);
  * time. */
 bool tern_cram_md5_verify(const uint8_t *secret, size_t secret_len, const char *challenge,
                           const uint8_t digest[16]);
+
+/* The same check from the 32-byte HMAC-MD5 context instead of the secret:
+ * Dovecot's {CRAM-MD5} format (outer MD5 state, then inner, each after the
+ * 64-byte key pad), which is what auth/ hands out (GET_SECRET), so a
+ * stored CRAM-MD5 credential never has to be a plaintext password. */
+void tern_cram_md5_digest(const uint8_t ctx[32], const uint8_t *challenge, size_t len,
+                          uint8_t digest[16]);
+bool tern_cram_md5_verify_context(const uint8_t ctx[32], const char *challenge,
+                                  const uint8_t digest[16]);
 
 /* Tests only: the next server nonce (SCRAM, appended to the client's) or
  * the CRAM-MD5 challenge, instead of random ones. */
