@@ -180,6 +180,8 @@ static const tern_auth_backend_ops *backend_by_name(const char *name)
         return &tern_auth_file_backend;
     if (strcmp(name, "internal") == 0)
         return &tern_auth_internal_backend;
+    if (strcmp(name, "sql") == 0)
+        return &tern_auth_sql_backend;
     return NULL;
 }
 

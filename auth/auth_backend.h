@@ -39,6 +39,7 @@ typedef struct tern_auth_backend_ops {
 
 extern const tern_auth_backend_ops tern_auth_file_backend;
 extern const tern_auth_backend_ops tern_auth_internal_backend;
+extern const tern_auth_backend_ops tern_auth_sql_backend;
 
 /* Lowercases the domain part; appends "@default_domain" when the name has
  * no '@' and a default is given. Returns 0, or -1 when the result is empty,

@@ -149,6 +149,16 @@ typedef struct tern_auth_internal_conf {
                                   does so): SCRAM-SHA-256 may be offered; default false */
 } tern_auth_internal_conf;
 
+typedef struct tern_auth_sql_conf {
+    bool present;              /* the `auth_sql:` section exists */
+    char *conninfo;            /* libpq connection string; default postgres.conninfo */
+    char *password_query;      /* $1 user, $2 local part, $3 domain -> password[, account] */
+    char *user_query;          /* USER_EXISTS; default: password_query finds a row */
+    uint32_t pool_size;        /* connections per loop; default 2 */
+    uint64_t timeout_ms;       /* connect or query deadline; default 10s */
+    bool scram;                /* every row holds {SCRAM-SHA-256} keys; default false */
+} tern_auth_sql_conf;
+
 typedef struct tern_config {
     atomic_int refs;
     tern_arena arena;
@@ -170,6 +180,7 @@ typedef struct tern_config {
     tern_auth_conf auth;
     tern_auth_file_conf auth_file;
     tern_auth_internal_conf auth_internal;
+    tern_auth_sql_conf auth_sql;
 } tern_config;
 
 /* Collected validation errors: each "path: message". */

@@ -313,11 +313,11 @@ static const schema_map postgres_schema = {postgres_fields, COUNT(postgres_field
 
 static const char *check_auth_backend(const char *s)
 {
-    static const char *const names[] = {"internal", "file"};
+    static const char *const names[] = {"internal", "file", "sql"};
     for (size_t i = 0; i < COUNT(names); i++)
         if (strcmp(s, names[i]) == 0)
             return NULL;
-    return "is not an auth backend (internal, file)";
+    return "is not an auth backend (internal, file, sql)";
 }
 
 static const field auth_fields[] = {
@@ -342,6 +342,18 @@ static const field auth_internal_fields[] = {
 };
 static const schema_map auth_internal_schema = {auth_internal_fields, COUNT(auth_internal_fields),
                                                 NULL};
+
+/* password_query is required only when sql is a backend, and conninfo
+ * may come from postgres:; validate.c says so. */
+static const field auth_sql_fields[] = {
+    F_STRING("conninfo", tern_auth_sql_conf, conninfo, NULL, 0, NULL),
+    F_STRING("password_query", tern_auth_sql_conf, password_query, NULL, 0, NULL),
+    F_STRING("user_query", tern_auth_sql_conf, user_query, NULL, 0, NULL),
+    F_UINT("pool_size", tern_auth_sql_conf, pool_size, 1, 64, 2, 0),
+    F_DURATION("timeout", tern_auth_sql_conf, timeout_ms, 100, MIN, 10 * SEC, 1),
+    F_BOOL("scram", tern_auth_sql_conf, scram, false),
+};
+static const schema_map auth_sql_schema = {auth_sql_fields, COUNT(auth_sql_fields), NULL};
 
 static void listener_tls(conf_walk *w, const cnode *n, void *dst, const char *path);
 
@@ -390,6 +402,8 @@ static void root_post(conf_walk *w, const cnode *n, void *base, const char *path
             cfg->postgres.present = true;
         else if (strcmp(k->str, "auth_file") == 0)
             cfg->auth_file.present = true;
+        else if (strcmp(k->str, "auth_sql") == 0)
+            cfg->auth_sql.present = true;
 }
 
 static const field root_fields[] = {
@@ -405,6 +419,7 @@ static const field root_fields[] = {
     F_MAP("auth", tern_config, auth, auth_schema),
     F_MAP("auth_file", tern_config, auth_file, auth_file_schema),
     F_MAP("auth_internal", tern_config, auth_internal, auth_internal_schema),
+    F_MAP("auth_sql", tern_config, auth_sql, auth_sql_schema),
     {.key = "listeners", .type = FT_MAPLIST, .off = offsetof(tern_config, listeners),
      .count_off = offsetof(tern_config, n_listeners), .elem_size = sizeof(tern_listener_conf),
      .min_items = 1, .max_items = CONF_MAX_LISTENERS, .sub = &listener_schema},

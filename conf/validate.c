@@ -91,6 +91,14 @@ static void validate__auth(conf_walk *w)
         if (strcmp(a->backends[i], "file") == 0 && !c->auth_file.present)
             conf__err(w, conf__line(w, &a->backends[i]), path,
                       "file needs an auth_file: section with path");
+        if (strcmp(a->backends[i], "sql") == 0 &&
+            (!c->auth_sql.present || c->auth_sql.password_query == NULL))
+            conf__err(w, conf__line(w, &a->backends[i]), path,
+                      "sql needs an auth_sql: section with password_query");
+        else if (strcmp(a->backends[i], "sql") == 0 && c->auth_sql.conninfo == NULL &&
+                 c->postgres.conninfo == NULL)
+            conf__err(w, conf__line(w, &a->backends[i]), path,
+                      "sql needs auth_sql.conninfo (or a postgres: section)");
     }
     if (c->auth_file.present && c->auth_file.path == NULL &&
         conf__line(w, &c->auth_file.path) == 0)
