@@ -180,6 +180,8 @@ static const tern_auth_backend_ops *backend_by_name(const char *name)
         return &tern_auth_file_backend;
     if (strcmp(name, "internal") == 0)
         return &tern_auth_internal_backend;
+    if (strcmp(name, "ldap") == 0)
+        return &tern_auth_ldap_backend;
     if (strcmp(name, "sql") == 0)
         return &tern_auth_sql_backend;
     return NULL;
@@ -455,6 +457,9 @@ static void queue_finish(tern_auth_req *r)
     }
 }
 
+/* priv_.stored of a user whose backend checked the password itself. */
+static char verified_mark[] = "";
+
 static void lookup_done(tern_auth_lookup *lk)
 {
     tern_auth_req *r = lk->req;
@@ -469,7 +474,7 @@ static void lookup_done(tern_auth_lookup *lk)
     }
     if (lk->status == TERN_AUTH_LOOKUP_FOUND) {
         r->priv_.found = true;
-        r->priv_.stored = lk->stored;
+        r->priv_.stored = lk->verified ? verified_mark : lk->stored;
         r->out.account = lk->account;
         r->out.backend = a->backends[r->priv_.backend].ops->name;
         queue_finish(r);
@@ -547,6 +552,8 @@ static void finish_work(uv_work_t *w)
     const char *d;
     switch (r->op) {
     case TERN_AUTH_VERIFY_PASSWORD: {
+        if (r->priv_.found && stored == verified_mark)
+            break;
         if (!r->priv_.found || stored == NULL) {
             tern_hash_verify_dummy(r->in.password, r->in.password_len);
             r->status = TERN_AUTH_EFAIL;

@@ -21,6 +21,8 @@ struct tern_auth_lookup {
     int status;                /* TERN_AUTH_LOOKUP_* or TERN_AUTH_ETEMP */
     char *account;             /* FOUND: canonical name, in req->arena */
     char *stored;              /* FOUND: credential list in req->arena; NULL: no password */
+    bool verified;             /* FOUND, VERIFY_PASSWORD: the backend checked the password
+                                  itself (an LDAP bind); nothing is hashed, the answer is OK */
     void (*done)(tern_auth_lookup *lk); /* may be called from inside lookup() */
 };
 
@@ -39,6 +41,7 @@ typedef struct tern_auth_backend_ops {
 
 extern const tern_auth_backend_ops tern_auth_file_backend;
 extern const tern_auth_backend_ops tern_auth_internal_backend;
+extern const tern_auth_backend_ops tern_auth_ldap_backend;
 extern const tern_auth_backend_ops tern_auth_sql_backend;
 
 /* Lowercases the domain part; appends "@default_domain" when the name has

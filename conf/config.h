@@ -149,6 +149,24 @@ typedef struct tern_auth_internal_conf {
                                   does so): SCRAM-SHA-256 may be offered; default false */
 } tern_auth_internal_conf;
 
+typedef enum { TERN_LDAP_MODE_BIND = 0, TERN_LDAP_MODE_SEARCH } tern_ldap_mode;
+
+/* auth_ldap: the `ldap` backend. %u (user@domain), %n (local part), %d
+ * (domain) in filter and dn_template, escaped for a filter or a DN. */
+typedef struct tern_auth_ldap_conf {
+    bool present;              /* the `auth_ldap:` section exists */
+    char *uri;                 /* ldap://host[:port] or ldaps://; required when present */
+    bool starttls;             /* ldap:// upgraded with StartTLS; default false */
+    char *ca_file;             /* CA certificates for the server's; default: system's */
+    char *bind_dn;             /* service account for searches; default: anonymous */
+    char *bind_password;
+    char *base;                /* search base; required in search mode */
+    char *filter;              /* default "(mail=%u)" */
+    tern_ldap_mode mode;       /* bind (dn_template) or search; default bind */
+    char *dn_template;         /* bind mode: e.g. "uid=%n,ou=people,dc=example,dc=test" */
+    uint64_t timeout_ms;       /* per operation, connect included; default 5s */
+} tern_auth_ldap_conf;
+
 typedef struct tern_auth_sql_conf {
     bool present;              /* the `auth_sql:` section exists */
     char *conninfo;            /* libpq connection string; default postgres.conninfo */
@@ -180,6 +198,7 @@ typedef struct tern_config {
     tern_auth_conf auth;
     tern_auth_file_conf auth_file;
     tern_auth_internal_conf auth_internal;
+    tern_auth_ldap_conf auth_ldap;
     tern_auth_sql_conf auth_sql;
 } tern_config;
 

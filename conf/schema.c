@@ -313,11 +313,11 @@ static const schema_map postgres_schema = {postgres_fields, COUNT(postgres_field
 
 static const char *check_auth_backend(const char *s)
 {
-    static const char *const names[] = {"internal", "file", "sql"};
+    static const char *const names[] = {"internal", "file", "sql", "ldap"};
     for (size_t i = 0; i < COUNT(names); i++)
         if (strcmp(s, names[i]) == 0)
             return NULL;
-    return "is not an auth backend (internal, file, sql)";
+    return "is not an auth backend (internal, file, sql, ldap)";
 }
 
 static const field auth_fields[] = {
@@ -342,6 +342,31 @@ static const field auth_internal_fields[] = {
 };
 static const schema_map auth_internal_schema = {auth_internal_fields, COUNT(auth_internal_fields),
                                                 NULL};
+
+static const char *const ldap_mode_names[] = {"bind", "search", NULL};
+
+static const char *check_ldap_uri(const char *s)
+{
+    if (strncmp(s, "ldap://", 7) != 0 && strncmp(s, "ldaps://", 8) != 0)
+        return "must start with ldap:// or ldaps://";
+    return NULL;
+}
+
+/* uri is required only when the section exists, and the mode's own keys
+ * (dn_template, base) only in that mode; validate.c says so. */
+static const field auth_ldap_fields[] = {
+    F_STRING("uri", tern_auth_ldap_conf, uri, NULL, 0, check_ldap_uri),
+    F_BOOL("starttls", tern_auth_ldap_conf, starttls, false),
+    F_STRING("ca_file", tern_auth_ldap_conf, ca_file, NULL, FL_FILE, NULL),
+    F_STRING("bind_dn", tern_auth_ldap_conf, bind_dn, NULL, 0, NULL),
+    F_STRING("bind_password", tern_auth_ldap_conf, bind_password, NULL, 0, NULL),
+    F_STRING("base", tern_auth_ldap_conf, base, NULL, 0, NULL),
+    F_STRING("filter", tern_auth_ldap_conf, filter, "(mail=%u)", 0, NULL),
+    F_ENUM("mode", tern_auth_ldap_conf, mode, ldap_mode_names, TERN_LDAP_MODE_BIND, 0),
+    F_STRING("dn_template", tern_auth_ldap_conf, dn_template, NULL, 0, NULL),
+    F_DURATION("timeout", tern_auth_ldap_conf, timeout_ms, 100, MIN, 5 * SEC, 1),
+};
+static const schema_map auth_ldap_schema = {auth_ldap_fields, COUNT(auth_ldap_fields), NULL};
 
 /* password_query is required only when sql is a backend, and conninfo
  * may come from postgres:; validate.c says so. */
@@ -402,6 +427,8 @@ static void root_post(conf_walk *w, const cnode *n, void *base, const char *path
             cfg->postgres.present = true;
         else if (strcmp(k->str, "auth_file") == 0)
             cfg->auth_file.present = true;
+        else if (strcmp(k->str, "auth_ldap") == 0)
+            cfg->auth_ldap.present = true;
         else if (strcmp(k->str, "auth_sql") == 0)
             cfg->auth_sql.present = true;
 }
@@ -419,6 +446,7 @@ static const field root_fields[] = {
     F_MAP("auth", tern_config, auth, auth_schema),
     F_MAP("auth_file", tern_config, auth_file, auth_file_schema),
     F_MAP("auth_internal", tern_config, auth_internal, auth_internal_schema),
+    F_MAP("auth_ldap", tern_config, auth_ldap, auth_ldap_schema),
     F_MAP("auth_sql", tern_config, auth_sql, auth_sql_schema),
     {.key = "listeners", .type = FT_MAPLIST, .off = offsetof(tern_config, listeners),
      .count_off = offsetof(tern_config, n_listeners), .elem_size = sizeof(tern_listener_conf),

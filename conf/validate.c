@@ -99,10 +99,33 @@ static void validate__auth(conf_walk *w)
                  c->postgres.conninfo == NULL)
             conf__err(w, conf__line(w, &a->backends[i]), path,
                       "sql needs auth_sql.conninfo (or a postgres: section)");
+        if (strcmp(a->backends[i], "ldap") == 0 && !c->auth_ldap.present)
+            conf__err(w, conf__line(w, &a->backends[i]), path,
+                      "ldap needs an auth_ldap: section with uri");
+        if (strcmp(a->backends[i], "sql") == 0 &&
+            (!c->auth_sql.present || c->auth_sql.password_query == NULL))
+            conf__err(w, conf__line(w, &a->backends[i]), path,
+                      "sql needs an auth_sql: section with password_query");
+        else if (strcmp(a->backends[i], "sql") == 0 && c->auth_sql.conninfo == NULL &&
+                 c->postgres.conninfo == NULL)
+            conf__err(w, conf__line(w, &a->backends[i]), path,
+                      "sql needs auth_sql.conninfo (or a postgres: section)");
     }
     if (c->auth_file.present && c->auth_file.path == NULL &&
         conf__line(w, &c->auth_file.path) == 0)
         conf__err(w, 0, "auth_file.path", "required when an auth_file: section is present");
+    const tern_auth_ldap_conf *l = &c->auth_ldap;
+    if (l->present && l->uri == NULL && conf__line(w, &l->uri) == 0)
+        conf__err(w, 0, "auth_ldap.uri", "required when an auth_ldap: section is present");
+    if (l->present && l->mode == TERN_LDAP_MODE_BIND && l->dn_template == NULL)
+        conf__err(w, 0, "auth_ldap.dn_template", "required in bind mode");
+    if (l->present && l->mode == TERN_LDAP_MODE_SEARCH && l->base == NULL)
+        conf__err(w, 0, "auth_ldap.base", "required in search mode");
+    if (l->present && (l->bind_dn == NULL) != (l->bind_password == NULL))
+        conf__err(w, 0, l->bind_dn ? "auth_ldap.bind_password" : "auth_ldap.bind_dn",
+                  "bind_dn and bind_password go together");
+    if (l->present && l->starttls && l->uri != NULL && strncmp(l->uri, "ldaps://", 8) == 0)
+        conf__err(w, 0, "auth_ldap.starttls", "makes no sense with ldaps://");
     if (c->auth_file.path != NULL) {
         char buf[256];
         const char *why = conf__check_readable(c->auth_file.path, buf, sizeof(buf));
