@@ -79,6 +79,12 @@ static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw
     return remove(p);
 }
 
+static void quiet(void *arg, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+}
+
 static char alice_list[3 * TERN_HASH_MAX];
 
 static int group_setup(void **state)
@@ -101,6 +107,7 @@ static int group_setup(void **state)
         fprintf(stderr, "connect: %s", PQerrorMessage(admin));
         return -1;
     }
+    PQsetNoticeProcessor(admin, quiet, NULL);
     char sql[256];
     snprintf(sql, sizeof(sql), "CREATE TABLE %s (name text PRIMARY KEY, pw text, acct text)",
              table);
@@ -524,9 +531,78 @@ static void test_order_with_internal(void **state)
     tern_auth_unref(a);
 }
 
+/* ---- config ------------------------------------------------------------------ */
+
+#define YHEAD                                                                                 \
+    "server: {hostname: mx.example.test}\ndomains: [example.test]\n"                          \
+    "listeners:\n  - {name: mx, protocol: smtp, port: 25}\n"
+
+static tern_config *load(const char *yaml, tern_config_errors *errs)
+{
+    tern_config_errors_init(errs);
+    return tern_config_load_string(yaml, strlen(yaml), "test.yaml", errs);
+}
+
+static bool has_error(const tern_config_errors *errs, const char *want)
+{
+    for (size_t i = 0; i < errs->n; i++)
+        if (strstr(errs->items[i], want) != NULL)
+            return true;
+    return false;
+}
+
+static void test_config(void **state)
+{
+    (void)state;
+    tern_config_errors errs;
+    tern_config *c = load(YHEAD "auth: {backends: [sql, internal]}\n"
+                                "auth_sql:\n  conninfo: host=db dbname=mail\n"
+                                "  password_query: SELECT pw AS password FROM u WHERE n = $1\n",
+                          &errs);
+    assert_non_null(c);
+    assert_true(c->auth_sql.present);
+    assert_string_equal(c->auth_sql.conninfo, "host=db dbname=mail");
+    assert_non_null(c->auth_sql.password_query);
+    assert_null(c->auth_sql.user_query);
+    assert_int_equal(c->auth_sql.pool_size, 2);
+    assert_int_equal(c->auth_sql.timeout_ms, 10000);
+    assert_false(c->auth_sql.scram);
+    tern_config_unref(c);
+    tern_config_errors_free(&errs);
+
+    /* conninfo from postgres: */
+    c = load(YHEAD "auth: {backends: [sql]}\npostgres: {conninfo: host=db}\n"
+                   "auth_sql: {password_query: 'SELECT 1', pool_size: 5, timeout: 2s}\n",
+             &errs);
+    assert_non_null(c);
+    assert_null(c->auth_sql.conninfo);
+    assert_int_equal(c->auth_sql.pool_size, 5);
+    assert_int_equal(c->auth_sql.timeout_ms, 2000);
+    tern_config_unref(c);
+    tern_config_errors_free(&errs);
+
+    assert_null(load(YHEAD "auth: {backends: [sql]}\n", &errs));
+    assert_true(has_error(&errs, "sql needs an auth_sql: section with password_query"));
+    tern_config_errors_free(&errs);
+    assert_null(load(YHEAD "auth: {backends: [sql]}\nauth_sql: {conninfo: x=1}\n", &errs));
+    assert_true(has_error(&errs, "password_query"));
+    tern_config_errors_free(&errs);
+    assert_null(load(YHEAD "auth: {backends: [sql]}\nauth_sql: {password_query: 'SELECT 1'}\n",
+                     &errs));
+    assert_true(has_error(&errs, "auth_sql.conninfo"));
+    tern_config_errors_free(&errs);
+    assert_null(load(YHEAD "auth_sql: {password_query: q, pool_size: 0}\n", &errs));
+    assert_true(has_error(&errs, "auth_sql.pool_size"));
+    tern_config_errors_free(&errs);
+    assert_null(load(YHEAD "auth_sql: {password_query: q, pasword_query: q}\n", &errs));
+    assert_true(has_error(&errs, "auth_sql.pasword_query"));
+    tern_config_errors_free(&errs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config),
         cmocka_unit_test_setup_teardown(test_verify, setup, teardown),
         cmocka_unit_test_setup_teardown(test_user_query, setup, teardown),
         cmocka_unit_test_setup_teardown(test_injection, setup, teardown),
