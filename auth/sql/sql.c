@@ -3,7 +3,10 @@
  * user_query). Each loop gets its own few libpq connections, opened lazily
  * and driven without blocking (PQconnectPoll, PQsendQueryParams, uv_poll on
  * PQsocket); auth.c hashes on the thread pool, so a lookup only fetches the
- * stored credential list.
+ * stored credential list. libpq resolves a host name inside
+ * PQconnectStart/PQconnectPoll, synchronously: conninfo should name the
+ * server by address (hostaddr=) or unix socket so a slow resolver cannot
+ * stall the loop.
  *
  * Input trusted: the validated config (the queries are the admin's SQL).
  * The user name comes bounded and normalised from auth.c but is still the
