@@ -164,12 +164,19 @@ struct tern_auth {
     char *default_domain;
     tern_auth_limits limits;
     _Atomic(limiter *) lim;
+    tern_store *store;      /* for first-login account creation; may be NULL */
+    struct static_login {   /* listeners[].auth_static, by listener name */
+        char *listener;
+        void *state;
+    } *statics;
+    size_t n_statics;
 };
 
 struct tern_auth_client {
     tern_auth *auth;
     uv_loop_t *loop;
     void *bstate[MAX_BACKENDS];
+    tern_store_client *store_client; /* made at the first first-login creation */
     size_t pending;
     bool closing;
 };
@@ -232,6 +239,30 @@ tern_auth *tern_auth_new(const tern_config *cfg, tern_store *store, char **error
         a->backends[a->n_backends++] = (backend){ops, st};
         a->caps &= ops->caps(st);
     }
+    a->store = store;
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        const tern_listener_conf *l = &cfg->listeners[i];
+        if (l->auth_static.username == NULL && l->auth_static.password == NULL)
+            continue;
+        if (a->statics == NULL &&
+            (a->statics = calloc(cfg->n_listeners, sizeof(*a->statics))) == NULL) {
+            *error_r = strdup("out of memory");
+            tern_auth_unref(a);
+            return NULL;
+        }
+        struct static_login *sl = &a->statics[a->n_statics];
+        sl->state = tern_auth__static_new(l, a->default_domain, error_r);
+        if (sl->state == NULL) {
+            tern_auth_unref(a);
+            return NULL;
+        }
+        a->n_statics++;
+        if ((sl->listener = strdup(l->name ? l->name : "")) == NULL) {
+            *error_r = strdup("out of memory");
+            tern_auth_unref(a);
+            return NULL;
+        }
+    }
     return a;
 }
 
@@ -254,6 +285,11 @@ void tern_auth_unref(tern_auth *a)
         return;
     for (size_t i = 0; i < a->n_backends; i++)
         a->backends[i].ops->destroy(a->backends[i].state);
+    for (size_t i = 0; i < a->n_statics; i++) {
+        tern_auth_static_backend.destroy(a->statics[i].state);
+        free(a->statics[i].listener);
+    }
+    free(a->statics);
     limiter_unref(atomic_load(&a->lim));
     free(a->default_domain);
     free(a);
@@ -366,6 +402,8 @@ static void client_maybe_free(tern_auth_client *c)
     for (size_t i = 0; i < a->n_backends; i++)
         if (a->backends[i].ops->client_close && c->bstate[i])
             a->backends[i].ops->client_close(a->backends[i].state, c->bstate[i]);
+    if (c->store_client != NULL)
+        tern_store_client_close(c->store_client);
     tern_auth_unref(a);
     free(c);
 }
@@ -505,6 +543,41 @@ static void next_backend(tern_auth_req *r)
     b->ops->lookup(b->state, lk);
 }
 
+static void static_done(tern_auth_lookup *lk)
+{
+    tern_auth_req *r = lk->req;
+    if (lk->status == TERN_AUTH_LOOKUP_FOUND) {
+        r->priv_.found = true;
+        r->priv_.stored = lk->stored;
+        r->out.account = lk->account;
+        r->out.backend = tern_auth_static_backend.name;
+        queue_finish(r);
+        return;
+    }
+    next_backend(r); /* not the listener's fixed user: the others may know it */
+}
+
+/* The listener's fixed login, when the request names a listener that has
+ * one. True when the lookup was started (it continues from static_done). */
+static bool try_static(tern_auth_client *c, tern_auth_req *r)
+{
+    tern_auth *a = c->auth;
+    if (r->op != TERN_AUTH_VERIFY_PASSWORD || r->in.listener == NULL ||
+        r->priv_.backend >= a->n_backends)
+        return false;
+    for (size_t i = 0; i < a->n_statics; i++) {
+        if (strcmp(a->statics[i].listener, r->in.listener) != 0)
+            continue;
+        tern_auth_lookup *lk = tern_arena_alloc(&r->arena, sizeof(*lk));
+        if (lk == NULL)
+            return false;
+        *lk = (tern_auth_lookup){.req = r, .user = r->priv_.user, .done = static_done};
+        tern_auth_static_backend.lookup(a->statics[i].state, lk);
+        return true;
+    }
+    return false;
+}
+
 int tern_auth_submit(tern_auth_client *c, tern_auth_req *r)
 {
     r->status = TERN_AUTH_OK;
@@ -536,7 +609,8 @@ int tern_auth_submit(tern_auth_client *c, tern_auth_req *r)
         queue_finish(r);
         return 0;
     }
-    next_backend(r);
+    if (!try_static(c, r))
+        next_backend(r);
     return 0;
 }
 
@@ -597,6 +671,67 @@ static void finish_work(uv_work_t *w)
     }
 }
 
+static void req_complete(tern_auth_req *r)
+{
+    tern_auth_client *c = r->priv_.client;
+    c->pending--;
+    if (r->cb)
+        r->cb(r);
+    client_maybe_free(c);
+}
+
+static void account_created(tern_store_req *sr)
+{
+    tern_auth_req *r = sr->data;
+    char qu[128];
+    if (sr->status == TERN_STORE_OK)
+        TLOG_INFO("auth", "event=account_created account=%s backend=%s",
+                  tern_log_q(qu, sizeof(qu), r->out.account), r->out.backend);
+    else if (sr->status == TERN_STORE_ENOTFOUND || sr->status == TERN_STORE_EINVAL)
+        TLOG_INFO("auth", "event=account_not_created account=%s backend=%s "
+                          "why=\"not a local domain of the store\"",
+                  tern_log_q(qu, sizeof(qu), r->out.account), r->out.backend);
+    else if (sr->status != TERN_STORE_EEXISTS)
+        TLOG_WARN("auth", "event=account_create_failed account=%s status=%d error=\"%s\"",
+                  tern_log_q(qu, sizeof(qu), r->out.account), sr->status, sr->error);
+    tern_store_req_free(sr);
+    req_complete(r);
+}
+
+/* An account that a backend other than the store knows gets its store
+ * account (and so its default mailboxes) at its first login, before the
+ * caller hears of the success, so that what it does next (SELECT INBOX)
+ * finds them. EEXISTS is the usual answer. Returns true when the request
+ * completes from account_created. */
+static bool ensure_account(tern_auth_req *r)
+{
+    tern_auth_client *c = r->priv_.client;
+    tern_auth *a = c->auth;
+    if (a->store == NULL || r->op != TERN_AUTH_VERIFY_PASSWORD || r->status != TERN_AUTH_OK ||
+        r->out.backend == NULL || strcmp(r->out.backend, "internal") == 0 ||
+        strcmp(r->out.backend, tern_auth_static_backend.name) == 0)
+        return false;
+    if (strchr(r->out.account, '@') == NULL) {
+        char qu[128];
+        TLOG_INFO("auth", "event=account_not_created account=%s backend=%s why=\"no domain\"",
+                  tern_log_q(qu, sizeof(qu), r->out.account), r->out.backend);
+        return false;
+    }
+    if (c->store_client == NULL &&
+        (c->store_client = tern_store_client_new(a->store, c->loop)) == NULL)
+        return false;
+    tern_store_req *sr = tern_store_req_new(TERN_STORE_ACCOUNT_CREATE, account_created, r);
+    if (sr == NULL)
+        return false;
+    sr->in.account = r->out.account;
+    sr->in.password_hash = NULL; /* the password stays with the backend that knows it */
+    if (tern_store_submit(c->store_client, sr) != 0) {
+        tern_store_req_free(sr);
+        return false;
+    }
+    return true;
+}
+
 static void after_work(uv_work_t *w, int status)
 {
     tern_auth_req *r = w->data;
@@ -633,10 +768,8 @@ static void after_work(uv_work_t *w, int status)
                       r->status, r->error);
         }
     }
-    c->pending--;
-    if (r->cb)
-        r->cb(r);
-    client_maybe_free(c);
+    if (!ensure_account(r))
+        req_complete(r);
 }
 
 /* ---- sync ------------------------------------------------------------------- */

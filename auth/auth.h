@@ -87,11 +87,15 @@ struct tern_auth_req {
         const char *password;   /* VERIFY_PASSWORD; need not be NUL-terminated */
         size_t password_len;
         const char *remote_ip;  /* limiter key; NULL: no per-IP accounting */
+        const char *listener;   /* VERIFY_PASSWORD: the listener's name, or NULL. A listener
+                                   with auth_static has its fixed login checked before
+                                   auth.backends (backend "static"); a user other than
+                                   that one falls through to them as usual */
     } in;
 
     struct {
         char *account;          /* canonical account name (local@domain) */
-        const char *backend;    /* "internal", "file": which one decided */
+        const char *backend;    /* "internal", "file", "static": which one decided */
         uint64_t delay_ms;      /* VERIFY_PASSWORD failure: wait this long before answering */
         tern_scram_keys scram;  /* GET_SCRAM_KEYS */
         uint8_t cram_md5[32];   /* GET_SECRET: the HMAC-MD5 context (tern_hash_cram_md5_digest) */

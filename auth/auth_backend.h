@@ -41,6 +41,11 @@ typedef struct tern_auth_backend_ops {
 
 extern const tern_auth_backend_ops tern_auth_file_backend;
 extern const tern_auth_backend_ops tern_auth_internal_backend;
+/* auth/static: no create() in its table; auth.c makes one per listener with
+ * auth_static through this, and asks it before the configured backends. */
+extern const tern_auth_backend_ops tern_auth_static_backend;
+void *tern_auth__static_new(const tern_listener_conf *l, const char *default_domain,
+                            char **error_r);
 extern const tern_auth_backend_ops tern_auth_ldap_backend;
 extern const tern_auth_backend_ops tern_auth_sql_backend;
 

@@ -43,6 +43,10 @@ typedef struct tern_listener_conf {
     bool allow_plaintext_auth;/* default false: see validation rules */
     char *client_ca;          /* PEM file of CAs for client certificates (mTLS) */
     tern_client_cert client_cert; /* default none; optional/required need client_ca */
+    struct {                  /* `auth_static:`: one fixed login on this listener (auth/static) */
+        char *username;       /* required when the section exists; NULL: no static login */
+        char *password;       /* a credential list: any auth/hash.h format or {PLAIN}text */
+    } auth_static;
 } tern_listener_conf;
 
 typedef struct tern_cert_conf {

@@ -382,6 +382,15 @@ static const schema_map auth_sql_schema = {auth_sql_fields, COUNT(auth_sql_field
 
 static void listener_tls(conf_walk *w, const cnode *n, void *dst, const char *path);
 
+/* `auth` is already the listener's on/off switch, so the fixed login of an
+ * ingest-only endpoint has its own key. Checked further in validate.c. */
+static const field listener_auth_static_fields[] = {
+    F_STRING("username", tern_listener_conf, auth_static.username, NULL, FL_REQUIRED, NULL),
+    F_STRING("password", tern_listener_conf, auth_static.password, NULL, FL_REQUIRED, NULL),
+};
+static const schema_map listener_auth_static_schema = {
+    listener_auth_static_fields, COUNT(listener_auth_static_fields), NULL};
+
 static const field listener_fields[] = {
     F_STRING("name", tern_listener_conf, name, NULL, FL_REQUIRED, check_ident),
     F_ENUM("protocol", tern_listener_conf, protocol, protocol_names, 0, FL_REQUIRED),
@@ -396,6 +405,7 @@ static const field listener_fields[] = {
     F_STRING("pipeline", tern_listener_conf, pipeline, "root", 0, check_ident),
     F_BOOL("auth", tern_listener_conf, auth, false),
     F_BOOL("allow_plaintext_auth", tern_listener_conf, allow_plaintext_auth, false),
+    {.key = "auth_static", .type = FT_MAP, .off = 0, .sub = &listener_auth_static_schema},
 };
 
 static void listener_post(conf_walk *w, const cnode *n, void *base, const char *path)
@@ -406,6 +416,10 @@ static void listener_post(conf_walk *w, const cnode *n, void *base, const char *
      * offer AUTH when told to. */
     if (a == NULL || a->is_null)
         l->auth = l->protocol == TERN_PROTO_SUBMISSION;
+    /* A fixed login is only there to be used. */
+    const cnode *st = conf__map_get(n, "auth_static");
+    if ((a == NULL || a->is_null) && st != NULL && !st->is_null)
+        l->auth = true;
 }
 static const schema_map listener_schema = {listener_fields, COUNT(listener_fields), listener_post};
 

@@ -7,6 +7,7 @@
 #include <netdb.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -204,6 +205,34 @@ static bool validate__overlap(const bind_addr *x, const bind_addr *y)
     return memcmp(x->a, y->a, 16) == 0;
 }
 
+/* The shape of a credential list's first entry, as auth/hash.h reads it:
+ * conf/ cannot call auth/ (auth/ depends on conf/), so the hash itself is
+ * checked again when the auth snapshot is built. NULL or why not. */
+static const char *validate__credential(const char *s)
+{
+    static const char *const schemes[] = {
+        "ARGON2ID", "ARGON2I", "SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "MD5-CRYPT",
+        "PLAIN", "CLEAR", "CLEARTEXT", "CRAM-MD5", "SCRAM-SHA-256"};
+    static const char *const bare[] = {"$argon2id$", "$argon2i$", "$6$", "$5$",
+                                       "$2y$", "$2b$", "$2a$", "$1$"};
+    if (s[0] == '{') {
+        const char *e = strchr(s, '}');
+        if (e == NULL)
+            return "starts with { but has no }";
+        for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
+            if ((size_t)(e - s - 1) == strlen(schemes[i]) &&
+                strncasecmp(s + 1, schemes[i], strlen(schemes[i])) == 0)
+                return e[1] == '\0' || e[1] == ' ' ? "has an empty credential" : NULL;
+        return "has an unknown scheme (ARGON2ID, SHA512-CRYPT, SHA256-CRYPT, BLF-CRYPT, "
+               "PLAIN, ...)";
+    }
+    for (size_t i = 0; i < sizeof(bare) / sizeof(bare[0]); i++)
+        if (strncmp(s, bare[i], strlen(bare[i])) == 0)
+            return NULL;
+    return "is neither {SCHEME}data nor a crypt string ($argon2id$, $6$, $2y$, ...); "
+           "write a clear one as {PLAIN}text";
+}
+
 static void validate__listener(conf_walk *w, size_t i)
 {
     tern_config *c = w->cfg;
@@ -263,6 +292,20 @@ static void validate__listener(conf_walk *w, size_t i)
                       "%s needs tls mode starttls or implicit: there is no handshake without TLS",
                       cc);
     }
+    if (l->auth_static.username != NULL && l->auth_static.username[0] == '\0') {
+        snprintf(path, sizeof(path), "listeners[%zu].auth_static.username", i);
+        conf__err(w, conf__line(w, &l->auth_static.username), path, "is empty");
+    }
+    if (l->auth_static.password != NULL) {
+        const char *why = validate__credential(l->auth_static.password);
+        snprintf(path, sizeof(path), "listeners[%zu].auth_static.password", i);
+        if (why)
+            conf__err(w, conf__line(w, &l->auth_static.password), path, "%s", why);
+        if (!l->auth)
+            conf__err(w, conf__line(w, &l->auth), path,
+                      "is set but auth is false: the listener would never offer it");
+    }
+
     if (l->client_ca != NULL) {
         snprintf(path, sizeof(path), "listeners[%zu].tls.client_ca", i);
         conf__check_client_ca(w, path, l->client_ca, conf__line(w, &l->client_ca));
