@@ -181,6 +181,18 @@ typedef struct tern_auth_sql_conf {
     bool scram;                /* every row holds {SCRAM-SHA-256} keys; default false */
 } tern_auth_sql_conf;
 
+/* auth_oauth2: JWT access tokens checked locally (OAUTHBEARER, XOAUTH2). */
+typedef struct tern_auth_oauth2_conf {
+    bool present;              /* the `auth_oauth2:` section exists */
+    char *jwks_file;           /* RFC 7517 key set, read at start and on SIGHUP; required */
+    char *issuer;              /* "iss" must equal it; required */
+    char *audience;            /* "aud" must hold it; required */
+    char *account_claim;       /* claim naming the account; default "email" */
+    uint64_t leeway_ms;        /* clock skew allowed on exp, nbf, iat; default 60s */
+    char **algorithms;         /* of RS256, ES256, EdDSA; default all three */
+    size_t n_algorithms;
+} tern_auth_oauth2_conf;
+
 typedef struct tern_config {
     atomic_int refs;
     tern_arena arena;
@@ -201,6 +213,7 @@ typedef struct tern_config {
     tern_postgres_conf postgres;
     tern_auth_conf auth;
     tern_auth_file_conf auth_file;
+    tern_auth_oauth2_conf auth_oauth2;
     tern_auth_internal_conf auth_internal;
     tern_auth_ldap_conf auth_ldap;
     tern_auth_sql_conf auth_sql;

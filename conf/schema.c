@@ -313,11 +313,11 @@ static const schema_map postgres_schema = {postgres_fields, COUNT(postgres_field
 
 static const char *check_auth_backend(const char *s)
 {
-    static const char *const names[] = {"internal", "file", "sql", "ldap"};
+    static const char *const names[] = {"internal", "file", "oauth2", "sql", "ldap"};
     for (size_t i = 0; i < COUNT(names); i++)
         if (strcmp(s, names[i]) == 0)
             return NULL;
-    return "is not an auth backend (internal, file, sql, ldap)";
+    return "is not an auth backend (internal, file, oauth2, sql, ldap)";
 }
 
 static const field auth_fields[] = {
@@ -342,6 +342,26 @@ static const field auth_internal_fields[] = {
 };
 static const schema_map auth_internal_schema = {auth_internal_fields, COUNT(auth_internal_fields),
                                                 NULL};
+
+static const char *check_oauth2_alg(const char *s)
+{
+    /* Asymmetric only: an HMAC alg would make the public JWKS a secret. */
+    if (strcmp(s, "RS256") == 0 || strcmp(s, "ES256") == 0 || strcmp(s, "EdDSA") == 0)
+        return NULL;
+    return "is not a supported JWS algorithm (RS256, ES256, EdDSA)";
+}
+
+/* jwks_file, issuer and audience are required only when the section
+ * exists; validate.c says so. */
+static const field auth_oauth2_fields[] = {
+    F_STRING("jwks_file", tern_auth_oauth2_conf, jwks_file, NULL, FL_FILE, NULL),
+    F_STRING("issuer", tern_auth_oauth2_conf, issuer, NULL, 0, NULL),
+    F_STRING("audience", tern_auth_oauth2_conf, audience, NULL, 0, NULL),
+    F_STRING("account_claim", tern_auth_oauth2_conf, account_claim, "email", 0, NULL),
+    F_DURATION("leeway", tern_auth_oauth2_conf, leeway_ms, 0, HOUR, 60 * SEC, 1),
+    F_STRLIST("algorithms", tern_auth_oauth2_conf, algorithms, n_algorithms, 0, check_oauth2_alg),
+};
+static const schema_map auth_oauth2_schema = {auth_oauth2_fields, COUNT(auth_oauth2_fields), NULL};
 
 static const char *const ldap_mode_names[] = {"bind", "search", NULL};
 
@@ -441,6 +461,8 @@ static void root_post(conf_walk *w, const cnode *n, void *base, const char *path
             cfg->postgres.present = true;
         else if (strcmp(k->str, "auth_file") == 0)
             cfg->auth_file.present = true;
+        else if (strcmp(k->str, "auth_oauth2") == 0)
+            cfg->auth_oauth2.present = true;
         else if (strcmp(k->str, "auth_ldap") == 0)
             cfg->auth_ldap.present = true;
         else if (strcmp(k->str, "auth_sql") == 0)
@@ -459,6 +481,7 @@ static const field root_fields[] = {
     F_MAP("postgres", tern_config, postgres, postgres_schema),
     F_MAP("auth", tern_config, auth, auth_schema),
     F_MAP("auth_file", tern_config, auth_file, auth_file_schema),
+    F_MAP("auth_oauth2", tern_config, auth_oauth2, auth_oauth2_schema),
     F_MAP("auth_internal", tern_config, auth_internal, auth_internal_schema),
     F_MAP("auth_ldap", tern_config, auth_ldap, auth_ldap_schema),
     F_MAP("auth_sql", tern_config, auth_sql, auth_sql_schema),

@@ -4,8 +4,10 @@
  * walk on a struct whose every field is typed and in bounds (or already
  * reported); every broken rule is reported, none stops the others. */
 #include <ctype.h>
+#include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
@@ -13,6 +15,7 @@
 #include <arpa/inet.h>
 
 #include "conf/conf_internal.h"
+#include "lib/json.h"
 
 static void validate__hostname(conf_walk *w)
 {
@@ -60,6 +63,54 @@ static void validate__storage(conf_walk *w)
         conf__err(w, 0, "postgres.conninfo", "required when a postgres: section is present");
 }
 
+/* The JWKS is fully decoded (keys imported) by auth/ when the snapshot is
+ * built; here it must at least be a JSON key set, so a broken file fails
+ * the reload with a config error rather than a login later. */
+static void validate__auth_oauth2(conf_walk *w)
+{
+    const tern_auth_oauth2_conf *o = &w->cfg->auth_oauth2;
+    if (!o->present)
+        return;
+    const char *const names[] = {"auth_oauth2.jwks_file", "auth_oauth2.issuer",
+                                 "auth_oauth2.audience"};
+    char *const *vals[] = {(char *const *)&o->jwks_file, (char *const *)&o->issuer,
+                           (char *const *)&o->audience};
+    for (size_t i = 0; i < 3; i++)
+        if (*vals[i] == NULL && conf__line(w, vals[i]) == 0)
+            conf__err(w, 0, names[i], "required when an auth_oauth2: section is present");
+    if (o->audience != NULL && o->audience[0] == '\0')
+        conf__err(w, conf__line(w, &o->audience), "auth_oauth2.audience", "is empty");
+    if (o->issuer != NULL && o->issuer[0] == '\0')
+        conf__err(w, conf__line(w, &o->issuer), "auth_oauth2.issuer", "is empty");
+    if (o->jwks_file == NULL)
+        return;
+    unsigned line = conf__line(w, &o->jwks_file);
+    FILE *f = fopen(o->jwks_file, "rb");
+    if (f == NULL) {
+        conf__err(w, line, "auth_oauth2.jwks_file", "\"%s\": %s", o->jwks_file, strerror(errno));
+        return;
+    }
+    enum { MAX = 1 << 20 };
+    char *buf = malloc(MAX + 1);
+    size_t n = buf ? fread(buf, 1, MAX + 1, f) : 0;
+    fclose(f);
+    tern_arena a;
+    tern_arena_init(&a, 4096);
+    tern_json *root = NULL;
+    size_t off = 0;
+    int rc = buf == NULL || n > MAX ? TERN_JSON_ELIMIT
+                                    : tern_json_parse(buf, n, NULL, &a, &root, &off);
+    const tern_json *keys = tern_json_get(root, "keys");
+    if (rc != TERN_JSON_OK)
+        conf__err(w, line, "auth_oauth2.jwks_file", "\"%s\": %s at byte %zu", o->jwks_file,
+                  tern_json_strerror(rc), off);
+    else if (keys == NULL || keys->type != TERN_JSON_ARRAY || keys->len == 0)
+        conf__err(w, line, "auth_oauth2.jwks_file", "\"%s\": no \"keys\" array with keys",
+                  o->jwks_file);
+    tern_arena_free(&a);
+    free(buf);
+}
+
 /* A backend named in auth.backends reads its own section; one that takes
  * settings (file) without it could answer for no one. The file itself is
  * parsed by auth/ when the auth snapshot is built, which fails the reload
@@ -89,6 +140,9 @@ static void validate__auth(conf_walk *w)
                 break;
             }
         }
+        if (strcmp(a->backends[i], "oauth2") == 0 && !c->auth_oauth2.present)
+            conf__err(w, conf__line(w, &a->backends[i]), path,
+                      "oauth2 needs an auth_oauth2: section with jwks_file, issuer, audience");
         if (strcmp(a->backends[i], "file") == 0 && !c->auth_file.present)
             conf__err(w, conf__line(w, &a->backends[i]), path,
                       "file needs an auth_file: section with path");
@@ -335,6 +389,7 @@ void conf__validate(conf_walk *w)
     validate__hostname(w);
     validate__storage(w);
     validate__auth(w);
+    validate__auth_oauth2(w);
     validate__smtp(w);
     validate__domains(w);
     for (size_t i = 0; i < c->n_listeners; i++)
