@@ -161,6 +161,8 @@ struct tern_auth {
     backend backends[MAX_BACKENDS];
     size_t n_backends;
     unsigned caps;
+    bool lookups;        /* a backend knows users by name, not only by token */
+    unsigned token_caps; /* TERN_AUTH_CAP_TOKEN when a backend checks tokens */
     char *default_domain;
     tern_auth_limits limits;
     _Atomic(limiter *) lim;
@@ -187,6 +189,8 @@ static const tern_auth_backend_ops *backend_by_name(const char *name)
         return &tern_auth_file_backend;
     if (strcmp(name, "internal") == 0)
         return &tern_auth_internal_backend;
+    if (strcmp(name, "oauth2") == 0)
+        return &tern_auth_oauth2_backend;
     if (strcmp(name, "ldap") == 0)
         return &tern_auth_ldap_backend;
     if (strcmp(name, "sql") == 0)
@@ -237,7 +241,14 @@ tern_auth *tern_auth_new(const tern_config *cfg, tern_store *store, char **error
             return NULL;
         }
         a->backends[a->n_backends++] = (backend){ops, st};
-        a->caps &= ops->caps(st);
+        /* A token backend knows no one by password: it takes nothing from
+         * what the others offer, and adds tokens. */
+        if (ops->verify_token == NULL) {
+            a->caps &= ops->caps(st);
+            a->lookups = true;
+        } else {
+            a->token_caps |= ops->caps(st) & TERN_AUTH_CAP_TOKEN;
+        }
     }
     a->store = store;
     for (size_t i = 0; i < cfg->n_listeners; i++) {
@@ -297,7 +308,7 @@ void tern_auth_unref(tern_auth *a)
 
 unsigned tern_auth_capabilities(const tern_auth *a)
 {
-    return a->caps;
+    return (a->lookups ? a->caps : 0) | a->token_caps;
 }
 
 /* ---- limiter API ------------------------------------------------------------ */
@@ -578,6 +589,45 @@ static bool try_static(tern_auth_client *c, tern_auth_req *r)
     return false;
 }
 
+/* A token names its own account: nothing is looked up, the backends that
+ * check tokens do it on the pool (finish_work). The limiter counts by IP,
+ * and by the user when the client named one. */
+static int submit_token(tern_auth_client *c, tern_auth_req *r)
+{
+    const char *user = r->in.user ? r->in.user : "";
+    if (r->in.token == NULL || r->in.token_len == 0 || r->in.token_len > TERN_AUTH_MAX_TOKEN)
+        return req_fail(r, TERN_AUTH_EINVAL, "no token, or longer than 8192 bytes");
+    if (strlen(user) > TERN_AUTH_MAX_USER)
+        return req_fail(r, TERN_AUTH_EINVAL, "user name too long");
+    c->pending++;
+    memcpy(r->priv_.user, user, strlen(user) + 1);
+    if (tern_auth_limiter_check(c->auth, r->in.remote_ip, user[0] ? user : NULL, now_ms()) != 0)
+        r->status = TERN_AUTH_ELOCKED;
+    queue_finish(r);
+    return 0;
+}
+
+static void token_work(tern_auth_req *r)
+{
+    tern_auth *a = r->priv_.client->auth;
+    r->status = TERN_AUTH_EFAIL;
+    snprintf(r->error, sizeof(r->error), "no backend checks tokens");
+    for (size_t i = 0; i < a->n_backends; i++) {
+        const backend *b = &a->backends[i];
+        if (b->ops->verify_token == NULL)
+            continue;
+        char *account = NULL;
+        r->error[0] = '\0';
+        r->status = b->ops->verify_token(b->state, r, &account);
+        if (r->status == TERN_AUTH_OK) {
+            r->priv_.found = true;
+            r->out.account = account;
+            r->out.backend = b->ops->name;
+            return;
+        }
+    }
+}
+
 int tern_auth_submit(tern_auth_client *c, tern_auth_req *r)
 {
     r->status = TERN_AUTH_OK;
@@ -588,8 +638,10 @@ int tern_auth_submit(tern_auth_client *c, tern_auth_req *r)
     r->priv_.stored = NULL;
     if (c->closing)
         return req_fail(r, TERN_AUTH_EINVAL, "client is closing");
-    if (r->op < TERN_AUTH_VERIFY_PASSWORD || r->op > TERN_AUTH_USER_EXISTS)
+    if (r->op < TERN_AUTH_VERIFY_PASSWORD || r->op > TERN_AUTH_VERIFY_TOKEN)
         return req_fail(r, TERN_AUTH_EINVAL, "unknown operation");
+    if (r->op == TERN_AUTH_VERIFY_TOKEN)
+        return submit_token(c, r);
     if (r->in.user == NULL)
         return req_fail(r, TERN_AUTH_EINVAL, "no user");
     if (r->op == TERN_AUTH_VERIFY_PASSWORD &&
@@ -668,6 +720,9 @@ static void finish_work(uv_work_t *w)
         if (!r->priv_.found)
             r->status = TERN_AUTH_ENOTFOUND;
         break;
+    case TERN_AUTH_VERIFY_TOKEN:
+        token_work(r);
+        break;
     }
 }
 
@@ -707,7 +762,9 @@ static bool ensure_account(tern_auth_req *r)
 {
     tern_auth_client *c = r->priv_.client;
     tern_auth *a = c->auth;
-    if (a->store == NULL || r->op != TERN_AUTH_VERIFY_PASSWORD || r->status != TERN_AUTH_OK ||
+    if (a->store == NULL ||
+        (r->op != TERN_AUTH_VERIFY_PASSWORD && r->op != TERN_AUTH_VERIFY_TOKEN) ||
+        r->status != TERN_AUTH_OK ||
         r->out.backend == NULL || strcmp(r->out.backend, "internal") == 0 ||
         strcmp(r->out.backend, tern_auth_static_backend.name) == 0)
         return false;
@@ -739,7 +796,7 @@ static void after_work(uv_work_t *w, int status)
     tern_auth *a = c->auth;
     if (status != 0 && r->status == TERN_AUTH_OK)
         r->status = TERN_AUTH_ETEMP;
-    if (r->op == TERN_AUTH_VERIFY_PASSWORD) {
+    if (r->op == TERN_AUTH_VERIFY_PASSWORD || r->op == TERN_AUTH_VERIFY_TOKEN) {
         char qu[128];
         const char *svc = r->in.service ? r->in.service : "-";
         const char *ip = r->in.remote_ip ? r->in.remote_ip : "-";
@@ -750,7 +807,8 @@ static void after_work(uv_work_t *w, int status)
         } else if (r->status == TERN_AUTH_EFAIL || r->status == TERN_AUTH_ELOCKED) {
             if (r->status == TERN_AUTH_EFAIL)
                 r->out.delay_ms =
-                    tern_auth_limiter_failure(a, r->in.remote_ip, r->priv_.user, now_ms());
+                    tern_auth_limiter_failure(a, r->in.remote_ip,
+                                              r->priv_.user[0] ? r->priv_.user : NULL, now_ms());
             else
                 r->out.delay_ms = a->limits.max_delay_ms;
             /* The account is only named once a backend knows it: a log

@@ -48,6 +48,7 @@
 #define TERN_AUTH_EINVAL (-6)    /* missing or over-long parameter */
 
 #define TERN_AUTH_MAX_USER 320 /* local@domain, RFC 5321 sizes */
+#define TERN_AUTH_MAX_TOKEN 8192 /* a bearer token (JWT), bytes */
 
 const char *tern_auth_strerror(int status);
 
@@ -55,6 +56,8 @@ const char *tern_auth_strerror(int status);
 #define TERN_AUTH_CAP_PASSWORD 0x01  /* PLAIN, LOGIN, USER/PASS: VERIFY_PASSWORD */
 #define TERN_AUTH_CAP_SCRAM_SHA_256 0x02 /* GET_SCRAM_KEYS */
 #define TERN_AUTH_CAP_CRAM_MD5 0x04  /* GET_SECRET */
+#define TERN_AUTH_CAP_TOKEN 0x08     /* OAUTHBEARER, XOAUTH2: VERIFY_TOKEN (a backend such as
+                                        oauth2 that checks tokens is configured) */
 
 typedef enum {
     TERN_AUTH_VERIFY_PASSWORD = 1, /* in: service, user, password, remote_ip.
@@ -65,6 +68,10 @@ typedef enum {
     TERN_AUTH_GET_SECRET,          /* in: user. out: account, cram_md5 (CRAM-MD5 context,
                                       from a {PLAIN} or {CRAM-MD5} credential) */
     TERN_AUTH_USER_EXISTS,         /* in: user. out: account, backend. OK or ENOTFOUND */
+    TERN_AUTH_VERIFY_TOKEN,        /* in: service, user (the SASL authzid; may be "": then
+                                      the token alone names the account), token, remote_ip.
+                                      out: account, backend, delay_ms. Asked of the backends
+                                      that check tokens; EFAIL for any bad token */
 } tern_auth_op;
 
 typedef struct tern_auth tern_auth;
@@ -86,6 +93,8 @@ struct tern_auth_req {
         const char *user;       /* as the client gave it */
         const char *password;   /* VERIFY_PASSWORD; need not be NUL-terminated */
         size_t password_len;
+        const char *token;      /* VERIFY_TOKEN: the bearer token; need not be NUL-terminated */
+        size_t token_len;
         const char *remote_ip;  /* limiter key; NULL: no per-IP accounting */
         const char *listener;   /* VERIFY_PASSWORD: the listener's name, or NULL. A listener
                                    with auth_static has its fixed login checked before

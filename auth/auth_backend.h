@@ -37,9 +37,16 @@ typedef struct tern_auth_backend_ops {
     void *(*client_new)(void *b, uv_loop_t *loop);
     void (*client_close)(void *b, void *client_state);
     void (*lookup)(void *b, tern_auth_lookup *lk);
+    /* Optional: a backend that checks bearer tokens itself (VERIFY_TOKEN;
+     * its caps() then says TERN_AUTH_CAP_TOKEN). Runs on the thread pool,
+     * so it may only read b. r->in.user may be NULL or "". Returns
+     * TERN_AUTH_OK with *account_r in r->arena, TERN_AUTH_EFAIL with why in
+     * r->error, or TERN_AUTH_ETEMP. */
+    int (*verify_token)(void *b, tern_auth_req *r, char **account_r);
 } tern_auth_backend_ops;
 
 extern const tern_auth_backend_ops tern_auth_file_backend;
+extern const tern_auth_backend_ops tern_auth_oauth2_backend;
 extern const tern_auth_backend_ops tern_auth_internal_backend;
 /* auth/static: no create() in its table; auth.c makes one per listener with
  * auth_static through this, and asks it before the configured backends. */
