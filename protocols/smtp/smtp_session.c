@@ -96,6 +96,7 @@ typedef struct smtp_session {
     char *auth_user;      /* the authenticated account */
     char auth_mech[24];
     bool auth_pending;    /* an auth/ request is out */
+    uint64_t auth_fail_delay_ms; /* from a failed token check, applied at the final 535 */
     uv_timer_t *delay_timer; /* holds a failure reply back (brute force) */
     unsigned pending;     /* async operations that hold a pointer to us */
     unsigned errors;
@@ -1056,6 +1057,8 @@ static int smtp__auth_mechs(const struct smtp_session *s, char *buf, size_t size
         caps |= TERN_SASL_CAP_PASSWORD;
     if (ac & TERN_AUTH_CAP_SCRAM_SHA_256)
         caps |= TERN_SASL_CAP_SCRAM;
+    if (ac & TERN_AUTH_CAP_TOKEN)
+        caps |= TERN_SASL_CAP_TOKEN;
     char acct[TERN_AUTH_MAX_USER + 1];
     if (smtp__cert_account(s, acct, sizeof(acct)))
         caps |= TERN_SASL_CAP_EXTERNAL;
@@ -1191,6 +1194,20 @@ static void smtp__auth_done(tern_auth_req *q)
             return;
         }
         break;
+    case TERN_AUTH_VERIFY_TOKEN:
+        if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_EFAIL ||
+            q->status == TERN_AUTH_EINVAL) {
+            /* A refused token may first get RFC 7628's error challenge:
+             * the delay waits for the final failure. */
+            s->auth_fail_delay_ms = q->status == TERN_AUTH_OK ? 0 : q->out.delay_ms;
+            tern_sasl_verified(s->sasl, q->status == TERN_AUTH_OK, q->out.account, &r);
+        } else {
+            tern_auth_req_free(q);
+            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+            smtp__continue(s);
+            return;
+        }
+        break;
     case TERN_AUTH_USER_EXISTS:
         if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_ENOTFOUND) {
             tern_sasl_verified(s->sasl, q->status == TERN_AUTH_OK, q->out.account, &r);
@@ -1226,6 +1243,11 @@ static void smtp__auth_ask(smtp_session *s, tern_auth_op op, const tern_sasl_res
     q->in.password = (const char *)r->password;
     q->in.password_len = r->password_len;
     q->in.remote_ip = s->conn.peer_ip;
+    if (op == TERN_AUTH_VERIFY_TOKEN) {
+        q->in.user = r->authzid && r->authzid[0] ? r->authzid : NULL;
+        q->in.token = r->token;
+        q->in.token_len = r->token ? strlen(r->token) : 0;
+    }
     int rc = tern_auth_submit(s->auth_client, q);
     if (rc != 0) {
         tern_auth_req_free(q);
@@ -1266,6 +1288,9 @@ static void smtp__sasl_result(smtp_session *s, tern_sasl_result *r)
         }
         smtp__auth_ask(s, TERN_AUTH_GET_SCRAM_KEYS, r);
         return;
+    case TERN_SASL_NEED_VERIFY_TOKEN:
+        smtp__auth_ask(s, TERN_AUTH_VERIFY_TOKEN, r);
+        return;
     case TERN_SASL_NEED_EXTERNAL: {
         /* The certificate names the account; an authzid may only repeat
          * it. The directory must still know the account. */
@@ -1302,7 +1327,8 @@ static void smtp__sasl_result(smtp_session *s, tern_sasl_result *r)
         } else if (r->error == TERN_SASL_EMALFORMED || r->error == TERN_SASL_ETOOLONG) {
             smtp__auth_fail(s, 0, "501 5.5.2 Cannot decode the response");
         } else {
-            uint64_t delay = 0;
+            uint64_t delay = s->auth_fail_delay_ms;
+            s->auth_fail_delay_ms = 0;
             if (strcasecmp(s->auth_mech, "SCRAM-SHA-256") == 0)
                 delay = tern_auth_limiter_failure(s->auth, ip, r->authcid && r->authcid[0]
                                                                    ? r->authcid : NULL,

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import TERNCTL, make_message, client_context
+from conftest import ROOT, TERNCTL, make_message, client_context
 
 
 def ctl(t, *args, stdin=None):
@@ -303,3 +303,77 @@ def test_external_with_client_certificate(tern_factory, certs, tmp_path):
     c4.reply()
     r = c4.ehlo()
     assert not any("EXTERNAL" in ln for ln in r.lines), r
+
+
+def _jwt(claims, key="rsa.pem", kid="rsa1"):
+    """An RS256 token signed with openssl, from the oauth2 test keys."""
+    import json
+    def b64u(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    head = b64u(json.dumps({"alg": "RS256", "typ": "JWT", "kid": kid}).encode())
+    body = b64u(json.dumps(claims).encode())
+    data = f"{head}.{body}".encode()
+    keyfile = str(ROOT / "tests" / "data" / "oauth2" / key)
+    sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", keyfile], input=data,
+                         capture_output=True, check=True, timeout=30).stdout
+    return f"{head}.{body}.{b64u(sig)}"
+
+
+def test_oauthbearer_and_xoauth2(tern_factory):
+    t = tern_factory({"auth": {"backends": ["internal", "oauth2"], "failure_delay": "100ms"},
+                      "auth_oauth2": {"jwks_file": str(ROOT / "tests/data/oauth2/jwks.json"),
+                                      "issuer": "https://idp.example.test",
+                                      "audience": "tern-mail"}}, start=False)
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test")
+    t.start()
+    now = int(time.time())
+    good = _jwt({"iss": "https://idp.example.test", "aud": "tern-mail", "exp": now + 600,
+                 "iat": now, "email": "alice@example.test"})
+    expired = _jwt({"iss": "https://idp.example.test", "aud": "tern-mail", "exp": now - 3600,
+                    "email": "alice@example.test"})
+    forged = _jwt({"iss": "https://idp.example.test", "aud": "tern-mail", "exp": now + 600,
+                   "email": "alice@example.test"}, key="rsa-other.pem")
+
+    def session():
+        c = t.connect("submission")
+        c.starttls(client_context())
+        r = c.ehlo()
+        auth = [ln for ln in r.lines if ln.upper().startswith("AUTH ")]
+        assert auth and "OAUTHBEARER" in auth[0] and "XOAUTH2" in auth[0], r
+        return c
+
+    def oauthbearer(tok, user="alice@example.test"):
+        return base64.b64encode(f"n,a={user},\x01auth=Bearer {tok}\x01\x01".encode()).decode()
+
+    def auth(c, mech, response):
+        # Tokens make the initial response longer than a command line may
+        # be (512): RFC 4954 4 says to send it after the 334 instead.
+        r = c.cmd("AUTH " + mech)
+        assert r.code == 334, r
+        return c.cmd(response)
+
+    c = session()
+    r = c.cmd("AUTH OAUTHBEARER " + oauthbearer(good))
+    assert r.code == 500 and r.enhanced == "5.5.2", r       # too long as an initial response
+    r = auth(c, "OAUTHBEARER", oauthbearer(good))
+    assert r.code == 235, r
+    assert c.cmd("MAIL FROM:<alice@example.test>").code == 250
+
+    c = session()
+    xo = base64.b64encode(f"user=alice@example.test\x01auth=Bearer {good}\x01\x01".encode())
+    assert auth(c, "XOAUTH2", xo.decode()).code == 235
+
+    for bad in (expired, forged):
+        c = session()
+        r = auth(c, "OAUTHBEARER", oauthbearer(bad))
+        # RFC 7628 3.2.3: an error challenge first, then the failure.
+        assert r.code == 334, r
+        assert b'"status"' in base64.b64decode(r.text.strip()), r
+        r = c.cmd(base64.b64encode(b"\x01").decode())
+        assert r.code == 535, r
+    # A token for alice offered as bob's: refused.
+    c = session()
+    r = auth(c, "OAUTHBEARER", oauthbearer(good, user="bob@example.test"))
+    assert r.code == 334, r
+    assert c.cmd(base64.b64encode(b"\x01").decode()).code == 535
