@@ -377,3 +377,42 @@ def test_oauthbearer_and_xoauth2(tern_factory):
     r = auth(c, "OAUTHBEARER", oauthbearer(good, user="bob@example.test"))
     assert r.code == 334, r
     assert c.cmd(base64.b64encode(b"\x01").decode()).code == 535
+
+
+@pytest.mark.parametrize("mech", ["PLAIN", "LOGIN", "SCRAM-SHA-256"])
+def test_curl_login_options(authed, tmp_path, mech):
+    features = subprocess.run(["curl", "-V"], capture_output=True, text=True).stdout
+    if mech.startswith("SCRAM") and "gsasl" not in features.lower():
+        pytest.skip("this curl is built without gsasl, so it has no SCRAM")
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"From: alice@example.test\r\nSubject: curl\r\n\r\nhi\r\n")
+    p = subprocess.run(["curl", "-sS", "--ssl-reqd", "-k", "--max-time", "30",
+                        f"smtp://127.0.0.1:{authed.port('submission')}",
+                        "--user", "alice@example.test:correct horse",
+                        "--login-options", f"AUTH={mech}",
+                        "--mail-from", "alice@example.test", "--mail-rcpt", "x@elsewhere.example",
+                        "--upload-file", str(msg)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert f"mech={mech}" in authed.log()
+
+
+def test_curl_oauth2_bearer(tern_factory, tmp_path):
+    t = tern_factory({"auth": {"backends": ["internal", "oauth2"]},
+                      "auth_oauth2": {"jwks_file": str(ROOT / "tests/data/oauth2/jwks.json"),
+                                      "issuer": "https://idp.example.test",
+                                      "audience": "tern-mail"}}, start=False)
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test")
+    t.start()
+    now = int(time.time())
+    tok = _jwt({"iss": "https://idp.example.test", "aud": "tern-mail", "exp": now + 600,
+                "email": "alice@example.test"})
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"Subject: curl oauth\r\n\r\nhi\r\n")
+    p = subprocess.run(["curl", "-sS", "--ssl-reqd", "-k", "--max-time", "30",
+                        f"smtp://127.0.0.1:{t.port('submission')}",
+                        "--user", "alice@example.test:", "--oauth2-bearer", tok,
+                        "--mail-from", "alice@example.test", "--mail-rcpt", "x@elsewhere.example",
+                        "--upload-file", str(msg)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr + t.log_tail(20)
+    assert "mech=OAUTHBEARER" in t.log() or "mech=XOAUTH2" in t.log()
