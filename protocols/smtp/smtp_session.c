@@ -97,6 +97,7 @@ typedef struct smtp_session {
     char auth_mech[24];
     bool auth_pending;    /* an auth/ request is out */
     uint64_t auth_fail_delay_ms; /* from a failed token check, applied at the final 535 */
+    bool auth_static;     /* logged in with the listener's fixed credential (auth_static) */
     uv_timer_t *delay_timer; /* holds a failure reply back (brute force) */
     unsigned pending;     /* async operations that hold a pointer to us */
     unsigned errors;
@@ -329,7 +330,10 @@ static void cmd_mail(smtp_session *s, const tern_smtp_cmd *cmd)
     tx->started_ms = tern_now_ms();
     /* Submission (RFC 6409 6.1): an authenticated user sends only as an
      * address it owns. */
-    if (s->lc->protocol == TERN_PROTO_SUBMISSION && s->auth_user != NULL) {
+    /* A listener's fixed login (auth_static) is an ingest identity, not a
+     * directory account: it owns no address, and the listener exists to
+     * take mail from the device or service that holds it. */
+    if (s->lc->protocol == TERN_PROTO_SUBMISSION && s->auth_user != NULL && !s->auth_static) {
         tern_store_req *lq = s->base.host->store_client
                                  ? tern_store_req_new(TERN_STORE_RCPT_LOOKUP, smtp__sender_looked_up, s)
                                  : NULL;
@@ -1040,8 +1044,7 @@ static bool smtp__cert_account(const smtp_session *s, char *out, size_t size)
 
 /* What the session may offer: the backends' capabilities, plaintext
  * mechanisms only over TLS (or allow_plaintext_auth), nothing once
- * authenticated. CRAM-MD5 is not offered: auth/ gives its stored secret as
- * an HMAC context that the SASL layer cannot take yet. */
+ * authenticated. */
 static int smtp__auth_mechs(const struct smtp_session *s, char *buf, size_t size)
 {
     buf[0] = '\0';
@@ -1059,6 +1062,8 @@ static int smtp__auth_mechs(const struct smtp_session *s, char *buf, size_t size
         caps |= TERN_SASL_CAP_SCRAM;
     if (ac & TERN_AUTH_CAP_TOKEN)
         caps |= TERN_SASL_CAP_TOKEN;
+    if (ac & TERN_AUTH_CAP_CRAM_MD5)
+        caps |= TERN_SASL_CAP_CRAM;
     char acct[TERN_AUTH_MAX_USER + 1];
     if (smtp__cert_account(s, acct, sizeof(acct)))
         caps |= TERN_SASL_CAP_EXTERNAL;
@@ -1162,6 +1167,7 @@ static void smtp__auth_done(tern_auth_req *q)
     switch (q->op) {
     case TERN_AUTH_VERIFY_PASSWORD:
         if (q->status == TERN_AUTH_OK) {
+            s->auth_static = q->out.backend && strcmp(q->out.backend, "static") == 0;
             tern_sasl_verified(s->sasl, true, q->out.account, &r);
         } else if (q->status == TERN_AUTH_EFAIL) {
             uint64_t delay = q->out.delay_ms;
@@ -1208,6 +1214,20 @@ static void smtp__auth_done(tern_auth_req *q)
             return;
         }
         break;
+    case TERN_AUTH_GET_SECRET:
+        if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_ENOTFOUND ||
+            q->status == TERN_AUTH_EUNAVAIL) {
+            /* Unknown user or no secret: the digest cannot match, and the
+             * answer is the same 535 as a wrong one. */
+            tern_sasl_cram_context(s->sasl, q->status == TERN_AUTH_OK ? q->out.cram_md5 : NULL,
+                                   q->status == TERN_AUTH_OK ? q->out.account : NULL, &r);
+        } else {
+            tern_auth_req_free(q);
+            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+            smtp__continue(s);
+            return;
+        }
+        break;
     case TERN_AUTH_USER_EXISTS:
         if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_ENOTFOUND) {
             tern_sasl_verified(s->sasl, q->status == TERN_AUTH_OK, q->out.account, &r);
@@ -1243,6 +1263,7 @@ static void smtp__auth_ask(smtp_session *s, tern_auth_op op, const tern_sasl_res
     q->in.password = (const char *)r->password;
     q->in.password_len = r->password_len;
     q->in.remote_ip = s->conn.peer_ip;
+    q->in.listener = s->lc->name; /* a listener's fixed login (auth_static) */
     if (op == TERN_AUTH_VERIFY_TOKEN) {
         q->in.user = r->authzid && r->authzid[0] ? r->authzid : NULL;
         q->in.token = r->token;
@@ -1291,6 +1312,13 @@ static void smtp__sasl_result(smtp_session *s, tern_sasl_result *r)
     case TERN_SASL_NEED_VERIFY_TOKEN:
         smtp__auth_ask(s, TERN_AUTH_VERIFY_TOKEN, r);
         return;
+    case TERN_SASL_NEED_CRAM_SECRET:
+        if (tern_auth_limiter_check(s->auth, ip, r->authcid, tern_now_ms()) != 0) {
+            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+            return;
+        }
+        smtp__auth_ask(s, TERN_AUTH_GET_SECRET, r);
+        return;
     case TERN_SASL_NEED_EXTERNAL: {
         /* The certificate names the account; an authzid may only repeat
          * it. The directory must still know the account. */
@@ -1310,7 +1338,9 @@ static void smtp__sasl_result(smtp_session *s, tern_sasl_result *r)
     case TERN_SASL_SUCCESS:
         free(s->auth_user);
         s->auth_user = strdup(r->account ? r->account : "");
-        if (strcasecmp(s->auth_mech, "SCRAM-SHA-256") == 0)
+        /* Mechanisms verified here rather than by VERIFY_PASSWORD keep
+         * the limiter's books themselves. */
+        if (strcasecmp(s->auth_mech, "SCRAM-SHA-256") == 0 || strcasecmp(s->auth_mech, "CRAM-MD5") == 0)
             tern_auth_limiter_success(s->auth, ip, s->auth_user);
         TLOG_INFO(MOD, "event=auth session=%s ip=%s mech=%s account=%s", s->base.id, ip,
                   s->auth_mech, s->auth_user ? s->auth_user : "?");
@@ -1329,7 +1359,8 @@ static void smtp__sasl_result(smtp_session *s, tern_sasl_result *r)
         } else {
             uint64_t delay = s->auth_fail_delay_ms;
             s->auth_fail_delay_ms = 0;
-            if (strcasecmp(s->auth_mech, "SCRAM-SHA-256") == 0)
+            if (strcasecmp(s->auth_mech, "SCRAM-SHA-256") == 0 ||
+                strcasecmp(s->auth_mech, "CRAM-MD5") == 0)
                 delay = tern_auth_limiter_failure(s->auth, ip, r->authcid && r->authcid[0]
                                                                    ? r->authcid : NULL,
                                                   tern_now_ms());

@@ -416,3 +416,47 @@ def test_curl_oauth2_bearer(tern_factory, tmp_path):
                         "--upload-file", str(msg)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr + t.log_tail(20)
     assert "mech=OAUTHBEARER" in t.log() or "mech=XOAUTH2" in t.log()
+
+
+def test_cram_md5_with_file_backend(tern_factory, tmp_path):
+    users = tmp_path / "users"
+    users.write_text("carol@example.test:{PLAIN}tanstaaf\n")
+    t = tern_factory({"auth": {"backends": ["file"]},
+                      "auth_file": {"path": str(users)}})
+    c = t.connect("submission")
+    c.starttls(client_context())
+    r = c.ehlo()
+    auth = [ln for ln in r.lines if ln.upper().startswith("AUTH ")]
+    assert auth and "CRAM-MD5" in auth[0], r
+    for pw, want in (("tanstaaf", "235 2.7.0"), ("wrong", "535 5.7.8")):
+        p = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(t.port("submission")),
+                            "--tls", "--auth", "CRAM-MD5", "--auth-user", "carol@example.test",
+                            "--auth-password", pw, "--from", "carol@example.test",
+                            "--to", "x@elsewhere.example", "--quit-after", "AUTH"],
+                           capture_output=True, text=True, timeout=60)
+        assert want in p.stdout, p.stdout
+    # A password login through the file backend creates the account (and
+    # its mailboxes) in the store at first login.
+    s = smtplib_tls(t)
+    s.user, s.password = "carol@example.test", "tanstaaf"
+    assert s.auth("PLAIN", s.auth_plain)[0] == 235
+    s.quit()
+    assert "carol@example.test" in ctl(t, "account", "list").stdout.decode()
+
+
+def test_static_login_on_one_listener(tern_factory):
+    t = tern_factory(start=False)
+    t.config["listeners"][1]["auth_static"] = {"username": "ingest", "password": "{PLAIN}s3cret"}
+    t.write_config()
+    t.start()
+    s = smtplib_tls(t, "submission")
+    s.login("ingest", "s3cret")
+    # An ingest identity sends as whatever the device says it is.
+    assert s.sendmail("alerts@device.example", ["ops@elsewhere.example"], make_message()) == {}
+    s.quit()
+    assert "account=ingest" in t.log()
+    # Not valid on the other submission listener.
+    s2 = smtplib.SMTP_SSL("127.0.0.1", t.port("submissions"), timeout=20, context=client_context())
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        s2.login("ingest", "s3cret")
+    s2.close()
