@@ -184,6 +184,7 @@ static void smtp__rcpt_finish(smtp_session *s, rcpt_verdict v);
 static void smtp__mail_accept(smtp_session *s, bool ok);
 static void smtp__sender_looked_up(tern_store_req *r);
 static void smtp__rcpt_looked_up(tern_store_req *r);
+static bool smtp__rcpt_ask_auth(smtp_session *s);
 
 /* --- greeting and EHLO ------------------------------------------------ */
 
@@ -487,6 +488,51 @@ static void cmd_rcpt(smtp_session *s, const tern_smtp_cmd *cmd)
     tern_conn_pause(&s->conn);
 }
 
+static void smtp__rcpt_auth_done(tern_auth_req *q)
+{
+    smtp_session *s = q->data;
+    s->pending--;
+    s->lookup_pending = false;
+    if (s->conn_closed) {
+        tern_auth_req_free(q);
+        smtp__maybe_free(s);
+        return;
+    }
+    rcpt_verdict v = q->status == TERN_AUTH_OK         ? RCPT_LOCAL
+                     : q->status == TERN_AUTH_ENOTFOUND ? RCPT_UNKNOWN
+                                                        : RCPT_TEMPFAIL;
+    if (v == RCPT_TEMPFAIL)
+        TLOG_WARN(MOD, "event=rcpt_lookup_failed session=%s source=auth error=\"%s: %s\"",
+                  s->base.id, tern_auth_strerror(q->status), q->error);
+    tern_auth_req_free(q);
+    if (s->state != ST_CLOSED) {
+        smtp__rcpt_finish(s, v);
+        smtp__continue(s);
+    }
+}
+
+/* Asks auth/ whether a backend knows the pending recipient. Returns true
+ * when the question is out (the answer finishes the RCPT). */
+static bool smtp__rcpt_ask_auth(smtp_session *s)
+{
+    if (s->auth_client == NULL)
+        s->auth_client = tern_auth_client_new(s->auth, s->base.host->loop);
+    tern_auth_req *q = s->auth_client
+                           ? tern_auth_req_new(TERN_AUTH_USER_EXISTS, smtp__rcpt_auth_done, s)
+                           : NULL;
+    if (q == NULL)
+        return false;
+    q->in.service = "smtp";
+    q->in.user = s->tx.pending_rcpt.addr;
+    if (tern_auth_submit(s->auth_client, q) != 0) {
+        tern_auth_req_free(q);
+        return false;
+    }
+    s->pending++;
+    s->lookup_pending = true;
+    return true;
+}
+
 /* The outcome of a recipient lookup, then the relay rule. */
 static void smtp__rcpt_finish(smtp_session *s, rcpt_verdict v)
 {
@@ -561,6 +607,13 @@ static void smtp__rcpt_looked_up(tern_store_req *r)
             v = (strncasecmp(a, "postmaster@", 11) == 0 || !s->cfg->smtp.verify_recipients)
                     ? RCPT_LOCAL
                     : RCPT_UNKNOWN;
+            /* Not in the directory yet: a user that an auth backend
+             * (file, sql, ldap) knows gets its account at first login, so
+             * ask those before refusing. */
+            if (v == RCPT_UNKNOWN && s->auth != NULL && smtp__rcpt_ask_auth(s)) {
+                tern_store_req_free(r);
+                return;
+            }
             break;
         }
         default:

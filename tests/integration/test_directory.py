@@ -122,3 +122,17 @@ def test_verification_off(tern_factory):
     t = tern_factory({"smtp": {"verify_recipients": False}})
     r = rcpt_codes(t, "anyone@example.test", "x@elsewhere.example")
     assert [x.code for x in r] == [250, 554], r
+
+
+def test_auth_backend_users_are_recipients(tern_factory, tmp_path):
+    """A user only a password file knows (no store account yet: it gets one
+    at first login) is still a valid recipient."""
+    users = tmp_path / "users"
+    users.write_text("dora@example.test:{PLAIN}x\n")
+    t = verifying(tern_factory)
+    t.config["auth"] = {"backends": ["internal", "file"]}
+    t.config["auth_file"] = {"path": str(users)}
+    t.write_config()
+    t.start()
+    r = rcpt_codes(t, "dora@example.test", "nobody@example.test")
+    assert [x.code for x in r] == [250, 550], r
