@@ -1205,6 +1205,14 @@ static void smtp__auth_fail(smtp_session *s, uint64_t delay_ms, const char *repl
 
 static void smtp__sasl_result(smtp_session *s, tern_sasl_result *r);
 
+/* A backend could not answer (store or directory down): 454, try later. */
+static void smtp__auth_tempfail(smtp_session *s, tern_auth_req *q)
+{
+    tern_auth_req_free(q);
+    smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
+    smtp__continue(s);
+}
+
 static void smtp__auth_done(tern_auth_req *q)
 {
     smtp_session *s = q->data;
@@ -1233,9 +1241,7 @@ static void smtp__auth_done(tern_auth_req *q)
         } else {
             TLOG_WARN(MOD, "event=auth_failed session=%s ip=%s mech=%s reason=%s error=\"%s\"",
                       s->base.id, ip, s->auth_mech, tern_auth_strerror(q->status), q->error);
-            tern_auth_req_free(q);
-            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-            smtp__continue(s);
+            smtp__auth_tempfail(s, q);
             return;
         }
         break;
@@ -1247,9 +1253,7 @@ static void smtp__auth_done(tern_auth_req *q)
             tern_sasl_scram_keys(s->sasl, &q->out.scram,
                                  q->status == TERN_AUTH_OK ? q->out.account : NULL, &r);
         } else {
-            tern_auth_req_free(q);
-            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-            smtp__continue(s);
+            smtp__auth_tempfail(s, q);
             return;
         }
         break;
@@ -1261,9 +1265,7 @@ static void smtp__auth_done(tern_auth_req *q)
             s->auth_fail_delay_ms = q->status == TERN_AUTH_OK ? 0 : q->out.delay_ms;
             tern_sasl_verified(s->sasl, q->status == TERN_AUTH_OK, q->out.account, &r);
         } else {
-            tern_auth_req_free(q);
-            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-            smtp__continue(s);
+            smtp__auth_tempfail(s, q);
             return;
         }
         break;
@@ -1275,9 +1277,7 @@ static void smtp__auth_done(tern_auth_req *q)
             tern_sasl_cram_context(s->sasl, q->status == TERN_AUTH_OK ? q->out.cram_md5 : NULL,
                                    q->status == TERN_AUTH_OK ? q->out.account : NULL, &r);
         } else {
-            tern_auth_req_free(q);
-            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-            smtp__continue(s);
+            smtp__auth_tempfail(s, q);
             return;
         }
         break;
@@ -1285,16 +1285,12 @@ static void smtp__auth_done(tern_auth_req *q)
         if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_ENOTFOUND) {
             tern_sasl_verified(s->sasl, q->status == TERN_AUTH_OK, q->out.account, &r);
         } else {
-            tern_auth_req_free(q);
-            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-            smtp__continue(s);
+            smtp__auth_tempfail(s, q);
             return;
         }
         break;
     default:
-        tern_auth_req_free(q);
-        smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-        smtp__continue(s);
+        smtp__auth_tempfail(s, q);
         return;
     }
     smtp__sasl_result(s, &r);
