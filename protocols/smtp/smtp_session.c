@@ -25,87 +25,7 @@
 #include "lib/base64.h"
 #include "protocols/smtp/smtp_parser.h"
 
-#define MOD "smtp"
-#define OUT_HIGH_WATER (64 * 1024) /* stop parsing while this much is unsent */
-#define DATA_CHUNK 8192            /* DATA input handled per step */
-#define AUTH_LINE_MAX 12288        /* RFC 4954 4: SASL responses up to 12288 octets */
-
-typedef enum {
-    ST_HANDSHAKE = 1 << 0, /* implicit TLS: before the greeting */
-    ST_INIT = 1 << 1,      /* greeted, no EHLO/HELO yet */
-    ST_READY = 1 << 2,     /* EHLO done, no transaction */
-    ST_MAIL = 1 << 3,      /* MAIL accepted, no recipient yet */
-    ST_RCPT = 1 << 4,      /* at least one recipient */
-    ST_DATA = 1 << 5,      /* reading DATA */
-    ST_BDAT = 1 << 6,      /* reading a BDAT chunk */
-    ST_SUBMIT = 1 << 7,    /* waiting for the spool */
-    ST_CLOSED = 1 << 8,
-    ST_AUTH = 1 << 9,      /* a SASL exchange: lines are responses, not commands */
-} smtp_state;
-
-#define ST_ANY (ST_INIT | ST_READY | ST_MAIL | ST_RCPT)
-#define ST_TX (ST_MAIL | ST_RCPT)
-
-typedef struct smtp_tx {
-    tern_arena arena;
-    char *from;
-    tern_spool_rcpt *rcpts;
-    size_t n_rcpts, cap_rcpts;
-    tern_smtp_mail_args mail;
-    char *envid;
-    tern_body *body;
-    tern_smtp_data_reader dr;
-    tern_smtp_hdr_scan hs;
-    uint64_t size;        /* body bytes seen (counted even when not kept) */
-    bool too_big;
-    bool write_error;
-    bool bdat;            /* the transaction uses BDAT */
-    bool bdat_last;
-    bool bdat_failed;     /* a chunk failed: swallow it, then reply the error */
-    char bdat_reply[128];
-    uint64_t bdat_remaining;
-    bool end_pending;     /* end of data reached while a body write was in flight */
-    bool abandoned;       /* data_done timeout replied 451 already */
-    char qid[TERN_QID_LEN];
-    uint64_t started_ms;
-    tern_spool_rcpt pending_rcpt; /* the RCPT being looked up */
-} smtp_tx;
-
-typedef struct smtp_session {
-    tern_session base;
-    tern_conn conn;
-    tern_config *cfg;
-    tern_tls_server *tls;
-    const tern_listener_conf *lc;
-    size_t li;
-    smtp_state state;
-    tern_smtp_line_reader lr;
-    char *linebuf;
-    char helo[256];
-    bool esmtp;
-    bool relay_client;    /* peer is in smtp.relay_networks */
-    bool draining;
-    bool conn_closed;     /* on_close fired; free once async work is done */
-    bool lookup_pending;  /* a recipient lookup is out: parse nothing */
-    bool body_writing;    /* a body append is on the disk: take no more input */
-    /* SMTP AUTH (RFC 4954) */
-    tern_auth *auth;      /* the snapshot's auth, or NULL */
-    tern_auth_client *auth_client; /* created at the first AUTH */
-    tern_sasl *sasl;      /* the exchange in progress */
-    char *auth_line;      /* AUTH_LINE_MAX line buffer while in ST_AUTH */
-    char *auth_user;      /* the authenticated account */
-    char auth_mech[24];
-    bool auth_pending;    /* an auth/ request is out */
-    uint64_t auth_fail_delay_ms; /* from a failed token check, applied at the final 535 */
-    bool auth_static;     /* logged in with the listener's fixed credential (auth_static) */
-    uv_timer_t *delay_timer; /* holds a failure reply back (brute force) */
-    unsigned pending;     /* async operations that hold a pointer to us */
-    unsigned errors;
-    unsigned messages;
-    uint64_t max_size;
-    uint64_t started_ms;
-    smtp_tx tx;
-} smtp_session;
+#include "protocols/smtp/smtp_session_int.h"
 
 typedef struct smtp_cmd_def {
     tern_smtp_verb verb;
@@ -113,14 +33,14 @@ typedef struct smtp_cmd_def {
     void (*handler)(smtp_session *s, const tern_smtp_cmd *cmd);
 } smtp_cmd_def;
 
-static void smtp__reply(smtp_session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void smtp__reply(smtp_session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void smtp__process(smtp_session *s);
-static void smtp__tx_reset(smtp_session *s);
-static void smtp__goodbye(smtp_session *s, const char *line);
+void smtp__tx_reset(smtp_session *s);
+void smtp__goodbye(smtp_session *s, const char *line);
 
 /* --- helpers ---------------------------------------------------------- */
 
-static void smtp__reply(smtp_session *s, const char *fmt, ...)
+void smtp__reply(smtp_session *s, const char *fmt, ...)
 {
     char line[1024];
     va_list ap;
@@ -149,7 +69,7 @@ static uint64_t smtp__command_timeout(const smtp_session *s)
 
 /* Counts a client error; past the limit the session ends. Returns true if
  * the session was closed. */
-static bool smtp__error(smtp_session *s)
+bool smtp__error(smtp_session *s)
 {
     if (++s->errors < s->cfg->smtp.max_errors)
         return false;
@@ -159,7 +79,7 @@ static bool smtp__error(smtp_session *s)
     return true;
 }
 
-static void smtp__goodbye(smtp_session *s, const char *line)
+void smtp__goodbye(smtp_session *s, const char *line)
 {
     if (s->state == ST_CLOSED)
         return;
@@ -169,15 +89,14 @@ static void smtp__goodbye(smtp_session *s, const char *line)
     tern_conn_close(&s->conn, true);
 }
 
-static void smtp__maybe_free(smtp_session *s);
+void smtp__maybe_free(smtp_session *s);
 
-static int smtp__auth_mechs(const struct smtp_session *s, char *buf, size_t size);
 
 /* Input resumes only here, once nothing the session waits for is
  * outstanding: the pause reasons (recipient lookup, body write, spool
  * submit, unsent replies) overlap, and whoever finishes first must not
  * resume for the others. */
-static void smtp__continue(smtp_session *s);
+void smtp__continue(smtp_session *s);
 
 typedef enum { RCPT_LOCAL, RCPT_REMOTE, RCPT_UNKNOWN, RCPT_TEMPFAIL } rcpt_verdict;
 static void smtp__rcpt_finish(smtp_session *s, rcpt_verdict v);
@@ -246,7 +165,7 @@ static void cmd_ehlo(smtp_session *s, const tern_smtp_cmd *cmd)
 
 /* --- transaction ------------------------------------------------------ */
 
-static void smtp__tx_reset(smtp_session *s)
+void smtp__tx_reset(smtp_session *s)
 {
     smtp_tx *tx = &s->tx;
     if (tx->body)
@@ -1070,465 +989,6 @@ static void smtp__end_of_message(smtp_session *s)
     tern_conn_set_timeout(&s->conn, s->cfg->smtp.data_done_timeout_ms);
 }
 
-/* --- AUTH (RFC 4954) ---------------------------------------------------- */
-
-/* The account a verified client certificate names: its subject's CN
- * (certificates for mail users carry the address there). Only when the
- * listener verified the chain against its client_ca. */
-static bool smtp__cert_account(const smtp_session *s, char *out, size_t size)
-{
-    if (!tern_conn_is_tls(&s->conn) || !tern_tls_conn_peer_verified(s->conn.tls))
-        return false;
-    const char *dn = tern_tls_conn_peer_subject(s->conn.tls);
-    const char *cn = NULL;
-    for (const char *p = dn; p && *p; p++)
-        if ((p == dn || p[-1] == ' ' || p[-1] == ',') && strncmp(p, "CN=", 3) == 0)
-            cn = p + 3;
-    if (cn == NULL)
-        return false;
-    size_t n = strcspn(cn, ",");
-    if (n == 0 || n >= size)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        out[i] = (char)tolower((unsigned char)cn[i]);
-    out[n] = '\0';
-    return strchr(out, '@') != NULL;
-}
-
-/* What the session may offer: the backends' capabilities, plaintext
- * mechanisms only over TLS (or allow_plaintext_auth), nothing once
- * authenticated. */
-static int smtp__auth_mechs(const struct smtp_session *s, char *buf, size_t size)
-{
-    buf[0] = '\0';
-    if (!s->lc->auth || s->auth == NULL || s->auth_user != NULL)
-        return 0;
-    /* No mechanism at all before TLS (unless the listener allows it): even
-     * SCRAM, which hides the password, would show the user name and then
-     * the mail itself in the clear (RFC 8314). */
-    if (!tern_conn_is_tls(&s->conn) && !s->lc->allow_plaintext_auth)
-        return 0;
-    unsigned caps = 0, ac = tern_auth_capabilities(s->auth);
-    if (ac & TERN_AUTH_CAP_PASSWORD)
-        caps |= TERN_SASL_CAP_PASSWORD;
-    if (ac & TERN_AUTH_CAP_SCRAM_SHA_256)
-        caps |= TERN_SASL_CAP_SCRAM;
-    if (ac & TERN_AUTH_CAP_TOKEN)
-        caps |= TERN_SASL_CAP_TOKEN;
-    if (ac & TERN_AUTH_CAP_CRAM_MD5)
-        caps |= TERN_SASL_CAP_CRAM;
-    char acct[TERN_AUTH_MAX_USER + 1];
-    if (smtp__cert_account(s, acct, sizeof(acct)))
-        caps |= TERN_SASL_CAP_EXTERNAL;
-    return tern_sasl_mechanisms(caps, tern_conn_is_tls(&s->conn), s->lc->allow_plaintext_auth,
-                                false, buf, size);
-}
-
-static bool smtp__mech_offered(const smtp_session *s, const char *mech)
-{
-    char list[256];
-    if (smtp__auth_mechs(s, list, sizeof(list)) <= 0)
-        return false;
-    size_t n = strlen(mech);
-    for (const char *p = list; *p;) {
-        const char *e = strchr(p, ' ');
-        size_t l = e ? (size_t)(e - p) : strlen(p);
-        if (l == n && strncasecmp(p, mech, n) == 0)
-            return true;
-        p += l;
-        if (*p == ' ')
-            p++;
-    }
-    return false;
-}
-
-static void smtp__auth_end(smtp_session *s)
-{
-    tern_sasl_free(s->sasl);
-    s->sasl = NULL;
-    if (s->state == ST_AUTH)
-        s->state = ST_READY;
-    tern_smtp_line_init(&s->lr, s->linebuf, s->cfg->smtp.max_command_line);
-    free(s->auth_line);
-    s->auth_line = NULL;
-}
-
-typedef struct auth_delay {
-    smtp_session *s;
-    char reply[128];
-} auth_delay;
-
-static void smtp__delay_closed(uv_handle_t *h)
-{
-    smtp_session *s = h->data;
-    free(h);
-    s->pending--;
-    smtp__maybe_free(s);
-}
-
-static void smtp__delay_fired(uv_timer_t *t)
-{
-    smtp_session *s = t->data;
-    auth_delay *d = (auth_delay *)(t + 1);
-    s->delay_timer = NULL;
-    uv_close((uv_handle_t *)t, smtp__delay_closed);
-    if (s->conn_closed || s->state == ST_CLOSED)
-        return;
-    smtp__reply(s, "%s", d->reply);
-    smtp__continue(s);
-}
-
-/* A failed exchange answers late, by the limiter's delay, so guessing
- * passwords over one connection is slow; input waits meanwhile. */
-static void smtp__auth_fail(smtp_session *s, uint64_t delay_ms, const char *reply)
-{
-    smtp__auth_end(s);
-    s->errors++;
-    if (delay_ms == 0) {
-        smtp__reply(s, "%s", reply);
-        return;
-    }
-    uv_timer_t *t = malloc(sizeof(uv_timer_t) + sizeof(auth_delay));
-    if (t == NULL || uv_timer_init(s->base.host->loop, t) != 0) {
-        free(t);
-        smtp__reply(s, "%s", reply);
-        return;
-    }
-    auth_delay *d = (auth_delay *)(t + 1);
-    snprintf(d->reply, sizeof(d->reply), "%s", reply);
-    t->data = s;
-    s->delay_timer = t;
-    s->pending++;
-    tern_conn_pause(&s->conn);
-    uv_timer_start(t, smtp__delay_fired, delay_ms, 0);
-}
-
-static void smtp__sasl_result(smtp_session *s, tern_sasl_result *r);
-
-/* A backend could not answer (store or directory down): 454, try later. */
-static void smtp__auth_tempfail(smtp_session *s, tern_auth_req *q)
-{
-    tern_auth_req_free(q);
-    smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-    smtp__continue(s);
-}
-
-static void smtp__auth_done(tern_auth_req *q)
-{
-    smtp_session *s = q->data;
-    s->pending--;
-    s->auth_pending = false;
-    if (s->conn_closed || s->sasl == NULL) {
-        tern_auth_req_free(q);
-        smtp__maybe_free(s);
-        return;
-    }
-    tern_sasl_result r;
-    const char *ip = s->conn.peer_ip;
-    switch (q->op) {
-    case TERN_AUTH_VERIFY_PASSWORD:
-        if (q->status == TERN_AUTH_OK) {
-            s->auth_static = q->out.backend && strcmp(q->out.backend, "static") == 0;
-            tern_sasl_verified(s->sasl, true, q->out.account, &r);
-        } else if (q->status == TERN_AUTH_EFAIL) {
-            uint64_t delay = q->out.delay_ms;
-            tern_auth_req_free(q);
-            TLOG_WARN(MOD, "event=auth_failed session=%s ip=%s mech=%s reason=bad_credentials",
-                      s->base.id, ip, s->auth_mech);
-            smtp__auth_fail(s, delay, "535 5.7.8 Authentication credentials invalid");
-            smtp__continue(s);
-            return;
-        } else {
-            TLOG_WARN(MOD, "event=auth_failed session=%s ip=%s mech=%s reason=%s error=\"%s\"",
-                      s->base.id, ip, s->auth_mech, tern_auth_strerror(q->status), q->error);
-            smtp__auth_tempfail(s, q);
-            return;
-        }
-        break;
-    case TERN_AUTH_GET_SCRAM_KEYS:
-        if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_ENOTFOUND ||
-            q->status == TERN_AUTH_EUNAVAIL) {
-            /* Unknown users come back with stable fake keys: the exchange
-             * runs to its end and fails there, telling nothing. */
-            tern_sasl_scram_keys(s->sasl, &q->out.scram,
-                                 q->status == TERN_AUTH_OK ? q->out.account : NULL, &r);
-        } else {
-            smtp__auth_tempfail(s, q);
-            return;
-        }
-        break;
-    case TERN_AUTH_VERIFY_TOKEN:
-        if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_EFAIL ||
-            q->status == TERN_AUTH_EINVAL) {
-            /* A refused token may first get RFC 7628's error challenge:
-             * the delay waits for the final failure. */
-            s->auth_fail_delay_ms = q->status == TERN_AUTH_OK ? 0 : q->out.delay_ms;
-            tern_sasl_verified(s->sasl, q->status == TERN_AUTH_OK, q->out.account, &r);
-        } else {
-            smtp__auth_tempfail(s, q);
-            return;
-        }
-        break;
-    case TERN_AUTH_GET_SECRET:
-        if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_ENOTFOUND ||
-            q->status == TERN_AUTH_EUNAVAIL) {
-            /* Unknown user or no secret: the digest cannot match, and the
-             * answer is the same 535 as a wrong one. */
-            tern_sasl_cram_context(s->sasl, q->status == TERN_AUTH_OK ? q->out.cram_md5 : NULL,
-                                   q->status == TERN_AUTH_OK ? q->out.account : NULL, &r);
-        } else {
-            smtp__auth_tempfail(s, q);
-            return;
-        }
-        break;
-    case TERN_AUTH_USER_EXISTS:
-        if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_ENOTFOUND) {
-            tern_sasl_verified(s->sasl, q->status == TERN_AUTH_OK, q->out.account, &r);
-        } else {
-            smtp__auth_tempfail(s, q);
-            return;
-        }
-        break;
-    default:
-        smtp__auth_tempfail(s, q);
-        return;
-    }
-    smtp__sasl_result(s, &r);
-    tern_auth_req_free(q);
-    smtp__continue(s);
-}
-
-static void smtp__auth_ask(smtp_session *s, tern_auth_op op, const tern_sasl_result *r)
-{
-    if (s->auth_client == NULL)
-        s->auth_client = tern_auth_client_new(s->auth, s->base.host->loop);
-    tern_auth_req *q = s->auth_client ? tern_auth_req_new(op, smtp__auth_done, s) : NULL;
-    if (q == NULL) {
-        smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-        return;
-    }
-    q->in.service = "smtp";
-    q->in.user = r->authcid;
-    q->in.password = (const char *)r->password;
-    q->in.password_len = r->password_len;
-    q->in.remote_ip = s->conn.peer_ip;
-    q->in.listener = s->lc->name; /* a listener's fixed login (auth_static) */
-    if (op == TERN_AUTH_VERIFY_TOKEN) {
-        q->in.user = r->authzid && r->authzid[0] ? r->authzid : NULL;
-        q->in.token = r->token;
-        q->in.token_len = r->token ? strlen(r->token) : 0;
-    }
-    int rc = tern_auth_submit(s->auth_client, q);
-    if (rc != 0) {
-        tern_auth_req_free(q);
-        /* EINVAL: a name or password past auth/'s bounds: no account can
-         * have it, so it is a wrong credential, not a server problem. */
-        smtp__auth_fail(s, 0, rc == TERN_AUTH_EINVAL ? "535 5.7.8 Authentication credentials invalid"
-                                                     : "454 4.7.0 Temporary authentication failure");
-        return;
-    }
-    s->pending++;
-    s->auth_pending = true;
-    tern_conn_pause(&s->conn);
-}
-
-static void smtp__sasl_result(smtp_session *s, tern_sasl_result *r)
-{
-    const char *ip = s->conn.peer_ip;
-    switch (r->status) {
-    case TERN_SASL_CHALLENGE: {
-        size_t cap = (r->data_len + 2) / 3 * 4 + 1;
-        char *b64 = malloc(cap);
-        if (b64 == NULL || tern_base64_encode(r->data, r->data_len, b64, cap) < 0) {
-            free(b64);
-            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-            return;
-        }
-        tern_conn_printf(&s->conn, "334 %s\r\n", b64);
-        free(b64);
-        return;
-    }
-    case TERN_SASL_NEED_VERIFY_PASSWORD:
-        smtp__auth_ask(s, TERN_AUTH_VERIFY_PASSWORD, r);
-        return;
-    case TERN_SASL_NEED_SCRAM_KEYS:
-        if (tern_auth_limiter_check(s->auth, ip, r->authcid, tern_now_ms()) != 0) {
-            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-            return;
-        }
-        smtp__auth_ask(s, TERN_AUTH_GET_SCRAM_KEYS, r);
-        return;
-    case TERN_SASL_NEED_VERIFY_TOKEN:
-        smtp__auth_ask(s, TERN_AUTH_VERIFY_TOKEN, r);
-        return;
-    case TERN_SASL_NEED_CRAM_SECRET:
-        if (tern_auth_limiter_check(s->auth, ip, r->authcid, tern_now_ms()) != 0) {
-            smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-            return;
-        }
-        smtp__auth_ask(s, TERN_AUTH_GET_SECRET, r);
-        return;
-    case TERN_SASL_NEED_EXTERNAL: {
-        /* The certificate names the account; an authzid may only repeat
-         * it. The directory must still know the account. */
-        char acct[TERN_AUTH_MAX_USER + 1];
-        if (!smtp__cert_account(s, acct, sizeof(acct)) ||
-            (r->authzid && r->authzid[0] && strcasecmp(r->authzid, acct) != 0)) {
-            tern_sasl_result f;
-            tern_sasl_verified(s->sasl, false, NULL, &f);
-            smtp__sasl_result(s, &f);
-            return;
-        }
-        tern_sasl_result q = *r;
-        q.authcid = acct;
-        smtp__auth_ask(s, TERN_AUTH_USER_EXISTS, &q);
-        return;
-    }
-    case TERN_SASL_SUCCESS:
-        free(s->auth_user);
-        s->auth_user = strdup(r->account ? r->account : "");
-        /* Mechanisms verified here rather than by VERIFY_PASSWORD keep
-         * the limiter's books themselves. */
-        if (strcasecmp(s->auth_mech, "SCRAM-SHA-256") == 0 || strcasecmp(s->auth_mech, "CRAM-MD5") == 0)
-            tern_auth_limiter_success(s->auth, ip, s->auth_user);
-        TLOG_INFO(MOD, "event=auth session=%s ip=%s mech=%s account=%s", s->base.id, ip,
-                  s->auth_mech, s->auth_user ? s->auth_user : "?");
-        smtp__auth_end(s);
-        smtp__reply(s, "235 2.7.0 Authentication successful");
-        return;
-    case TERN_SASL_FAIL: {
-        char q[300];
-        TLOG_WARN(MOD, "event=auth_failed session=%s ip=%s mech=%s user=%s reason=%s", s->base.id,
-                  ip, s->auth_mech, tern_log_q(q, sizeof(q), r->authcid),
-                  tern_sasl_error_name(r->error));
-        if (r->error == TERN_SASL_EABORTED) {
-            smtp__auth_fail(s, 0, "501 5.0.0 Authentication aborted");
-        } else if (r->error == TERN_SASL_EMALFORMED || r->error == TERN_SASL_ETOOLONG) {
-            smtp__auth_fail(s, 0, "501 5.5.2 Cannot decode the response");
-        } else {
-            uint64_t delay = s->auth_fail_delay_ms;
-            s->auth_fail_delay_ms = 0;
-            if (strcasecmp(s->auth_mech, "SCRAM-SHA-256") == 0 ||
-                strcasecmp(s->auth_mech, "CRAM-MD5") == 0)
-                delay = tern_auth_limiter_failure(s->auth, ip, r->authcid && r->authcid[0]
-                                                                   ? r->authcid : NULL,
-                                                  tern_now_ms());
-            smtp__auth_fail(s, delay, "535 5.7.8 Authentication credentials invalid");
-        }
-        return;
-    }
-    default:
-        /* Tokens and certificates have no backend yet; never offered. */
-        smtp__auth_fail(s, 0, "535 5.7.8 Authentication credentials invalid");
-        return;
-    }
-}
-
-/* One client line while in ST_AUTH: base64, "*", or "" (empty). */
-static void smtp__auth_response(smtp_session *s, const char *line, size_t len)
-{
-    uint8_t *dec = malloc(AUTH_LINE_MAX);
-    size_t n = 0;
-    if (dec == NULL) {
-        smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-        return;
-    }
-    tern_sasl_result r;
-    switch (tern_sasl_decode_response(line, len, false, dec, AUTH_LINE_MAX, &n)) {
-    case TERN_SASL_RESP_OK:
-        tern_sasl_step(s->sasl, dec, n, &r);
-        smtp__sasl_result(s, &r);
-        break;
-    case TERN_SASL_RESP_ABORT:
-        tern_sasl_abort(s->sasl, &r);
-        smtp__sasl_result(s, &r);
-        break;
-    default:
-        smtp__auth_fail(s, 0, "501 5.5.2 Cannot decode the response");
-        break;
-    }
-    free(dec);
-}
-
-static void cmd_auth(smtp_session *s, const tern_smtp_cmd *cmd)
-{
-    if (s->state == ST_INIT) {
-        smtp__reply(s, "503 5.5.1 Send EHLO first");
-        smtp__error(s);
-        return;
-    }
-    if (s->auth_user) {
-        smtp__reply(s, "503 5.5.1 Already authenticated");
-        smtp__error(s);
-        return;
-    }
-    tern_smtp_slice mech, initial;
-    if (tern_smtp_parse_auth(cmd->args.p, cmd->args.len, &mech, &initial) != 0 ||
-        mech.len >= sizeof(s->auth_mech)) {
-        smtp__reply(s, "501 5.5.4 Syntax: AUTH mechanism [initial-response]");
-        smtp__error(s);
-        return;
-    }
-    memcpy(s->auth_mech, mech.p, mech.len);
-    s->auth_mech[mech.len] = '\0';
-    for (char *p = s->auth_mech; *p; p++)
-        *p = (char)toupper((unsigned char)*p);
-    if (!smtp__mech_offered(s, s->auth_mech)) {
-        bool any = s->lc->auth && s->auth != NULL;
-        smtp__reply(s, any && !tern_conn_is_tls(&s->conn) && !s->lc->allow_plaintext_auth
-                           ? "538 5.7.11 Encryption required for requested authentication mechanism"
-                           : "504 5.5.4 Unrecognized authentication type");
-        smtp__error(s);
-        return;
-    }
-    if (tern_auth_limiter_check(s->auth, s->conn.peer_ip, NULL, tern_now_ms()) != 0) {
-        TLOG_WARN(MOD, "event=auth_refused session=%s ip=%s reason=lockout", s->base.id,
-                  s->conn.peer_ip);
-        smtp__reply(s, "454 4.7.0 Temporary authentication failure, try again later");
-        return;
-    }
-    char cert_acct[TERN_AUTH_MAX_USER + 1];
-    tern_sasl_params sp = {
-        .service = "smtp",
-        .hostname = s->cfg->server.hostname,
-        .external_available = smtp__cert_account(s, cert_acct, sizeof(cert_acct)),
-        .success_data = false, /* SMTP has no data with 235: SCRAM's v= comes as a 334 */
-    };
-    s->sasl = tern_sasl_new(s->auth_mech, &sp);
-    s->auth_line = malloc(AUTH_LINE_MAX);
-    if (s->sasl == NULL || s->auth_line == NULL) {
-        smtp__auth_end(s);
-        smtp__reply(s, "454 4.7.0 Temporary authentication failure");
-        return;
-    }
-    s->state = ST_AUTH;
-    /* Responses may be far longer than a command line. The reader holds no
-     * partial line here: it has just returned the AUTH line. */
-    tern_smtp_line_init(&s->lr, s->auth_line, AUTH_LINE_MAX);
-    tern_sasl_result r;
-    if (initial.len == 0) {
-        tern_sasl_step(s->sasl, NULL, 0, &r);
-        smtp__sasl_result(s, &r);
-        return;
-    }
-    uint8_t *dec = malloc(AUTH_LINE_MAX);
-    size_t n = 0;
-    if (dec == NULL) {
-        smtp__auth_fail(s, 0, "454 4.7.0 Temporary authentication failure");
-        return;
-    }
-    tern_sasl_resp rr = tern_sasl_decode_response(initial.p, initial.len, true, dec, AUTH_LINE_MAX, &n);
-    if (rr == TERN_SASL_RESP_OK) {
-        tern_sasl_step(s->sasl, dec, n, &r);
-        smtp__sasl_result(s, &r);
-    } else if (rr == TERN_SASL_RESP_ABORT) {
-        smtp__auth_fail(s, 0, "501 5.0.0 Authentication aborted");
-    } else {
-        smtp__auth_fail(s, 0, "501 5.5.2 Cannot decode the initial response");
-    }
-    free(dec);
-}
-
 /* --- command dispatch ------------------------------------------------- */
 
 static const smtp_cmd_def smtp_commands[] = {
@@ -1545,7 +1005,7 @@ static const smtp_cmd_def smtp_commands[] = {
     {TERN_SMTP_CMD_EXPN, ST_ANY, cmd_expn},
     {TERN_SMTP_CMD_HELP, ST_ANY, cmd_help},
     {TERN_SMTP_CMD_STARTTLS, ST_INIT | ST_READY, cmd_starttls},
-    {TERN_SMTP_CMD_AUTH, ST_INIT | ST_READY, cmd_auth},
+    {TERN_SMTP_CMD_AUTH, ST_INIT | ST_READY, smtp__cmd_auth},
 };
 
 static void smtp__dispatch(smtp_session *s, const tern_smtp_cmd *cmd)
@@ -1689,7 +1149,7 @@ static void smtp__on_drain(tern_conn *c)
         smtp__continue(s);
 }
 
-static void smtp__continue(smtp_session *s)
+void smtp__continue(smtp_session *s)
 {
     if (s->state == ST_CLOSED || s->state == ST_SUBMIT || s->lookup_pending || s->body_writing ||
         s->auth_pending || s->delay_timer != NULL || s->conn_closed)
@@ -1715,7 +1175,7 @@ static void smtp__free(smtp_session *s)
     free(s);
 }
 
-static void smtp__maybe_free(smtp_session *s)
+void smtp__maybe_free(smtp_session *s)
 {
     if (s->conn_closed && s->pending == 0)
         smtp__free(s);
