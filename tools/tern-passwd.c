@@ -7,10 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include "auth/hash.h"
+#include "tools/password.h"
 
 static void usage(FILE *to)
 {
@@ -21,31 +21,6 @@ static void usage(FILE *to)
             "  user@domain:{ARGON2ID}...:scram={SCRAM-SHA-256}...\n");
 }
 
-static int read_password(char *buf, size_t size)
-{
-    bool tty = isatty(STDIN_FILENO);
-    struct termios old, noecho;
-    if (tty) {
-        fprintf(stderr, "Password: ");
-        tcgetattr(STDIN_FILENO, &old);
-        noecho = old;
-        noecho.c_lflag &= ~(tcflag_t)ECHO;
-        tcsetattr(STDIN_FILENO, TCSANOW, &noecho);
-    }
-    char *got = fgets(buf, (int)size, stdin);
-    if (tty) {
-        tcsetattr(STDIN_FILENO, TCSANOW, &old);
-        fputc('\n', stderr);
-    }
-    if (got == NULL)
-        return -1;
-    size_t n = strlen(buf);
-    if (n > 0 && buf[n - 1] == '\n')
-        buf[--n] = '\0';
-    if (n > 0 && buf[n - 1] == '\r')
-        buf[--n] = '\0';
-    return n == 0 ? -1 : 0;
-}
 
 int main(int argc, char **argv)
 {
@@ -73,7 +48,7 @@ int main(int argc, char **argv)
         }
     }
     char pw[TERN_HASH_MAX_PASSWORD + 2], out[TERN_HASH_MAX];
-    if (read_password(pw, sizeof(pw)) != 0) {
+    if (tern_tool_read_password(pw, sizeof(pw)) != 0) {
         fprintf(stderr, "tern-passwd: no password read from stdin\n");
         return 1;
     }

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include "auth/hash.h"
@@ -18,6 +17,7 @@
 #include "lib/log.h"
 #include "lib/util.h"
 #include "storage/store.h"
+#include "tools/password.h"
 #include "tools/ternctl.h"
 
 static tern_store *open_store(ctx *c, tern_config **cfg_r)
@@ -70,6 +70,31 @@ static int run(ctx *c, tern_store *s, tern_store_req *r, const char *what)
     return EX_OK_;
 }
 
+/* Opens the store of the config, runs `r`, prints the result with `print`
+ * (may be NULL) when it succeeded, and frees everything. */
+static int one_request(ctx *c, tern_store_req *r, const char *what,
+                       void (*print)(const tern_store_req *r))
+{
+    tern_config *cfg;
+    tern_store *s = r ? open_store(c, &cfg) : NULL;
+    if (s == NULL) {
+        tern_store_req_free(r);
+        return EX_FAIL;
+    }
+    int rc = run(c, s, r, what);
+    if (rc == EX_OK_ && print)
+        print(r);
+    tern_store_req_free(r);
+    close_store(s, cfg);
+    return rc;
+}
+
+static void print_names(const tern_store_req *r)
+{
+    for (size_t i = 0; i < r->out.n_names; i++)
+        printf("%s\n", r->out.names[i]);
+}
+
 /* ---- domain ----------------------------------------------------------- */
 
 static int domain_simple(ctx *c, int argc, char **argv, tern_store_op op, const char *verb)
@@ -78,16 +103,11 @@ static int domain_simple(ctx *c, int argc, char **argv, tern_store_op op, const 
         fprintf(stderr, "usage: %s domain %s DOMAIN\n", c->prog, verb);
         return EX_USAGE_;
     }
-    tern_config *cfg;
-    tern_store *s = open_store(c, &cfg);
-    if (s == NULL)
-        return EX_FAIL;
     tern_store_req *r = tern_store_req_new(op, NULL, NULL);
+    if (r == NULL)
+        return EX_FAIL;
     r->in.domain = argv[0];
-    int rc = run(c, s, r, argv[0]);
-    tern_store_req_free(r);
-    close_store(s, cfg);
-    return rc;
+    return one_request(c, r, argv[0], NULL);
 }
 
 static int domain_add(ctx *c, int argc, char **argv)
@@ -102,17 +122,10 @@ static int domain_remove(ctx *c, int argc, char **argv)
 
 static int domain_list(ctx *c, int argc, char **argv)
 {
-    tern_config *cfg;
-    tern_store *s = open_store(c, &cfg);
-    if (s == NULL)
-        return EX_FAIL;
     tern_store_req *r = tern_store_req_new(TERN_STORE_DOMAIN_LIST, NULL, NULL);
-    int rc = run(c, s, r, "domain list");
-    for (size_t i = 0; rc == EX_OK_ && i < r->out.n_names; i++)
-        printf("%s\n", r->out.names[i]);
-    tern_store_req_free(r);
-    close_store(s, cfg);
-    return rc;
+    if (r == NULL)
+        return EX_FAIL;
+    return one_request(c, r, "domain list", print_names);
 }
 
 static const command domain_cmds[] = {
@@ -129,32 +142,6 @@ int ternctl_cmd_domain(ctx *c, int argc, char **argv)
 
 /* ---- passwords --------------------------------------------------------- */
 
-/* Reads one line from stdin (without echo on a terminal). */
-static int read_password(char *buf, size_t size)
-{
-    bool tty = isatty(STDIN_FILENO);
-    struct termios old, noecho;
-    if (tty) {
-        fprintf(stderr, "Password: ");
-        tcgetattr(STDIN_FILENO, &old);
-        noecho = old;
-        noecho.c_lflag &= ~(tcflag_t)ECHO;
-        tcsetattr(STDIN_FILENO, TCSANOW, &noecho);
-    }
-    char *got = fgets(buf, (int)size, stdin);
-    if (tty) {
-        tcsetattr(STDIN_FILENO, TCSANOW, &old);
-        fputc('\n', stderr);
-    }
-    if (got == NULL)
-        return -1;
-    size_t n = strlen(buf);
-    if (n > 0 && buf[n - 1] == '\n')
-        buf[--n] = '\0';
-    if (n > 0 && buf[n - 1] == '\r')
-        buf[--n] = '\0';
-    return n == 0 ? -1 : 0;
-}
 
 /* The stored credential list (auth/hash.h): "{ARGON2ID}..." for the
  * plaintext mechanisms, then "{SCRAM-SHA-256}..." so that SCRAM can be
@@ -216,42 +203,28 @@ static int account_add(ctx *c, int argc, char **argv)
     }
     char pw[1024], hash[TERN_HASH_MAX];
     if (want_pw) {
-        if (read_password(pw, sizeof(pw)) != 0 || hash_password(pw, hash, sizeof(hash)) != 0) {
+        if (tern_tool_read_password(pw, sizeof(pw)) != 0 || hash_password(pw, hash, sizeof(hash)) != 0) {
             sodium_memzero(pw, sizeof(pw));
             fprintf(stderr, "%s: no password read from stdin\n", c->prog);
             return EX_FAIL;
         }
         sodium_memzero(pw, sizeof(pw));
     }
+    /* Quotas not given come from the config's defaults. */
     tern_config *cfg;
     tern_store *s = open_store(c, &cfg);
     if (s == NULL)
         return EX_FAIL;
     tern_store_req *r = tern_store_req_new(TERN_STORE_ACCOUNT_CREATE, NULL, NULL);
-    r->in.account = name;
-    r->in.password_hash = want_pw ? hash : NULL;
-    r->in.quota_bytes = have_qb ? qb : cfg->storage.default_quota_bytes;
-    r->in.quota_messages = have_qm ? qm : cfg->storage.default_quota_messages;
-    int rc = run(c, s, r, name);
-    tern_store_req_free(r);
-    close_store(s, cfg);
-    return rc;
-}
-
-static int account_remove(ctx *c, int argc, char **argv)
-{
-    if (argc != 1) {
-        fprintf(stderr, "usage: %s account remove USER@DOMAIN\n", c->prog);
-        return EX_USAGE_;
+    int rc = EX_FAIL;
+    if (r != NULL) {
+        r->in.account = name;
+        r->in.password_hash = want_pw ? hash : NULL;
+        r->in.quota_bytes = have_qb ? qb : cfg->storage.default_quota_bytes;
+        r->in.quota_messages = have_qm ? qm : cfg->storage.default_quota_messages;
+        rc = run(c, s, r, name);
+        tern_store_req_free(r);
     }
-    tern_config *cfg;
-    tern_store *s = open_store(c, &cfg);
-    if (s == NULL)
-        return EX_FAIL;
-    tern_store_req *r = tern_store_req_new(TERN_STORE_ACCOUNT_DELETE, NULL, NULL);
-    r->in.account = argv[0];
-    int rc = run(c, s, r, argv[0]);
-    tern_store_req_free(r);
     close_store(s, cfg);
     return rc;
 }
@@ -268,24 +241,42 @@ static void print_account(const tern_account_info *a)
            a->name, a->used_bytes, qb, a->used_messages, qm, a->has_password ? "set" : "none");
 }
 
+static void print_one_account(const tern_store_req *r)
+{
+    print_account(&r->out.account);
+}
+
+static void print_accounts(const tern_store_req *r)
+{
+    for (size_t i = 0; i < r->out.n_accounts; i++)
+        print_account(&r->out.accounts[i]);
+}
+
+static int account_remove(ctx *c, int argc, char **argv)
+{
+    if (argc != 1) {
+        fprintf(stderr, "usage: %s account remove USER@DOMAIN\n", c->prog);
+        return EX_USAGE_;
+    }
+    tern_store_req *r = tern_store_req_new(TERN_STORE_ACCOUNT_DELETE, NULL, NULL);
+    if (r == NULL)
+        return EX_FAIL;
+    r->in.account = argv[0];
+    return one_request(c, r, argv[0], NULL);
+}
+
+
 static int account_list(ctx *c, int argc, char **argv)
 {
     if (argc > 1) {
         fprintf(stderr, "usage: %s account list [DOMAIN]\n", c->prog);
         return EX_USAGE_;
     }
-    tern_config *cfg;
-    tern_store *s = open_store(c, &cfg);
-    if (s == NULL)
-        return EX_FAIL;
     tern_store_req *r = tern_store_req_new(TERN_STORE_ACCOUNT_LIST, NULL, NULL);
+    if (r == NULL)
+        return EX_FAIL;
     r->in.domain = argc == 1 ? argv[0] : NULL;
-    int rc = run(c, s, r, "account list");
-    for (size_t i = 0; rc == EX_OK_ && i < r->out.n_accounts; i++)
-        print_account(&r->out.accounts[i]);
-    tern_store_req_free(r);
-    close_store(s, cfg);
-    return rc;
+    return one_request(c, r, "account list", print_accounts);
 }
 
 static int account_show(ctx *c, int argc, char **argv)
@@ -294,18 +285,11 @@ static int account_show(ctx *c, int argc, char **argv)
         fprintf(stderr, "usage: %s account show USER@DOMAIN\n", c->prog);
         return EX_USAGE_;
     }
-    tern_config *cfg;
-    tern_store *s = open_store(c, &cfg);
-    if (s == NULL)
-        return EX_FAIL;
     tern_store_req *r = tern_store_req_new(TERN_STORE_ACCOUNT_GET, NULL, NULL);
+    if (r == NULL)
+        return EX_FAIL;
     r->in.account = argv[0];
-    int rc = run(c, s, r, argv[0]);
-    if (rc == EX_OK_)
-        print_account(&r->out.account);
-    tern_store_req_free(r);
-    close_store(s, cfg);
-    return rc;
+    return one_request(c, r, argv[0], print_one_account);
 }
 
 static int account_passwd(ctx *c, int argc, char **argv)
@@ -315,23 +299,18 @@ static int account_passwd(ctx *c, int argc, char **argv)
         return EX_USAGE_;
     }
     char pw[1024], hash[TERN_HASH_MAX];
-    if (read_password(pw, sizeof(pw)) != 0 || hash_password(pw, hash, sizeof(hash)) != 0) {
+    if (tern_tool_read_password(pw, sizeof(pw)) != 0 || hash_password(pw, hash, sizeof(hash)) != 0) {
         sodium_memzero(pw, sizeof(pw));
         fprintf(stderr, "%s: no password read from stdin\n", c->prog);
         return EX_FAIL;
     }
     sodium_memzero(pw, sizeof(pw));
-    tern_config *cfg;
-    tern_store *s = open_store(c, &cfg);
-    if (s == NULL)
-        return EX_FAIL;
     tern_store_req *r = tern_store_req_new(TERN_STORE_ACCOUNT_SET_PASSWORD, NULL, NULL);
+    if (r == NULL)
+        return EX_FAIL;
     r->in.account = argv[0];
     r->in.password_hash = hash;
-    int rc = run(c, s, r, argv[0]);
-    tern_store_req_free(r);
-    close_store(s, cfg);
-    return rc;
+    return one_request(c, r, argv[0], NULL);
 }
 
 static int account_quota(ctx *c, int argc, char **argv)
@@ -345,18 +324,13 @@ static int account_quota(ctx *c, int argc, char **argv)
     if (parse_quota(c, "SIZE", argv[1], &qb, true) != 0 ||
         parse_quota(c, "COUNT", argv[2], &qm, false) != 0)
         return EX_USAGE_;
-    tern_config *cfg;
-    tern_store *s = open_store(c, &cfg);
-    if (s == NULL)
-        return EX_FAIL;
     tern_store_req *r = tern_store_req_new(TERN_STORE_ACCOUNT_SET_QUOTA, NULL, NULL);
+    if (r == NULL)
+        return EX_FAIL;
     r->in.account = argv[0];
     r->in.quota_bytes = qb;
     r->in.quota_messages = qm;
-    int rc = run(c, s, r, argv[0]);
-    tern_store_req_free(r);
-    close_store(s, cfg);
-    return rc;
+    return one_request(c, r, argv[0], NULL);
 }
 
 static const command account_cmds[] = {
@@ -383,18 +357,13 @@ static int alias_add(ctx *c, int argc, char **argv)
         fprintf(stderr, "usage: %s alias add ADDRESS|@DOMAIN TARGET...\n", c->prog);
         return EX_USAGE_;
     }
-    tern_config *cfg;
-    tern_store *s = open_store(c, &cfg);
-    if (s == NULL)
-        return EX_FAIL;
     tern_store_req *r = tern_store_req_new(TERN_STORE_ALIAS_ADD, NULL, NULL);
+    if (r == NULL)
+        return EX_FAIL;
     r->in.name = argv[0];
     r->in.targets = (const char *const *)(argv + 1);
     r->in.n_targets = (size_t)(argc - 1);
-    int rc = run(c, s, r, argv[0]);
-    tern_store_req_free(r);
-    close_store(s, cfg);
-    return rc;
+    return one_request(c, r, argv[0], NULL);
 }
 
 static int alias_remove(ctx *c, int argc, char **argv)
@@ -403,34 +372,22 @@ static int alias_remove(ctx *c, int argc, char **argv)
         fprintf(stderr, "usage: %s alias remove ADDRESS [TARGET...]\n", c->prog);
         return EX_USAGE_;
     }
-    tern_config *cfg;
-    tern_store *s = open_store(c, &cfg);
-    if (s == NULL)
-        return EX_FAIL;
     tern_store_req *r = tern_store_req_new(TERN_STORE_ALIAS_REMOVE, NULL, NULL);
+    if (r == NULL)
+        return EX_FAIL;
     r->in.name = argv[0];
     r->in.targets = (const char *const *)(argv + 1);
     r->in.n_targets = (size_t)(argc - 1);
-    int rc = run(c, s, r, argv[0]);
-    tern_store_req_free(r);
-    close_store(s, cfg);
-    return rc;
+    return one_request(c, r, argv[0], NULL);
 }
 
 static int alias_list(ctx *c, int argc, char **argv)
 {
-    tern_config *cfg;
-    tern_store *s = open_store(c, &cfg);
-    if (s == NULL)
-        return EX_FAIL;
     tern_store_req *r = tern_store_req_new(TERN_STORE_ALIAS_LIST, NULL, NULL);
+    if (r == NULL)
+        return EX_FAIL;
     r->in.domain = argc >= 1 ? argv[0] : NULL;
-    int rc = run(c, s, r, "alias list");
-    for (size_t i = 0; rc == EX_OK_ && i < r->out.n_names; i++)
-        printf("%s\n", r->out.names[i]);
-    tern_store_req_free(r);
-    close_store(s, cfg);
-    return rc;
+    return one_request(c, r, "alias list", print_names);
 }
 
 static const command alias_cmds[] = {
