@@ -420,6 +420,10 @@ static bool xtext_valid(const char *p, size_t len, bool utf8)
         else if (s[i] == '+') {
             if (i + 2 >= len || !is_upper_hex(s[i + 1]) || !is_upper_hex(s[i + 2]))
                 return false;
+            /* "+00" encodes NUL, which tern_smtp_xtext_decode refuses:
+             * what this accepts must decode (the fuzzer found the gap). */
+            if (s[i + 1] == '0' && s[i + 2] == '0')
+                return false;
             i += 3;
         } else if (utf8 && s[i] >= 0x80) {
             size_t n = utf8_seq(s + i, len - i);

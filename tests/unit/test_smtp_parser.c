@@ -565,6 +565,9 @@ static void test_mail_params(void **state)
     assert_int_equal(mail("FROM:<a@b> ENVID=a+2", &m), TERN_SMTP_ESYNTAX);
     assert_int_equal(mail("FROM:<a@b> ENVID=a+", &m), TERN_SMTP_ESYNTAX);
     assert_int_equal(mail("FROM:<a@b> ENVID=a+ZZ", &m), TERN_SMTP_ESYNTAX);
+    /* +00 would decode to NUL: refused here as the decoder refuses it. */
+    assert_int_equal(mail("FROM:<a@b> ENVID=a+00b", &m), TERN_SMTP_ESYNTAX);
+    assert_int_equal(mail("FROM:<a@b> AUTH=+00", &m), TERN_SMTP_ESYNTAX);
     assert_int_equal(mail("FROM:<a@b> ENVID=", &m), TERN_SMTP_ESYNTAX);
     assert_int_equal(mail("FROM:<a@b> ENVID=x ENVID=y", &m), TERN_SMTP_EPARAM);
     char buf[300];
