@@ -351,13 +351,16 @@ int ternctl_cmd_account(ctx *c, int argc, char **argv)
 
 /* ---- alias -------------------------------------------------------------- */
 
-static int alias_add(ctx *c, int argc, char **argv)
+/* add and remove take the same shape: ADDRESS then targets (remove with
+ * no target drops the whole alias). */
+static int alias_change(ctx *c, int argc, char **argv, tern_store_op op, int min_args,
+                        const char *usage)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s alias add ADDRESS|@DOMAIN TARGET...\n", c->prog);
+    if (argc < min_args) {
+        fprintf(stderr, "usage: %s alias %s\n", c->prog, usage);
         return EX_USAGE_;
     }
-    tern_store_req *r = tern_store_req_new(TERN_STORE_ALIAS_ADD, NULL, NULL);
+    tern_store_req *r = tern_store_req_new(op, NULL, NULL);
     if (r == NULL)
         return EX_FAIL;
     r->in.name = argv[0];
@@ -366,19 +369,14 @@ static int alias_add(ctx *c, int argc, char **argv)
     return one_request(c, r, argv[0], NULL);
 }
 
+static int alias_add(ctx *c, int argc, char **argv)
+{
+    return alias_change(c, argc, argv, TERN_STORE_ALIAS_ADD, 2, "add ADDRESS|@DOMAIN TARGET...");
+}
+
 static int alias_remove(ctx *c, int argc, char **argv)
 {
-    if (argc < 1) {
-        fprintf(stderr, "usage: %s alias remove ADDRESS [TARGET...]\n", c->prog);
-        return EX_USAGE_;
-    }
-    tern_store_req *r = tern_store_req_new(TERN_STORE_ALIAS_REMOVE, NULL, NULL);
-    if (r == NULL)
-        return EX_FAIL;
-    r->in.name = argv[0];
-    r->in.targets = (const char *const *)(argv + 1);
-    r->in.n_targets = (size_t)(argc - 1);
-    return one_request(c, r, argv[0], NULL);
+    return alias_change(c, argc, argv, TERN_STORE_ALIAS_REMOVE, 1, "remove ADDRESS [TARGET...]");
 }
 
 static int alias_list(ctx *c, int argc, char **argv)

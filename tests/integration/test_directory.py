@@ -102,12 +102,13 @@ def test_passwords_are_argon2id(tern_factory):
     p = ctl(t, "account", "passwd", "dave@example.test", stdin=b"\n", check=False)
     assert p.returncode != 0
     db = t.state_dir / "mail" / ".tern.sqlite"
-    if db.exists():
-        import sqlite3
-        row = sqlite3.connect(str(db)).execute(
-            "SELECT password_hash FROM accounts WHERE name='dave@example.test'").fetchone()
-        assert row[0].startswith("{ARGON2ID}$argon2id$"), row
-        assert "other" not in row[0]
+    assert db.exists(), db                 # the local backend's index (storage.backend: local)
+    import sqlite3
+    row = sqlite3.connect(str(db)).execute(
+        "SELECT password_hash FROM accounts WHERE name='dave@example.test'").fetchone()
+    assert row[0].startswith("{ARGON2ID}$argon2id$"), row
+    assert "{SCRAM-SHA-256}" in row[0], row  # SCRAM keys stored alongside
+    assert "other" not in row[0]
 
 
 def test_bad_names_refused(tern_factory):
