@@ -75,6 +75,12 @@ const char *conf__check_hostname(const char *s);
 const char *conf__check_wildcard_name(const char *s);
 void conf__format_size(uint64_t v, char *buf, size_t size);
 
+/* processors.c: `processors:` (or the shipped chain when absent), `plugins:`,
+ * and their cross-references (called from conf__validate). */
+void conf__processors(conf_walk *w, const cnode *n, void *dst, const char *path);
+void conf__plugins(conf_walk *w, const cnode *n, void *dst, const char *path);
+void conf__validate_processors(conf_walk *w);
+
 /* validate.c: the rules that span keys; runs after the schema walk. */
 void conf__validate(conf_walk *w);
 

@@ -193,6 +193,64 @@ typedef struct tern_auth_oauth2_conf {
     size_t n_algorithms;
 } tern_auth_oauth2_conf;
 
+/* ---- mailets: processors and plugins (conf/processors.c) ---------------- */
+
+/* A step parameter: a scalar (value) or a list of scalars (list). */
+typedef struct tern_param_conf {
+    char *key;
+    char *value;
+    char **list;
+    size_t n_list;
+    unsigned line;
+} tern_param_conf;
+
+typedef enum { TERN_MATCH_NAME = 0, TERN_MATCH_AND, TERN_MATCH_OR, TERN_MATCH_NOT } tern_match_op;
+
+/* `match: Name` or `match: "Name=condition"`, or the compositions
+ * `{and: [...]}`, `{or: [...]}`, `{not: M}`. */
+typedef struct tern_match_conf {
+    tern_match_op op;
+    char *name;       /* NAME */
+    char *condition;  /* NAME: text after '=', or NULL */
+    struct tern_match_conf *children;
+    size_t n_children;
+    unsigned line;
+} tern_match_conf;
+
+typedef struct tern_step_conf {
+    tern_match_conf match;
+    char *mailet;
+    char *on_error;   /* NULL: `error` processor; "ignore", "retry" or a processor name */
+    tern_param_conf *params;
+    size_t n_params;
+    unsigned line;
+} tern_step_conf;
+
+typedef struct tern_processor_conf {
+    char *name;
+    tern_step_conf *steps;
+    size_t n_steps;
+    unsigned line;
+} tern_processor_conf;
+
+typedef struct tern_plugin_conf {
+    char *name;       /* the module name it must export */
+    char *path;       /* shared object, absolute or next to the config */
+    tern_param_conf *params;
+    size_t n_params;
+    unsigned line;
+} tern_plugin_conf;
+
+typedef struct tern_mailets_conf {
+    uint64_t root_deadline_ms;  /* in-session entry processor budget; default 30s */
+    uint64_t retry_min_ms;      /* first retry of a tempfailed mail; default 1m */
+    uint64_t retry_max_ms;      /* longest wait between retries; default 1h */
+    uint64_t max_lifetime_ms;   /* a mail still tempfailing after this is bounced; 5d */
+    uint32_t max_steps;         /* steps one mail may run (loop guard); default 1000 */
+    char *repository_dir;       /* ToRepository's files; default STATE_DIR/repositories */
+    bool default_processors;    /* set when `processors:` was absent (shipped chain) */
+} tern_mailets_conf;
+
 typedef struct tern_config {
     atomic_int refs;
     tern_arena arena;
@@ -217,6 +275,11 @@ typedef struct tern_config {
     tern_auth_internal_conf auth_internal;
     tern_auth_ldap_conf auth_ldap;
     tern_auth_sql_conf auth_sql;
+    tern_mailets_conf mailets;
+    tern_processor_conf *processors; /* never empty after load: the shipped chain by default */
+    size_t n_processors;
+    tern_plugin_conf *plugins;
+    size_t n_plugins;
 } tern_config;
 
 /* Collected validation errors: each "path: message". */
@@ -246,6 +309,8 @@ void tern_config_unref(tern_config *c);
 /* Helpers used across modules. */
 const char *tern_protocol_name(tern_protocol p);
 bool tern_config_is_local_domain(const tern_config *c, const char *domain, size_t len);
+/* The processor named `name`, or NULL. */
+const tern_processor_conf *tern_config_processor(const tern_config *c, const char *name);
 /* Effective worker count for the server (resolves 0 to the core count). */
 uint32_t tern_config_workers(const tern_config *c);
 

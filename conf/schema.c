@@ -453,6 +453,16 @@ static const schema_map listener_tls_schema = {listener_tls_fields, COUNT(listen
 static const field listener_tls_scalar =
     F_ENUM("tls", tern_listener_conf, tls, tls_mode_names, TERN_TLS_NONE, 0);
 
+static const field mailets_fields[] = {
+    F_DURATION("root_deadline", tern_mailets_conf, root_deadline_ms, 100, 10 * MIN, 30 * SEC, 1),
+    F_DURATION("retry_min", tern_mailets_conf, retry_min_ms, SEC, DAY, MIN, 1),
+    F_DURATION("retry_max", tern_mailets_conf, retry_max_ms, SEC, 7 * DAY, HOUR, 1),
+    F_DURATION("max_lifetime", tern_mailets_conf, max_lifetime_ms, MIN, 30 * DAY, 5 * DAY, 1),
+    F_UINT("max_steps", tern_mailets_conf, max_steps, 10, 100000, 1000, 0),
+    F_STRING("repository_dir", tern_mailets_conf, repository_dir, NULL, 0, check_absolute),
+};
+static const schema_map mailets_schema = {mailets_fields, COUNT(mailets_fields), NULL};
+
 static void root_post(conf_walk *w, const cnode *n, void *base, const char *path)
 {
     tern_config *cfg = base;
@@ -488,6 +498,9 @@ static const field root_fields[] = {
     {.key = "listeners", .type = FT_MAPLIST, .off = offsetof(tern_config, listeners),
      .count_off = offsetof(tern_config, n_listeners), .elem_size = sizeof(tern_listener_conf),
      .min_items = 1, .max_items = CONF_MAX_LISTENERS, .sub = &listener_schema},
+    F_MAP("mailets", tern_config, mailets, mailets_schema),
+    {.key = "processors", .type = FT_CUSTOM, .off = 0, .custom = conf__processors},
+    {.key = "plugins", .type = FT_CUSTOM, .off = 0, .custom = conf__plugins},
 };
 static const schema_map root_schema = {root_fields, COUNT(root_fields), root_post};
 

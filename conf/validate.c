@@ -394,6 +394,7 @@ void conf__validate(conf_walk *w)
     validate__domains(w);
     for (size_t i = 0; i < c->n_listeners; i++)
         validate__listener(w, i);
+    conf__validate_processors(w);
     conf__check_certificates(w);
     conf__resolve_cipher_suites(w);
 }

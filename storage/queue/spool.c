@@ -81,7 +81,7 @@ typedef struct entry {
     struct entry *hnext, *prev, *next;
 } entry;
 
-typedef enum { JOB_MSG, JOB_COMPLETE } job_type;
+typedef enum { JOB_MSG, JOB_COMPLETE, JOB_RCPT } job_type;
 
 typedef struct job {
     job_type type;
@@ -97,8 +97,9 @@ typedef struct job {
     uint8_t *prefix;
     size_t prefix_len;
     tern_body *body;
-    /* JOB_COMPLETE */
+    /* JOB_COMPLETE, JOB_RCPT */
     uint32_t target;
+    uint32_t rcpt_idx; /* JOB_RCPT */
     /* results */
     seg *seg;
     uint64_t rec_off;
@@ -599,6 +600,33 @@ static int write_complete(tern_spool *s, job *j)
     return 0;
 }
 
+/* RCPT_STATE payload: u32 recipient index (LE) | u8 state (1: done). */
+static int write_rcpt_state(tern_spool *s, job *j)
+{
+    int r = spool_need_segment(s);
+    if (r != 0)
+        return r;
+    seg *g = s->cur;
+    uint8_t pl[5] = {(uint8_t)j->rcpt_idx, (uint8_t)(j->rcpt_idx >> 8), (uint8_t)(j->rcpt_idx >> 16),
+                     (uint8_t)(j->rcpt_idx >> 24), 1};
+    spool_rec_hdr h = {.type = SPOOL_REC_RCPT_STATE, .len = sizeof(pl),
+                       .payload_crc = spool_crc32c(0, pl, sizeof(pl))};
+    memcpy(h.qid, j->qid, TERN_QID_LEN);
+    uint8_t hb[SPOOL_REC_HDR_LEN];
+    spool_rec_hdr_encode(hb, &h);
+    struct iovec iov[2] = {{hb, sizeof(hb)}, {pl, sizeof(pl)}};
+    g->unsynced = true;
+    r = pwrite_all(g->fd, iov, 2, g->size);
+    if (r != 0) {
+        if (ftruncate(g->fd, (off_t)g->size) != 0)
+            g->broken = true;
+        return r;
+    }
+    g->size += SPOOL_REC_HDR_LEN + sizeof(pl);
+    j->seg = g;
+    return 0;
+}
+
 static void job_free_payload(job *j)
 {
     free(j->envblob);
@@ -646,6 +674,11 @@ static uint32_t write_batch(tern_spool *s, job *batch)
             else
                 bytes += SPOOL_REC_HDR_LEN + 4 + j->envlen + j->msg_len;
             job_free_payload(j);
+        } else if (j->type == JOB_RCPT) {
+            j->status = write_rcpt_state(s, j);
+            if (j->status != 0)
+                TLOG_ERR("spool", "event=rcpt_state_write_failed qid=%s error=\"%s\"", j->qid,
+                         strerror(-j->status));
         } else {
             ncomp++;
             j->status = write_complete(s, j);
@@ -667,6 +700,14 @@ static uint32_t write_batch(tern_spool *s, job *batch)
     pthread_mutex_lock(&s->ilock);
     s->st.batches++;
     for (job *j = batch; j; j = j->next) {
+        if (j->type == JOB_RCPT) {
+            /* The record must outlive nothing but its message: the same
+             * dependency a COMPLETE record has on its target segment. */
+            seg *target = seg_find(s, j->target);
+            if (target && j->seg && j->status == 0)
+                seg_add_tomb(target, j->seg);
+            continue;
+        }
         if (j->type == JOB_COMPLETE) {
             seg *target = seg_find(s, j->target);
             if (target) {
@@ -952,8 +993,17 @@ static void replay_record(tern_spool *s, seg *g, uint64_t off, const spool_rec_h
         seg_add_tomb(target, g);
         break;
     }
-    case SPOOL_REC_RCPT_STATE:
+    case SPOOL_REC_RCPT_STATE: {
+        entry *e = idx_find(s, h->qid);
+        if (e == NULL || h->len < 5)
+            break;
+        uint32_t idx = (uint32_t)payload[0] | (uint32_t)payload[1] << 8 |
+                       (uint32_t)payload[2] << 16 | (uint32_t)payload[3] << 24;
+        if (idx < e->env->n_rcpts && payload[4] == 1)
+            e->env->rcpts[idx].done = true;
+        seg_add_tomb(e->seg, g);
         break;
+    }
     default:
         TLOG_WARN("spool", "event=unknown_record_type seg=%" PRIu32 " offset=%" PRIu64 " type=%u",
                   g->num, off, h->type);
@@ -1458,6 +1508,58 @@ int tern_spool_complete(tern_spool *s, const char *qid)
     enqueue(s, j);
     pthread_mutex_unlock(&s->qlock);
     return 0;
+}
+
+int tern_spool_rcpt_done(tern_spool *s, const char *qid, size_t idx)
+{
+    if (s->readonly)
+        return -EROFS;
+    job *j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        return -ENOMEM;
+    pthread_mutex_lock(&s->ilock);
+    entry *e = idx_find(s, qid);
+    if (e == NULL || idx >= e->env->n_rcpts) {
+        pthread_mutex_unlock(&s->ilock);
+        free(j);
+        return -ENOENT;
+    }
+    e->env->rcpts[idx].done = true;
+    j->type = JOB_RCPT;
+    memcpy(j->qid, e->qid, TERN_QID_LEN);
+    j->target = e->seg->num;
+    j->rcpt_idx = (uint32_t)idx;
+    pthread_mutex_unlock(&s->ilock);
+    pthread_mutex_lock(&s->qlock);
+    enqueue(s, j);
+    pthread_mutex_unlock(&s->qlock);
+    return 0;
+}
+
+tern_envelope *tern_spool_envelope_dup(tern_spool *s, const char *qid)
+{
+    pthread_mutex_lock(&s->ilock);
+    entry *e = idx_find(s, qid);
+    tern_envelope *copy = NULL;
+    if (e != NULL) {
+        size_t len = 0;
+        uint8_t *blob = spool_env_encode(e->env, &len);
+        const char *why = NULL;
+        copy = blob ? spool_env_decode(blob, len, &why) : NULL;
+        free(blob);
+        if (copy) {
+            memcpy(copy->qid, e->qid, TERN_QID_LEN);
+            for (size_t i = 0; i < copy->n_rcpts && i < e->env->n_rcpts; i++)
+                copy->rcpts[i].done = e->env->rcpts[i].done;
+        }
+    }
+    pthread_mutex_unlock(&s->ilock);
+    return copy;
+}
+
+void tern_envelope_free(tern_envelope *env)
+{
+    spool_env_free(env);
 }
 
 int tern_spool_read_message(tern_spool *s, const char *qid, uint8_t **data_r, size_t *len_r)

@@ -29,6 +29,7 @@ typedef struct tern_spool_rcpt {
     char *addr;     /* the forward-path without <>; UTF-8 when smtputf8 */
     char *orcpt;    /* ORCPT value as received ("rfc822;x@y"), or NULL */
     uint8_t notify; /* TERN_NOTIFY_* */
+    bool done;      /* finished by the pipeline (a RCPT_STATE record); not in the envelope */
 } tern_spool_rcpt;
 
 typedef struct tern_envelope {
@@ -119,6 +120,16 @@ int tern_spool_read_message(tern_spool *s, const char *qid, uint8_t **data_r, si
 /* Marks a message completed (every recipient done). Durable by the next
  * group commit; space is reclaimed when a segment holds no live message. */
 int tern_spool_complete(tern_spool *s, const char *qid);
+
+/* Records that recipient `idx` of a live message is finished (delivered,
+ * bounced or dropped on purpose), so that a replay after a crash does not
+ * process it again. Durable with the next group commit. Safe from any
+ * thread. Returns 0 or -errno (-ENOENT: not live). */
+int tern_spool_rcpt_done(tern_spool *s, const char *qid, size_t idx);
+/* A deep copy of a live message's envelope (recipients' done flags
+ * included), or NULL. Free with tern_envelope_free. Safe from any thread. */
+tern_envelope *tern_spool_envelope_dup(tern_spool *s, const char *qid);
+void tern_envelope_free(tern_envelope *env);
 
 /* Offline inspection for tools: opens read-only, no writer thread. */
 int tern_spool_open_readonly(const char *dir, tern_spool **spool_r, char **error_r);
