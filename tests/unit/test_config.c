@@ -210,6 +210,15 @@ static void test_full_file(void **state)
     assert_int_equal(l->tls, TERN_TLS_STARTTLS);
     assert_int_equal(l->max_message_size, 10u << 20);
     assert_string_equal(l->pipeline, "inbound");
+    assert_int_equal(c->n_processors, 5);
+    assert_false(c->mailets.default_processors);
+    assert_int_equal(c->mailets.root_deadline_ms, 10000);
+    const tern_processor_conf *pin = tern_config_processor(c, "inbound");
+    assert_non_null(pin);
+    assert_int_equal(pin->steps[0].match.op, TERN_MATCH_NOT);
+    assert_string_equal(pin->steps[0].match.children[0].name, "SenderIsNull");
+    assert_string_equal(pin->steps[0].params[0].key, "processor");
+    assert_string_equal(tern_config_processor(c, "transport")->steps[0].match.name, "All");
     assert_false(l->auth);
     assert_false(l->allow_plaintext_auth);
     l = &c->listeners[1];
