@@ -136,4 +136,14 @@ int tern_mail_spawn(tern_mail *m, const char *sender, const char *const *rcpts, 
                     const uint8_t *msg, size_t len, const char *processor,
                     tern_mail_spawn_cb done, void *arg);
 
+/* ---- a mail outside any runner: unit tests of matchers and mailets ------ */
+
+/* A mail built from an envelope and a message, attached to pipeline p (may
+ * be NULL; then tern_mail_config() must not be called) but to no runner:
+ * matchers and synchronous mailets can run on it; the store, spawn and
+ * call_async cannot. Free with tern_mail_standalone_free. */
+tern_mail *tern_mail_standalone(const tern_envelope *env, const uint8_t *msg, size_t len,
+                                tern_pipeline *p);
+void tern_mail_standalone_free(tern_mail *m);
+
 #endif

@@ -18,6 +18,7 @@
 #include "lib/log.h"
 #include "lib/util.h"
 #include "mailets/pipeline_int.h"
+#include "storage/queue/spool_record.h"
 
 typedef struct post {
     char qid[TERN_QID_LEN];
@@ -1341,4 +1342,48 @@ int tern_mail_spawn(tern_mail *m, const char *sender, const char *const *rcpts, 
         return rc;
     }
     return 0;
+}
+
+/* ---- a mail outside any runner (unit tests, tools) ----------------------- */
+
+tern_mail *tern_mail_standalone(const tern_envelope *env, const uint8_t *msg, size_t len,
+                                tern_pipeline *p)
+{
+    tern_mail_job *j = calloc(1, sizeof(*j));
+    if (j == NULL)
+        return NULL;
+    /* A private copy of the envelope through the spool's own codec, so the
+     * mail owns every string it points to. */
+    size_t elen = 0;
+    uint8_t *blob = spool_env_encode(env, &elen);
+    const char *why = NULL;
+    j->env = blob ? spool_env_decode(blob, elen, &why) : NULL;
+    free(blob);
+    tern_mail *m = j->env ? tern_mail_from_message(env, msg, len) : NULL;
+    if (m == NULL) {
+        if (j->env)
+            tern_envelope_free(j->env);
+        free(j);
+        return NULL;
+    }
+    memcpy(j->qid, env->qid, TERN_QID_LEN);
+    j->p = p ? tern_pipeline_ref(p) : NULL;
+    m->job = j;
+    m->pipeline = p;
+    return m;
+}
+
+void tern_mail_standalone_free(tern_mail *m)
+{
+    if (m == NULL)
+        return;
+    tern_mail_job *j = m->job;
+    tern_mail_free(m);
+    if (j) {
+        if (j->env)
+            tern_envelope_free(j->env);
+        if (j->p)
+            tern_pipeline_unref(j->p);
+        free(j);
+    }
 }
