@@ -304,7 +304,7 @@ static void job_end(tern_mail_job *j)
         tern_pipeline_outcome o = {.accepted = true, .code = 250};
         outcome_send(j, &o);
     }
-    if (j->started && !r->closing) {
+    if (j->started) {
         if (j->keep)
             TLOG_INFO("mailet", "event=kept qid=%s reason=remote-or-error", j->qid);
         else if (tern_spool_complete(r->env.spool, j->qid) == 0)
@@ -367,7 +367,7 @@ static void rcpt_leave(tern_mail *m, size_t i, bool remote, const char *how)
         j->keep = true;
         return;
     }
-    if (!j->orig_remote[orig] && !orig_alive(j, orig) && !j->r->closing)
+    if (!j->orig_remote[orig] && !orig_alive(j, orig))
         tern_spool_rcpt_done(j->r->env.spool, j->qid, (size_t)orig);
 }
 

@@ -10,6 +10,7 @@
 
 #include "conf/config.h"
 #include "lib/log.h"
+#include "mailets/engine.h"
 #include "protocols/common/tls.h"
 #include "server/server.h"
 
@@ -54,6 +55,13 @@ static tern_config *load(const char *path, bool with_tls)
             else
                 tern_tls_server_unref(tls);
             free(err);
+        }
+        if (errs.n == 0) {
+            /* The mailet chain: every matcher and mailet exists and takes
+             * its parameters, every plugin loads and initialises. */
+            tern_pipeline *p = tern_pipeline_build(cfg, NULL, &errs);
+            if (p)
+                tern_pipeline_unref(p);
         }
     }
     if (errs.n > 0) {

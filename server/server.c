@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "lib/log.h"
+#include "mailets/engine.h"
 
 #define MOD "server"
 #define FD_RESERVE 64 /* descriptors kept for spool, logs, listeners */
@@ -256,6 +257,7 @@ typedef struct reload_req {
     tern_config *cfg;
     tern_tls_server *tls;
     tern_auth *auth;
+    tern_pipeline *pipeline;
     tern_config_errors errs;
 } reload_req;
 
@@ -281,6 +283,15 @@ static void server__reload_work(uv_work_t *w)
     if (r->auth == NULL) {
         tern_config_errors_add(&r->errs, "auth: %s", serr ? serr : "cannot set up");
         free(serr);
+        tern_config_unref(r->cfg);
+        r->cfg = NULL;
+        return;
+    }
+    /* The mailet chain: plugins are loaded (a new version of a .so is
+     * picked up here) and every instance initialised; a failure keeps the
+     * old chain. */
+    r->pipeline = tern_pipeline_build(r->cfg, r->auth, &r->errs);
+    if (r->pipeline == NULL) {
         tern_config_unref(r->cfg);
         r->cfg = NULL;
         return;
@@ -327,13 +338,19 @@ static void server__reload_done(uv_work_t *w, int status)
     tern_config *old_cfg = srv->cfg;
     tern_tls_server *old_tls = srv->tls;
     tern_auth *old_auth = srv->auth;
+    tern_pipeline *old_pipeline = srv->pipeline;
     srv->cfg = r->cfg;
     srv->tls = r->tls;
     srv->auth = r->auth;
+    srv->pipeline = r->pipeline;
     r->cfg = NULL;
     r->tls = NULL;
     r->auth = NULL;
+    r->pipeline = NULL;
     pthread_mutex_unlock(&srv->snap_mu);
+    /* Mail in flight holds its own reference and finishes on the old chain. */
+    if (old_pipeline)
+        tern_pipeline_unref(old_pipeline);
     if (old_auth)
         tern_auth_unref(old_auth);
     if (getenv("TERN_LOG") == NULL)
@@ -346,6 +363,8 @@ static void server__reload_done(uv_work_t *w, int status)
     if (old_tls)
         tern_tls_server_unref(old_tls);
 out:
+    if (r->pipeline)
+        tern_pipeline_unref(r->pipeline);
     if (r->cfg)
         tern_config_unref(r->cfg);
     if (r->tls)
@@ -520,12 +539,36 @@ static void server__log_replayed(void *arg, const tern_envelope *env)
               env->session_id ? env->session_id : "-");
 }
 
-/* Until the mailet pipeline exists, the spool is where mail waits; the
- * sink only records the hand-off. */
-static void server__spool_sink(void *arg, const tern_envelope *env)
+tern_pipeline *tern_server_pipeline(void *arg)
 {
-    TLOG_DEBUG("spool", "event=awaiting_pipeline qid=%s pipeline=%s", env->qid,
-               env->pipeline ? env->pipeline : "root");
+    tern_server *srv = arg;
+    pthread_mutex_lock(&srv->snap_mu);
+    tern_pipeline *p = srv->pipeline ? tern_pipeline_ref(srv->pipeline) : NULL;
+    pthread_mutex_unlock(&srv->snap_mu);
+    return p;
+}
+
+tern_runner *tern_server_pick_runner(void *arg)
+{
+    tern_server *srv = arg;
+    unsigned i = atomic_fetch_add(&srv->next_runner, 1) % srv->nworkers;
+    return srv->workers[i].runner;
+}
+
+typedef struct replay_ctx {
+    tern_server *srv;
+    size_t n;
+} replay_ctx;
+
+/* Mail that was in the spool at start (acknowledged, not finished) goes
+ * through the pipeline again from its entry processor; recipients
+ * recorded finished are skipped. */
+static void server__replay_one(void *arg, const tern_envelope *env)
+{
+    replay_ctx *c = arg;
+    tern_runner *r = tern_server_pick_runner(c->srv);
+    if (r && tern_runner_post(r, env->qid) == 0)
+        c->n++;
 }
 
 int tern_server_run(const char *config_path, tern_config *cfg)
@@ -610,9 +653,20 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         free(err);
         return 1;
     }
+    {
+        tern_config_errors perrs;
+        tern_config_errors_init(&perrs);
+        srv->pipeline = tern_pipeline_build(cfg, srv->auth, &perrs);
+        for (size_t i = 0; i < perrs.n; i++) {
+            char q[1024];
+            TLOG_ERR(MOD, "event=pipeline_error error=%s", tern_log_q(q, sizeof(q), perrs.items[i]));
+        }
+        tern_config_errors_free(&perrs);
+        if (srv->pipeline == NULL)
+            return 1;
+    }
     size_t live = tern_spool_each(srv->spool, server__log_replayed, NULL);
     TLOG_INFO("spool", "event=opened dir=%s live=%zu", spool_dir, live);
-    tern_spool_set_sink(srv->spool, server__spool_sink, srv);
 
     uv_async_init(srv->loop, &srv->worker_done, server__worker_done);
     srv->worker_done.data = srv;
@@ -629,6 +683,11 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         server__start_listener(srv, &cfg->listeners[i], fds[i], counts[i]);
     free(fds);
     free(counts);
+    if (live > 0) {
+        replay_ctx rc = {srv, 0};
+        tern_spool_each(srv->spool, server__replay_one, &rc);
+        TLOG_INFO("spool", "event=replay_started messages=%zu", rc.n);
+    }
 
     uv_signal_init(srv->loop, &srv->sig_hup);
     uv_signal_init(srv->loop, &srv->sig_term);
@@ -661,6 +720,8 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         pthread_mutex_destroy(&srv->workers[i].mu);
     }
     tern_spool_close(srv->spool);
+    if (srv->pipeline)
+        tern_pipeline_unref(srv->pipeline);
     if (srv->auth)
         tern_auth_unref(srv->auth);
     tern_store_close(srv->store);

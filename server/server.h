@@ -65,6 +65,7 @@ struct tern_worker {
     pthread_mutex_t mu;
     wmsg *head, *tail;
     tern_session_host host;
+    struct tern_runner *runner;
     tern_acceptor *acceptors;
     bool draining, stopping, done;
 };
@@ -76,6 +77,8 @@ struct tern_server {
     tern_config *cfg;
     tern_tls_server *tls;
     tern_auth *auth;
+    struct tern_pipeline *pipeline; /* the mailet chain of the current snapshot */
+    atomic_uint next_runner;        /* round robin for replayed and spawned mail */
     tern_limits *limits;
     tern_spool *spool;
     tern_store *store;
@@ -100,6 +103,11 @@ void tern_server_snapshot(tern_server *srv, tern_config **cfg_r, tern_tls_server
  * refusal) on worker `w`. Takes ownership of fd and the references. */
 void tern_server_serve(tern_worker *w, int fd, const char *listener, tern_config *cfg,
                        tern_tls_server *tls, tern_auth *auth);
+
+/* The runner env's callbacks: the current pipeline (a reference) and the
+ * next worker's runner, round robin. */
+struct tern_pipeline *tern_server_pipeline(void *srv);
+struct tern_runner *tern_server_pick_runner(void *srv);
 
 /* listener.c */
 /* Creates and binds a listening socket for listener `lc`; reuseport when

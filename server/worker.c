@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "lib/log.h"
+#include "mailets/engine.h"
 #include "protocols/smtp/smtp_session.h"
 #include "server/server.h"
 
@@ -65,6 +66,13 @@ static void worker__maybe_stop(tern_worker *w)
         tern_acceptor_close(a);
     }
     w->acceptors = NULL;
+    /* Mail being processed here keeps its spool entry (finished recipients
+     * are recorded) and is picked up again at the next start. */
+    if (w->runner) {
+        tern_runner_close(w->runner);
+        w->runner = NULL;
+        w->host.runner = NULL;
+    }
     tern_spool_client_close(w->host.spool_client);
     tern_store_client_close(w->host.store_client);
     uv_close((uv_handle_t *)&w->wake, worker__closed_async);
@@ -192,6 +200,20 @@ int tern_worker_start(tern_worker *w)
     w->host.store_client = tern_store_client_new(w->srv->store, &w->loop);
     if (w->host.store_client == NULL)
         return UV_ENOMEM;
+    tern_runner_env renv = {
+        .loop = &w->loop,
+        .spool = w->srv->spool,
+        .spool_client = w->host.spool_client,
+        .store_client = w->host.store_client,
+        .current = tern_server_pipeline,
+        .current_arg = w->srv,
+        .pick = tern_server_pick_runner,
+        .pick_arg = w->srv,
+    };
+    w->runner = tern_runner_new(&renv);
+    if (w->runner == NULL)
+        return UV_ENOMEM;
+    w->host.runner = w->runner;
     w->host.list.next = w->host.list.prev = &w->host.list;
     w->host.released = worker__released;
     w->host.owner = w;

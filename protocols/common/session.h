@@ -44,6 +44,7 @@ struct tern_session_host {
     tern_spool_client *spool_client;
     tern_store *store;
     tern_store_client *store_client;
+    struct tern_runner *runner;   /* the mailet engine on this loop (may be NULL) */
     tern_session list;            /* sentinel */
     size_t count;
     bool draining;

@@ -19,6 +19,7 @@
 
 #include "lib/arena.h"
 #include "lib/log.h"
+#include "mailets/engine.h"
 #include "lib/net.h"
 #include "auth/auth.h"
 #include "auth/sasl/sasl.h"
@@ -870,6 +871,10 @@ static void smtp__after_message(smtp_session *s)
         smtp__goodbye(s, "421 4.3.2 Service shutting down, try again later");
 }
 
+static void smtp__processed(void *arg, const tern_pipeline_outcome *o);
+static void smtp__message_answer(smtp_session *s, bool stored, const char *qid,
+                                 const tern_pipeline_outcome *o);
+
 static void smtp__submitted(void *arg, int status, const char *qid, const char *error)
 {
     smtp_session *s = arg;
@@ -882,15 +887,48 @@ static void smtp__submitted(void *arg, int status, const char *qid, const char *
                   tx->abandoned ? " late=1" : "");
     else
         TLOG_ERR(MOD, "event=spool_failed session=%s error=\"%s\"", s->base.id, error ? error : "");
+    /* Durable: the entry processor of the mailet chain may still refuse
+     * it, with a reply the client sees (its deadline bounds the wait). */
+    if (status == 0 && s->base.host->runner != NULL && !s->conn_closed) {
+        memcpy(tx->qid, qid, sizeof(tx->qid));
+        s->pending++;
+        if (tern_runner_start(s->base.host->runner, qid, s->cfg->mailets.root_deadline_ms,
+                              smtp__processed, s) != NULL)
+            return;
+        s->pending--;
+        /* Not started: the message stays in the spool and is processed at
+         * the next start. */
+        TLOG_ERR(MOD, "event=pipeline_start_failed session=%s qid=%s", s->base.id, qid);
+    }
+    smtp__message_answer(s, status == 0, qid, NULL);
+}
+
+/* The entry processor is done (or its deadline passed). */
+static void smtp__processed(void *arg, const tern_pipeline_outcome *o)
+{
+    smtp_session *s = arg;
+    s->pending--;
+    smtp__message_answer(s, true, s->tx.qid, o);
+}
+
+static void smtp__message_answer(smtp_session *s, bool stored, const char *qid,
+                                 const tern_pipeline_outcome *o)
+{
+    smtp_tx *tx = &s->tx;
     if (s->conn_closed) {
         smtp__maybe_free(s);
         return;
     }
     if (!tx->abandoned) {
-        if (status == 0)
-            smtp__reply(s, "250 2.0.0 Ok: queued as %s", qid);
-        else
+        if (!stored)
             smtp__reply(s, "451 4.3.0 Error: queue file write error");
+        else if (o == NULL || o->accepted)
+            smtp__reply(s, "250 2.0.0 Ok: queued as %s", qid);
+        else {
+            TLOG_INFO(MOD, "event=message_refused session=%s qid=%s code=%d reason=\"%.200s\"",
+                      s->base.id, qid, o->code, o->text);
+            smtp__reply(s, "%d %s %s", o->code, o->enhanced, o->text);
+        }
         s->messages++;
     }
     if (s->state == ST_CLOSED)

@@ -476,6 +476,14 @@ def base_config(tmp, ports, certs):
         # still goes through the store). test_directory.py covers the
         # default, verification against real accounts.
         "smtp": {"verify_recipients": False},
+        # Most tests look at what the SMTP side stored: a chain that hands
+        # every recipient to the remote queue keeps each message in the
+        # spool where they look. test_pipeline*.py use the shipped chain.
+        "processors": {
+            "root": [{"match": "All", "mailet": "RemoteDelivery"}],
+            "error": [{"match": "All", "mailet": "RemoteDelivery"}],
+            "bounces": [{"match": "All", "mailet": "RemoteDelivery"}],
+        },
         "tls": {
             "certificates": {
                 "main": {"cert": certs.path("main.crt"), "key": certs.path("main.key"),
