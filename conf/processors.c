@@ -182,7 +182,8 @@ static void step_parse(conf_walk *w, const cnode *n, tern_step_conf *st, const c
     }
     const cnode *m = conf__map_get(n, "match");
     const cnode *ml = conf__map_get(n, "mailet");
-    if (ml == NULL || ml->kind != CNODE_SCALAR || ml->is_null || !ident_ok(ml->str))
+    /* `mailet: Null` is the Null mailet, not YAML's null: the text decides. */
+    if (ml == NULL || ml->kind != CNODE_SCALAR || ml->str == NULL || !ident_ok(ml->str))
         conf__err(w, ml ? ml->line : n->line, path, "mailet: a mailet name is required");
     else
         st->mailet = conf__strdup(w, ml->str);
