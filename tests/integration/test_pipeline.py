@@ -287,3 +287,50 @@ def test_sighup_swaps_the_chain_for_new_mail(tern_factory):
     m2 = uuid.uuid4().hex
     assert send_mail(t, "s@example.org", ["alice@example.test"], marked_message(m2)).code == 250
     assert find_message(t, "alice@example.test", m2, box="Junk")
+
+
+def build_faulty(tmp, fault):
+    out = tmp / f"faulty{fault}.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", f"-DFAULT={fault}",
+                    "-I", str(ROOT / "mailets"), "-o", str(out), str(HERE / "plugins" / "faulty.c")],
+                   check=True, capture_output=True, timeout=120)
+    return out
+
+
+def faulty_config(path):
+    return {
+        "plugins": [{"name": "Faulty", "path": str(path)}],
+        "processors": {
+            "root": [{"match": "All", "mailet": "ToProcessor", "processor": "work"}],
+            "work": [{"match": "All", "mailet": "Faulty"},
+                     {"match": "All", "mailet": "LocalDelivery"}],
+            "error": [{"match": "All", "mailet": "LocalDelivery", "folder": "Archive"}],
+            "bounces": [{"match": "All", "mailet": "RemoteDelivery"}],
+        },
+    }
+
+
+def test_plugin_returning_garbage_sends_mail_to_error(tern_factory, tmp_path):
+    t = tern_factory(faulty_config(build_faulty(tmp_path, 1)), start=False)
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test")
+    t.start()
+    marker = uuid.uuid4().hex
+    r = send_mail(t, "s@example.org", ["alice@example.test"], marked_message(marker))
+    assert r.code == 250
+    # Isolated: the mail went to `error`, which here files it in Archive.
+    files = find_message(t, "alice@example.test", marker, box="Archive")
+    assert files, t.log_tail()
+    assert log_has(t, rf"qid={r.qid} .*mailet=Faulty .*verdict=error")
+    assert not [f for f in mailbox_files(t, "alice@example.test") if marker.encode() in f.read_bytes()]
+
+
+def test_plugin_wrong_abi_or_failing_init_refused(tern_factory, tmp_path):
+    for fault, needle in ((2, "built for mailet ABI 2, this ternd speaks 1"),
+                          (3, "refusing to start on purpose")):
+        t = tern_factory(faulty_config(build_faulty(tmp_path, fault)), start=False)
+        rc, err = check_config(t, {})
+        assert rc != 0 and needle in err, err
+        # ternd refuses to start the same way.
+        p = subprocess.run([str(TERND), "-c", str(t.conf_path)], capture_output=True, timeout=60)
+        assert p.returncode != 0 and needle.encode() in p.stderr, p.stderr
