@@ -444,7 +444,7 @@ static void auth_looked_up(tern_auth_req *q)
 
 static tern_auth_client *runner_auth(tern_runner *r, struct tern_auth *a)
 {
-    if (a == NULL)
+    if (a == NULL || r->closing)
         return NULL;
     if (r->auth_for != a) {
         if (r->auth_client)
@@ -1154,8 +1154,6 @@ static void runner_maybe_free(tern_runner *r)
         list = p->next;
         free(p);
     }
-    if (r->auth_client)
-        tern_auth_client_close(r->auth_client);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -1172,6 +1170,13 @@ void tern_runner_close(tern_runner *r)
     if (r == NULL)
         return;
     r->closing = true;
+    /* Closed here, not when the runner is freed: that may happen inside
+     * one of this client's own callbacks. Pending requests still call back. */
+    if (r->auth_client) {
+        tern_auth_client_close(r->auth_client);
+        r->auth_client = NULL;
+        r->auth_for = NULL;
+    }
     pthread_mutex_lock(&r->mu);
     r->inbox_closed = true;
     pthread_mutex_unlock(&r->mu);
