@@ -123,9 +123,14 @@ void tern_mail_resume(tern_mail *m, tern_mailet_verdict v, const tern_mailet_res
  * mail: `how` is logged. Its original spool recipient is recorded done
  * once nothing derived from it is left, so a replay never repeats it. */
 void tern_mail_rcpt_done(tern_mail *m, size_t i, const char *how);
-/* Recipient i is handed to the remote queue: leaves the mail but keeps
- * the spool entry alive for the queue manager. */
+/* Recipient i is handed to the remote queue with the message as stored in
+ * the spool (only valid when tern_mail_remote_as_stored() says so): it
+ * leaves the mail, is recorded queued, and the entry stays alive for the
+ * queue manager. */
 void tern_mail_rcpt_remote(tern_mail *m, size_t i);
+/* Whether recipient i can be queued from the stored message as it is: the
+ * mail is unchanged and i is one of the envelope's own recipients. */
+bool tern_mail_remote_as_stored(const tern_mail *m, size_t i);
 
 /* A new mail made by a mailet (bounce, forward copy, notification): written
  * durably to the spool with the parent's session data, then processed from
@@ -135,6 +140,16 @@ typedef void (*tern_mail_spawn_cb)(tern_mail *m, void *arg, int status);
 int tern_mail_spawn(tern_mail *m, const char *sender, const char *const *rcpts, size_t n_rcpts,
                     const uint8_t *msg, size_t len, const char *processor,
                     tern_mail_spawn_cb done, void *arg);
+
+/* Writes the mail as it is now (header changes included) to the spool as
+ * a message owned by the remote queue (TERN_QUEUE_PIPELINE) for the
+ * recipients at `idx` (each keeps its ORCPT and NOTIFY; ENVID, RET and
+ * the session data are the original's). done(m, arg, status, qid) runs on
+ * m's loop once durable (status 0) or failed. The caller then finishes
+ * those recipients: they are the queue's from now on. */
+typedef void (*tern_mail_queued_cb)(tern_mail *m, void *arg, int status, const char *qid);
+int tern_mail_queue_remote(tern_mail *m, const size_t *idx, size_t n, tern_mail_queued_cb done,
+                           void *arg);
 
 /* ---- a mail outside any runner: unit tests of matchers and mailets ------ */
 

@@ -158,7 +158,7 @@ tern_mail *tern_mail_from_message(const tern_envelope *env, const uint8_t *msg, 
     if (m->sender == NULL)
         goto fail;
     for (size_t i = 0; i < env->n_rcpts; i++) {
-        if (env->rcpts[i].done)
+        if (env->rcpts[i].done || env->rcpts[i].queued)
             continue;
         if (tern_mail_rcpt_add_derived(m, env->rcpts[i].addr, (int)i) != 0)
             goto fail;
@@ -179,6 +179,7 @@ tern_mail *tern_mail_clone_empty(const tern_mail *src)
     if (m == NULL)
         return NULL;
     m->job = src->job;
+    m->modified = src->modified;
     m->runner = src->runner;
     m->pipeline = src->pipeline;
     m->proc = src->proc;
@@ -319,6 +320,7 @@ int tern_mail_set_sender(tern_mail *m, const char *addr)
         return -1;
     free(m->sender);
     m->sender = s;
+    m->modified = true;
     return 0;
 }
 
@@ -460,6 +462,7 @@ int tern_mail_header_add(tern_mail *m, const char *name, const char *value)
     memmove(&m->fields[1], &m->fields[0], m->n_fields * sizeof(tern_mail_field));
     m->fields[0] = f;
     m->n_fields++;
+    m->modified = true;
     return 0;
 }
 
@@ -477,6 +480,7 @@ int tern_mail_header_set(tern_mail *m, const char *name, const char *value)
         free(m->fields[i].raw);
         m->fields[i].value = v;
         m->fields[i].raw = NULL;
+        m->modified = true;
         /* Later duplicates go: "set" means one field with this value. */
         for (size_t j = m->n_fields; j-- > i + 1;)
             if (strcasecmp(m->fields[j].name, name) == 0) {
@@ -499,6 +503,7 @@ int tern_mail_header_remove(tern_mail *m, const char *name)
     size_t o = 0;
     for (size_t i = 0; i < m->n_fields; i++) {
         if (m->fields[i].name[0] && strcasecmp(m->fields[i].name, name) == 0) {
+            m->modified = true;
             free(m->fields[i].name);
             free(m->fields[i].value);
             free(m->fields[i].raw);
@@ -550,6 +555,7 @@ int tern_mail_body_replace(tern_mail *m, const void *data, size_t len)
         return -1;
     body_unref(m->body);
     m->body = b;
+    m->modified = true;
     return 0;
 }
 

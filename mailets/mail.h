@@ -78,6 +78,7 @@ struct tern_mail {
     size_t proc, step;
     const char *step_name;      /* for the log: the current mailet */
     unsigned splits;            /* clones made from it (a bound against runaway splitting) */
+    bool modified;              /* sender, header or body changed since the spool */
     int state;                  /* engine's */
     void *engine_priv;          /* engine's */
 };

@@ -365,6 +365,7 @@ static void rcpt_leave(tern_mail *m, size_t i, bool remote, const char *how)
     if (remote) {
         j->orig_remote[orig] = true;
         j->keep = true;
+        tern_spool_rcpt_queued(j->r->env.spool, j->qid, (size_t)orig);
         return;
     }
     if (!j->orig_remote[orig] && !orig_alive(j, orig))
@@ -375,6 +376,25 @@ void tern_mail_rcpt_done(tern_mail *m, size_t i, const char *how)
 {
     if (i < m->n_rcpts)
         rcpt_leave(m, i, false, how ? how : "done");
+}
+
+bool tern_mail_remote_as_stored(const tern_mail *m, size_t i)
+{
+    if (m->modified || i >= m->n_rcpts || m->job == NULL || m->job->env == NULL)
+        return false;
+    int orig = m->rcpts[i].orig;
+    const tern_envelope *env = m->job->env;
+    if (orig < 0 || (size_t)orig >= env->n_rcpts || strcmp(env->mail_from, m->sender) != 0)
+        return false;
+    /* The same address, and no other recipient of the mail derived from it. */
+    if (strcmp(env->rcpts[orig].addr, m->rcpts[i].addr) != 0)
+        return false;
+    const tern_mail_job *j = m->job;
+    for (size_t k = 0; k < j->n_mails; k++)
+        for (size_t r = 0; r < j->mails[k]->n_rcpts; r++)
+            if (j->mails[k]->rcpts[r].orig == orig && &j->mails[k]->rcpts[r] != &m->rcpts[i])
+                return false;
+    return true;
 }
 
 void tern_mail_rcpt_remote(tern_mail *m, size_t i)
@@ -1013,7 +1033,17 @@ static void load_done(uv_work_t *w, int status)
         job_end(j);
         return;
     }
+    if (j->env->pipeline && strcmp(j->env->pipeline, TERN_QUEUE_PIPELINE) == 0) {
+        /* Owned by the remote queue: never run the chain on it again. */
+        tern_mail_free(m);
+        free(pv);
+        job_end(j);
+        return;
+    }
     j->started = true;
+    for (size_t i = 0; i < j->env->n_rcpts; i++)
+        if (j->env->rcpts[i].queued)
+            j->keep = true; /* the queue manager's part of the entry */
     m->engine_priv = pv;
     m->job = j;
     m->runner = r;
@@ -1266,8 +1296,12 @@ typedef struct spawn_ctx {
 
 static void spawn_free_env(tern_envelope *e)
 {
-    for (size_t i = 0; i < e->n_rcpts; i++)
+    for (size_t i = 0; i < e->n_rcpts; i++) {
         free(e->rcpts[i].addr);
+        free(e->rcpts[i].orcpt);
+    }
+    free(e->envid);
+    free(e->auth_user);
     free(e->rcpts);
     free(e->mail_from);
     free(e->pipeline);
@@ -1391,4 +1425,100 @@ void tern_mail_standalone_free(tern_mail *m)
             tern_pipeline_unref(j->p);
         free(j);
     }
+}
+
+typedef struct queue_ctx {
+    tern_mail *m;
+    tern_mail_queued_cb done;
+    void *arg;
+    tern_envelope env;
+} queue_ctx;
+
+static void queue_durable(void *arg, int status, const char *qid, const char *error)
+{
+    queue_ctx *c = arg;
+    if (status == 0)
+        TLOG_INFO("mailet", "event=queued_remote qid=%s parent=%s nrcpt=%zu", qid,
+                  tern_mail_qid(c->m), c->env.n_rcpts);
+    else
+        TLOG_ERR("mailet", "event=queue_failed parent=%s error=\"%s\"", tern_mail_qid(c->m),
+                 error ? error : strerror(-status));
+    spawn_free_env(&c->env);
+    c->done(c->m, c->arg, status, status == 0 ? qid : NULL);
+    free(c);
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+int tern_mail_queue_remote(tern_mail *m, const size_t *idx, size_t n, tern_mail_queued_cb done,
+                           void *arg)
+{
+    tern_runner *r = m->runner;
+    const tern_envelope *pe = tern_mail_envelope(m);
+    if (n == 0 || done == NULL || r == NULL || pe == NULL)
+        return -EINVAL;
+    queue_ctx *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return -ENOMEM;
+    c->m = m;
+    c->done = done;
+    c->arg = arg;
+    tern_envelope *e = &c->env;
+    e->mail_from = strdup(tern_mail_sender(m));
+    e->pipeline = strdup(TERN_QUEUE_PIPELINE);
+    e->session_id = dup_or_null(pe->session_id);
+    e->listener = dup_or_null(pe->listener);
+    e->client_addr = dup_or_null(pe->client_addr);
+    e->helo = dup_or_null(pe->helo);
+    e->auth_user = dup_or_null(pe->auth_user);
+    e->envid = dup_or_null(pe->envid);
+    e->ret = pe->ret;
+    e->body = pe->body;
+    e->smtputf8 = pe->smtputf8;
+    e->received_at = pe->received_at;
+    e->rcpts = calloc(n, sizeof(*e->rcpts));
+    bool ok = e->mail_from && e->pipeline && e->rcpts;
+    for (size_t i = 0; ok && i < n; i++) {
+        if (idx[i] >= m->n_rcpts) {
+            ok = false;
+            break;
+        }
+        const tern_rcpt_entry *re = &m->rcpts[idx[i]];
+        tern_spool_rcpt *sr = &e->rcpts[i];
+        e->n_rcpts = i + 1;
+        sr->addr = strdup(re->addr);
+        ok = sr->addr != NULL;
+        /* DSN parameters follow the recipient they were given for. */
+        if (ok && re->orig >= 0 && (size_t)re->orig < pe->n_rcpts) {
+            const tern_spool_rcpt *o = &pe->rcpts[re->orig];
+            sr->notify = o->notify;
+            if (o->orcpt && (sr->orcpt = strdup(o->orcpt)) == NULL)
+                ok = false;
+        }
+    }
+    size_t len = 0;
+    uint8_t *msg = ok ? tern_mail_serialize(m, &len) : NULL;
+    tern_body *b = msg ? tern_body_new(r->env.loop, tern_spool_tmpdir(r->env.spool), len + 1)
+                       : NULL;
+    if (b == NULL || tern_body_append(b, msg, len, NULL, NULL) != 0) {
+        free(msg);
+        if (b)
+            tern_body_free(b);
+        spawn_free_env(e);
+        free(c);
+        return ok ? -ENOMEM : -EINVAL;
+    }
+    free(msg);
+    e->size = len;
+    int rc = tern_spool_submit(r->env.spool_client, e, NULL, 0, b, queue_durable, c);
+    if (rc != 0) {
+        tern_body_free(b);
+        spawn_free_env(e);
+        free(c);
+        return rc;
+    }
+    return 0;
 }

@@ -557,7 +557,7 @@ tern_runner *tern_server_pick_runner(void *arg)
 
 typedef struct replay_ctx {
     tern_server *srv;
-    size_t n;
+    size_t n, queued;
 } replay_ctx;
 
 /* Mail that was in the spool at start (acknowledged, not finished) goes
@@ -566,6 +566,14 @@ typedef struct replay_ctx {
 static void server__replay_one(void *arg, const tern_envelope *env)
 {
     replay_ctx *c = arg;
+    bool pending = false;
+    for (size_t i = 0; i < env->n_rcpts; i++)
+        if (!env->rcpts[i].done && !env->rcpts[i].queued)
+            pending = true;
+    if (!pending || (env->pipeline && strcmp(env->pipeline, TERN_QUEUE_PIPELINE) == 0)) {
+        c->queued++; /* the remote queue's, not the pipeline's */
+        return;
+    }
     tern_runner *r = tern_server_pick_runner(c->srv);
     if (r && tern_runner_post(r, env->qid) == 0)
         c->n++;
@@ -684,9 +692,9 @@ int tern_server_run(const char *config_path, tern_config *cfg)
     free(fds);
     free(counts);
     if (live > 0) {
-        replay_ctx rc = {srv, 0};
+        replay_ctx rc = {srv, 0, 0};
         tern_spool_each(srv->spool, server__replay_one, &rc);
-        TLOG_INFO("spool", "event=replay_started messages=%zu", rc.n);
+        TLOG_INFO("spool", "event=replay_started messages=%zu remote_queue=%zu", rc.n, rc.queued);
     }
 
     uv_signal_init(srv->loop, &srv->sig_hup);

@@ -39,6 +39,7 @@ typedef struct ld_run {
     ld_rcpt *r;
     size_t n;
     size_t out;
+    size_t others; /* recipients that are not accounts: left in the mail */
 } ld_run;
 
 static int ld_init(const tern_mailet_host *h, const tern_mailet_params *p, void **state_r,
@@ -110,6 +111,7 @@ static void ld_finish(ld_run *run)
         }
         free(r->data);
     }
+    size_t others = run->others;
     free(run->r);
     free(run);
     if (tern_mail_rcpt_count(m) == 0) {
@@ -117,6 +119,15 @@ static void ld_finish(ld_run *run)
         return;
     }
     tern_mailet_result res = {.text = why};
+    if (others > 0 && quota + temp + perm == 0) {
+        /* Aliases not rewritten, unknown or remote addresses: not for
+         * LocalDelivery; the step's on_error decides what becomes of them
+         * (the accounts among the recipients are delivered). */
+        res.text = "recipients that are not local accounts reached LocalDelivery "
+                   "(missing RecipientRewrite or a matcher?)";
+        tern_mail_resume(m, TERN_MAILET_ERROR, &res);
+        return;
+    }
     if (temp > 0) {
         /* The store was unavailable: the whole remainder waits and retries. */
         res.code = 451;
@@ -293,17 +304,7 @@ static tern_mailet_verdict ld_service(void *state, tern_mail *m, tern_mailet_res
         deliverable++;
     }
     free(base);
-    if (deliverable < n) {
-        /* Aliases not rewritten, unknown or remote addresses: LocalDelivery
-         * is not the place for them; the step fails for those (on_error). */
-        for (size_t i = 0; i < run->n; i++)
-            free(rs[i].data);
-        free(rs);
-        free(run);
-        res->text = "recipients that are not local accounts reached LocalDelivery "
-                    "(missing RecipientRewrite or a matcher?)";
-        return TERN_MAILET_ERROR;
-    }
+    run->others = n - deliverable;
     run->out = 1; /* held until every request is submitted */
     for (size_t i = 0; i < run->n; i++) {
         if (rs[i].st != LD_PENDING)

@@ -100,6 +100,7 @@ typedef struct job {
     /* JOB_COMPLETE, JOB_RCPT */
     uint32_t target;
     uint32_t rcpt_idx; /* JOB_RCPT */
+    uint8_t rcpt_state; /* JOB_RCPT: 1 done, 2 queued */
     /* results */
     seg *seg;
     uint64_t rec_off;
@@ -600,7 +601,8 @@ static int write_complete(tern_spool *s, job *j)
     return 0;
 }
 
-/* RCPT_STATE payload: u32 recipient index (LE) | u8 state (1: done). */
+/* RCPT_STATE payload: u32 recipient index (LE) | u8 state (1: done,
+ * 2: queued for remote delivery as stored). */
 static int write_rcpt_state(tern_spool *s, job *j)
 {
     int r = spool_need_segment(s);
@@ -608,7 +610,7 @@ static int write_rcpt_state(tern_spool *s, job *j)
         return r;
     seg *g = s->cur;
     uint8_t pl[5] = {(uint8_t)j->rcpt_idx, (uint8_t)(j->rcpt_idx >> 8), (uint8_t)(j->rcpt_idx >> 16),
-                     (uint8_t)(j->rcpt_idx >> 24), 1};
+                     (uint8_t)(j->rcpt_idx >> 24), j->rcpt_state};
     spool_rec_hdr h = {.type = SPOOL_REC_RCPT_STATE, .len = sizeof(pl),
                        .payload_crc = spool_crc32c(0, pl, sizeof(pl))};
     memcpy(h.qid, j->qid, TERN_QID_LEN);
@@ -1001,6 +1003,8 @@ static void replay_record(tern_spool *s, seg *g, uint64_t off, const spool_rec_h
                        (uint32_t)payload[2] << 16 | (uint32_t)payload[3] << 24;
         if (idx < e->env->n_rcpts && payload[4] == 1)
             e->env->rcpts[idx].done = true;
+        else if (idx < e->env->n_rcpts && payload[4] == 2)
+            e->env->rcpts[idx].queued = true;
         seg_add_tomb(e->seg, g);
         break;
     }
@@ -1510,7 +1514,19 @@ int tern_spool_complete(tern_spool *s, const char *qid)
     return 0;
 }
 
+static int rcpt_state(tern_spool *s, const char *qid, size_t idx, uint8_t state);
+
 int tern_spool_rcpt_done(tern_spool *s, const char *qid, size_t idx)
+{
+    return rcpt_state(s, qid, idx, 1);
+}
+
+int tern_spool_rcpt_queued(tern_spool *s, const char *qid, size_t idx)
+{
+    return rcpt_state(s, qid, idx, 2);
+}
+
+static int rcpt_state(tern_spool *s, const char *qid, size_t idx, uint8_t state)
 {
     if (s->readonly)
         return -EROFS;
@@ -1524,8 +1540,12 @@ int tern_spool_rcpt_done(tern_spool *s, const char *qid, size_t idx)
         free(j);
         return -ENOENT;
     }
-    e->env->rcpts[idx].done = true;
+    if (state == 1)
+        e->env->rcpts[idx].done = true;
+    else
+        e->env->rcpts[idx].queued = true;
     j->type = JOB_RCPT;
+    j->rcpt_state = state;
     memcpy(j->qid, e->qid, TERN_QID_LEN);
     j->target = e->seg->num;
     j->rcpt_idx = (uint32_t)idx;
@@ -1549,8 +1569,10 @@ tern_envelope *tern_spool_envelope_dup(tern_spool *s, const char *qid)
         free(blob);
         if (copy) {
             memcpy(copy->qid, e->qid, TERN_QID_LEN);
-            for (size_t i = 0; i < copy->n_rcpts && i < e->env->n_rcpts; i++)
+            for (size_t i = 0; i < copy->n_rcpts && i < e->env->n_rcpts; i++) {
                 copy->rcpts[i].done = e->env->rcpts[i].done;
+                copy->rcpts[i].queued = e->env->rcpts[i].queued;
+            }
         }
     }
     pthread_mutex_unlock(&s->ilock);

@@ -22,6 +22,12 @@
 #define TERN_NOTIFY_FAILURE 0x04
 #define TERN_NOTIFY_DELAY   0x08
 
+/* The envelope's `pipeline` of a message owned by the remote queue: the
+ * mailet chain is done with it (RemoteDelivery wrote it, with the final
+ * message and only the remote recipients); the queue manager delivers it
+ * and replay does not run the pipeline on it again. */
+#define TERN_QUEUE_PIPELINE "@queue"
+
 typedef enum { TERN_RET_NONE = 0, TERN_RET_FULL, TERN_RET_HDRS } tern_dsn_ret;
 typedef enum { TERN_BODY_7BIT = 0, TERN_BODY_8BITMIME, TERN_BODY_BINARYMIME } tern_body_type;
 
@@ -30,6 +36,7 @@ typedef struct tern_spool_rcpt {
     char *orcpt;    /* ORCPT value as received ("rfc822;x@y"), or NULL */
     uint8_t notify; /* TERN_NOTIFY_* */
     bool done;      /* finished by the pipeline (a RCPT_STATE record); not in the envelope */
+    bool queued;    /* handed to the remote queue as it is (a RCPT_STATE record) */
 } tern_spool_rcpt;
 
 typedef struct tern_envelope {
@@ -126,6 +133,10 @@ int tern_spool_complete(tern_spool *s, const char *qid);
  * process it again. Durable with the next group commit. Safe from any
  * thread. Returns 0 or -errno (-ENOENT: not live). */
 int tern_spool_rcpt_done(tern_spool *s, const char *qid, size_t idx);
+/* Records that recipient `idx` is handed to the remote queue with the
+ * message as stored: the pipeline is done with it, the entry stays live
+ * for the queue manager. */
+int tern_spool_rcpt_queued(tern_spool *s, const char *qid, size_t idx);
 /* A deep copy of a live message's envelope (recipients' done flags
  * included), or NULL. Free with tern_envelope_free. Safe from any thread. */
 tern_envelope *tern_spool_envelope_dup(tern_spool *s, const char *qid);

@@ -129,9 +129,11 @@ def test_unknown_account_goes_to_error_processor_not_lost(tern_factory):
     r = send_mail(t, "s@example.org", ["nobody@example.test"], marked_message(marker))
     assert r.code == 250
     # LocalDelivery cannot deliver to a non-account: the step fails, the
-    # mail moves to `error`, which here keeps it in the spool.
-    assert wait_for(lambda: log_has(t, f"event=rcpt_remote qid={r.qid}"))
-    assert spool_count(t) == 1
+    # mail moves to `error`, which here hands it to the remote queue (as
+    # stored: the chain changed nothing, so the entry itself stays).
+    assert wait_for(lambda: log_has(t, f"event=rcpt_remote qid={r.qid} .*rcpt=nobody@example.test"))
+    assert log_has(t, rf"qid={r.qid} .*mailet=LocalDelivery .*verdict=error")
+    assert wait_for(lambda: spool_count(t) == 1)
 
 
 def build_plugin(tmp, name):
@@ -252,24 +254,56 @@ def test_unknown_mailet_and_processor_refused(tern_factory):
     assert rc == 0, err
 
 
-def test_spool_replay_processes_mail_left_at_stop(tern_factory):
-    # First run: everything is handed to the remote queue and stays in the
-    # spool. Second run, with local delivery: the replay delivers it.
-    t = tern_factory({}, start=False)
+def test_replay_after_stop_skips_finished_recipients(tern_factory):
+    # alice exists, bob not yet: alice is delivered (and recorded finished),
+    # bob's delivery fails and waits for a retry. ternd stops meanwhile; bob
+    # is created; at the next start the replay delivers to bob only.
+    over = {"mailets": {"retry_min": "10m"},
+            "processors": dict(LOCAL_ONLY["processors"])}
+    over["processors"]["deliver"] = [
+        {"match": "All", "mailet": "LocalDelivery", "on_error": "retry"}]
+    t = tern_factory(over, start=False)
     t.write_config()
     ctl(t, "account", "add", "alice@example.test")
     t.start()
     marker = uuid.uuid4().hex
-    r = send_mail(t, "s@example.org", ["alice@example.test"], marked_message(marker))
+    r = send_mail(t, "s@example.org", ["alice@example.test", "bob@example.test"],
+                  marked_message(marker))
     assert r.code == 250
-    assert wait_for(lambda: log_has(t, f"event=rcpt_remote qid={r.qid}"))
+    assert find_message(t, "alice@example.test", marker)
+    assert wait_for(lambda: log_has(t, f"event=retry_later qid={r.qid}"))
     t.stop()
     assert spool_count(t) == 1
-    t.config = merge(t.config, LOCAL_ONLY)
-    t.write_config()
+    ctl(t, "account", "add", "bob@example.test")
     t.start()
-    assert find_message(t, "alice@example.test", marker)
+    assert find_message(t, "bob@example.test", marker)
     assert wait_for(lambda: spool_count(t) == 0)
+    time.sleep(0.3)
+    alice = [f for f in mailbox_files(t, "alice@example.test") if marker.encode() in f.read_bytes()]
+    assert len(alice) == 1, alice
+
+
+def test_remote_delivery_keeps_the_final_message_for_the_queue(tern_factory, tmp_path):
+    cfg = plugin_config(tmp_path)
+    cfg["processors"]["root"][1] = {"match": "All", "mailet": "RemoteDelivery"}
+    t = tern_factory(cfg)
+    marker = uuid.uuid4().hex
+    r = send_mail(t, "x@example.org", ["someone@example.test"],
+                  marked_message(marker, subject=f"[ad] {marker}"))
+    assert r.code == 250
+    line = wait_for(lambda: re.search(rf"event=queued_remote qid=(\S+) parent={r.qid}", t.log(0)))
+    assert line
+    qid = line.group(1)
+    assert wait_for(lambda: spool_count(t) == 1)
+    p = subprocess.run([str(TERNCTL), "spool", "show", qid, "-d", str(t.state_dir)],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert b"X-Tagged: advert" in p.stdout      # what the chain changed is kept
+    assert b"@queue" in p.stdout
+    # A restart does not run the chain on it again.
+    t.stop()
+    t.start()
+    assert wait_for(lambda: log_has(t, r"event=replay_started messages=0 remote_queue=1"))
 
 
 def test_sighup_swaps_the_chain_for_new_mail(tern_factory):
