@@ -38,6 +38,7 @@ struct tern_dns_resolver {
     size_t n_pending;
     size_t open_handles;         /* the poll and closing query timers */
     bool closing;
+    bool broken;                 /* libunbound's pipe failed: no more answers */
 };
 
 const char *tern_dns_status_name(tern_dns_status s)
@@ -104,14 +105,22 @@ static void on_poll_closed(uv_handle_t *h)
     resolver_free_if_closed(r);
 }
 
+static void fail_pending(tern_dns_resolver *r, tern_dns_status st, const char *why);
+
 static void on_readable(uv_poll_t *h, int status, int events)
 {
     tern_dns_resolver *r = h->data;
     (void)events;
-    if (status < 0)
-        return;
-    /* Runs the callbacks of every answer in the pipe. */
-    (void)ub_process(r->ctx);
+    /* ub_process runs the callbacks of every answer in the pipe. If the
+     * pipe itself fails (the background thread is gone), it would stay
+     * readable forever: stop watching it and fail what waits, rather than
+     * spin or leave callers to their timeouts. */
+    int rc = status < 0 ? -1 : ub_process(r->ctx);
+    if (rc != 0 && !r->closing) {
+        r->broken = true;
+        uv_poll_stop(&r->poll);
+        fail_pending(r, TERN_DNS_FAILED, "the resolver's background thread failed");
+    }
 }
 
 static int set_opt(struct ub_ctx *ctx, const char *opt, const char *val, char *err, size_t size)
@@ -413,6 +422,8 @@ int tern_dns_resolve(tern_dns_resolver *r, const char *name, uint16_t type, uint
         *q_r = NULL;
     if (r->closing)
         return UV_ECANCELED;
+    if (r->broken)
+        return UV_EIO;
     if (name == NULL || !name_ok(name) || cb == NULL)
         return UV_EINVAL;
     if (timeout_ms == 0)
@@ -457,17 +468,24 @@ void tern_dns_cancel(tern_dns_query *q)
     finish_query(q);
 }
 
+/* The callbacks run here cannot add queries (closing or broken is set
+ * before), so the loop ends. */
+static void fail_pending(tern_dns_resolver *r, tern_dns_status st, const char *why)
+{
+    while (r->pending != NULL) {
+        tern_dns_query *q = r->pending;
+        (void)ub_cancel(r->ctx, q->async_id);
+        set_error(q->res, st, why);
+        deliver(q);
+    }
+}
+
 void tern_dns_resolver_close(tern_dns_resolver *r)
 {
     if (r == NULL || r->closing)
         return;
     r->closing = true;
-    while (r->pending != NULL) {
-        tern_dns_query *q = r->pending;
-        (void)ub_cancel(r->ctx, q->async_id);
-        set_error(q->res, TERN_DNS_CANCELLED, "the resolver was closed");
-        deliver(q);
-    }
+    fail_pending(r, TERN_DNS_CANCELLED, "the resolver was closed");
     uv_poll_stop(&r->poll);
     uv_close((uv_handle_t *)&r->poll, on_poll_closed);
 }
