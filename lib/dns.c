@@ -337,6 +337,11 @@ static void fill_result(tern_dns_result *res, const struct ub_result *u)
     res->ttl = u->ttl > 0 ? (uint32_t)u->ttl : 0;
     if (u->canonname)
         res->canonname = tern_arena_strdup(a, u->canonname);
+    /* libunbound hands out the records of a bogus answer too; they are
+     * forged or broken, and a caller that forgot to look at `security`
+     * must not act on them. */
+    if (res->security == TERN_DNS_BOGUS)
+        return;
     size_t n = 0;
     if (u->havedata && u->data)
         while (u->data[n] != NULL)

@@ -78,7 +78,7 @@ typedef struct tern_dns_result {
     const char *qname;
     uint16_t qtype;
     const char *canonname;           /* the name at the end of any CNAME chain, or NULL */
-    tern_dns_rr *rrs;          /* records of qtype at canonname */
+    tern_dns_rr *rrs;          /* records of qtype at canonname; none when BOGUS */
     size_t n_rrs;
     const char *error;               /* for FAILED, MALFORMED, TIMEOUT: one line */
 } tern_dns_result;

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""A small authoritative DNS server for the tests: serves the records of a
-zone file (zone-file syntax, read with python3-dnslib) over UDP and TCP on
+"""A small authoritative DNS server for the tests: serves the records of
+zone files (zone-file syntax, read with python3-dnslib) over UDP and TCP on
 127.0.0.1 at a free port, which it prints as the first line of stdout.
 
 Behaviour the resolver tests need:
@@ -11,6 +11,12 @@ Behaviour the resolver tests need:
     answers NXDOMAIN; names outside every zone are REFUSED;
   * --silent NAME: queries for NAME (and names under it) get no answer at
     all, for the timeout tests; --servfail NAME answers SERVFAIL;
+  * a zone signed beforehand (ldns-signzone) is served with its RRSIGs
+    when the query sets the DO bit: answers carry the RRSIGs of their
+    RRsets, NODATA carries the NSEC of the name and the SOA's RRSIG
+    (signed NXDOMAIN proofs are not implemented);
+  * answers larger than the query's EDNS buffer (512 without EDNS) are
+    sent truncated (TC, no records), so the resolver retries over TCP;
   * every query is written to --log as "QTYPE qname" (one line each), so a
     test can count what reached the server (the cache test).
 
@@ -26,14 +32,25 @@ import sys
 import threading
 import time
 
-from dnslib import DNSRecord, QTYPE, RCODE, RR, DNSLabel
+from dnslib import DNSRecord, EDNS0, QTYPE, RCODE, RR, DNSLabel
 
 
-def load_zone(path, origin):
-    text = open(path, encoding="utf-8").read()
-    if "$ORIGIN" not in text:
-        text = "$ORIGIN %s\n" % origin + text
-    return RR.fromZone(text)
+def load_zones(paths, origin):
+    rrs = []
+    for path in paths:
+        text = open(path, encoding="utf-8").read()
+        if "$ORIGIN" not in text:
+            text = "$ORIGIN %s\n" % origin + text
+        rrs += RR.fromZone(text)
+    return rrs
+
+
+def edns(request):
+    """(udp size, DO bit) of the query; (None, False) without EDNS."""
+    for rr in request.ar:
+        if rr.rtype == QTYPE.OPT:
+            return max(512, rr.rclass), bool(rr.ttl & 0x8000)
+    return None, False
 
 
 class Zone:
@@ -52,7 +69,18 @@ class Zone:
                     best = rr
         return [best] if best else []
 
-    def answer(self, request):
+    def sigs(self, name, rtype):
+        return [rr for rr in self.rrs
+                if rr.rtype == QTYPE.RRSIG and rr.rname == name and rr.rdata.covered == rtype]
+
+    def add(self, section, rrs, dnssec):
+        for rr in rrs:
+            section(rr)
+            if dnssec:
+                for sig in self.sigs(rr.rname, rr.rtype):
+                    section(sig)
+
+    def answer(self, request, dnssec=False):
         """The reply to a parsed request, or None to stay silent."""
         q = request.q
         qname, qtype = q.qname, q.qtype
@@ -77,15 +105,14 @@ class Zone:
                 return reply
             exact = [rr for rr in found if rr.rtype == qtype or qtype == QTYPE.ANY]
             if exact:
-                for rr in exact:
-                    reply.add_answer(rr)
+                self.add(reply.add_answer, exact, dnssec)
                 return reply
             cname = [rr for rr in found if rr.rtype == QTYPE.CNAME]
             if not cname:
-                for soa in self.soa_for(name):
-                    reply.add_auth(soa)
+                self.add(reply.add_auth, self.soa_for(name), dnssec)
+                self.add(reply.add_auth, [rr for rr in found if rr.rtype == QTYPE.NSEC], dnssec)
                 return reply
-            reply.add_answer(cname[0])
+            self.add(reply.add_answer, cname[:1], dnssec)
             name = cname[0].rdata.label
         return reply
 
@@ -96,7 +123,8 @@ class State:
         self.log = log
         self.lock = threading.Lock()
 
-    def handle(self, data):
+    def handle(self, data, udp=True):
+        """The reply's wire form, or None to stay silent."""
         try:
             request = DNSRecord.parse(data)
         except Exception:  # noqa: BLE001 - any malformed query is dropped
@@ -105,21 +133,27 @@ class State:
             with self.lock:
                 self.log.write("%s %s\n" % (QTYPE.get(request.q.qtype), str(request.q.qname).lower()))
                 self.log.flush()
-        reply = self.zone.answer(request)
-        return None if reply is None else reply
+        size, dnssec = edns(request)
+        reply = self.zone.answer(request, dnssec)
+        if reply is None:
+            return None
+        if size is not None:
+            reply.add_ar(EDNS0(flags="do" if dnssec else "", udp_len=1232))
+        wire = reply.pack()
+        if udp and len(wire) > min(size or 512, 1232):
+            short = request.reply()
+            short.header.rcode = reply.header.rcode
+            short.header.tc = 1
+            wire = short.pack()
+        return wire
 
 
 class UDPHandler(socketserver.BaseRequestHandler):
     def handle(self):
         data, sock = self.request
-        reply = self.server.state.handle(data)
-        if reply is None:
-            return
-        wire = reply.pack()
-        if len(wire) > 512 and not reply.ar:
-            reply = reply.truncate()
-            wire = reply.pack()
-        sock.sendto(wire, self.client_address)
+        wire = self.server.state.handle(data)
+        if wire is not None:
+            sock.sendto(wire, self.client_address)
 
 
 class TCPHandler(socketserver.BaseRequestHandler):
@@ -136,10 +170,9 @@ class TCPHandler(socketserver.BaseRequestHandler):
                 if not chunk:
                     return
                 data += chunk
-            reply = self.server.state.handle(data)
-            if reply is None:
+            wire = self.server.state.handle(data, udp=False)
+            if wire is None:
                 return
-            wire = reply.pack()
             self.request.sendall(struct.pack("!H", len(wire)) + wire)
         except OSError:
             return
@@ -170,7 +203,7 @@ def bind_pair(host):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("zone")
+    ap.add_argument("zone", nargs="+")
     ap.add_argument("--origin", default="example.test.",
                     help="$ORIGIN for relative names when the file sets none")
     ap.add_argument("--silent", action="append", default=[])
@@ -178,7 +211,7 @@ def main():
     ap.add_argument("--log")
     ap.add_argument("--lifetime", type=float, default=120.0)
     args = ap.parse_args()
-    zone = Zone(load_zone(args.zone, args.origin), args.silent, args.servfail)
+    zone = Zone(load_zones(args.zone, args.origin), args.silent, args.servfail)
     log = open(args.log, "a", encoding="utf-8") if args.log else None
     state = State(zone, log)
     udp, tcp, port = bind_pair("127.0.0.1")

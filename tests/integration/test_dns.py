@@ -4,6 +4,7 @@ tests/dns/server.py serves tests/dns/zone.txt on 127.0.0.1 (a free port);
 build/tests/dns/dns_probe runs the resolver on a libuv loop pointed at it
 and prints each result. No ternd here: nothing in it resolves yet."""
 
+import shutil
 import subprocess
 import sys
 
@@ -14,31 +15,71 @@ from conftest import BUILD, ROOT, SLOW
 PROBE = BUILD / "tests" / "dns" / "dns_probe"
 SERVER = ROOT / "tests" / "dns" / "server.py"
 ZONE = ROOT / "tests" / "dns" / "zone.txt"
+SIGNED_ZONE = ROOT / "tests" / "dns" / "signed.zone"
 # libunbound answers these itself by default (RFC 6761, RFC 6303).
 UNBLOCK = ["-u", "test", "-u", "2.0.192.in-addr.arpa", "-u", "8.b.d.0.1.0.0.2.ip6.arpa"]
 
 pytestmark = pytest.mark.skipif(not PROBE.exists(), reason="dns_probe not built")
 
 
-@pytest.fixture
-def dns_server(tmp_path):
+def start_server(tmp_path, zones):
     log = tmp_path / "queries.log"
     log.touch()
     proc = subprocess.Popen(
-        [sys.executable, str(SERVER), str(ZONE), "--lifetime", str(60 * SLOW),
+        [sys.executable, str(SERVER), *map(str, zones), "--lifetime", str(60 * SLOW),
          "--silent", "silent.example.test", "--servfail", "broken.example.test",
          "--log", str(log)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline())
+    except ValueError:
+        stop_server(proc)
+        raise
+    return proc, port, log
+
+
+def stop_server(proc):
+    proc.stdin.close()   # the server stops when its stdin closes
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def dns_server(tmp_path):
+    proc, port, log = start_server(tmp_path, [ZONE])
+    try:
         yield port, log
     finally:
-        proc.stdin.close()   # the server stops when its stdin closes
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
+
+
+@pytest.fixture
+def signed_server(tmp_path):
+    """zone.txt and signed.zone, the latter signed now with a fresh key and
+    one record altered after signing. Yields (port, trust anchor file)."""
+    if not (shutil.which("ldns-keygen") and shutil.which("ldns-signzone")):
+        pytest.skip("ldnsutils (ldns-keygen, ldns-signzone) not installed")
+    work = tmp_path / "signed"
+    work.mkdir()
+    zone = work / "signed.zone"
+    shutil.copy(SIGNED_ZONE, zone)
+    key = subprocess.run(["ldns-keygen", "-a", "ECDSAP256SHA256", "-k", "signed.example.test"],
+                         cwd=work, capture_output=True, text=True, check=True,
+                         timeout=30).stdout.strip()
+    subprocess.run(["ldns-signzone", "-o", "signed.example.test.", str(zone), key],
+                   cwd=work, capture_output=True, text=True, check=True, timeout=30)
+    signed = work / "signed.zone.signed"
+    text = signed.read_text()
+    assert '"original"' in text
+    signed.write_text(text.replace('"original"', '"forged"'))
+    proc, port, _ = start_server(tmp_path, [ZONE, signed])
+    try:
+        yield port, work / (key + ".key")
+    finally:
+        stop_server(proc)
 
 
 def probe(port, *args, timeout_ms=3000, expect_rc=0, unblock=True):
@@ -211,3 +252,33 @@ def test_bad_forwarder_is_a_startup_error():
     p = subprocess.run([str(PROBE), "-s", "not-an-address", "A:example.test"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "forwarder" in p.stderr
+
+
+def test_dnssec_signed_zone(signed_server):
+    """A zone really signed: its answers validate (secure), its proven
+    NODATA too, a record altered after signing is bogus and comes without
+    its records, and the unsigned zone next to it stays insecure."""
+    port, anchor = signed_server
+    out, _ = probe(port, "-a", str(anchor), "-m", "MX:signed.example.test",
+                   "A:mx.signed.example.test", "TLSA:_25._tcp.mx.signed.example.test",
+                   "TXT:signed.example.test", "AAAA:mx.signed.example.test",
+                   "TXT:tampered.signed.example.test", "MX:example.test")
+    b = blocks(out)
+    head, rrs = b[(1, "MX", "signed.example.test")]
+    assert "rcode=NOERROR security=secure" in head, out
+    assert rrs == ["MX 10 mx.signed.example.test",
+                   "plan hosts implicit=0 secure=1: mx.signed.example.test/10"]
+    assert "security=secure" in b[(1, "A", "mx.signed.example.test")][0]
+    assert b[(1, "A", "mx.signed.example.test")][1] == ["A 192.0.2.40"]
+    head, rrs = b[(1, "TLSA", "_25._tcp.mx.signed.example.test")]
+    assert "security=secure" in head and rrs == ["TLSA 3 1 1 " + "0123456789abcdef" * 4]
+    assert "security=secure" in b[(1, "TXT", "signed.example.test")][0]
+    head, rrs = b[(1, "AAAA", "mx.signed.example.test")]
+    assert "rcode=NOERROR security=secure" in head and "n=0" in head and rrs == []
+    head, rrs = b[(1, "TXT", "tampered.signed.example.test")]
+    assert "security=bogus" in head and "n=0" in head and rrs == [], out
+    assert "signature" in head   # libunbound's why_bogus names the failure
+    assert "security=insecure" in b[(1, "MX", "example.test")][0]
+    # Without the anchor the same signed answers are only insecure.
+    out, _ = probe(port, "TXT:tampered.signed.example.test", "MX:signed.example.test")
+    assert out.count("security=insecure") == 2, out
