@@ -168,10 +168,11 @@ def test_timeout_is_ours(dns_server):
     """A server that never answers: the query ends at its timeout, while the
     others in flight at the same time are answered normally."""
     port, _ = dns_server
-    out, _ = probe(port, "A:silent.example.test", "A:mx1a.example.test", timeout_ms=700)
+    ms = 800 * SLOW
+    out, _ = probe(port, "A:silent.example.test", "A:mx1a.example.test", timeout_ms=ms)
     b = blocks(out)
     head = b[(1, "A", "silent.example.test")][0]
-    assert "status=timeout" in head and 'error="no answer within 700 ms"' in head
+    assert "status=timeout" in head and 'error="no answer within %d ms"' % ms in head
     assert b[(1, "A", "mx1a.example.test")][1] == ["A 192.0.2.10"]
 
 
@@ -190,13 +191,15 @@ def test_many_concurrent_queries(dns_server):
 
 def test_cache_answers_second_round(dns_server):
     port, log = dns_server
-    out, _ = probe(port, "-r", "2", "MX:example.test", "A:mx1a.example.test")
+    out, _ = probe(port, "-r", "5", "MX:example.test", "A:mx1a.example.test")
     b = blocks(out)
-    assert b[(1, "MX", "example.test")][1] == b[(2, "MX", "example.test")][1]
-    assert b[(2, "A", "mx1a.example.test")][1] == ["A 192.0.2.10"]
+    assert b[(1, "MX", "example.test")][1] == b[(5, "MX", "example.test")][1]
+    assert b[(5, "A", "mx1a.example.test")][1] == ["A 192.0.2.10"]
+    # Five rounds, one upstream query each (two if a slow reply made
+    # libunbound resend): the later rounds came from the cache.
     queries = log.read_text().splitlines()
-    assert queries.count("MX example.test.") == 1, queries
-    assert queries.count("A mx1a.example.test.") == 1, queries
+    assert 1 <= queries.count("MX example.test.") <= 2, queries
+    assert 1 <= queries.count("A mx1a.example.test.") <= 2, queries
 
 
 def test_cancel_and_close(dns_server):
