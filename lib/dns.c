@@ -170,12 +170,13 @@ tern_dns_resolver *tern_dns_resolver_new(uv_loop_t *loop, const tern_dns_options
             goto fail;
         }
     }
-    if (o->n_forwarders > 0) {
-        /* Forwarders on loopback (a local cache, the tests' server) are
-         * what the operator asked for: libunbound refuses them otherwise. */
-        if (set_opt(r->ctx, "do-not-query-localhost:", "no", err, err_size) != 0)
-            goto fail;
-    } else {
+    /* Either way the servers are forwarders the operator chose, and a
+     * local cache on loopback (127.0.0.1 or 127.0.0.53 in resolv.conf, the
+     * tests' server) is a common one: libunbound refuses loopback unless
+     * told otherwise. */
+    if (set_opt(r->ctx, "do-not-query-localhost:", "no", err, err_size) != 0)
+        goto fail;
+    if (o->n_forwarders == 0) {
         rc = ub_ctx_resolvconf(r->ctx, o->resolv_conf);
         if (rc != 0) {
             set_err(err, err_size, "dns: reading %s: %s",

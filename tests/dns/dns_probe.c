@@ -5,11 +5,13 @@
  * closing with queries pending, and (with -r) the cache. Input: command
  * line arguments from the test (trusted), answers through lib/dns.c.
  *
- *   dns_probe [-s IP@PORT]... [-t MS] [-a FILE] [-n] [-c BYTES] [-r ROUNDS]
+ *   dns_probe [-s IP@PORT]... [-R RESOLV.CONF] [-t MS] [-a FILE] [-n] [-c BYTES] [-r ROUNDS]
  *             [-x] [-k MS] [-m] [-S SELF]... [-u ZONE]... TYPE:NAME...
  *
- * -x cancels every second query right after starting it; -k closes the
- * resolver after MS milliseconds; -m prints the MX plan of MX answers;
+ * Without -s the resolver takes the servers of RESOLV.CONF (default
+ * /etc/resolv.conf), as for `resolvers: system`. -x cancels every second
+ * query right after starting it; -k closes the resolver after MS
+ * milliseconds; -m prints the MX plan of MX answers;
  * -u turns off libunbound's built-in answers for ZONE (test. and the
  * documentation reverse zones need it).
  * PTR:ADDRESS asks for the reverse name of an address. Exit 0 when every
@@ -242,7 +244,7 @@ static void on_watchdog(uv_timer_t *t)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: dns_probe [-s IP@PORT]... [-t MS] [-a FILE] [-n] [-c BYTES] "
+    fprintf(stderr, "usage: dns_probe [-s IP@PORT]... [-R RESOLV.CONF] [-t MS] [-a FILE] [-n] [-c BYTES] "
                     "[-r ROUNDS] [-x] [-k MS] [-m] [-S SELF]... [-u ZONE]... TYPE:NAME...\n");
     return 2;
 }
@@ -254,7 +256,7 @@ int main(int argc, char **argv)
     tern_dns_options o = {.forwarders = fwd, .dnssec = true, .unblock_zones = unblock};
     uint64_t close_after = 0;
     int c;
-    while ((c = getopt(argc, argv, "s:t:a:nc:r:xk:mS:u:")) != -1) {
+    while ((c = getopt(argc, argv, "s:t:a:nc:r:xk:mS:u:R:")) != -1) {
         switch (c) {
         case 's':
             if (o.n_forwarders == TERN_DNS_MAX_FORWARDERS)
@@ -263,6 +265,7 @@ int main(int argc, char **argv)
             break;
         case 't': o.timeout_ms = strtoull(optarg, NULL, 10); break;
         case 'a': o.trust_anchor_file = optarg; break;
+        case 'R': o.resolv_conf = optarg; break;
         case 'n': o.dnssec = false; break;
         case 'c': o.cache_size = strtoull(optarg, NULL, 10); break;
         case 'r': rounds = (unsigned)strtoul(optarg, NULL, 10); break;

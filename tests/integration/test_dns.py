@@ -251,10 +251,15 @@ def test_dnssec_trust_anchor_file(dns_server, tmp_path):
     assert "trust anchor" in err or "missing.key" in err
 
 
-def test_bad_forwarder_is_a_startup_error():
+def test_bad_forwarder_is_a_startup_error(tmp_path):
     p = subprocess.run([str(PROBE), "-s", "not-an-address", "A:example.test"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "forwarder" in p.stderr
+    # The system's resolvers: a resolv.conf that cannot be read.
+    missing = tmp_path / "resolv.conf"
+    p = subprocess.run([str(PROBE), "-R", str(missing), "A:example.test"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and str(missing) in p.stderr
 
 
 def test_dnssec_signed_zone(signed_server):
