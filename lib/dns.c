@@ -410,15 +410,30 @@ static void on_timeout(uv_timer_t *t)
     deliver(q);
 }
 
+/* Names come from mail (domains, DKIM selectors, SPF macros): refuse
+ * here what cannot be a query name, so a caller learns it at once. */
 static bool name_ok(const char *name)
 {
-    size_t len = strlen(name);
-    if (len == 0 || len > 253 + 1)
+    size_t len = strlen(name), label = 0;
+    if (strcmp(name, ".") == 0)
+        return true;
+    if (len > 1 && name[len - 1] == '.')
+        len--;
+    if (len == 0 || len > 253)
         return false;
-    for (const char *p = name; *p; p++)
-        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f)
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c <= 0x20 || c >= 0x7f)
             return false;
-    return true;
+        if (c == '.') {
+            if (label == 0)
+                return false;
+            label = 0;
+        } else if (++label > TERN_DNS_LABEL_MAX) {
+            return false;
+        }
+    }
+    return label > 0;
 }
 
 int tern_dns_resolve(tern_dns_resolver *r, const char *name, uint16_t type, uint64_t timeout_ms,
@@ -451,7 +466,7 @@ int tern_dns_resolve(tern_dns_resolver *r, const char *name, uint16_t type, uint
     if (rc != 0) {
         tern_dns_result_free(q->res);
         free(q);
-        return UV_EIO;
+        return rc == UB_SYNTAX ? UV_EINVAL : rc == UB_NOMEM ? UV_ENOMEM : UV_EIO;
     }
     uv_timer_init(r->loop, &q->timer);
     q->timer.data = q;

@@ -14,9 +14,11 @@
  * milliseconds; -m prints the MX plan of MX answers;
  * -u turns off libunbound's built-in answers for ZONE (test. and the
  * documentation reverse zones need it).
- * PTR:ADDRESS asks for the reverse name of an address. Exit 0 when every
- * query was answered through its callback (whatever the answer), 2 on a
- * usage or resolver start-up error (printed to stderr), 1 otherwise. */
+ * PTR:ADDRESS asks for the reverse name of an address. A query that
+ * tern_dns_resolve refuses (a bad name) is printed as refused="...".
+ * Exit 0 when every started query was answered through its callback
+ * (whatever the answer) and no cancelled one was, 2 on a usage or resolver
+ * start-up error (printed to stderr), 1 otherwise. */
 #include <ctype.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -40,6 +42,7 @@ typedef struct probe_query {
     tern_dns_query *handle;
     tern_dns_result *res;
     bool cancelled; /* by us, with tern_dns_cancel */
+    int start_error; /* tern_dns_resolve refused it */
     bool answered;
 } probe_query;
 
@@ -126,6 +129,10 @@ static void print_round(void)
     for (size_t i = 0; i < n_queries; i++) {
         probe_query *q = &queries[i];
         printf("Q%u %s %s ", round_no + 1, tern_dns_type_name(q->type), q->name);
+        if (q->start_error) {
+            printf("refused=\"%s\"\n", uv_strerror(q->start_error));
+            continue;
+        }
         if (q->cancelled) {
             printf("cancelled-by-caller%s\n", q->answered ? " BUT-ANSWERED" : "");
             continue;
@@ -201,13 +208,11 @@ static void start_round(void)
     for (size_t i = 0; i < n_queries; i++) {
         probe_query *q = &queries[i];
         q->cancelled = q->answered = false;
+        q->start_error = 0;
         q->res = NULL;
         int rc = tern_dns_resolve(resolver, q->name, q->type, 0, on_result, q, &q->handle);
         if (rc != 0) {
-            fprintf(stderr, "dns_probe: %s %s: %s\n", tern_dns_type_name(q->type), q->name,
-                    uv_strerror(rc));
-            exit_code = 1;
-            q->cancelled = true;
+            q->start_error = rc;
             continue;
         }
         if (cancel_odd && i % 2 == 1) {

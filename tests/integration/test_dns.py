@@ -251,6 +251,19 @@ def test_dnssec_trust_anchor_file(dns_server, tmp_path):
     assert "trust anchor" in err or "missing.key" in err
 
 
+def test_bad_names_are_refused_at_once(dns_server):
+    port, log = dns_server
+    long_label = "x" * 64 + ".example.test"
+    long_name = ".".join(["abcdefghi"] * 26)   # 259 characters
+    out, _ = probe(port, "A:a..example.test", "A:" + long_label, "A:" + long_name,
+                   "A:mx1a.example.test")
+    b = blocks(out)
+    for name in ("a..example.test", long_label, long_name):
+        assert b[(1, "A", name)][0].endswith('refused="invalid argument"'), out
+    assert b[(1, "A", "mx1a.example.test")][1] == ["A 192.0.2.10"]
+    assert "a..example" not in log.read_text()
+
+
 def test_bad_forwarder_is_a_startup_error(tmp_path):
     p = subprocess.run([str(PROBE), "-s", "not-an-address", "A:example.test"],
                        capture_output=True, text=True, timeout=30)
