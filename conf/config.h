@@ -251,6 +251,24 @@ typedef struct tern_mailets_conf {
     bool default_processors;    /* set when `processors:` was absent (shipped chain) */
 } tern_mailets_conf;
 
+/* dns: the resolver (lib/dns.h), one per worker loop, each with its own
+ * cache. Used by remote delivery (MX, DANE), SPF/DKIM/DMARC and FCrDNS. */
+typedef struct tern_dns_conf {
+    char **resolvers;          /* "IP" or "IP@PORT" forwarders; NULL/0 ("system"):
+                                  the servers in /etc/resolv.conf */
+    size_t n_resolvers;
+    bool dnssec;               /* validate; default true */
+    char *trust_anchor_file;   /* DS/DNSKEY records (zone-file form); default none:
+                                  nothing comes back secure, so DANE cannot apply */
+    uint64_t timeout_ms;       /* per query; default 10s, bounds 100ms..5m */
+    uint64_t cache_size;       /* bytes per worker; default 8MiB, bounds 64KiB..1GiB */
+    uint64_t cache_max_ttl_ms; /* default 1d, bounds 1s..7d */
+    char **unblock_zones;      /* zones libunbound would answer itself (RFC 6761
+                                  test., RFC 6303 private reverse zones) that the
+                                  resolvers serve instead; default none */
+    size_t n_unblock_zones;
+} tern_dns_conf;
+
 typedef struct tern_config {
     atomic_int refs;
     tern_arena arena;
@@ -280,6 +298,7 @@ typedef struct tern_config {
     size_t n_processors;
     tern_plugin_conf *plugins;
     size_t n_plugins;
+    tern_dns_conf dns;
 } tern_config;
 
 /* Collected validation errors: each "path: message". */

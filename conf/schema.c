@@ -400,6 +400,95 @@ static const field auth_sql_fields[] = {
 };
 static const schema_map auth_sql_schema = {auth_sql_fields, COUNT(auth_sql_fields), NULL};
 
+/* dns.resolvers: "system", or a list of "IP" / "IP@PORT". */
+#define CONF_MAX_RESOLVERS 16
+
+static const char *check_resolver(const char *s)
+{
+    char addr[64];
+    unsigned char buf[16];
+    const char *at = strrchr(s, '@');
+    size_t alen = at ? (size_t)(at - s) : strlen(s);
+    if (alen == 0 || alen >= sizeof(addr))
+        return "is not an IP address, optionally with @PORT";
+    memcpy(addr, s, alen);
+    addr[alen] = '\0';
+    if (inet_pton(AF_INET, addr, buf) != 1 && inet_pton(AF_INET6, addr, buf) != 1)
+        return "is not an IPv4 or IPv6 address (write e.g. 192.0.2.53 or 127.0.0.1@5353)";
+    if (at) {
+        char *end;
+        errno = 0;
+        unsigned long port = strtoul(at + 1, &end, 10);
+        if (at[1] == '\0' || *end != '\0' || errno != 0 || port < 1 || port > 65535)
+            return "has a port that is not 1..65535";
+    }
+    return NULL;
+}
+
+static void dns_resolvers(conf_walk *w, const cnode *n, void *dst, const char *path)
+{
+    tern_dns_conf *d = dst;
+    d->resolvers = NULL;
+    d->n_resolvers = 0;
+    if (n == NULL || n->is_null)
+        return;
+    if (n->kind == CNODE_SCALAR) {
+        if (strcmp(n->str, "system") != 0)
+            conf__err(w, n->line, path,
+                      "\"%.64s\": expected \"system\" or a list of addresses (\"IP\" or \"IP@PORT\")",
+                      n->str);
+        return;
+    }
+    if (n->kind != CNODE_SEQ) {
+        conf__err(w, n->line, path, "expected \"system\" or a list of addresses");
+        return;
+    }
+    if (n->n == 0) {
+        conf__err(w, n->line, path, "an empty list: write \"system\" for the system's resolvers");
+        return;
+    }
+    if (n->n > CONF_MAX_RESOLVERS) {
+        conf__err(w, n->line, path, "more than %d resolvers", CONF_MAX_RESOLVERS);
+        return;
+    }
+    char **arr = conf__alloc(w, n->n * sizeof(*arr));
+    if (arr == NULL)
+        return;
+    size_t i = 0, kept = 0;
+    for (const cnode *it = n->child; it; it = it->next, i++) {
+        char p[512];
+        snprintf(p, sizeof(p), "%s[%zu]", path, i);
+        if (it->kind != CNODE_SCALAR || it->is_null) {
+            conf__err(w, it->line, p, "expected an address");
+            continue;
+        }
+        const char *why = check_resolver(it->str);
+        if (why) {
+            conf__err(w, it->line, p, "\"%.64s\" %s", it->str, why);
+            continue;
+        }
+        arr[kept] = conf__strdup(w, it->str);
+        if (arr[kept] == NULL)
+            return;
+        conf__line_set(w, &arr[kept], it->line);
+        kept++;
+    }
+    d->resolvers = arr;
+    d->n_resolvers = kept;
+}
+
+static const field dns_fields[] = {
+    {.key = "resolvers", .type = FT_CUSTOM, .off = 0, .custom = dns_resolvers},
+    F_BOOL("dnssec", tern_dns_conf, dnssec, true),
+    F_STRING("trust_anchor_file", tern_dns_conf, trust_anchor_file, NULL, FL_FILE, NULL),
+    F_DURATION("timeout", tern_dns_conf, timeout_ms, 100, 5 * MIN, 10 * SEC, 1),
+    F_SIZE("cache_size", tern_dns_conf, cache_size, 64 * KiB, GiB, 8 * MiB),
+    F_DURATION("cache_max_ttl", tern_dns_conf, cache_max_ttl_ms, SEC, 7 * DAY, DAY, 1),
+    F_STRLIST("unblock_zones", tern_dns_conf, unblock_zones, n_unblock_zones, FL_LOWER,
+              conf__check_hostname),
+};
+static const schema_map dns_schema = {dns_fields, COUNT(dns_fields), NULL};
+
 static void listener_tls(conf_walk *w, const cnode *n, void *dst, const char *path);
 
 /* `auth` is already the listener's on/off switch, so the fixed login of an
@@ -495,6 +584,7 @@ static const field root_fields[] = {
     F_MAP("auth_internal", tern_config, auth_internal, auth_internal_schema),
     F_MAP("auth_ldap", tern_config, auth_ldap, auth_ldap_schema),
     F_MAP("auth_sql", tern_config, auth_sql, auth_sql_schema),
+    F_MAP("dns", tern_config, dns, dns_schema),
     {.key = "listeners", .type = FT_MAPLIST, .off = offsetof(tern_config, listeners),
      .count_off = offsetof(tern_config, n_listeners), .elem_size = sizeof(tern_listener_conf),
      .min_items = 1, .max_items = CONF_MAX_LISTENERS, .sub = &listener_schema},

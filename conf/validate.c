@@ -190,6 +190,18 @@ static void validate__auth(conf_walk *w)
     }
 }
 
+static void validate__dns(conf_walk *w)
+{
+    tern_dns_conf *d = &w->cfg->dns;
+    if (d->trust_anchor_file != NULL) {
+        char buf[256];
+        const char *why = conf__check_readable(d->trust_anchor_file, buf, sizeof(buf));
+        if (why)
+            conf__err(w, conf__line(w, &d->trust_anchor_file), "dns.trust_anchor_file",
+                      "\"%s\": %s", d->trust_anchor_file, why);
+    }
+}
+
 static void validate__smtp(conf_walk *w)
 {
     /* memory_threshold above max_message_size is harmless: no message
@@ -392,6 +404,7 @@ void conf__validate(conf_walk *w)
     validate__auth_oauth2(w);
     validate__smtp(w);
     validate__domains(w);
+    validate__dns(w);
     for (size_t i = 0; i < c->n_listeners; i++)
         validate__listener(w, i);
     conf__validate_processors(w);

@@ -875,6 +875,46 @@ static void test_file_relative_paths(void **state)
     rmdir(dir);
 }
 
+/* dns: (lib/dns.h through server wiring later) */
+static void test_dns(void **state)
+{
+    tern_config *c = load_ok(HEAD MX);
+    assert_int_equal(c->dns.n_resolvers, 0);
+    assert_true(c->dns.dnssec);
+    assert_null(c->dns.trust_anchor_file);
+    assert_int_equal(c->dns.timeout_ms, 10000);
+    assert_int_equal(c->dns.cache_size, 8u * 1024 * 1024);
+    assert_int_equal(c->dns.cache_max_ttl_ms, 86400000);
+    tern_config_unref(c);
+    c = load_ok(HEAD MX "dns: {resolvers: system}\n");
+    assert_int_equal(c->dns.n_resolvers, 0);
+    tern_config_unref(c);
+    c = load_ok(HEAD MX "dns:\n  resolvers: [\"127.0.0.1@5353\", \"::1\", \"192.0.2.53\"]\n"
+                       "  dnssec: false\n  timeout: 2s\n  cache_size: 1MiB\n  cache_max_ttl: 1h\n"
+                       "  unblock_zones: [Test, 2.0.192.in-addr.arpa]\n"
+                       "  trust_anchor_file: @D@/rsa.crt\n");
+    assert_int_equal(c->dns.n_resolvers, 3);
+    assert_string_equal(c->dns.resolvers[0], "127.0.0.1@5353");
+    assert_string_equal(c->dns.resolvers[1], "::1");
+    assert_false(c->dns.dnssec);
+    assert_int_equal(c->dns.timeout_ms, 2000);
+    assert_int_equal(c->dns.cache_size, 1024 * 1024);
+    assert_int_equal(c->dns.cache_max_ttl_ms, 3600000);
+    assert_int_equal(c->dns.n_unblock_zones, 2);
+    assert_string_equal(c->dns.unblock_zones[0], "test");
+    tern_config_unref(c);
+    EXPECT_HAS(HEAD MX "dns: {resolvers: [\"dns.example.test\"]}\n",
+               "dns.resolvers[0]: \"dns.example.test\" is not an IPv4 or IPv6 address");
+    EXPECT_HAS(HEAD MX "dns: {resolvers: [\"127.0.0.1@0\"]}\n", "has a port that is not 1..65535");
+    EXPECT_HAS(HEAD MX "dns: {resolvers: [\"127.0.0.1@\"]}\n", "has a port that is not 1..65535");
+    EXPECT_HAS(HEAD MX "dns: {resolvers: []}\n", "write \"system\"");
+    EXPECT_HAS(HEAD MX "dns: {resolvers: systen}\n", "expected \"system\" or a list");
+    EXPECT_HAS(HEAD MX "dns: {timeout: 50ms}\n", "dns.timeout: 50ms is below the minimum 100ms");
+    EXPECT_HAS(HEAD MX "dns: {trust_anchor_file: /nonexistent/root.key}\n",
+               "dns.trust_anchor_file: \"/nonexistent/root.key\": no such file");
+    EXPECT_HAS(HEAD MX "dns: {resolver: system}\n", "dns.resolver: unknown key (did you mean \"resolvers\"?)");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -902,6 +942,7 @@ int main(void)
         cmocka_unit_test(test_domains),
         cmocka_unit_test(test_memory_threshold),
         cmocka_unit_test(test_file_relative_paths),
+        cmocka_unit_test(test_dns),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
