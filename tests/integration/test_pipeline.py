@@ -403,3 +403,23 @@ def test_sighup_loads_a_new_version_of_a_plugin(tern_factory, tmp_path):
     assert send_mail(t, "s@example.org", ["alice@example.test"], marked_message(m2)).code == 250
     f2 = find_message(t, "alice@example.test", m2)
     assert f2 and b"X-Version-2: matched" in f2[0].read_bytes(), f2[0].read_bytes()[:300]
+
+
+def test_root_deadline_answers_and_processing_goes_on(tern_factory, tmp_path):
+    cfg = faulty_config(build_faulty(tmp_path, 4))
+    cfg["mailets"] = {"root_deadline": "300ms"}
+    cfg["processors"]["root"] = [{"match": "All", "mailet": "Faulty"},
+                                 {"match": "All", "mailet": "LocalDelivery"}]
+    t = tern_factory(cfg, start=False)
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test")
+    t.start()
+    marker = uuid.uuid4().hex
+    t0 = time.monotonic()
+    r = send_mail(t, "s@example.org", ["alice@example.test"], marked_message(marker))
+    took = time.monotonic() - t0
+    assert r.code == 250, r
+    assert took < 1.8, took            # the mailet takes 2 s; the deadline is 0.3 s
+    assert log_has(t, f"event=root_deadline qid={r.qid}")
+    files = find_message(t, "alice@example.test", marker)
+    assert files and b"X-Slow: done\r\n" in files[0].read_bytes()
