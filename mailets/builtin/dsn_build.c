@@ -422,6 +422,12 @@ tern_mailet_verdict tern_dsn_bounce(const tern_bounce_conf *c, tern_mail *m,
         return TERN_MAILET_ERROR;
     }
     const char *to_rcpt[1] = {sender};
+    if (tern_pipeline_processor(m->pipeline, c->processor) < 0) {
+        tern_mail_log(m, TERN_MAILET_LOG_ERROR, "processor %s does not exist", c->processor);
+        free(msg);
+        res->text = "the processor for new mail does not exist";
+        return TERN_MAILET_ERROR;
+    }
     int rc = tern_mail_spawn(m, "", to_rcpt, 1, msg, len, c->processor, bounce_spawned, NULL);
     free(msg);
     if (rc != 0) {

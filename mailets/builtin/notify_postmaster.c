@@ -148,6 +148,12 @@ static tern_mailet_verdict np_service(void *state, tern_mail *m, tern_mailet_res
         return TERN_MAILET_ERROR;
     }
     const char *to_rcpt[1] = {to};
+    if (tern_pipeline_processor(m->pipeline, n->processor) < 0) {
+        tern_mail_log(m, TERN_MAILET_LOG_ERROR, "processor %s does not exist", n->processor);
+        free(msg);
+        res->text = "the processor for new mail does not exist";
+        return TERN_MAILET_ERROR;
+    }
     int rc = tern_mail_spawn(m, "", to_rcpt, 1, msg, len, n->processor, np_spawned, n);
     free(msg);
     if (rc != 0) {

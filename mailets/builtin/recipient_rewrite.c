@@ -114,10 +114,20 @@ static void seen_add(tern_mail *m, const char *addr)
     free(s);
 }
 
+/* Two addresses name one recipient: in our domains the directory folds
+ * the local part's case, elsewhere it is the remote host's to interpret. */
+static bool same_rcpt(const tern_mail *m, const char *a, const char *b)
+{
+    const char *d = tern_addr_domain(a);
+    if (d[0] && tern_config_is_local_domain(tern_mail_config(m), d, strlen(d)))
+        return strcasecmp(a, b) == 0;
+    return tern_addr_equal(a, b);
+}
+
 static bool is_rcpt(const tern_mail *m, const char *addr)
 {
     for (size_t i = 0; i < tern_mail_rcpt_count(m); i++)
-        if (tern_addr_equal(tern_mail_rcpt(m, i), addr))
+        if (same_rcpt(m, tern_mail_rcpt(m, i), addr))
             return true;
     return false;
 }
@@ -199,7 +209,7 @@ static tern_mailet_verdict rr_service(void *state, tern_mail *m, tern_mailet_res
         const char *seen = tern_mail_attr_get_str(m, ATTR_SEEN);
         for (size_t t = 0; t < n_targets; t++) {
             const char *tg = targets[t];
-            if (tern_addr_equal(tg, addr) || (seen && seen_has(seen, tg))) {
+            if (same_rcpt(m, tg, addr) || (seen && seen_has(seen, tg))) {
                 tern_mail_log(m, TERN_MAILET_LOG_WARN,
                               "alias loop: %s -> %s, which this mail has already expanded; "
                               "target dropped", addr, tg);

@@ -260,6 +260,12 @@ static tern_mailet_verdict rd_service(void *state, tern_mail *m, tern_mailet_res
         return TERN_MAILET_ERROR;
     }
     const char *sender = r->sender ? r->sender : tern_mail_sender(m);
+    if (tern_pipeline_processor(m->pipeline, r->processor) < 0) {
+        tern_mail_log(m, TERN_MAILET_LOG_ERROR, "processor %s does not exist", r->processor);
+        free(msg);
+        res->text = "the processor for new mail does not exist";
+        return TERN_MAILET_ERROR;
+    }
     int rc = tern_mail_spawn(m, sender, r->to, r->n_to, msg, len, r->processor, rd_spawned, r);
     free(msg);
     if (rc != 0) {
