@@ -203,3 +203,106 @@ def test_to_repository_and_ternctl(tern_factory):
     repo(t, "delete", "held", mid2)
     assert f"qid={r2.qid}" not in repo(t, "list", "held").stdout.decode()
     assert repo(t, "delete", "held", mid2, check=False).returncode == 1
+
+
+def chain(root, bounces=None):
+    """ROUTING with another root (and bounces) processor."""
+    procs = dict(ROUTING["processors"])
+    procs["root"] = root
+    if bounces:
+        procs["bounces"] = bounces
+    return {"processors": procs}
+
+
+TO_TRANSPORT = {"match": "All", "mailet": "ToProcessor", "processor": "transport"}
+
+
+def test_postmaster_alias_and_forward(tern_factory):
+    over = chain([
+        {"match": "All", "mailet": "PostmasterAlias", "postmaster": "alice@example.test"},
+        TO_TRANSPORT])
+    t = start(tern_factory, ["alice@example.test"], over=over)
+    marker = uuid.uuid4().hex
+    assert send_mail(t, "s@example.org", ["PostMaster@example.test"],
+                     marked_message(marker)).code == 250
+    files = find_message(t, "alice@example.test", marker)
+    assert len(files) == 1
+    assert log_has(t, r"postmaster: PostMaster@example.test -> alice@example.test")
+
+    over = chain([{"match": "All", "mailet": "Forward", "forward_to": ["bob@example.test"],
+                   "processor": "transport"}])
+    t2 = start(tern_factory, ["alice@example.test", "bob@example.test"], over=over)
+    assert send_mail(t2, "s@example.org", ["alice@example.test"],
+                     marked_message(marker)).code == 250
+    files = find_message(t2, "bob@example.test", marker)
+    assert len(files) == 1
+    assert files[0].read_bytes().startswith(b"Return-Path: <s@example.org>\r\n")
+    assert not mailbox_files(t2, "alice@example.test")
+    assert wait_for(lambda: spool_count(t2) == 0)
+
+
+def test_redirect_new_mail_and_pass_through(tern_factory):
+    over = chain([{"match": "All", "mailet": "Redirect", "recipients": ["bob@example.test"],
+                   "subject_prefix": "[redir]", "sender": "owner@example.test"}])
+    t = start(tern_factory, ["alice@example.test", "bob@example.test"], over=over)
+    marker = uuid.uuid4().hex
+    r = send_mail(t, "s@example.org", ["alice@example.test"], marked_message(marker))
+    assert r.code == 250
+    files = find_message(t, "bob@example.test", marker)
+    assert len(files) == 1
+    msg = parse(files[0])
+    assert msg["Subject"] == f"[redir] test {marker}"
+    assert msg["X-Tern-Loop"] == "mail.example.test"
+    assert msg["Return-Path"] == "<owner@example.test>"
+    assert not mailbox_files(t, "alice@example.test")  # passThrough false: the original ends
+    assert wait_for(lambda: spool_count(t) == 0)
+    assert log_has(t, r"event=spawned qid=\S+ parent=" + r.qid)
+
+    over = chain([{"match": "All", "mailet": "Redirect", "recipients": "bob@example.test",
+                   "inline": "headers", "passThrough": True}, TO_TRANSPORT])
+    t2 = start(tern_factory, ["alice@example.test", "bob@example.test"], over=over)
+    r = send_mail(t2, "s@example.org", ["alice@example.test"], marked_message(marker))
+    assert r.code == 250
+    assert len(find_message(t2, "alice@example.test", marker)) == 1  # the original too
+    files = find_message(t2, "bob@example.test", marker)
+    assert len(files) == 1
+    msg = parse(files[0])
+    assert msg.get_content_type() == "text/plain"
+    body = msg.get_payload()
+    assert f"Subject: test {marker}" in body and f"marker {marker}" not in body
+
+
+def test_notify_postmaster_and_plain_bounce(tern_factory):
+    over = chain([{"match": "All", "mailet": "NotifyPostmaster", "to": "bob@example.test",
+                   "notice": "Look at this one."}, TO_TRANSPORT],
+                 bounces=[{"match": "All", "mailet": "Bounce"}])
+    t = start(tern_factory, ["alice@example.test", "bob@example.test"], over=over)
+    marker = uuid.uuid4().hex
+    assert send_mail(t, "s@example.org", ["alice@example.test"],
+                     marked_message(marker)).code == 250
+    assert len(find_message(t, "alice@example.test", marker)) == 1
+    files = find_message(t, "bob@example.test", marker)
+    assert len(files) == 1
+    msg = parse(files[0])
+    assert msg["X-Tern-Notice"] == "postmaster-notice"
+    assert msg.get_content_type() == "multipart/mixed"
+    parts = msg.get_payload()
+    assert "Look at this one." in parts[0].get_payload(decode=True).decode()
+    assert parts[1].get_content_type() == "message/rfc822"
+    assert f"marker {marker}" in parts[1].as_string()
+
+    # The plain Bounce of an unknown recipient (the notice about it goes
+    # to bob as well, and is itself not reported again).
+    m2 = uuid.uuid4().hex
+    assert send_mail(t, "alice@example.test", ["nobody@example.test"],
+                     marked_message(m2)).code == 250
+    bounced = wait_for(lambda: [f for f in mailbox_files(t, "alice@example.test")
+                                if b"X-Tern-Notice: bounce" in f.read_bytes()])
+    assert len(bounced) == 1
+    msg = parse(bounced[0])
+    assert msg.get_content_type() == "multipart/mixed"
+    parts = msg.get_payload()
+    assert "<nobody@example.test>: no such mailbox here" in \
+        parts[0].get_payload(decode=True).decode()
+    assert f"marker {m2}" in parts[1].as_string()
+    assert wait_for(lambda: spool_count(t) == 0), spool_count(t)
