@@ -327,6 +327,8 @@ int tern_repository_write(const char *dir, const char *id, const char *json, con
     return fsync_dir(dir);
 }
 
+static int parse_entry(tern_repo_entry *e, const char *what, char *err, size_t size);
+
 int tern_repository_load(const char *path, tern_repo_entry *e, char *err, size_t size)
 {
     memset(e, 0, sizeof(*e));
@@ -361,9 +363,25 @@ int tern_repository_load(const char *path, tern_repo_entry *e, char *err, size_t
         return -1;
     }
     e->len = got;
-    const uint8_t *nl = memchr(e->data, '\n', e->len);
+    return parse_entry(e, path, err, size);
+}
+
+int tern_repository_parse(tern_repo_entry *e, uint8_t *data, size_t len, const char *what,
+                          char *err, size_t size)
+{
+    memset(e, 0, sizeof(*e));
+    tern_arena_init(&e->arena, 4096);
+    e->data = data;
+    e->len = len;
+    return parse_entry(e, what, err, size);
+}
+
+/* e->data/e->len hold the file: the header line, then the message. */
+static int parse_entry(tern_repo_entry *e, const char *what, char *err, size_t size)
+{
+    const uint8_t *nl = e->len ? memchr(e->data, '\n', e->len) : NULL;
     if (nl == NULL) {
-        snprintf(err, size, "%s: no header line", path);
+        snprintf(err, size, "%s: no header line", what);
         return -1;
     }
     tern_json *root = NULL;
@@ -371,7 +389,7 @@ int tern_repository_load(const char *path, tern_repo_entry *e, char *err, size_t
     int rc = tern_json_parse((const char *)e->data, (size_t)(nl - e->data), &lim, &e->arena,
                              &root, NULL);
     if (rc != TERN_JSON_OK || root->type != TERN_JSON_OBJECT) {
-        snprintf(err, size, "%s: bad header: %s", path,
+        snprintf(err, size, "%s: bad header: %s", what,
                  rc != TERN_JSON_OK ? tern_json_strerror(rc) : "not an object");
         return -1;
     }

@@ -71,6 +71,11 @@ typedef struct tern_repo_entry {
 } tern_repo_entry;
 /* Blocking. 0, or -1 with a reason in err. */
 int tern_repository_load(const char *path, tern_repo_entry *e, char *err, size_t size);
+/* The same from bytes in memory (pure): takes ownership of data (malloc'd;
+ * freed by tern_repository_entry_free, also on failure); `what` names the
+ * source in err. */
+int tern_repository_parse(tern_repo_entry *e, uint8_t *data, size_t len, const char *what,
+                          char *err, size_t size);
 void tern_repository_entry_free(tern_repo_entry *e);
 /* The envelope a released mail goes back to the spool with (strings
  * malloc'd; free with tern_repository_envelope_free). NULL when the header
