@@ -209,6 +209,8 @@ static tern_mailet_verdict rr_service(void *state, tern_mail *m, tern_mailet_res
         const char *seen = tern_mail_attr_get_str(m, ATTR_SEEN);
         for (size_t t = 0; t < n_targets; t++) {
             const char *tg = targets[t];
+            if (!same_rcpt(m, tg, addr) && is_rcpt(m, tg))
+                continue; /* fan-out de-duplication */
             if (same_rcpt(m, tg, addr) || (seen && seen_has(seen, tg))) {
                 tern_mail_log(m, TERN_MAILET_LOG_WARN,
                               "alias loop: %s -> %s, which this mail has already expanded; "
@@ -216,8 +218,6 @@ static tern_mailet_verdict rr_service(void *state, tern_mail *m, tern_mailet_res
                 cut++;
                 continue;
             }
-            if (is_rcpt(m, tg))
-                continue; /* fan-out de-duplication */
             if (tern_mail_rcpt_add_derived(m, tg, orig) != 0) {
                 tern_mail_log(m, TERN_MAILET_LOG_WARN, "alias %s: cannot add target %s", addr,
                               tg);
