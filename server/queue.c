@@ -27,7 +27,6 @@
 #include "lib/log.h"
 #include "lib/util.h"
 #include "protocols/smtp/smtp_client.h"
-#include "server/queue_dsn.h"
 
 #define MOD "queue"
 #define TICK_MS 1000

@@ -9,7 +9,7 @@
 
 #include "conf/config.h"
 #include "lib/dns.h"
-#include "server/queue_dsn.h"
+#include "mailets/builtin/dsn_build.h"
 #include "storage/queue/spool.h"
 
 typedef struct tern_queue tern_queue;

@@ -19,6 +19,7 @@
 #include "lib/log.h"
 #include "mailets/engine.h"
 #include "server/queue.h"
+#include "mailets/repository.h"
 
 #define MOD "server"
 #define FD_RESERVE 64 /* descriptors kept for spool, logs, listeners */
@@ -402,6 +403,7 @@ static void server__on_hup(uv_signal_t *h, int sig)
 
 static void server__close_main_handles(tern_server *srv)
 {
+    uv_close((uv_handle_t *)&srv->repo_timer, NULL);
     if (srv->spool_client) {
         tern_spool_client_close(srv->spool_client);
         srv->spool_client = NULL;
@@ -600,8 +602,30 @@ static void server__queue_bounce(void *arg, const tern_envelope *orig, const ter
                                  size_t n, const uint8_t *msg, size_t len)
 {
     tern_server *srv = arg;
+    char from[300], to[600];
+    tern_dsn_from(srv->cfg, from, sizeof(from));
+    snprintf(to, sizeof(to), "<%s>", orig->mail_from);
+    tern_dsn_info info = {
+        .style = TERN_DSN_REPORT,
+        .reporting_mta = srv->cfg->server.hostname,
+        .from = from,
+        .to = to,
+        .subject = "Undelivered Mail Returned to Sender",
+        .intro = "Your message could not be delivered to one or more recipients.",
+        .qid = orig->qid,
+        .envid = orig->envid,
+        .arrival = orig->received_at,
+        .now = (int64_t)time(NULL),
+        .rcpts = rcpts,
+        .n_rcpts = n,
+        /* RFC 3461 4.3: the whole message only when RET=FULL was asked. */
+        .attach = orig->ret == TERN_RET_FULL ? TERN_DSN_ATTACH_FULL : TERN_DSN_ATTACH_HEADERS,
+        .orig = msg,
+        .orig_len = len,
+        .marker = "queue",
+    };
     size_t dlen = 0;
-    uint8_t *dsn = tern_dsn_build(srv->cfg->server.hostname, orig, rcpts, n, msg, len, &dlen);
+    uint8_t *dsn = tern_dsn_build(&info, &dlen);
     tern_body *b = dsn ? tern_body_new(srv->loop, tern_spool_tmpdir(srv->spool), dlen + 1) : NULL;
     if (b == NULL || tern_body_append(b, dsn, dlen, NULL, NULL) != 0) {
         TLOG_ERR("queue", "event=bounce_failed error=\"out of memory\"");
@@ -629,6 +653,35 @@ static void server__queue_bounce(void *arg, const tern_envelope *orig, const ter
         tern_body_free(b);
         TLOG_ERR("queue", "event=bounce_failed error=\"spool refused\"");
     }
+}
+
+/* ---- mail released from a repository (ternctl repository release) ---- */
+
+static void server__repo_posted(void *arg, const char *qid)
+{
+    tern_server *srv = arg;
+    tern_runner *r = tern_server_pick_runner(srv);
+    if (r == NULL || tern_runner_post(r, qid) != 0)
+        TLOG_WARN("mailet", "event=release_deferred qid=%s reason=\"processed at next start\"", qid);
+}
+
+static void server__repo_done(void *arg, size_t submitted, size_t failed)
+{
+    tern_server *srv = arg;
+    srv->repo_scanning = false;
+    if (submitted || failed)
+        TLOG_INFO("mailet", "event=released submitted=%zu failed=%zu", submitted, failed);
+}
+
+static void server__repo_tick(uv_timer_t *t)
+{
+    tern_server *srv = t->data;
+    if (srv->repo_scanning || srv->draining || srv->spool_client == NULL)
+        return;
+    srv->repo_scanning = true;
+    if (tern_repository_scan_released(srv->cfg, srv->loop, srv->spool, srv->spool_client,
+                                      server__repo_posted, server__repo_done, srv) != 0)
+        srv->repo_scanning = false;
 }
 
 typedef struct replay_ctx {
@@ -786,6 +839,9 @@ int tern_server_run(const char *config_path, tern_config *cfg)
             return 1;
         }
     }
+    uv_timer_init(srv->loop, &srv->repo_timer);
+    srv->repo_timer.data = srv;
+    uv_timer_start(&srv->repo_timer, server__repo_tick, 2000, 2000);
     uv_async_init(srv->loop, &srv->worker_done, server__worker_done);
     srv->worker_done.data = srv;
     for (unsigned i = 0; i < srv->nworkers; i++) {

@@ -191,7 +191,16 @@ uint8_t *tern_dsn_build(const tern_dsn_info *in, size_t *len_r)
         sb_printf(&b, "%s\r\n\r\n", in->intro);
     for (size_t i = 0; i < in->n_rcpts; i++) {
         clean_line(in->rcpts[i].addr, line, sizeof(line));
-        sb_printf(&b, "<%s>: %s\r\n", line, text[0] ? text : "delivery failed");
+        if (in->rcpts[i].diagnostic) {
+            char d[512], h[256];
+            clean_line(in->rcpts[i].diagnostic, d, sizeof(d));
+            if (in->rcpts[i].remote_mta) {
+                clean_line(in->rcpts[i].remote_mta, h, sizeof(h));
+                sb_printf(&b, "<%s>: host %s said: %s\r\n", line, h, d);
+            } else
+                sb_printf(&b, "<%s>: %s\r\n", line, d);
+        } else
+            sb_printf(&b, "<%s>: %s\r\n", line, text[0] ? text : "delivery failed");
     }
     sb_printf(&b, "\r\nQueue ID: %s\r\n", in->qid ? in->qid : "-");
     if (in->code > 0)
@@ -232,6 +241,19 @@ uint8_t *tern_dsn_build(const tern_dsn_info *in, size_t *len_r)
                 }
             }
             sb_printf(&b, "Action: %s\r\n", in->action ? in->action : "failed");
+            if (in->rcpts[i].diagnostic) {
+                char d[512], st[32];
+                clean_line(in->rcpts[i].diagnostic, d, sizeof(d));
+                clean_line(in->rcpts[i].status ? in->rcpts[i].status : enh, st, sizeof(st));
+                sb_printf(&b, "Status: %s\r\n", st);
+                if (in->rcpts[i].remote_mta) {
+                    char h[256];
+                    clean_line(in->rcpts[i].remote_mta, h, sizeof(h));
+                    sb_printf(&b, "Remote-MTA: dns; %s\r\nDiagnostic-Code: smtp; %s\r\n", h, d);
+                } else
+                    sb_printf(&b, "Diagnostic-Code: x-tern; %s\r\n", d);
+                continue;
+            }
             sb_printf(&b, "Status: %s\r\n", enh);
             if (in->code > 0)
                 sb_printf(&b, "Diagnostic-Code: smtp; %d %s\r\n", in->code, text);

@@ -30,6 +30,12 @@ typedef enum {
 typedef struct tern_dsn_rcpt {
     const char *addr;  /* Final-Recipient */
     const char *orcpt; /* ORCPT as received ("rfc822;x+40y"), or NULL */
+    /* Per-recipient details (the remote queue's failures differ per
+     * recipient); NULL: the info-level code, enhanced and text apply. */
+    const char *status;     /* "5.1.1" */
+    const char *remote_mta; /* the server that answered, or NULL */
+    const char *diagnostic; /* its reply ("550 5.1.1 no such user") when remote_mta is
+                               set, else our own reason */
 } tern_dsn_rcpt;
 
 typedef struct tern_dsn_info {

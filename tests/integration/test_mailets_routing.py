@@ -196,7 +196,10 @@ def test_to_repository_and_ternctl(tern_factory):
     repo(t, "release", "held", mid, "--processor", "deliver")
     assert not path.exists()
     assert (t.state_dir / "repositories" / "held" / "release" / f"{mid}@deliver").is_file()
-    assert "1 released, waiting for ternd" in repo(t, "list", "held").stdout.decode()
+    # ternd picks it up (every 2 s) and runs it from `deliver`.
+    assert wait_for(lambda: [f for f in mailbox_files(t, "alice@example.test")
+                             if marker.encode() in f.read_bytes()])
+    assert not (t.state_dir / "repositories" / "held" / "release" / f"{mid}@deliver").exists()
     # A second mail, deleted.
     r2 = send_mail(t, "s@example.org", ["alice@example.test"], marked_message(marker + "2"))
     assert r2.code == 250

@@ -518,8 +518,8 @@ static bool span_has(const char *p, size_t len, const char *needle)
 
 static void test_dsn_report_parsed_back(void **st)
 {
-    tern_dsn_rcpt rc[2] = {{"bob@example.test", "rfc822;Bob+2Bx@example.test"},
-                           {"carol@example.test", NULL}};
+    tern_dsn_rcpt rc[2] = {{.addr = "bob@example.test", .orcpt = "rfc822;Bob+2Bx@example.test"},
+                           {.addr = "carol@example.test"}};
     tern_dsn_info in = {
         .style = TERN_DSN_REPORT,
         .reporting_mta = "mail.example.test",
@@ -617,7 +617,7 @@ static void test_dsn_report_parsed_back(void **st)
 
 static void test_dsn_plain_full_message(void **st)
 {
-    tern_dsn_rcpt rc[1] = {{"bob@example.test", NULL}};
+    tern_dsn_rcpt rc[1] = {{.addr = "bob@example.test"}};
     static const char eight[] = "Subject: caf\xc3\xa9\r\n\r\nline one\nline two";
     tern_dsn_info in = {
         .style = TERN_DSN_PLAIN,
