@@ -80,6 +80,7 @@ struct tern_queue {
     tern_dns_resolver *dns;
     tern_conn_worker cw;
     bool closing;
+    bool notify_closed;    /* under mu: the wake handle is gone */
     unsigned handles;
     size_t rr;             /* round robin start */
     struct attempt *attempts;
@@ -108,8 +109,6 @@ typedef struct attempt {
     tern_smtp_client *client;   /* in flight, for cancel at shutdown */
     struct attempt *prev, *next;
 } attempt;
-
-static void queue_maybe_free(tern_queue *q);
 
 static uint64_t now_ms(void)
 {
@@ -238,6 +237,13 @@ void tern_queue_notify(void *arg, const char *qid)
         return; /* the periodic scan at the next start finds it */
     snprintf(p->qid, sizeof(p->qid), "%s", qid);
     pthread_mutex_lock(&q->mu);
+    if (q->notify_closed) {
+        /* Shutting down: the spool keeps the recipients queued and the
+         * scan at the next start finds them. */
+        pthread_mutex_unlock(&q->mu);
+        free(p);
+        return;
+    }
     p->next = q->posts;
     q->posts = p;
     uv_async_send(&q->wake);
@@ -393,8 +399,6 @@ static void attempt_end(attempt *a)
     msg_maybe_done(q, m);
     if (!q->closing)
         tern_queue_kick(q);
-    else
-        queue_maybe_free(q);
 }
 
 static void try_host(attempt *a);
@@ -776,12 +780,11 @@ static void q_handle_closed(uv_handle_t *h)
 {
     tern_queue *q = h->data;
     q->handles--;
-    queue_maybe_free(q);
 }
 
-static void queue_maybe_free(tern_queue *q)
+void tern_queue_free(tern_queue *q)
 {
-    if (q->handles > 0 || q->active > 0)
+    if (q == NULL)
         return;
     while (q->msgs) {
         qmsg *m = q->msgs;
@@ -808,6 +811,9 @@ void tern_queue_close(tern_queue *q)
     if (q == NULL)
         return;
     q->closing = true;
+    pthread_mutex_lock(&q->mu);
+    q->notify_closed = true;
+    pthread_mutex_unlock(&q->mu);
     /* Attempts in flight end with "shutting down" and are retried at the
      * next start (nothing was recorded for them). Their callbacks run
      * while the loop finishes; the resolver answers CANCELLED. */

@@ -38,8 +38,12 @@ void tern_queue_notify(void *q, const char *qid);
 /* Starts what is due now (also runs every second). */
 void tern_queue_kick(tern_queue *q);
 size_t tern_queue_size(const tern_queue *q);
-/* Cancels deliveries in flight (retried at the next start) and frees the
- * manager once they have ended; the loop must run on for that. */
+/* Cancels deliveries in flight (retried at the next start) and closes the
+ * handles; later notifications are dropped (the spool keeps what they
+ * said). The loop must run on for the handles to close. */
 void tern_queue_close(tern_queue *q);
+/* Frees the manager: after tern_queue_close, once the loop has stopped
+ * and no thread can notify any more (the workers are joined). */
+void tern_queue_free(tern_queue *q);
 
 #endif

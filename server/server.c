@@ -470,9 +470,9 @@ static void server__on_term(uv_signal_t *h, int sig)
     srv->draining = true;
     if (srv->queue) {
         /* Deliveries in flight stop; their recipients are retried at the
-         * next start (nothing about them was recorded yet). */
+         * next start (nothing about them was recorded yet). Freed after
+         * the workers, whose runners may still notify it. */
         tern_queue_close(srv->queue);
-        srv->queue = NULL;
     }
     TLOG_INFO(MOD, "event=draining signal=%d grace_ms=%llu sessions_open=%u", sig,
               (unsigned long long)srv->cfg->server.shutdown_grace_ms, tern_limits_active(srv->limits));
@@ -893,6 +893,7 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         free(srv->workers[i].host.conn_worker.readbuf);
         pthread_mutex_destroy(&srv->workers[i].mu);
     }
+    tern_queue_free(srv->queue);
     tern_spool_close(srv->spool);
     if (srv->pipeline)
         tern_pipeline_unref(srv->pipeline);
