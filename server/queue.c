@@ -78,6 +78,7 @@ struct tern_queue {
     dest *dests;
     unsigned active;
     tern_dns_resolver *dns;
+    tern_tls_client *tls;  /* opportunistic STARTTLS */
     tern_conn_worker cw;
     bool closing;
     bool notify_closed;    /* under mu: the wake handle is gone */
@@ -436,8 +437,10 @@ static void delivered(void *arg, const tern_smtp_outcome *o)
         snprintf(detail, sizeof(detail), "%d%s%s %.300s", rr->code, rr->enhanced[0] ? " " : "",
                  rr->enhanced, rr->text);
         if (rr->code / 100 == 2) {
-            char said[600];
-            snprintf(said, sizeof(said), "%s said: %s", o->peer, detail);
+            char said[700];
+            snprintf(said, sizeof(said), "%s said: %s (%s%s%s)", o->peer, detail,
+                     o->tls ? o->tls_version : "no TLS", o->tls ? " " : "",
+                     o->tls ? (o->tls_verified ? "verified" : "unverified") : "");
             rcpt_delivered(q, m, r, said);
         } else if (rr->code / 100 == 5) {
             rcpt_fail(r, rr->enhanced[0] == '5' ? rr->enhanced : "5.0.0", o->peer, "%s", detail);
@@ -472,6 +475,9 @@ static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
         .env = a->cenv,
         .data = a->data,
         .len = a->len,
+        .tls = a->q->tls,
+        .tls_name = a->host > 0 && a->host <= a->plan.n_hosts ? a->plan.hosts[a->host - 1].host
+                                                              : a->domain,
     };
     a->client = tern_smtp_client_start(&p, delivered, a);
     if (a->client == NULL) {
@@ -755,6 +761,14 @@ tern_queue *tern_queue_new(const tern_queue_env *env, char *err, size_t err_size
     q->cw.readbuf_size = 65536;
     q->cw.readbuf = malloc(q->cw.readbuf_size);
     q->dns = q->cw.readbuf ? tern_dns_resolver_new(env->loop, env->dns, err, err_size) : NULL;
+    char *terr = NULL;
+    q->tls = q->dns ? tern_tls_client_new(NULL, &terr) : NULL;
+    if (q->dns && q->tls == NULL) {
+        snprintf(err, err_size, "TLS client: %s", terr ? terr : "?");
+        free(terr);
+        tern_dns_resolver_close(q->dns);
+        q->dns = NULL;
+    }
     if (q->dns == NULL) {
         free(q->cw.readbuf);
         pthread_mutex_destroy(&q->mu);
@@ -802,6 +816,7 @@ void tern_queue_free(tern_queue *q)
         free(d);
     }
     free(q->cw.readbuf);
+    tern_tls_client_free(q->tls);
     pthread_mutex_destroy(&q->mu);
     free(q);
 }

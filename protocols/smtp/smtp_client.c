@@ -22,12 +22,13 @@
 #define BODY_CHUNK (256 * 1024)
 
 typedef enum {
-    CS_CONNECT = 0, CS_BANNER, CS_EHLO, CS_HELO, CS_MAIL, CS_RCPT, CS_DATA, CS_BODY, CS_DOT,
-    CS_QUIT, CS_DONE,
+    CS_CONNECT = 0, CS_BANNER, CS_EHLO, CS_HELO, CS_STARTTLS, CS_HANDSHAKE, CS_MAIL, CS_RCPT,
+    CS_DATA, CS_BODY, CS_DOT, CS_QUIT, CS_DONE,
 } cstate;
 
-static const char *const stage_names[] = {"connect", "banner", "ehlo", "helo", "mail", "rcpt",
-                                          "data", "body", "dot", "quit", "done"};
+static const char *const stage_names[] = {"connect", "banner", "ehlo", "helo", "starttls",
+                                          "handshake", "mail", "rcpt", "data", "body", "dot",
+                                          "quit", "done"};
 
 struct tern_smtp_client {
     tern_smtp_client_params p;
@@ -249,6 +250,18 @@ static void quit(tern_smtp_client *c)
 static void after_ehlo(tern_smtp_client *c)
 {
     const tern_envelope *e = c->p.env;
+    if (!c->out.tls && c->p.tls && c->caps.starttls) {
+        c->st = CS_STARTTLS;
+        tern_conn_printf(&c->conn, "STARTTLS\r\n");
+        return;
+    }
+    if (c->p.tls_required && !(c->out.tls && c->out.tls_verified)) {
+        set_error(c, 4, c->out.tls ? "4.7.5 the server's certificate does not verify for %s"
+                                   : "4.7.10 TLS is required for %s but the server does not offer it",
+                  c->p.tls_name ? c->p.tls_name : c->out.peer);
+        quit(c);
+        return;
+    }
     if (e->smtputf8 && !c->caps.smtputf8) {
         set_error(c, 5, "5.6.7 the server does not support SMTPUTF8, which this message needs");
         quit(c);
@@ -303,6 +316,20 @@ static void on_reply(tern_smtp_client *c, const tern_smtp_reply *r)
         memset(&c->caps, 0, sizeof(c->caps));
         after_ehlo(c);
         return;
+    case CS_STARTTLS: {
+        tern_tls_conn *t = r->code == 220
+                               ? tern_tls_conn_new_client(c->p.tls, c->p.tls_name, false)
+                               : NULL;
+        if (t == NULL) {
+            /* Refused (or no memory): go on in the clear unless TLS is required. */
+            c->p.tls = NULL;
+            after_ehlo(c);
+            return;
+        }
+        c->st = CS_HANDSHAKE;
+        tern_conn_starttls_client(&c->conn, t);
+        return;
+    }
     case CS_MAIL:
         if (r->code / 100 != 2) {
             reply_to_error(c, r);
@@ -449,7 +476,16 @@ static void conn_on_drain(tern_conn *conn)
 
 static void conn_on_tls(tern_conn *conn)
 {
-    (void)conn;
+    tern_smtp_client *c = conn->data;
+    c->out.tls = true;
+    c->out.tls_verified = tern_tls_conn_peer_verified(conn->tls);
+    snprintf(c->out.tls_version, sizeof(c->out.tls_version), "%s", tern_tls_conn_version(conn->tls));
+    snprintf(c->out.tls_cipher, sizeof(c->out.tls_cipher), "%s", tern_tls_conn_cipher(conn->tls));
+    /* RFC 3207 4.2: forget what the server said in the clear, ask again. */
+    tern_reply_parser_init(&c->rp);
+    memset(&c->caps, 0, sizeof(c->caps));
+    c->st = CS_EHLO;
+    tern_conn_printf(&c->conn, "EHLO %s\r\n", c->p.helo);
 }
 
 static const tern_conn_cbs client_cbs = {

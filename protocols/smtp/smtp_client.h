@@ -38,7 +38,10 @@ typedef struct tern_smtp_outcome {
     char error[400];       /* the reply or the reason, for logs and bounces */
     tern_smtp_rcpt_result *rcpts; /* one per recipient, same order */
     size_t n_rcpts;
-    bool tls;
+    bool tls;              /* the message went over TLS */
+    bool tls_verified;     /* and the certificate verified for tls_name */
+    char tls_version[16];
+    char tls_cipher[64];
     char peer[80];
 } tern_smtp_outcome;
 
@@ -58,6 +61,13 @@ typedef struct tern_smtp_client_params {
     const tern_envelope *env;
     const uint8_t *data;
     size_t len;
+    /* STARTTLS when the server offers it (RFC 3207), with this context;
+     * NULL: never. tls_name is the name the certificate is checked
+     * against (the MX host); tls_required fails the delivery (4.7.10)
+     * without TLS or without a certificate that verifies for it. */
+    tern_tls_client *tls;
+    const char *tls_name;
+    bool tls_required;
 } tern_smtp_client_params;
 
 /* Starts a delivery; cb runs exactly once on params->loop with the outcome
