@@ -38,7 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)rep;
         tern_mail_standalone_free(m);
     }
-    tern_dsn_rcpt dr = {"r@example.test", "rfc822;r+2B1@example.test"};
+    tern_dsn_rcpt dr = {.addr = "r@example.test", .orcpt = "rfc822;r+2B1@example.test"};
     for (int attach = 0; attach < 2; attach++) {
         tern_dsn_info in = {.style = TERN_DSN_REPORT, .reporting_mta = "mx.example.test",
                             .from = "f", .to = "t", .subject = "s", .qid = "Q", .code = 550,
