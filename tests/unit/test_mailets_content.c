@@ -12,6 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <pthread.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -24,6 +29,7 @@
 #include "lib/mime.h"
 #include "lib/rfc2047.h"
 #include "mailets/builtin/builtin.h"
+#include "mailets/builtin/json_export.h"
 #include "mailets/engine.h"
 #include "mailets/mail.h"
 
@@ -745,6 +751,515 @@ static void test_footer_params(void **state)
     inst_fini(&in);
 }
 
+
+
+/* ---- LogMessage ---------------------------------------------------------------- */
+
+/* Runs in on a mail and returns what it logged (caller frees). */
+static char *logged(inst *in, const char *msg)
+{
+    char path[] = "/tmp/tern-lm-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unlink(path);
+    tern_log_set_fd(fd);
+    tern_mail *m = mk_mail(msg);
+    assert_int_equal(run(in, m), TERN_MAILET_CONTINUE);
+    tern_mail_standalone_free(m);
+    tern_log_set_fd(2);
+    off_t n = lseek(fd, 0, SEEK_END);
+    char *d = calloc(1, (size_t)n + 1);
+    assert_non_null(d);
+    assert_int_equal(pread(fd, d, (size_t)n, 0), n);
+    close(fd);
+    return d;
+}
+
+static void test_log_message(void **state)
+{
+    assert_int_equal(tern_log_configure("info", NULL), 0);
+    inst in;
+    inst_ok(&in, "LogMessage", NULL, 0);
+    char *l = logged(&in, "From: Alice <alice@example.org>\r\n"
+                          "To: bob@example.com\r\n"
+                          "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= \"quoted\" a=b\r\n"
+                          "X-Other: not logged\r\n"
+                          "\r\nsecret body\r\n");
+    assert_int_equal(count_of(l, "\n"), 1);
+    assert_non_null(strstr(l, " module=mailet qid=AAAABBBBCCCCDDDD session=sess-1 mailet=LogMessage "));
+    assert_non_null(strstr(l, " from=alice@example.org "));
+    assert_non_null(strstr(l, " rcpts=bob@example.com,carol@example.com nrcpt=2 "));
+    assert_non_null(strstr(l, " remote=192.0.2.7 "));
+    assert_non_null(strstr(l, " h.from=\"Alice <alice@example.org>\""));
+    assert_non_null(strstr(l, " h.subject=\"Grüße \\\"quoted\\\" a=b\""));
+    assert_null(strstr(l, "X-Other"));
+    assert_null(strstr(l, "secret"));
+    assert_null(strstr(l, "h.message-id")); /* absent: not logged */
+    free(l);
+    inst_fini(&in);
+
+    /* Chosen headers, the body's first bytes, a tag; CRLF cannot split the line. */
+    const char *names[] = {"X-Other", "Subject"};
+    tern_mailet_param p[] = {{.key = "headers", .list = names, .n_list = 2}, P("body", "8"),
+                             P("tag", "after-spam")};
+    inst_ok(&in, "LogMessage", p, 3);
+    l = logged(&in, "Subject: s\r\nX-Other: o\r\n\r\nab\r\ncdefghij");
+    assert_int_equal(count_of(l, "\n"), 1);
+    assert_non_null(strstr(l, " tag=after-spam "));
+    assert_non_null(strstr(l, " h.x-other=o h.subject=s "));
+    assert_non_null(strstr(l, " body=\"ab\\x0d\\x0acdef\"\n"));
+    free(l);
+    inst_fini(&in);
+
+    /* level: debug is not logged at info. */
+    tern_mailet_param dbg[] = {P("level", "debug")};
+    inst_ok(&in, "LogMessage", dbg, 1);
+    l = logged(&in, "Subject: s\r\n\r\nx");
+    assert_string_equal(l, "");
+    free(l);
+    inst_fini(&in);
+
+    tern_mailet_param b1[] = {P("body", "100000")};
+    assert_non_null(strstr(inst_bad("LogMessage", b1, 1), "body"));
+    tern_mailet_param b2[] = {P("body", "-1")};
+    inst_bad("LogMessage", b2, 1);
+    tern_mailet_param b3[] = {P("level", "loud")};
+    assert_non_null(strstr(inst_bad("LogMessage", b3, 1), "level"));
+    tern_mailet_param b4[] = {P("headers", "Bad Name")};
+    inst_bad("LogMessage", b4, 1);
+    tern_mailet_param b5[] = {P("tag", "")};
+    inst_bad("LogMessage", b5, 1);
+}
+
+/* ---- JsonExport ------------------------------------------------------------------ */
+
+static const char *export_msg =
+    "Received: from client by mx; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+    "From: =?utf-8?q?J=C3=BCrgen?= <juergen@example.org>\r\n"
+    "To: Bob <bob@example.com>\r\n"
+    "Cc: carol@example.com\r\n"
+    "Subject: =?iso-8859-1?q?R=E9sum=E9?= attached\r\n"
+    "Message-ID: <m1@example.org>\r\n"
+    "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+    "X-Raw: caf\xe9\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: multipart/mixed; boundary=\"zz\"\r\n"
+    "\r\n"
+    "--zz\r\n"
+    "Content-Type: text/plain; charset=iso-8859-1\r\n"
+    "Content-Transfer-Encoding: quoted-printable\r\n"
+    "\r\n"
+    "Voil=E0 mon CV.\r\n"
+    "--zz\r\n"
+    "Content-Type: application/pdf; name=\"cv.pdf\"\r\n"
+    "Content-Disposition: attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf\r\n"
+    "Content-Transfer-Encoding: base64\r\n"
+    "\r\n"
+    "JVBERi0xLjQKJcfsj6IK\r\n"
+    "--zz--\r\n";
+
+static char tmpdir[64];
+
+static void mk_tmpdir(void)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/tern-je-XXXXXX");
+    assert_non_null(mkdtemp(tmpdir));
+}
+
+static void rm_tmpdir(void)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static char *slurp(const char *path, size_t *len_r)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *d = malloc((size_t)n + 1);
+    assert_non_null(d);
+    assert_int_equal(fread(d, 1, (size_t)n, f), (size_t)n);
+    d[n] = '\0';
+    fclose(f);
+    if (len_r)
+        *len_r = (size_t)n;
+    return d;
+}
+
+/* Runs the job synchronously (as the pool thread would); returns its error. */
+static char *export_one(inst *in, const char *msg)
+{
+    tern_mail *m = mk_mail(msg);
+    je_job *j = tern_json_export_job_new(in->state, m);
+    assert_non_null(j);
+    tern_mail_standalone_free(m); /* the job holds its own copy */
+    tern_json_export_job_run(j);
+    const char *e = tern_json_export_job_error(j);
+    char *r = e ? strdup(e) : NULL;
+    tern_json_export_job_free(j);
+    return r;
+}
+
+static const char *jstr(const tern_json *o, const char *k)
+{
+    const tern_json *v = tern_json_get(o, k);
+    assert_non_null(v);
+    return tern_json_str(v);
+}
+
+static void check_record(const tern_json *r)
+{
+    assert_int_equal(r->type, TERN_JSON_OBJECT);
+    assert_string_equal(jstr(r, "qid"), "AAAABBBBCCCCDDDD");
+    assert_string_equal(jstr(r, "receivedAt"), "2023-11-14T22:13:20Z");
+    assert_string_equal(jstr(r, "remoteAddr"), "192.0.2.7");
+    assert_int_equal(tern_json_get(r, "authUser")->type, TERN_JSON_NULL);
+    const tern_json *from = tern_json_get(r, "from");
+    assert_string_equal(jstr(from, "envelope"), "alice@example.org");
+    assert_string_equal(jstr(from, "header"), "Jürgen <juergen@example.org>");
+    const tern_json *to = tern_json_get(r, "to");
+    const tern_json *env = tern_json_get(to, "envelope");
+    assert_int_equal(env->type, TERN_JSON_ARRAY);
+    assert_int_equal(env->len, 2);
+    assert_string_equal(tern_json_str(env->child), "bob@example.com");
+    assert_string_equal(tern_json_str(env->child->next), "carol@example.com");
+    assert_string_equal(jstr(to, "header"), "Bob <bob@example.com>");
+    assert_string_equal(jstr(r, "cc"), "carol@example.com");
+    assert_string_equal(jstr(r, "subject"), "Résumé attached");
+    assert_string_equal(jstr(r, "messageId"), "<m1@example.org>");
+    assert_string_equal(jstr(r, "body"), "Voilà mon CV.");
+    assert_false(tern_json_get(r, "bodyTruncated")->boolean);
+    const tern_json *h = tern_json_get(r, "headers");
+    assert_int_equal(h->type, TERN_JSON_ARRAY);
+    assert_int_equal(h->len, 10);
+    assert_string_equal(jstr(h->child, "name"), "Received");
+    bool raw_seen = false;
+    for (const tern_json *f = h->child; f; f = f->next)
+        if (strcmp(jstr(f, "name"), "X-Raw") == 0) {
+            assert_string_equal(jstr(f, "value"), "café"); /* Latin-1 byte kept as U+00E9 */
+            raw_seen = true;
+        }
+    assert_true(raw_seen);
+    const tern_json *att = tern_json_get(r, "attachments");
+    assert_int_equal(att->len, 1);
+    assert_string_equal(jstr(att->child, "name"), "résumé.pdf");
+    assert_string_equal(jstr(att->child, "type"), "application/pdf");
+    int64_t sz = 0;
+    assert_int_equal(tern_json_int64(tern_json_get(att->child, "size"), &sz), 0);
+    assert_true(sz >= 13 && sz <= 15);
+}
+
+static void test_json_export_file(void **state)
+{
+    mk_tmpdir();
+    char path[128];
+    snprintf(path, sizeof(path), "%s/export.jsonl", tmpdir);
+    inst in;
+    tern_mailet_param p[] = {P("file", path)};
+    inst_ok(&in, "JsonExport", p, 1);
+    for (int i = 0; i < 3; i++) {
+        char *e = export_one(&in, export_msg);
+        if (e)
+            fail_msg("export failed: %s", e);
+    }
+    size_t len = 0;
+    char *d = slurp(path, &len);
+    assert_non_null(d);
+    /* Three lines, each one JSON object that parses back. */
+    size_t lines = 0;
+    for (char *l = d; *l;) {
+        char *nl = strchr(l, '\n');
+        assert_non_null(nl);
+        tern_arena a;
+        tern_arena_init(&a, 4096);
+        tern_json *root = NULL;
+        size_t off = 0;
+        int rc = tern_json_parse(l, (size_t)(nl - l), NULL, &a, &root, &off);
+        if (rc != 0)
+            fail_msg("line %zu: %s at %zu", lines, tern_json_strerror(rc), off);
+        check_record(root);
+        tern_arena_free(&a);
+        lines++;
+        l = nl + 1;
+    }
+    assert_int_equal(lines, 3);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0640);
+    free(d);
+    inst_fini(&in);
+    rm_tmpdir();
+}
+
+static void test_json_export_rotation(void **state)
+{
+    mk_tmpdir();
+    char path[128], p1[140], p2[140], p3[140];
+    snprintf(path, sizeof(path), "%s/x.jsonl", tmpdir);
+    snprintf(p1, sizeof(p1), "%s.1", path);
+    snprintf(p2, sizeof(p2), "%s.2", path);
+    snprintf(p3, sizeof(p3), "%s.3", path);
+    inst in;
+    /* Each record is over 1 KiB: a few fit in 4k, then it rotates. */
+    tern_mailet_param p[] = {P("file", path), P("max_size", "4k"), P("keep", "2"),
+                             P("fsync", "false")};
+    inst_ok(&in, "JsonExport", p, 4);
+    for (int i = 0; i < 9; i++) {
+        char *e = export_one(&in, export_msg);
+        if (e)
+            fail_msg("export failed: %s", e);
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        assert_true(st.st_size <= 4096);
+    }
+    struct stat st;
+    assert_int_equal(stat(p1, &st), 0);
+    assert_int_equal(stat(p2, &st), 0);
+    assert_int_not_equal(stat(p3, &st), 0); /* keep: 2 */
+    size_t l1 = 0;
+    char *d = slurp(p1, &l1);
+    assert_non_null(d);
+    assert_true(count_of(d, "\n") >= 2 && l1 <= 4096);
+    free(d);
+    inst_fini(&in);
+
+    /* keep: 0 deletes; a record larger than max_size is written whole. */
+    tern_mailet_param k0[] = {P("file", path), P("max_size", "4k"), P("keep", "0")};
+    inst_ok(&in, "JsonExport", k0, 3);
+    char big[12000];
+    snprintf(big, sizeof(big), "Subject: big\r\n\r\n");
+    size_t o = strlen(big);
+    memset(big + o, 'b', 8000);
+    big[o + 8000] = '\0';
+    char *e = export_one(&in, big);
+    assert_null(e);
+    d = slurp(path, NULL);
+    assert_int_equal(count_of(d, "\n"), 1);
+    assert_true(strlen(d) > 8000);
+    free(d);
+    e = export_one(&in, export_msg);
+    assert_null(e);
+    d = slurp(path, NULL);
+    assert_int_equal(count_of(d, "\n"), 1);
+    assert_true(strlen(d) < 4096);
+    free(d);
+    inst_fini(&in);
+
+    /* body_max cuts the text on a character boundary and says so. */
+    tern_mailet_param bm[] = {P("file", path), P("body_max", "5")};
+    inst_ok(&in, "JsonExport", bm, 2);
+    unlink(path);
+    assert_null(export_one(&in, "Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nabcdé"));
+    d = slurp(path, NULL);
+    assert_non_null(strstr(d, "\"body\":\"abcd\",\"bodyTruncated\":true"));
+    free(d);
+    inst_fini(&in);
+
+    /* A file that cannot be written: an error for on_error. */
+    char bad[160];
+    snprintf(bad, sizeof(bad), "%s/no/such/dir/x.jsonl", tmpdir);
+    tern_mailet_param pb[] = {P("file", bad)};
+    inst_ok(&in, "JsonExport", pb, 1);
+    e = export_one(&in, export_msg);
+    assert_non_null(e);
+    assert_non_null(strstr(e, "No such file"));
+    free(e);
+    inst_fini(&in);
+    rm_tmpdir();
+}
+
+/* A one-shot HTTP server on loopback: answers `status` after reading a
+ * whole request (or nothing at all when status is 0). */
+typedef struct {
+    int lfd;
+    int status;
+    char req[65536];
+    size_t req_len;
+} http_srv;
+
+static void *srv_main(void *arg)
+{
+    http_srv *s = arg;
+    int fd = accept(s->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    size_t want = 0;
+    while (s->req_len < sizeof(s->req) - 1) {
+        ssize_t r = recv(fd, s->req + s->req_len, sizeof(s->req) - 1 - s->req_len, 0);
+        if (r <= 0)
+            break;
+        s->req_len += (size_t)r;
+        s->req[s->req_len] = '\0';
+        char *end = strstr(s->req, "\r\n\r\n");
+        char *cl = strcasestr(s->req, "Content-Length:");
+        if (end && cl && want == 0)
+            want = (size_t)(end + 4 - s->req) + strtoul(cl + 15, NULL, 10);
+        if (want && s->req_len >= want)
+            break;
+    }
+    if (s->status) {
+        char resp[128];
+        int n = snprintf(resp, sizeof(resp), "HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n", s->status);
+        ssize_t w = send(fd, resp, (size_t)n, MSG_NOSIGNAL);
+        (void)w;
+    } else
+        usleep(700 * 1000); /* longer than the client's timeout */
+    close(fd);
+    return NULL;
+}
+
+static int srv_start(http_srv *s, pthread_t *t, int status)
+{
+    memset(s, 0, sizeof(*s));
+    s->status = status;
+    s->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(s->lfd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(s->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(s->lfd, 4), 0);
+    socklen_t sl = sizeof(a);
+    assert_int_equal(getsockname(s->lfd, (struct sockaddr *)&a, &sl), 0);
+    assert_int_equal(pthread_create(t, NULL, srv_main, s), 0);
+    return ntohs(a.sin_port);
+}
+
+static void test_json_export_http(void **state)
+{
+    http_srv *s = calloc(1, sizeof(*s));
+    pthread_t t;
+    int port = srv_start(s, &t, 201);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/hook/mail", port);
+    inst in;
+    tern_mailet_param p[] = {P("url", url), P("timeout", "2s")};
+    inst_ok(&in, "JsonExport", p, 2);
+    char *e = export_one(&in, export_msg);
+    if (e)
+        fail_msg("post failed: %s", e);
+    pthread_join(t, NULL);
+    close(s->lfd);
+    assert_true(strncmp(s->req, "POST /hook/mail HTTP/1.1\r\n", 26) == 0);
+    char host[64];
+    snprintf(host, sizeof(host), "Host: 127.0.0.1:%d\r\n", port);
+    assert_non_null(strstr(s->req, host));
+    assert_non_null(strstr(s->req, "Content-Type: application/json\r\n"));
+    char *body = strstr(s->req, "\r\n\r\n") + 4;
+    tern_arena a;
+    tern_arena_init(&a, 4096);
+    tern_json *root = NULL;
+    assert_int_equal(tern_json_parse(body, strlen(body), NULL, &a, &root, NULL), 0);
+    check_record(root);
+    tern_arena_free(&a);
+    inst_fini(&in);
+
+    /* A non-2xx status is an error. */
+    port = srv_start(s, &t, 503);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", port);
+    tern_mailet_param p2[] = {P("url", url), P("timeout", "2s")};
+    inst_ok(&in, "JsonExport", p2, 2);
+    e = export_one(&in, export_msg);
+    pthread_join(t, NULL);
+    close(s->lfd);
+    assert_non_null(e);
+    assert_non_null(strstr(e, "HTTP 503"));
+    free(e);
+    inst_fini(&in);
+
+    /* No answer within the timeout. */
+    port = srv_start(s, &t, 0);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/slow", port);
+    tern_mailet_param p3[] = {P("url", url), P("timeout", "300ms")};
+    inst_ok(&in, "JsonExport", p3, 2);
+    e = export_one(&in, export_msg);
+    pthread_join(t, NULL);
+    close(s->lfd);
+    assert_non_null(e);
+    assert_non_null(strstr(e, "no answer"));
+    free(e);
+    inst_fini(&in);
+
+    /* Refused: nothing listens on the port any more. */
+    inst_ok(&in, "JsonExport", p3, 2);
+    e = export_one(&in, export_msg);
+    assert_non_null(e);
+    assert_non_null(strstr(e, "connecting"));
+    free(e);
+    inst_fini(&in);
+    free(s);
+}
+
+static void test_json_export_params(void **state)
+{
+    inst_bad("JsonExport", NULL, 0);
+    tern_mailet_param both[] = {P("file", "/tmp/x"), P("url", "http://127.0.0.1/")};
+    assert_non_null(strstr(inst_bad("JsonExport", both, 2), "exactly one"));
+    tern_mailet_param rel[] = {P("file", "relative.jsonl")};
+    assert_non_null(strstr(inst_bad("JsonExport", rel, 1), "absolute"));
+    tern_mailet_param tls[] = {P("url", "https://127.0.0.1/")};
+    assert_non_null(strstr(inst_bad("JsonExport", tls, 1), "https is not supported"));
+    tern_mailet_param port[] = {P("url", "http://127.0.0.1:99999/")};
+    assert_non_null(strstr(inst_bad("JsonExport", port, 1), "port"));
+    tern_mailet_param sz[] = {P("file", "/tmp/x"), P("max_size", "10")};
+    assert_non_null(strstr(inst_bad("JsonExport", sz, 2), "max_size"));
+    tern_mailet_param keep[] = {P("file", "/tmp/x"), P("keep", "1000")};
+    assert_non_null(strstr(inst_bad("JsonExport", keep, 2), "keep"));
+    tern_mailet_param fs[] = {P("file", "/tmp/x"), P("fsync", "maybe")};
+    assert_non_null(strstr(inst_bad("JsonExport", fs, 2), "fsync"));
+    tern_mailet_param to[] = {P("url", "http://127.0.0.1/"), P("timeout", "1h")};
+    assert_non_null(strstr(inst_bad("JsonExport", to, 2), "timeout"));
+    tern_mailet_param mix[] = {P("url", "http://127.0.0.1/"), P("keep", "3")};
+    assert_non_null(strstr(inst_bad("JsonExport", mix, 2), "only with file"));
+    tern_mailet_param mix2[] = {P("file", "/tmp/x"), P("timeout", "3s")};
+    assert_non_null(strstr(inst_bad("JsonExport", mix2, 2), "only with url"));
+    /* IPv6 literal and default port accepted. */
+    inst in;
+    tern_mailet_param v6[] = {P("url", "http://[::1]/x")};
+    inst_ok(&in, "JsonExport", v6, 1);
+    inst_fini(&in);
+}
+
+/* Bad parameters surface as config errors of the pipeline, with the path. */
+static void test_pipeline_errors(void **state)
+{
+    const char *yaml = "domains: [example.com]\n"
+                       "listeners:\n"
+                       "  - name: mx\n"
+                       "    protocol: smtp\n"
+                       "    address: 127.0.0.1\n"
+                       "    port: 2525\n"
+                       "processors:\n"
+                       "  root:\n"
+                       "    - match: All\n"
+                       "      mailet: AddFooter\n"
+                       "      html: <p>x</p>\n"
+                       "    - match: All\n"
+                       "      mailet: JsonExport\n"
+                       "      url: https://example.org/\n"
+                       "    - mailet: \"Null\"\n"
+                       "  error:\n"
+                       "    - mailet: \"Null\"\n"
+                       "  bounces:\n"
+                       "    - mailet: \"Null\"\n";
+    tern_config_errors errs;
+    tern_config_errors_init(&errs);
+    tern_config *cfg = tern_config_load_string(yaml, strlen(yaml), "test", &errs);
+    if (cfg == NULL)
+        fail_msg("config: %s", errs.n ? errs.items[0] : "?");
+    tern_pipeline *p = tern_pipeline_build(cfg, NULL, &errs);
+    assert_null(p);
+    assert_int_equal(errs.n, 2);
+    assert_non_null(strstr(errs.items[0], "AddFooter"));
+    assert_non_null(strstr(errs.items[0], "text"));
+    assert_non_null(strstr(errs.items[1], "https"));
+    tern_config_errors_free(&errs);
+    tern_config_unref(cfg);
+}
+
 /* ---- lib/json_write ----------------------------------------------------------- */
 
 static void test_json_write(void **state)
@@ -794,6 +1309,12 @@ int main(void)
         cmocka_unit_test(test_footer_mixed),
         cmocka_unit_test(test_footer_signed),
         cmocka_unit_test(test_footer_params),
+        cmocka_unit_test(test_log_message),
+        cmocka_unit_test(test_json_export_file),
+        cmocka_unit_test(test_json_export_rotation),
+        cmocka_unit_test(test_json_export_http),
+        cmocka_unit_test(test_json_export_params),
+        cmocka_unit_test(test_pipeline_errors),
         cmocka_unit_test(test_json_write),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
