@@ -350,6 +350,49 @@ static int base64_lines(tern_buf *out, const uint8_t *in, size_t len, const char
     return rc;
 }
 
+/* Would a line of s[0..n) read as a boundary line of a multipart around
+ * part p? (A boundary line is "--" + boundary at a line start; what
+ * follows it on the line does not matter.) */
+static bool hits_boundary(const uint8_t *s, size_t n, const tern_mime_part *p)
+{
+    for (size_t i = 0; i + 2 <= n;) {
+        if (s[i] == '-' && s[i + 1] == '-') {
+            for (const tern_mime_part *a = p->parent; a; a = a->parent) {
+                size_t bl = a->boundary ? strlen(a->boundary) : 0;
+                if (bl && i + 2 + bl <= n && memcmp(s + i + 2, a->boundary, bl) == 0)
+                    return true;
+            }
+        }
+        const uint8_t *nl = memchr(s + i, '\n', n - i);
+        if (nl == NULL)
+            break;
+        i = (size_t)(nl - s) + 1;
+    }
+    return false;
+}
+
+/* QP output with "=2D" for the first '-' of every line starting "--", so
+ * no line of the encoded part can be taken for a boundary. */
+static int qp_safe(tern_buf *out, const uint8_t *in, size_t len)
+{
+    tern_buf q;
+    tern_buf_init(&q, 0);
+    int rc = tern_qp_encode(&q, in, len, 0);
+    for (size_t i = 0; rc == 0 && i < q.len;) {
+        const uint8_t *nl = memchr(q.data + i, '\n', q.len - i);
+        size_t end = nl ? (size_t)(nl - q.data) + 1 : q.len;
+        if (end - i >= 2 && q.data[i] == '-' && q.data[i + 1] == '-') {
+            rc = tern_buf_append_str(out, "=2D");
+            i++;
+        }
+        if (rc == 0)
+            rc = tern_buf_append(out, q.data + i, end - i);
+        i = end;
+    }
+    tern_buf_free(&q);
+    return rc;
+}
+
 static void edit_part(const add_footer *f, const tern_mime_part *p, const uint8_t *msg,
                       size_t len, bool root, const char *eol, part_edit *e)
 {
@@ -367,7 +410,7 @@ static void edit_part(const add_footer *f, const tern_mime_part *p, const uint8_
     }
     tern_buf text;
     tern_buf_init(&text, f->max_part + AF_FOOTER_MAX * 2);
-    if (p->body_size > f->max_part * 2 + 1024 ||
+    if (p->body_size > (uint64_t)f->max_part * 3 + 1024 ||
         tern_mime_part_decode(p, msg, len, &text) != 0 || text.len > f->max_part) {
         tern_buf_free(&text);
         e->skip = true;
@@ -440,11 +483,16 @@ static void edit_part(const add_footer *f, const tern_mime_part *p, const uint8_
                 e->body.len -= el;
             break;
         case TERN_MIME_ENC_QP:
-            rc = tern_qp_encode(&e->body, out.data, out.len, 0);
+            rc = qp_safe(&e->body, out.data, out.len);
             break;
         case TERN_MIME_ENC_7BIT:
-            if (has_8bit(out.data, out.len)) {
-                rc = tern_qp_encode(&e->body, out.data, out.len, 0);
+        case TERN_MIME_ENC_8BIT:
+        case TERN_MIME_ENC_BINARY:
+            /* As they are, unless 8-bit bytes would go into a 7bit part or
+             * the footer (or moved text) would make a boundary line. */
+            if ((p->encoding == TERN_MIME_ENC_7BIT && has_8bit(out.data, out.len)) ||
+                (!root && hits_boundary(out.data, out.len, p))) {
+                rc = qp_safe(&e->body, out.data, out.len);
                 e->cte = "quoted-printable";
                 break;
             }
@@ -553,6 +601,83 @@ static int rewrite_part_header(tern_buf *out, const tern_mime_part *p, const uin
     return rc;
 }
 
+/* Writes the edits into x (the mail, or a rehearsal copy of it). */
+static int apply(tern_mail *m, const targets *t, part_edit *edits, const tern_mime_part *root,
+                 const uint8_t *msg, size_t len, const char *eol)
+{
+    if (t->parts[0] == root) {
+        /* The message is the text: its header fields are the mail's. */
+        part_edit *e = &edits[0];
+        if (e->set_utf8) {
+            tern_buf ct;
+            tern_buf_init(&ct, TERN_MAIL_MAX_VALUE);
+            int rc = content_type_utf8(&ct, root);
+            if (rc == 0)
+                rc = tern_buf_append(&ct, "", 1);
+            if (rc == 0 && !tern_mail_header_get(m, "MIME-Version", 0))
+                rc = tern_mail_header_set(m, "MIME-Version", "1.0");
+            if (rc == 0)
+                rc = tern_mail_header_set(m, "Content-Type", (const char *)ct.data);
+            tern_buf_free(&ct);
+            if (rc != 0)
+                return -1;
+        }
+        if (e->cte) {
+            if (!tern_mail_header_get(m, "MIME-Version", 0) &&
+                tern_mail_header_set(m, "MIME-Version", "1.0") != 0)
+                return -1;
+            if (tern_mail_header_set(m, "Content-Transfer-Encoding", e->cte) != 0)
+                return -1;
+        }
+        if (tern_mail_body_replace(m, e->body.data ? e->body.data : (const uint8_t *)"",
+                                   e->body.len) != 0)
+            return -1;
+    } else {
+        /* Splice the new parts into the body, in document order. */
+        tern_buf nb;
+        tern_buf_init(&nb, 0);
+        uint64_t pos = root->body_offset;
+        int rc = 0;
+        for (size_t i = 0; i < t->n && rc == 0; i++) {
+            const tern_mime_part *p = t->parts[i];
+            part_edit *e = &edits[i];
+            if (e->skip)
+                continue;
+            bool hdr = e->set_utf8 || e->cte;
+            uint64_t from = hdr ? p->header_offset : p->body_offset;
+            if (from < pos)
+                continue; /* cannot happen with tree order; never write twice */
+            rc = tern_buf_append(&nb, msg + pos, (size_t)(from - pos));
+            if (rc == 0 && hdr)
+                rc = rewrite_part_header(&nb, p, msg, e, eol);
+            if (rc == 0)
+                rc = tern_buf_append(&nb, e->body.data ? e->body.data : (const uint8_t *)"",
+                                     e->body.len);
+            pos = p->body_end;
+        }
+        if (rc == 0)
+            rc = tern_buf_append(&nb, msg + pos, (size_t)(len - pos));
+        if (rc != 0 || tern_mail_body_replace(m, nb.data, nb.len) != 0) {
+            tern_buf_free(&nb);
+            return -1;
+        }
+        tern_buf_free(&nb);
+    }
+    return 0;
+}
+
+/* The same tree of parts with the same types: the footer did not make or
+ * unmake any part. */
+static bool same_shape(const tern_mime_part *a, const tern_mime_part *b)
+{
+    for (; a && b; a = a->next, b = b->next) {
+        if (strcmp(a->type, b->type) != 0 || strcmp(a->subtype, b->subtype) != 0 ||
+            a->n_children != b->n_children || !same_shape(a->children, b->children))
+            return false;
+    }
+    return a == NULL && b == NULL;
+}
+
 /* ---- service ---------------------------------------------------------------------- */
 
 static tern_mailet_verdict af_service(void *state, tern_mail *m, tern_mailet_result *res)
@@ -580,6 +705,14 @@ static tern_mailet_verdict af_service(void *state, tern_mail *m, tern_mailet_res
     const uint8_t *first_nl = memchr(msg, '\n', len);
     const char *eol = (first_nl && first_nl > msg && first_nl[-1] == '\r') || first_nl == NULL
                           ? "\r\n" : "\n";
+    /* The parse must see the mail's own header/body split, or the offsets
+     * below would cut the body in the wrong place (a header field the
+     * mail keeps as raw bytes can hide its end from the parser). */
+    if (root->body_offset != len - tern_mail_body_size(m)) {
+        tern_mail_log(m, TERN_MAILET_LOG_INFO,
+                      "footer not added: the header does not end where the body starts");
+        goto out;
+    }
     choose(&t, root, true);
     if (t.protected_type && t.n == 0) {
         tern_mail_log(m, TERN_MAILET_LOG_INFO,
@@ -602,64 +735,31 @@ static tern_mailet_verdict af_service(void *state, tern_mail *m, tern_mailet_res
     }
     if (done == 0)
         goto out;
-    if (t.parts[0] == root) {
-        /* The message is the text: its header fields are the mail's. */
-        part_edit *e = &edits[0];
-        if (e->set_utf8) {
-            tern_buf ct;
-            tern_buf_init(&ct, TERN_MAIL_MAX_VALUE);
-            int rc = content_type_utf8(&ct, root);
-            if (rc == 0)
-                rc = tern_buf_append(&ct, "", 1);
-            if (rc == 0 && !tern_mail_header_get(m, "MIME-Version", 0))
-                rc = tern_mail_header_set(m, "MIME-Version", "1.0");
-            if (rc == 0)
-                rc = tern_mail_header_set(m, "Content-Type", (const char *)ct.data);
-            tern_buf_free(&ct);
-            if (rc != 0)
-                goto fail;
-        }
-        if (e->cte) {
-            if (!tern_mail_header_get(m, "MIME-Version", 0) &&
-                tern_mail_header_set(m, "MIME-Version", "1.0") != 0)
-                goto fail;
-            if (tern_mail_header_set(m, "Content-Transfer-Encoding", e->cte) != 0)
-                goto fail;
-        }
-        if (tern_mail_body_replace(m, e->body.data ? e->body.data : (const uint8_t *)"",
-                                   e->body.len) != 0)
-            goto fail;
-    } else {
-        /* Splice the new parts into the body, in document order. */
-        tern_buf nb;
-        tern_buf_init(&nb, 0);
-        uint64_t pos = root->body_offset;
-        int rc = 0;
-        for (size_t i = 0; i < t.n && rc == 0; i++) {
-            const tern_mime_part *p = t.parts[i];
-            part_edit *e = &edits[i];
-            if (e->skip)
-                continue;
-            bool hdr = e->set_utf8 || e->cte;
-            uint64_t from = hdr ? p->header_offset : p->body_offset;
-            if (from < pos)
-                continue; /* cannot happen with tree order; never write twice */
-            rc = tern_buf_append(&nb, msg + pos, (size_t)(from - pos));
-            if (rc == 0 && hdr)
-                rc = rewrite_part_header(&nb, p, msg, e, eol);
-            if (rc == 0)
-                rc = tern_buf_append(&nb, e->body.data ? e->body.data : (const uint8_t *)"",
-                                     e->body.len);
-            pos = p->body_end;
-        }
-        if (rc == 0)
-            rc = tern_buf_append(&nb, msg + pos, (size_t)(len - pos));
-        if (rc != 0 || tern_mail_body_replace(m, nb.data, nb.len) != 0) {
-            tern_buf_free(&nb);
-            goto fail;
-        }
-        tern_buf_free(&nb);
+    /* Rehearsed on a copy first: if the result would not parse into the
+     * same tree of parts, the mail is left as it was. */
+    tern_mail *copy = tern_mail_clone_empty(m);
+    if (copy == NULL || apply(copy, &t, edits, root, msg, len, eol) != 0) {
+        tern_mail_free(copy);
+        goto fail;
     }
+    size_t clen = 0;
+    uint8_t *cmsg = tern_mail_serialize(copy, &clen);
+    tern_mail_free(copy);
+    if (cmsg == NULL)
+        goto fail;
+    tern_arena ca;
+    tern_arena_init(&ca, 8192);
+    const tern_mime_part *croot = tern_mime_parse(&ca, cmsg, clen, NULL);
+    bool same = croot && same_shape(root, croot);
+    tern_arena_free(&ca);
+    free(cmsg);
+    if (!same) {
+        tern_mail_log(m, TERN_MAILET_LOG_INFO,
+                      "footer not added: the message would not keep its MIME structure");
+        goto out;
+    }
+    if (apply(m, &t, edits, root, msg, len, eol) != 0)
+        goto fail;
     tern_mail_log(m, TERN_MAILET_LOG_DEBUG, "footer added to %zu part(s)", done);
     goto out;
 fail:

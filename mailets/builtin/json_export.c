@@ -704,6 +704,12 @@ const char *tern_json_export_job_error(const je_job *j)
     return j->rc ? j->err : NULL;
 }
 
+const uint8_t *tern_json_export_job_record(const je_job *j, size_t *len_r)
+{
+    *len_r = j->rec.len;
+    return j->rec.data;
+}
+
 void tern_json_export_job_free(je_job *j)
 {
     if (j == NULL)

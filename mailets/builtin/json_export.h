@@ -16,6 +16,9 @@ je_job *tern_json_export_job_new(void *state, tern_mail *m);
 void tern_json_export_job_run(je_job *j);
 /* NULL on success, else why it failed. */
 const char *tern_json_export_job_error(const je_job *j);
+/* The record as built so far (whole after run; file mode adds a final
+ * newline). */
+const uint8_t *tern_json_export_job_record(const je_job *j, size_t *len_r);
 void tern_json_export_job_free(je_job *j);
 
 #endif

@@ -721,6 +721,48 @@ static void test_footer_signed(void **state)
     inst_fini(&in);
 }
 
+
+/* Neither the footer nor re-encoded text may make a line that reads as a
+ * boundary of a multipart around the part. */
+static void test_footer_boundary_collision(void **state)
+{
+    inst in;
+    tern_mailet_param p[] = {P("text", "--sep and more\n")};
+    inst_ok(&in, "AddFooter", p, 1);
+    const char *msgs[] = {
+        /* 7bit part: becomes QP with the dash escaped. */
+        "Content-Type: multipart/mixed; boundary=sep\r\n\r\n"
+        "--sep\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        "--sep\r\nContent-Type: text/plain; name=a.txt\r\n\r\nsecond\r\n--sep--\r\n",
+        /* QP part whose text holds a boundary-like line once decoded. */
+        "Content-Type: multipart/mixed; boundary=sep\r\n\r\n"
+        "--sep\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        "=2D-sep inside\r\n"
+        "--sep\r\nContent-Type: text/plain; name=a.txt\r\n\r\nsecond\r\n--sep--\r\n",
+    };
+    for (size_t i = 0; i < 2; i++) {
+        tern_mail *m = mk_mail(msgs[i]);
+        assert_int_equal(run(&in, m), TERN_MAILET_CONTINUE);
+        char *out = ser(m);
+        tern_arena ar;
+        tern_arena_init(&ar, 4096);
+        tern_mime_part *root = tern_mime_parse(&ar, (const uint8_t *)out, strlen(out), NULL);
+        assert_int_equal(tern_mime_count_parts(root), 3);
+        tern_arena_free(&ar);
+        const char *cte = NULL;
+        char *txt = part_text(out, "plain", 0, NULL, &cte);
+        assert_string_equal(cte, "quoted-printable");
+        assert_string_equal(txt, i == 0 ? "hello\r\n--sep and more" : "--sep inside\r\n--sep and more");
+        free(txt);
+        txt = part_text(out, "plain", 1, NULL, NULL);
+        assert_string_equal(txt, "second");
+        free(txt);
+        free(out);
+        tern_mail_standalone_free(m);
+    }
+    inst_fini(&in);
+}
+
 static void test_footer_params(void **state)
 {
     inst_bad("AddFooter", NULL, 0);
@@ -1308,6 +1350,7 @@ int main(void)
         cmocka_unit_test(test_footer_alternative),
         cmocka_unit_test(test_footer_mixed),
         cmocka_unit_test(test_footer_signed),
+        cmocka_unit_test(test_footer_boundary_collision),
         cmocka_unit_test(test_footer_params),
         cmocka_unit_test(test_log_message),
         cmocka_unit_test(test_json_export_file),
