@@ -248,3 +248,51 @@ def test_json_export_dead_endpoint_sends_mail_to_error(tern_factory, tmp_path):
     r = send(t, make_message(subject=f"x {marker}", to=ACCOUNT))
     assert wait_for(lambda: f"event=rcpt_remote qid={r.qid}" in t.log(0)), t.log(0)[-3000:]
     assert "connecting to 127.0.0.1" in t.log(0)
+
+
+def test_json_export_concurrent_mail_rotates_without_losing_records(tern_factory, tmp_path):
+    # Mail from several connections at once (two worker loops, pool
+    # threads writing together) into a small file that rotates: every
+    # record is whole, on its own line, and none is lost while keep holds.
+    export = tmp_path / "rot.jsonl"
+    t = start(tern_factory, chain([
+        {"match": "All", "mailet": "JsonExport", "file": str(export), "max_size": "8k",
+         "keep": "50"}]))
+    n_threads, per_thread = 4, 6
+    qids, errors = [], []
+
+    def worker(k):
+        try:
+            c = t.connect()
+            try:
+                for i in range(per_thread):
+                    r = _send_mail(c, "sender@example.org", [ACCOUNT],
+                                   make_message(subject=f"c{k}-{i}", to=ACCOUNT,
+                                                body="x" * 900 + "\r\n"))
+                    qids.append(r.qid)
+                    c.cmd("RSET")
+            finally:
+                c.cmd("QUIT")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors, errors
+    assert len(qids) == n_threads * per_thread
+
+    def records():
+        out = []
+        for f in [export] + sorted(tmp_path.glob("rot.jsonl.*")):
+            if f.exists():
+                data = f.read_text()
+                assert data == "" or data.endswith("\n")
+                assert f == export or len(data) <= 8192
+                out += [json.loads(ln) for ln in data.splitlines()]
+        return out
+    recs = wait_for(lambda: len(records()) == len(qids) and records())
+    assert sorted(r["qid"] for r in recs) == sorted(qids)
+    assert len(list(tmp_path.glob("rot.jsonl.*"))) >= 2
