@@ -763,6 +763,44 @@ static void test_footer_boundary_collision(void **state)
     inst_fini(&in);
 }
 
+
+/* A header field holding a NUL: the mail keeps it as raw bytes, which its
+ * serialisation cuts at the NUL, so the parser would see another header
+ * (found by fuzz_mailets_content). The footer leaves such mail alone. */
+static void test_footer_nul_in_header(void **state)
+{
+    inst in = footer_inst(NULL);
+    /* Serialised, the field loses its line end: the parser then reads
+     * the body's first lines as header and ends it later than the mail. */
+    static const char msg[] = "X-Bad\x01: a\0b\r\n"
+                              "\r\n"
+                              "--outer\r\n"
+                              "Content-Type: multipart/alternative; boundary=inner\r\n"
+                              "\r\n"
+                              "--inner\r\n"
+                              "Content-Type: text/plain\r\n"
+                              "\r\n"
+                              "hello\r\n"
+                              "--inner--\r\n";
+    tern_envelope env;
+    memset(&env, 0, sizeof(env));
+    memcpy(env.qid, "AAAABBBBCCCCDDDD", TERN_QID_LEN);
+    env.mail_from = "a@example.org";
+    tern_spool_rcpt r = {.addr = "b@example.com"};
+    env.rcpts = &r;
+    env.n_rcpts = 1;
+    tern_mail *m = tern_mail_standalone(&env, (const uint8_t *)msg, sizeof(msg) - 1, NULL);
+    assert_non_null(m);
+    char *before = ser(m);
+    assert_int_equal(run(&in, m), TERN_MAILET_CONTINUE);
+    char *after = ser(m);
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+    tern_mail_standalone_free(m);
+    inst_fini(&in);
+}
+
 static void test_footer_params(void **state)
 {
     inst_bad("AddFooter", NULL, 0);
@@ -1351,6 +1389,7 @@ int main(void)
         cmocka_unit_test(test_footer_mixed),
         cmocka_unit_test(test_footer_signed),
         cmocka_unit_test(test_footer_boundary_collision),
+        cmocka_unit_test(test_footer_nul_in_header),
         cmocka_unit_test(test_footer_params),
         cmocka_unit_test(test_log_message),
         cmocka_unit_test(test_json_export_file),
