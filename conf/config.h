@@ -107,6 +107,26 @@ typedef struct tern_smtp_conf {
     size_t n_relay_networks;
 } tern_smtp_conf;
 
+/* pop3: what the POP3 session enforces and advertises (RFC 1939, RFC 2449). */
+typedef enum {
+    TERN_POP3_DELETE_EXPUNGE = 0, /* DELE'd messages are expunged at QUIT */
+    TERN_POP3_DELETE_TRASH,       /* moved to the account's Trash mailbox instead */
+    TERN_POP3_DELETE_KEEP,        /* flagged \Deleted and \Seen, left for IMAP to expunge;
+                                     hidden from later POP3 sessions */
+} tern_pop3_delete_policy;
+
+typedef struct tern_pop3_conf {
+    uint32_t max_command_line;   /* default 512 (RFC 2449 4 says 255); bounds 255..64KiB */
+    uint32_t max_errors;         /* bad commands before the session is dropped; default 10 */
+    uint32_t max_messages;       /* a maildrop shows at most this many (oldest first); default 100000 */
+    tern_pop3_delete_policy delete_policy; /* default expunge */
+    uint64_t login_delay_ms;     /* LOGIN-DELAY (RFC 2449 6.5), seconds on the wire; enforced per
+                                    account in this process; default 0 (not advertised) */
+    char *expire;                /* EXPIRE (RFC 2449 6.7) advertised: "never" (default) or days */
+    uint64_t idle_timeout_ms;    /* RFC 1939 3 autologout; default 10m, at least 10m by the RFC */
+    bool apop;                   /* offer APOP (needs {PLAIN} credentials); default false */
+} tern_pop3_conf;
+
 typedef struct tern_spool_conf {
     uint64_t segment_size;       /* spool segment file size before rotation; default 64MiB */
     uint64_t group_commit_delay_us; /* max wait to gather a batch; default 0 (batch what is pending) */
@@ -294,6 +314,7 @@ typedef struct tern_config {
     size_t n_listeners;
     tern_tls_conf tls;
     tern_smtp_conf smtp;
+    tern_pop3_conf pop3;
     tern_limits_conf limits;
     tern_spool_conf spool;
     char **domains;     /* local domains: mail for them is accepted; lowercase */

@@ -282,6 +282,31 @@ static const field smtp_fields[] = {
 };
 static const schema_map smtp_schema = {smtp_fields, COUNT(smtp_fields), NULL};
 
+static const char *const pop3_delete_names[] = {"expunge", "trash", "keep", NULL};
+
+static const char *check_pop3_expire(const char *s)
+{
+    if (strcmp(s, "never") == 0)
+        return NULL;
+    size_t n = strlen(s);
+    if (n == 0 || n > 5 || strspn(s, "0123456789") != n)
+        return "must be never or a number of days (0..99999)";
+    return NULL;
+}
+
+static const field pop3_fields[] = {
+    F_SIZE("max_command_line", tern_pop3_conf, max_command_line, 255, 64 * KiB, 512),
+    F_UINT("max_errors", tern_pop3_conf, max_errors, 1, 1000, 10, 0),
+    F_UINT("max_messages", tern_pop3_conf, max_messages, 1, 10000000, 100000, 0),
+    F_ENUM("delete_policy", tern_pop3_conf, delete_policy, pop3_delete_names,
+           TERN_POP3_DELETE_EXPUNGE, 0),
+    F_DURATION("login_delay", tern_pop3_conf, login_delay_ms, 0, DAY, 0, 1),
+    F_STRING("expire", tern_pop3_conf, expire, "never", FL_LOWER, check_pop3_expire),
+    F_DURATION("idle_timeout", tern_pop3_conf, idle_timeout_ms, 10 * MIN, DAY, 10 * MIN, 1),
+    F_BOOL("apop", tern_pop3_conf, apop, false),
+};
+static const schema_map pop3_schema = {pop3_fields, COUNT(pop3_fields), NULL};
+
 static const field spool_fields[] = {
     F_SIZE("segment_size", tern_spool_conf, segment_size, MiB, 4 * GiB, 64 * MiB),
     F_UINT("group_commit_max", tern_spool_conf, group_commit_max, 1, 65536, 256, 0),
@@ -588,6 +613,7 @@ static const field root_fields[] = {
     F_STRLIST("domains", tern_config, domains, n_domains, FL_LOWER, conf__check_hostname),
     F_MAP("tls", tern_config, tls, tls_schema),
     F_MAP("smtp", tern_config, smtp, smtp_schema),
+    F_MAP("pop3", tern_config, pop3, pop3_schema),
     F_MAP("spool", tern_config, spool, spool_schema),
     F_MAP("storage", tern_config, storage, storage_schema),
     F_MAP("local", tern_config, local, local_schema),

@@ -9,6 +9,7 @@
 #include "lib/log.h"
 #include "mailets/engine.h"
 #include "server/queue.h"
+#include "protocols/pop3/pop3_session.h"
 #include "protocols/smtp/smtp_session.h"
 #include "server/server.h"
 
@@ -268,12 +269,20 @@ void tern_server_serve(tern_worker *w, int fd, const char *listener, tern_config
             ssize_t wr = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL);
             (void)wr;
         }
+        if (lc->tls != TERN_TLS_IMPLICIT && lc->protocol == TERN_PROTO_POP3) {
+            char line[200];
+            size_t n = tern_pop3_refusal(tern_admit_name(adm), line, sizeof(line));
+            ssize_t wr = send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+            (void)wr;
+        }
         serve__drop(fd, cfg, tls, auth);
         return;
     }
     tern_session_args args = {.cfg = cfg, .tls = tls, .auth = auth, .listener = li, .fd = fd};
     memcpy(&args.peer, &peer, sizeof(peer));
-    int r = tern_smtp_session_start(&w->host, &args);
+    int r = cfg->listeners[li].protocol == TERN_PROTO_POP3
+                ? tern_pop3_session_start(&w->host, &args)
+                : tern_smtp_session_start(&w->host, &args);
     if (r < 0) {
         tern_limits_release(w->srv->limits, (struct sockaddr *)&peer);
         TLOG_ERR("server", "event=session_failed listener=%s error=%s", listener, uv_strerror(r));

@@ -249,6 +249,7 @@ static const command top_cmds[] = {
     {"account", ternctl_cmd_account, "account COMMAND", "add, remove, list accounts; passwords, quotas"},
     {"alias", ternctl_cmd_alias, "alias COMMAND", "add, remove and list aliases and catch-alls"},
     {"repository", ternctl_cmd_repository, "repository COMMAND", "list, show, delete and release kept mails"},
+    {"message", ternctl_cmd_message, "message COMMAND", "append messages to a mailbox"},
     {NULL, NULL, NULL, NULL},
 };
 

@@ -28,5 +28,11 @@ int ternctl_cmd_domain(ctx *c, int argc, char **argv);
 int ternctl_cmd_account(ctx *c, int argc, char **argv);
 int ternctl_cmd_alias(ctx *c, int argc, char **argv);
 int ternctl_cmd_repository(ctx *c, int argc, char **argv);
+int ternctl_cmd_message(ctx *c, int argc, char **argv);
+struct tern_config;
+struct tern_store;
+/* The store the config names (ternctl_store.c); NULL after printing why. */
+struct tern_store *ternctl_store_open(ctx *c, struct tern_config **cfg_r);
+void ternctl_store_close(struct tern_store *s, struct tern_config *cfg);
 
 #endif

@@ -399,3 +399,14 @@ int ternctl_cmd_alias(ctx *c, int argc, char **argv)
 {
     return ternctl_dispatch(c, "alias", alias_cmds, argc, argv);
 }
+
+/* For the other command files (ternctl_message.c). */
+tern_store *ternctl_store_open(ctx *c, tern_config **cfg_r)
+{
+    return open_store(c, cfg_r);
+}
+
+void ternctl_store_close(tern_store *s, tern_config *cfg)
+{
+    close_store(s, cfg);
+}

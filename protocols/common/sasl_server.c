@@ -36,6 +36,7 @@ struct tern_sasl_srv {
     bool password_only;        /* USER/PASS or LOGIN, not a SASL exchange */
     bool dead;                 /* freed by the owner; goes when nothing is outstanding */
     unsigned pending;          /* backend request or delay timer outstanding */
+    unsigned closing;          /* delay timers whose handle is still closing */
     unsigned in_cb;
     uint64_t fail_delay_ms;    /* from a refused token, applied at the final failure */
     char *out;                 /* the last base64 data handed out */
@@ -133,7 +134,7 @@ tern_sasl_srv *tern_sasl_srv_new(tern_auth *auth, uv_loop_t *loop, tern_sasl_srv
 
 static void srv_maybe_free(tern_sasl_srv *s)
 {
-    if (!s->dead || s->pending > 0 || s->in_cb > 0)
+    if (!s->dead || s->pending > 0 || s->closing > 0 || s->in_cb > 0)
         return;
     tern_sasl_free(s->sasl);
     if (s->client)
@@ -201,7 +202,7 @@ static void delay_closed(uv_handle_t *h)
     srv_delay *d = (srv_delay *)h;
     tern_sasl_srv *s = d->s;
     free(d);
-    s->pending--;
+    s->closing--;
     srv_maybe_free(s);
 }
 
@@ -209,10 +210,15 @@ static void delay_fired(uv_timer_t *t)
 {
     srv_delay *d = (srv_delay *)t;
     tern_sasl_srv *s = d->s;
+    /* The delay is over: a new exchange may start from the callback
+     * while the handle is still closing. */
+    s->pending--;
+    s->closing++;
     uv_close((uv_handle_t *)t, delay_closed);
-    s->in_cb++; /* the close callback must not free us under deliver() */
+    s->in_cb++;
     deliver(s, TERN_SASL_SRV_FAILED, NULL);
     s->in_cb--;
+    srv_maybe_free(s);
 }
 
 /* A refused credential answers late, by the limiter's delay, so guessing
