@@ -183,13 +183,35 @@ size_t tern_pop3_stuffer_feed(tern_pop3_stuffer *s, const uint8_t *in, size_t le
                               size_t out_cap, size_t *out_len_r)
 {
     size_t o = 0, i = 0;
-    for (; i < len; i++) {
-        if (s->done)
+    while (i < len) {
+        if (s->done) {
+            i = len; /* TOP has what it wants: the rest is dropped */
+            break;
+        }
+        uint8_t b = in[i];
+        if (!s->cr && b != '\r' && b != '\n' && !(s->line_start && b == '.')) {
+            /* The common case, text within a line: copied as a run up to
+             * the next CR or LF (memchr is much faster than a byte loop). */
+            size_t run = len - i < out_cap - o ? len - i : out_cap - o;
+            if (run == 0)
+                break;
+            const uint8_t *e = memchr(in + i, '\n', run);
+            if (e)
+                run = (size_t)(e - (in + i));
+            e = memchr(in + i, '\r', run);
+            if (e)
+                run = (size_t)(e - (in + i));
+            memcpy(out + o, in + i, run);
+            o += run;
+            i += run;
+            s->line_start = false;
+            s->line_empty = false;
             continue;
+        }
         /* One input byte writes at most 4: a held CR's CRLF and "..". */
         if (out_cap - o < 4)
             break;
-        uint8_t b = in[i];
+        i++;
         if (s->cr) {
             s->cr = false;
             out[o++] = '\r';

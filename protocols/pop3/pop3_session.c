@@ -30,7 +30,7 @@
 
 #define MOD "pop3"
 #define OUT_HIGH_WATER (256 * 1024) /* stop producing while this much is unsent */
-#define BODY_CHUNK (64 * 1024)      /* message bytes asked of the store at a time */
+#define BODY_CHUNK (128 * 1024)     /* message bytes asked of the store at a time */
 #define STUFF_CAP (2 * BODY_CHUNK + 16)
 
 typedef enum {
