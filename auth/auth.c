@@ -715,6 +715,9 @@ static void finish_work(uv_work_t *w)
         } else {
             r->status = TERN_AUTH_EUNAVAIL;
         }
+        if (r->status == TERN_AUTH_OK && (d = tern_hash_find(stored, "PLAIN", &len)) != NULL &&
+            (r->out.secret = tern_arena_strndup(&r->arena, d, len)) != NULL)
+            r->out.secret_len = len;
         break;
     case TERN_AUTH_USER_EXISTS:
         if (!r->priv_.found)

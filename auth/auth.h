@@ -108,6 +108,9 @@ struct tern_auth_req {
         uint64_t delay_ms;      /* VERIFY_PASSWORD failure: wait this long before answering */
         tern_scram_keys scram;  /* GET_SCRAM_KEYS */
         uint8_t cram_md5[32];   /* GET_SECRET: the HMAC-MD5 context (tern_hash_cram_md5_digest) */
+        const char *secret;     /* GET_SECRET: the plaintext secret when the user has a {PLAIN}
+                                   credential, else NULL (POP3 APOP needs it: RFC 1939 7) */
+        size_t secret_len;
     } out;
 
     struct {                /* auth.c's bookkeeping */

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <mbedtls/md5.h>
+
 #include "auth/sasl/sasl.h"
 #include "lib/base64.h"
 #include "lib/log.h"
@@ -34,6 +36,10 @@ struct tern_sasl_srv {
     char mech[32];
     bool active;               /* lines are responses */
     bool password_only;        /* USER/PASS or LOGIN, not a SASL exchange */
+    bool apop;                 /* APOP: the GET_SECRET answer is checked here */
+    char apop_challenge[256];
+    char apop_digest[33];
+    char apop_user[TERN_AUTH_MAX_USER + 1];
     bool dead;                 /* freed by the owner; goes when nothing is outstanding */
     unsigned pending;          /* backend request or delay timer outstanding */
     unsigned closing;          /* delay timers whose handle is still closing */
@@ -171,6 +177,7 @@ static void srv_end(tern_sasl_srv *s)
     s->sasl = NULL;
     s->active = false;
     s->password_only = false;
+    s->apop = false;
     s->fail_delay_ms = 0;
 }
 
@@ -259,11 +266,64 @@ static bool uses_limiter_here(const tern_sasl_srv *s)
     return strcasecmp(s->mech, "SCRAM-SHA-256") == 0 || strcasecmp(s->mech, "CRAM-MD5") == 0;
 }
 
+/* MD5(challenge secret) in lowercase hex against the client's digest,
+ * without an early exit. */
+static bool apop_match(const char *challenge, const char *secret, size_t secret_len,
+                       const char *digest)
+{
+    uint8_t md[16];
+    mbedtls_md5_context c;
+    mbedtls_md5_init(&c);
+    int rc = mbedtls_md5_starts_ret(&c);
+    if (rc == 0)
+        rc = mbedtls_md5_update_ret(&c, (const uint8_t *)challenge, strlen(challenge));
+    if (rc == 0)
+        rc = mbedtls_md5_update_ret(&c, (const uint8_t *)secret, secret_len);
+    if (rc == 0)
+        rc = mbedtls_md5_finish_ret(&c, md);
+    mbedtls_md5_free(&c);
+    if (rc != 0 || strlen(digest) != 32)
+        return false;
+    static const char hex[] = "0123456789abcdef";
+    unsigned diff = 0;
+    for (size_t i = 0; i < 16; i++) {
+        diff |= (unsigned)(hex[md[i] >> 4] ^ tolower((unsigned char)digest[2 * i]));
+        diff |= (unsigned)(hex[md[i] & 15] ^ tolower((unsigned char)digest[2 * i + 1]));
+    }
+    return diff == 0;
+}
+
+static void apop_check(tern_sasl_srv *s, tern_auth_req *q)
+{
+    if (q->status != TERN_AUTH_OK && q->status != TERN_AUTH_ENOTFOUND &&
+        q->status != TERN_AUTH_EUNAVAIL) {
+        deliver(s, TERN_SASL_SRV_TEMPFAIL, NULL);
+        return;
+    }
+    /* Unknown user, no plaintext secret, wrong digest: one answer. */
+    bool ok = q->status == TERN_AUTH_OK && q->out.secret != NULL &&
+              apop_match(s->apop_challenge, q->out.secret, q->out.secret_len, s->apop_digest);
+    if (ok) {
+        snprintf(s->account, sizeof(s->account), "%s", q->out.account ? q->out.account : "");
+        snprintf(s->backend, sizeof(s->backend), "%s", q->out.backend ? q->out.backend : "");
+        tern_auth_limiter_success(s->auth, s->ip, s->account);
+        TLOG_INFO(MOD, "event=auth session=%s service=%s ip=%s mech=APOP account=%s", s->sid,
+                  s->service, s->ip, s->account);
+        deliver(s, TERN_SASL_SRV_SUCCESS, NULL);
+        return;
+    }
+    char u[300];
+    TLOG_WARN(MOD, "event=auth_failed session=%s service=%s ip=%s mech=APOP user=%s "
+              "reason=bad_credentials", s->sid, s->service, s->ip,
+              tern_log_q(u, sizeof(u), s->apop_user));
+    fail_creds(s, tern_auth_limiter_failure(s->auth, s->ip, s->apop_user, tern_now_ms()));
+}
+
 static void auth_done(tern_auth_req *q)
 {
     tern_sasl_srv *s = q->data;
     s->pending--;
-    if (s->dead || (s->sasl == NULL && !s->password_only)) {
+    if (s->dead || (s->sasl == NULL && !s->password_only && !s->apop)) {
         tern_auth_req_free(q);
         srv_maybe_free(s);
         return;
@@ -324,6 +384,10 @@ static void auth_done(tern_auth_req *q)
         }
         break;
     case TERN_AUTH_GET_SECRET:
+        if (s->apop) {
+            apop_check(s, q);
+            break;
+        }
         if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_ENOTFOUND ||
             q->status == TERN_AUTH_EUNAVAIL) {
             /* Unknown user or no secret: the digest cannot match, and the
@@ -596,6 +660,37 @@ static int srv_password(tern_sasl_srv *s, const tern_sasl_srv_params *p, const c
     }
     ask(s, TERN_AUTH_VERIFY_PASSWORD, user, (const uint8_t *)password, password_len, NULL);
     return 0;
+}
+
+static int srv_apop(tern_sasl_srv *s, const tern_sasl_srv_params *p, const char *user,
+                    const char *challenge, const char *digest)
+{
+    if (s->active || s->pending > 0)
+        return TERN_SASL_SRV_EBUSY;
+    take_params(s, p);
+    snprintf(s->mech, sizeof(s->mech), "APOP");
+    s->apop = true;
+    snprintf(s->apop_challenge, sizeof(s->apop_challenge), "%s", challenge);
+    snprintf(s->apop_digest, sizeof(s->apop_digest), "%s", strlen(digest) == 32 ? digest : "");
+    snprintf(s->apop_user, sizeof(s->apop_user), "%s", user);
+    if (tern_auth_limiter_check(s->auth, s->ip, user, tern_now_ms()) != 0) {
+        TLOG_WARN(MOD, "event=auth_refused session=%s service=%s ip=%s reason=lockout", s->sid,
+                  s->service, s->ip);
+        deliver(s, TERN_SASL_SRV_TEMPFAIL, NULL);
+        return 0;
+    }
+    ask(s, TERN_AUTH_GET_SECRET, s->apop_user, NULL, 0, NULL);
+    return 0;
+}
+
+int tern_sasl_srv_apop(tern_sasl_srv *s, const tern_sasl_srv_params *p, const char *user,
+                       const char *challenge, const char *digest)
+{
+    s->in_cb++;
+    int rc = srv_apop(s, p, user, challenge, digest);
+    s->in_cb--;
+    srv_maybe_free(s);
+    return rc;
 }
 
 /* The callback may free the driver; it goes once the call is over. */

@@ -110,6 +110,14 @@ void tern_sasl_srv_response(tern_sasl_srv *s, const char *line, size_t len);
  * FAILED or TEMPFAIL. Returns 0 or TERN_SASL_SRV_EBUSY. */
 int tern_sasl_srv_password(tern_sasl_srv *s, const tern_sasl_srv_params *p, const char *user,
                            const char *password, size_t password_len);
+/* POP3 APOP (RFC 1939 7): `digest` is the client's 32 hex digits of
+ * MD5(challenge secret), checked against the user's plaintext secret
+ * (auth.h GET_SECRET; users without a {PLAIN} credential always fail), with
+ * the limiter's books kept here. The callback gets SUCCESS, FAILED or
+ * TEMPFAIL. Returns 0 or TERN_SASL_SRV_EBUSY. */
+int tern_sasl_srv_apop(tern_sasl_srv *s, const tern_sasl_srv_params *p, const char *user,
+                       const char *challenge, const char *digest);
+
 /* An exchange is running: the next client line is a response. */
 bool tern_sasl_srv_active(const tern_sasl_srv *s);
 /* A backend request or a failure delay is outstanding: feed nothing. */

@@ -79,7 +79,7 @@ struct pop3_session {
     char *account;        /* logged in (or logging in) as */
     bool locked;          /* we hold the maildrop lock of `account` */
     bool utf8;            /* RFC 6856 UTF8 was given */
-    char greeting_ts[128];/* RFC 1939 7 APOP timestamp, or "" */
+    char greeting_ts[300];/* RFC 1939 7 APOP timestamp, or "" */
     /* the maildrop */
     pop3_msg *msgs;
     size_t n_msgs;
@@ -460,11 +460,40 @@ static void cmd_auth(pop3_session *s, const tern_pop3_cmd *cmd)
                       : "-ERR Unrecognized authentication mechanism");
 }
 
+/* RFC 1939 7. Offered (a timestamp in the greeting) only with pop3.apop;
+ * it works for users whose backend holds a {PLAIN} secret. */
 static void cmd_apop(pop3_session *s, const tern_pop3_cmd *cmd)
 {
-    (void)cmd;
-    /* Never announced: the greeting carries no timestamp. */
-    pop3__fail(s, "-ERR APOP not available");
+    tern_sasl_srv_params p;
+    char cert[TERN_AUTH_MAX_USER + 1];
+    pop3__params(s, &p, cert, sizeof(cert));
+    if (s->greeting_ts[0] == '\0') {
+        pop3__fail(s, "-ERR APOP not available");
+        return;
+    }
+    if (!tern_sasl_srv_password_allowed(s->auth, &p)) {
+        pop3__fail(s, "-ERR [AUTH] Authentication disallowed without TLS (use STLS)");
+        return;
+    }
+    if (cmd->n_args != 2 || cmd->extra_args || cmd->empty_arg || cmd->args[1].len != 32 ||
+        cmd->args[0].len > TERN_AUTH_MAX_USER) {
+        pop3__fail(s, "-ERR Syntax: APOP name digest");
+        return;
+    }
+    if (!pop3__ensure_sasl(s)) {
+        pop3__reply(s, "-ERR [SYS/TEMP] Out of memory");
+        return;
+    }
+    char user[TERN_AUTH_MAX_USER + 1], digest[33];
+    memcpy(user, cmd->args[0].p, cmd->args[0].len);
+    user[cmd->args[0].len] = '\0';
+    memcpy(digest, cmd->args[1].p, 32);
+    digest[32] = '\0';
+    pop3__busy(s);
+    if (tern_sasl_srv_apop(s->sasl, &p, user, s->greeting_ts, digest) != 0) {
+        s->busy = false;
+        pop3__reply(s, "-ERR [SYS/TEMP] Authentication busy");
+    }
 }
 
 /* --- login: lock, LOGIN-DELAY, the snapshot ------------------------------ */
@@ -1277,6 +1306,10 @@ int tern_pop3_session_start(tern_session_host *h, tern_session_args *a)
     s->lc = &cfg->listeners[a->listener];
     s->linebuf = linebuf;
     tern_pop3_line_init(&s->lr, linebuf, cfg->pop3.max_command_line);
+    /* The APOP timestamp: the session's random UUID makes it unique. */
+    if (cfg->pop3.apop && s->auth && (tern_auth_capabilities(s->auth) & TERN_AUTH_CAP_CRAM_MD5))
+        snprintf(s->greeting_ts, sizeof(s->greeting_ts), "<%s@%s>", s->base.id,
+                 cfg->server.hostname);
     s->started_ms = tern_now_ms();
     memcpy(&s->base.peer, &a->peer, sizeof(s->base.peer));
     tern_session_link(h, &s->base);

@@ -522,3 +522,40 @@ def test_fetchmail_keep_then_nokeep(tern_factory, backend, tmp_path, auth):
     p2 = login(t, "ssl")
     assert p2.stat()[0] == 0      # nokeep: deleted at QUIT
     p2.quit()
+
+
+def test_apop(tern_factory, backend, tmp_path):
+    users = tmp_path / "users"
+    users.write_text("carol@example.test:{PLAIN}apop-secret\n"
+                     "dave@example.test:{CRAM-MD5}" + "ab" * 32 + "\n")
+    t = make_pop3(tern_factory, backend, start=False,
+                  extra={"pop3": {"apop": True}, "auth": {"backends": ["file"]},
+                         "auth_file": {"path": str(users)}})
+    ctl(t, "account", "add", "carol@example.test", "--password-stdin", stdin=b"unused pw\n")
+    f = t.dir / "c.eml"
+    f.write_bytes(message(1))
+    ctl(t, "message", "append", "carol@example.test", "INBOX", str(f))
+    t.start()
+    p = pop_ssl(t)
+    ts = re.search(rb"<[^>]+@[^>]+>", p.getwelcome())
+    assert ts, p.getwelcome()
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        p.apop("carol@example.test", "wrong secret")
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        p.apop("dave@example.test", "anything")     # no plaintext secret: same answer
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        p.apop("nobody@example.test", "apop-secret")
+    assert p.apop("carol@example.test", "apop-secret").startswith(b"+OK")
+    assert p.stat()[0] == 1
+    p.quit()
+    # never before TLS on the STLS listener; without pop3.apop no timestamp
+    r = Raw(t.port("pop3"))
+    assert r.line().startswith("+OK")
+    assert r.cmd("APOP carol@example.test " + "0" * 32).startswith("-ERR [AUTH]")
+
+
+def test_no_apop_by_default(tern_factory, backend):
+    t = make_pop3(tern_factory, backend)
+    r = Raw(t.port("pop3s"), tls=True)
+    assert "<" not in r.line()
+    assert r.cmd(f"APOP {USER} " + "0" * 32) == "-ERR APOP not available"
