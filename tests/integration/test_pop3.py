@@ -559,3 +559,38 @@ def test_no_apop_by_default(tern_factory, backend):
     r = Raw(t.port("pop3s"), tls=True)
     assert "<" not in r.line()
     assert r.cmd(f"APOP {USER} " + "0" * 32) == "-ERR APOP not available"
+
+
+LOCAL_ONLY = {
+    "processors": {
+        "root": [{"match": "All", "mailet": "ToProcessor", "processor": "deliver"}],
+        "deliver": [{"match": "All", "mailet": "LocalDelivery"}],
+        "error": [{"match": "All", "mailet": "RemoteDelivery"}],
+        "bounces": [{"match": "All", "mailet": "RemoteDelivery"}],
+    }
+}
+
+
+def test_smtp_delivery_during_session(tern_factory, backend):
+    """Mail delivered over SMTP (the mailet pipeline's LocalDelivery) while
+    a POP3 session is open does not change what that session sees."""
+    from conftest import make_message, send_mail
+    t = make_pop3(tern_factory, backend, [message(1), message(2)], extra=LOCAL_ONLY)
+    p = login(t)
+    before = (p.stat(), p.list()[1], p.uidl()[1])
+    c = t.connect("mx")
+    r = send_mail(c, "sender@example.org", [USER], make_message(subject="over smtp", to=USER))
+    assert r.code == 250, r
+    c.close()
+    t.wait_log(rf"event=rcpt_done qid={r.qid}")
+    assert (p.stat(), p.list()[1], p.uidl()[1]) == before
+    with pytest.raises(poplib.error_proto):
+        p.retr(3)
+    p.dele(1)
+    p.quit()
+    p = login(t)
+    assert p.stat()[0] == 2
+    resp, lines, _ = p.retr(2)
+    assert b"Subject: over smtp" in lines and b"Delivered-To: " + USER.encode() in lines
+    assert p.uidl()[1][0].split()[1] == before[2][1].split()[1]
+    p.quit()
