@@ -48,6 +48,7 @@ struct tern_sasl_srv {
     char *out;                 /* the last base64 data handed out */
     char account[TERN_AUTH_MAX_USER + 1];
     char backend[32];
+    uv_timer_t reaper;         /* the last free runs from the loop, see srv_maybe_free */
 };
 
 /* --- offering ------------------------------------------------------------ */
@@ -138,10 +139,8 @@ tern_sasl_srv *tern_sasl_srv_new(tern_auth *auth, uv_loop_t *loop, tern_sasl_srv
     return s;
 }
 
-static void srv_maybe_free(tern_sasl_srv *s)
+static void srv_destroy(tern_sasl_srv *s)
 {
-    if (!s->dead || s->pending > 0 || s->closing > 0 || s->in_cb > 0)
-        return;
     tern_sasl_free(s->sasl);
     if (s->client)
         tern_auth_client_close(s->client);
@@ -149,6 +148,32 @@ static void srv_maybe_free(tern_sasl_srv *s)
     if (s->auth)
         tern_auth_unref(s->auth);
     free(s);
+}
+
+static void reaper_closed(uv_handle_t *h)
+{
+    srv_destroy(h->data);
+}
+
+static void reaper_fired(uv_timer_t *t)
+{
+    uv_close((uv_handle_t *)t, reaper_closed);
+}
+
+static void srv_maybe_free(tern_sasl_srv *s)
+{
+    if (!s->dead || s->pending > 0 || s->closing > 0 || s->in_cb > 0)
+        return;
+    /* The last reference may go inside the auth client's own callback,
+     * where closing that client would free it under its caller: with a
+     * client, the end comes from the loop. */
+    s->closing++; /* never again */
+    if (s->client == NULL || uv_timer_init(s->loop, &s->reaper) != 0) {
+        srv_destroy(s);
+        return;
+    }
+    s->reaper.data = s;
+    uv_timer_start(&s->reaper, reaper_fired, 0, 0);
 }
 
 void tern_sasl_srv_free(tern_sasl_srv *s)
