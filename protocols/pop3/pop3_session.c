@@ -597,7 +597,8 @@ static void pop3__snapshot_done(tern_store_req *r)
             k++;
         }
         tern_store_req_free(r);
-        qsort(s->msgs, k, sizeof(*s->msgs), msg_cmp);
+        if (k > 1)
+            qsort(s->msgs, k, sizeof(*s->msgs), msg_cmp);
         if (k > s->cfg->pop3.max_messages)
             k = s->cfg->pop3.max_messages; /* the oldest; the rest wait for the next login */
         s->n_msgs = k;
