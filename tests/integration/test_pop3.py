@@ -475,7 +475,7 @@ def test_curl(tern_factory, backend):
     assert out.stdout == m
 
 
-def _fetchmail(t, tmp, keep, ssl_mode, auth):
+def _fetchmail(t, tmp, keep, ssl_mode, auth, password=PASSWORD):
     if shutil.which("fetchmail") is None:
         pytest.skip("fetchmail not installed (tools/setup installs it)")
     mda = tmp / "mda.sh"
@@ -491,7 +491,7 @@ def _fetchmail(t, tmp, keep, ssl_mode, auth):
     rc.write_text(
         f"set no syslog\n"
         f"poll 127.0.0.1 protocol pop3 port {port} auth {auth} timeout {int(20 * SLOW)}\n"
-        f"  user '{USER}' password '{PASSWORD}' is nobody here\n"
+        f"  user '{USER}' password '{password}' is nobody here\n"
         f"  {'keep' if keep else 'nokeep'} fetchall {tls} no sslcertck\n"
         f"  mda '{mda}'\n")
     rc.chmod(0o600)
@@ -503,25 +503,44 @@ def _fetchmail(t, tmp, keep, ssl_mode, auth):
     return sorted(f.read_bytes() for f in outdir.iterdir()), p
 
 
-@pytest.mark.parametrize("auth", ["password", "sasl"])
+@pytest.mark.parametrize("auth", ["password", "cram-md5"])
 def test_fetchmail_keep_then_nokeep(tern_factory, backend, tmp_path, auth):
+    """fetchmail fetches with keep (all left on the server), then without
+    (all deleted at QUIT), over STLS then implicit TLS; with USER/PASS, or
+    with SASL: fetchmail's only SASL mechanism for POP3 besides Kerberos is
+    CRAM-MD5, which needs a backend that holds secrets (auth_file {PLAIN})."""
     msgs = [message(1), message(2), message(3)]
-    t = make_pop3(tern_factory, backend, msgs)
-    # fetchmail's "password" uses USER/PASS; its sasl choice here is PLAIN via
-    # "auth any" would pick CRAM/others: "auth password" vs "auth plain"?
-    mode = "password" if auth == "password" else "any"
-    got, p = _fetchmail(t, tmp_path, keep=True, ssl_mode="stls", auth=mode)
+    extra = None
+    password = PASSWORD
+    if auth == "cram-md5":
+        users = tmp_path / "users"
+        password = "fetch-secret"
+        users.write_text(f"{USER}:{{PLAIN}}{password}\n")
+        extra = {"auth": {"backends": ["file"]}, "auth_file": {"path": str(users)}}
+    t = make_pop3(tern_factory, backend, msgs, extra=extra)
+    got, p = _fetchmail(t, tmp_path, keep=True, ssl_mode="stls", auth=auth, password=password)
     assert len(got) == 3, p.stdout[-3000:]
     assert all(any(m.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n") in g for g in got)
                for m in msgs)
-    p2 = login(t, "ssl")
-    assert p2.stat()[0] == 3      # keep: still there
-    p2.quit()
-    got, p = _fetchmail(t, tmp_path, keep=False, ssl_mode="ssl", auth=mode)
+    mech = "USER" if auth == "password" else "CRAM-MD5"
+    assert re.search(rf"event=auth .*service=pop3 .*mech={mech} account={USER}", t.log())
+    assert "event=tls" in t.log()
+    r = raw_login(t) if auth == "password" else None
+    if r is None:
+        r = Raw(t.port("pop3s"), tls=True)
+        assert r.line().startswith("+OK")
+        assert r.cmd(f"USER {USER}").startswith("+OK")
+        assert r.cmd(f"PASS {password}").startswith("+OK")
+    assert r.cmd("STAT").startswith("+OK 3 ")      # keep: still there
+    assert r.cmd("QUIT").startswith("+OK")
+    got, p = _fetchmail(t, tmp_path, keep=False, ssl_mode="ssl", auth=auth, password=password)
     assert len(got) == 3, p.stdout[-3000:]
-    p2 = login(t, "ssl")
-    assert p2.stat()[0] == 0      # nokeep: deleted at QUIT
-    p2.quit()
+    r = Raw(t.port("pop3s"), tls=True)
+    assert r.line().startswith("+OK")
+    assert r.cmd(f"USER {USER}").startswith("+OK")
+    assert r.cmd(f"PASS {password}").startswith("+OK")
+    assert r.cmd("STAT") == "+OK 0 0"               # nokeep: deleted at QUIT
+    r.close()
 
 
 def test_apop(tern_factory, backend, tmp_path):
