@@ -12,60 +12,34 @@
 #include "lib/base64.h"
 #include "lib/log.h"
 #include "lib/util.h"
+#include "protocols/common/sasl_server.h"
 #include "protocols/smtp/smtp_session_int.h"
 
 /* --- AUTH (RFC 4954) ---------------------------------------------------- */
 
-/* The account a verified client certificate names: its subject's CN
- * (certificates for mail users carry the address there). Only when the
- * listener verified the chain against its client_ca. */
+/* The account a verified client certificate names (sasl_server.h). */
 bool smtp__cert_account(const smtp_session *s, char *out, size_t size)
 {
-    if (!tern_conn_is_tls(&s->conn) || !tern_tls_conn_peer_verified(s->conn.tls))
-        return false;
-    const char *dn = tern_tls_conn_peer_subject(s->conn.tls);
-    const char *cn = NULL;
-    for (const char *p = dn; p && *p; p++)
-        if ((p == dn || p[-1] == ' ' || p[-1] == ',') && strncmp(p, "CN=", 3) == 0)
-            cn = p + 3;
-    if (cn == NULL)
-        return false;
-    size_t n = strcspn(cn, ",");
-    if (n == 0 || n >= size)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        out[i] = (char)tolower((unsigned char)cn[i]);
-    out[n] = '\0';
-    return strchr(out, '@') != NULL;
+    return tern_sasl_srv_cert_account(&s->conn, out, size);
 }
 
-/* What the session may offer: the backends' capabilities, plaintext
- * mechanisms only over TLS (or allow_plaintext_auth), nothing once
- * authenticated. */
+/* What the session may offer: nothing once authenticated or where the
+ * listener takes no credentials; otherwise what sasl_server.h offers
+ * (the backends' capabilities, nothing before TLS unless
+ * allow_plaintext_auth). */
 int smtp__auth_mechs(const struct smtp_session *s, char *buf, size_t size)
 {
     buf[0] = '\0';
     if (!s->lc->auth || s->auth == NULL || s->auth_user != NULL)
         return 0;
-    /* No mechanism at all before TLS (unless the listener allows it): even
-     * SCRAM, which hides the password, would show the user name and then
-     * the mail itself in the clear (RFC 8314). */
-    if (!tern_conn_is_tls(&s->conn) && !s->lc->allow_plaintext_auth)
-        return 0;
-    unsigned caps = 0, ac = tern_auth_capabilities(s->auth);
-    if (ac & TERN_AUTH_CAP_PASSWORD)
-        caps |= TERN_SASL_CAP_PASSWORD;
-    if (ac & TERN_AUTH_CAP_SCRAM_SHA_256)
-        caps |= TERN_SASL_CAP_SCRAM;
-    if (ac & TERN_AUTH_CAP_TOKEN)
-        caps |= TERN_SASL_CAP_TOKEN;
-    if (ac & TERN_AUTH_CAP_CRAM_MD5)
-        caps |= TERN_SASL_CAP_CRAM;
     char acct[TERN_AUTH_MAX_USER + 1];
-    if (smtp__cert_account(s, acct, sizeof(acct)))
-        caps |= TERN_SASL_CAP_EXTERNAL;
-    return tern_sasl_mechanisms(caps, tern_conn_is_tls(&s->conn), s->lc->allow_plaintext_auth,
-                                false, buf, size);
+    tern_sasl_srv_params p = {
+        .service = "smtp",
+        .tls_active = tern_conn_is_tls(&s->conn),
+        .allow_plaintext = s->lc->allow_plaintext_auth,
+        .cert_account = smtp__cert_account(s, acct, sizeof(acct)) ? acct : NULL,
+    };
+    return tern_sasl_srv_mechs(s->auth, &p, buf, size);
 }
 
 static bool smtp__mech_offered(const smtp_session *s, const char *mech)
