@@ -107,6 +107,15 @@ typedef struct tern_smtp_conf {
     size_t n_relay_networks;
 } tern_smtp_conf;
 
+typedef struct tern_imap_conf {
+    uint32_t max_line;           /* one command line, CRLF included; default 64KiB; bounds 1KiB..1MiB */
+    uint64_t max_literal;        /* one literal (APPEND message): APPENDLIMIT; default 50MiB */
+    uint32_t max_depth;          /* nested lists / search parentheses; default 32; bounds 4..256 */
+    uint32_t max_errors;         /* BAD commands before BYE; default 10 */
+    uint64_t idle_timeout_ms;    /* IDLE without a word from the client; default 30m */
+    uint32_t fetch_batch;        /* messages asked of the store per FETCH step; default 256 */
+} tern_imap_conf;
+
 typedef struct tern_spool_conf {
     uint64_t segment_size;       /* spool segment file size before rotation; default 64MiB */
     uint64_t group_commit_delay_us; /* max wait to gather a batch; default 0 (batch what is pending) */
@@ -291,6 +300,7 @@ typedef struct tern_config {
     tern_auth_file_conf auth_file;
     tern_auth_oauth2_conf auth_oauth2;
     tern_auth_internal_conf auth_internal;
+    tern_imap_conf imap;
     tern_auth_ldap_conf auth_ldap;
     tern_auth_sql_conf auth_sql;
     tern_mailets_conf mailets;

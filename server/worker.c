@@ -8,6 +8,7 @@
 
 #include "lib/log.h"
 #include "mailets/engine.h"
+#include "protocols/imap/imap_session.h"
 #include "protocols/smtp/smtp_session.h"
 #include "server/server.h"
 
@@ -270,7 +271,9 @@ void tern_server_serve(tern_worker *w, int fd, const char *listener, tern_config
     }
     tern_session_args args = {.cfg = cfg, .tls = tls, .auth = auth, .listener = li, .fd = fd};
     memcpy(&args.peer, &peer, sizeof(peer));
-    int r = tern_smtp_session_start(&w->host, &args);
+    int r = cfg->listeners[li].protocol == TERN_PROTO_IMAP
+                ? tern_imap_session_start(&w->host, &args)
+                : tern_smtp_session_start(&w->host, &args);
     if (r < 0) {
         tern_limits_release(w->srv->limits, (struct sockaddr *)&peer);
         TLOG_ERR("server", "event=session_failed listener=%s error=%s", listener, uv_strerror(r));

@@ -466,6 +466,34 @@ static bool parse_literal(tern_imap_parser *ps, char **out, size_t *len_r, bool 
     return true;
 }
 
+bool tern_imap_literal_slice(tern_imap_parser *ps, tern_imap_slice *out, bool allow8)
+{
+    ps->literal8 = false;
+    if (tern_imap_char(ps, '~')) {
+        if (!allow8)
+            return tern_imap_fail(ps, "literal8 not allowed here");
+        ps->literal8 = true;
+    }
+    if (!tern_imap_char(ps, '{'))
+        return tern_imap_fail(ps, "expected a literal");
+    uint64_t n;
+    if (!tern_imap_number(ps, &n, UINT64_MAX / 2))
+        return false;
+    if (ps->p < ps->end && (*ps->p == '+' || *ps->p == '-'))
+        ps->p++;
+    if (!tern_imap_char(ps, '}'))
+        return tern_imap_fail(ps, "bad literal");
+    tern_imap_char(ps, '\r');
+    if (!tern_imap_char(ps, '\n'))
+        return tern_imap_fail(ps, "bad literal");
+    if ((uint64_t)(ps->end - ps->p) < n)
+        return tern_imap_fail(ps, "short literal");
+    out->p = ps->p;
+    out->len = (size_t)n;
+    ps->p += n;
+    return true;
+}
+
 bool tern_imap_string(tern_imap_parser *ps, char **out, size_t *len_r, bool allow8)
 {
     if (ps->p >= ps->end)

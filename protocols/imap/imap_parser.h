@@ -116,6 +116,9 @@ bool tern_imap_atom(tern_imap_parser *ps, tern_imap_slice *out, const char *extr
 bool tern_imap_astring(tern_imap_parser *ps, char **out, size_t *len_r);
 /* string: quoted or literal (also literal8 when allow8). */
 bool tern_imap_string(tern_imap_parser *ps, char **out, size_t *len_r, bool allow8);
+/* A literal (or literal8 when allow8) as a slice of the command, without a
+ * copy: for APPEND's message. */
+bool tern_imap_literal_slice(tern_imap_parser *ps, tern_imap_slice *out, bool allow8);
 /* nstring: NIL or string (out NULL for NIL). */
 bool tern_imap_nstring(tern_imap_parser *ps, char **out);
 bool tern_imap_number(tern_imap_parser *ps, uint64_t *out, uint64_t max);
