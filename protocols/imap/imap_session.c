@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "lib/log.h"
+#include "protocols/common/sasl_server.h"
 #include "protocols/imap/imap_session_int.h"
 
 #define PREAUTH_LITERAL_MAX 8192 /* before login a literal carries a user or password */
@@ -147,6 +148,8 @@ static uint64_t imap__appendlimit(const imap_session *s)
     return l;
 }
 
+static void imap__sasl_params(imap_session *s, tern_sasl_srv_params *p);
+
 static void imap__put_capabilities(imap_session *s)
 {
     imap__printf(s, "IMAP4rev1 IMAP4rev2 LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
@@ -155,6 +158,15 @@ static void imap__put_capabilities(imap_session *s)
                     "UTF8=ACCEPT APPENDLIMIT=%llu",
                  (unsigned long long)imap__appendlimit(s));
     if (s->state & (IS_NOAUTH | IS_HANDSHAKE)) {
+        char mechs[256];
+        tern_sasl_srv_params p;
+        imap__sasl_params((imap_session *)s, &p);
+        if (s->auth && tern_sasl_srv_mechs(s->auth, &p, mechs, sizeof(mechs)) > 0) {
+            imap__printf(s, " SASL-IR");
+            char *save = NULL;
+            for (char *tok = strtok_r(mechs, " ", &save); tok; tok = strtok_r(NULL, " ", &save))
+                imap__printf(s, " AUTH=%s", tok);
+        }
         if (s->lc->tls == TERN_TLS_STARTTLS && s->tls && !tern_conn_is_tls(&s->conn))
             imap__printf(s, " STARTTLS");
         if (!imap__plaintext_ok(s))
@@ -759,81 +771,107 @@ static void imap__idle_input(imap_session *s, const uint8_t *cmd, size_t len)
     imap__finish(s, "BAD", "expected DONE");
 }
 
-/* ---- LOGIN ------------------------------------------------------------- */
+/* ---- LOGIN and AUTHENTICATE (through protocols/common/sasl_server) ------ */
 
-static void imap__delay_closed(uv_handle_t *h)
+static void imap__sasl_params(imap_session *s, tern_sasl_srv_params *p)
 {
-    imap_session *s = h->data;
-    free(h);
-    s->pending--;
-    imap__maybe_free(s);
+    memset(p, 0, sizeof(*p));
+    p->service = "imap";
+    p->hostname = s->cfg->server.hostname;
+    p->listener = s->lc->name;
+    p->session_id = s->base.id;
+    p->remote_ip = s->conn.peer_ip;
+    p->tls_active = tern_conn_is_tls(&s->conn);
+    p->allow_plaintext = s->lc->allow_plaintext_auth;
+    /* Server-final data (SCRAM) goes as one more "+" continuation. */
+    p->success_data = false;
+    p->cert_account = tern_sasl_srv_cert_account(&s->conn, s->cert_account,
+                                                 sizeof(s->cert_account))
+                          ? s->cert_account
+                          : NULL;
 }
 
-static void imap__delay_fired(uv_timer_t *t)
+static void imap__logged_in(imap_session *s, const char *account, const char *mech)
 {
-    imap_session *s = t->data;
-    s->delay_timer = NULL;
-    uv_close((uv_handle_t *)t, imap__delay_closed);
+    s->user = strdup(account);
+    if (!s->user) {
+        imap__finish(s, "NO", "[SERVERBUG] out of memory");
+        return;
+    }
+    s->state = IS_AUTH;
+    s->rd.max_literal = s->cfg->imap.max_literal;
+    s->rd.max_command = s->cfg->imap.max_literal + s->cfg->imap.max_line;
+    TLOG_INFO(MOD, "event=login session=%s ip=%s user=%s mech=%s", s->base.id, s->conn.peer_ip,
+              s->user, mech ? mech : "-");
+    char caps[1024];
+    size_t save = s->ob.len;
+    imap__put_capabilities(s);
+    snprintf(caps, sizeof(caps), "%.*s", (int)(s->ob.len - save), s->ob.data + save);
+    s->ob.len = save;
+    imap__finish(s, "OK", "[CAPABILITY %s] Logged in", caps);
+}
+
+static void imap__sasl_cb(void *data, const tern_sasl_srv_result *r)
+{
+    imap_session *s = data;
     if (s->conn_closed)
         return;
-    imap__finish(s, "NO", "%s", s->delay_reply);
+    switch (r->status) {
+    case TERN_SASL_SRV_CHALLENGE:
+        imap__printf(s, "+ %s\r\n", r->data ? r->data : "");
+        imap__flush(s);
+        s->state = IS_SASL;
+        s->busy = false;
+        imap__continue(s);
+        return;
+    case TERN_SASL_SRV_SUCCESS:
+        if (r->data && r->data[0]) {
+            /* Not expected with success_data off; never lose it. */
+            imap__printf(s, "+ %s\r\n", r->data);
+        }
+        s->state = IS_NOAUTH;
+        s->busy = true;
+        imap__logged_in(s, r->account, r->mech);
+        break;
+    case TERN_SASL_SRV_FAILED:
+        s->state = IS_NOAUTH;
+        s->busy = true;
+        s->errors++;
+        imap__finish(s, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
+        break;
+    case TERN_SASL_SRV_ABORTED:
+        s->state = IS_NOAUTH;
+        s->busy = true;
+        imap__finish(s, "BAD", "Authentication aborted");
+        break;
+    case TERN_SASL_SRV_MALFORMED:
+        s->state = IS_NOAUTH;
+        s->busy = true;
+        s->errors++;
+        imap__finish(s, "BAD", "Malformed authentication response");
+        break;
+    case TERN_SASL_SRV_TEMPFAIL:
+        s->state = IS_NOAUTH;
+        s->busy = true;
+        imap__finish(s, "NO", "[UNAVAILABLE] Temporary authentication failure");
+        break;
+    }
+    imap__flush(s);
 }
 
-static void imap__login_done(tern_auth_req *q)
+static bool imap__sasl_ready(imap_session *s)
 {
-    imap_session *s = q->data;
-    s->pending--;
-    if (s->conn_closed) {
-        tern_auth_req_free(q);
-        imap__maybe_free(s);
-        return;
+    if (s->auth == NULL) {
+        imap__finish(s, "NO", "[UNAVAILABLE] No authentication configured");
+        return false;
     }
-    if (q->status == TERN_AUTH_OK && q->out.account) {
-        s->user = strdup(q->out.account);
-        tern_auth_req_free(q);
-        if (!s->user) {
-            imap__finish(s, "NO", "[SERVERBUG] out of memory");
-            return;
-        }
-        s->state = IS_AUTH;
-        s->rd.max_literal = s->cfg->imap.max_literal;
-        s->rd.max_command = s->cfg->imap.max_literal + s->cfg->imap.max_line;
-        TLOG_INFO(MOD, "event=login session=%s ip=%s user=%s mech=LOGIN", s->base.id,
-                  s->conn.peer_ip, s->user);
-        char caps[1024];
-        size_t save = s->ob.len;
-        imap__put_capabilities(s);
-        snprintf(caps, sizeof(caps), "%.*s", (int)(s->ob.len - save), s->ob.data + save);
-        s->ob.len = save;
-        imap__finish(s, "OK", "[CAPABILITY %s] Logged in", caps);
-        imap__flush(s);
-        return;
+    if (s->sasl == NULL)
+        s->sasl = tern_sasl_srv_new(s->auth, s->base.host->loop, imap__sasl_cb, s);
+    if (s->sasl == NULL) {
+        imap__finish(s, "NO", "[UNAVAILABLE] Temporary authentication failure");
+        return false;
     }
-    bool temp = q->status == TERN_AUTH_ETEMP;
-    uint64_t delay = q->out.delay_ms;
-    TLOG_WARN(MOD, "event=auth_failed session=%s ip=%s mech=LOGIN reason=%s", s->base.id,
-              s->conn.peer_ip, tern_auth_strerror(q->status));
-    tern_auth_req_free(q);
-    s->errors++;
-    const char *reply = temp ? "[UNAVAILABLE] Temporary authentication failure"
-                             : "[AUTHENTICATIONFAILED] Authentication failed";
-    if (delay == 0 || temp) {
-        imap__finish(s, "NO", "%s", reply);
-        imap__flush(s);
-        return;
-    }
-    uv_timer_t *t = malloc(sizeof(*t));
-    if (t == NULL || uv_timer_init(s->base.host->loop, t) != 0) {
-        free(t);
-        imap__finish(s, "NO", "%s", reply);
-        imap__flush(s);
-        return;
-    }
-    snprintf(s->delay_reply, sizeof(s->delay_reply), "%s", reply);
-    t->data = s;
-    s->delay_timer = t;
-    s->pending++;
-    uv_timer_start(t, imap__delay_fired, delay, 0);
+    return true;
 }
 
 static void cmd_login(imap_session *s, tern_imap_parser *ps)
@@ -845,13 +883,11 @@ static void cmd_login(imap_session *s, tern_imap_parser *ps)
         imap__bad(s, ps, "LOGIN needs a user name and a password");
         return;
     }
-    if (!imap__plaintext_ok(s)) {
+    tern_sasl_srv_params p;
+    imap__sasl_params(s, &p);
+    if (s->auth && !tern_sasl_srv_password_allowed(s->auth, &p)) {
         s->errors++;
         imap__finish(s, "NO", "[PRIVACYREQUIRED] Use STARTTLS first");
-        return;
-    }
-    if (s->auth == NULL) {
-        imap__finish(s, "NO", "[UNAVAILABLE] No authentication configured");
         return;
     }
     if (ulen == 0 || ulen > TERN_AUTH_MAX_USER || memchr(user, '\0', ulen)) {
@@ -859,32 +895,60 @@ static void cmd_login(imap_session *s, tern_imap_parser *ps)
         imap__finish(s, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
         return;
     }
-    if (s->auth_client == NULL)
-        s->auth_client = tern_auth_client_new(s->auth, s->base.host->loop);
-    tern_auth_req *q =
-        s->auth_client ? tern_auth_req_new(TERN_AUTH_VERIFY_PASSWORD, imap__login_done, s) : NULL;
-    if (q == NULL) {
-        imap__finish(s, "NO", "[UNAVAILABLE] Temporary authentication failure");
+    if (!imap__sasl_ready(s))
         return;
-    }
-    q->in.service = "imap";
-    q->in.user = user;
-    q->in.password = pass;
-    q->in.password_len = plen;
-    q->in.remote_ip = s->conn.peer_ip;
-    q->in.listener = s->lc->name;
-    s->pending++;
-    if (tern_auth_submit(s->auth_client, q) != 0) {
-        s->pending--;
-        tern_auth_req_free(q);
+    if (tern_sasl_srv_password(s->sasl, &p, user, pass, plen) != 0)
         imap__finish(s, "NO", "[UNAVAILABLE] Temporary authentication failure");
-    }
 }
 
 static void cmd_authenticate(imap_session *s, tern_imap_parser *ps)
 {
-    /* Waits for protocols/common/sasl_server (the shared SASL driver). */
-    imap__finish(s, "NO", "[CANNOT] AUTHENTICATE is not available yet: use LOGIN");
+    tern_imap_slice mech;
+    if (!tern_imap_sp(ps) || !tern_imap_atom(ps, &mech, NULL) || mech.len >= 32) {
+        imap__bad(s, ps, "AUTHENTICATE needs a mechanism");
+        return;
+    }
+    char m[32];
+    memcpy(m, mech.p, mech.len);
+    m[mech.len] = '\0';
+    const char *initial = NULL;
+    size_t ilen = 0;
+    if (tern_imap_char(ps, ' ')) {
+        /* RFC 4959 SASL-IR: the initial response, "=" for an empty one. */
+        tern_imap_slice ir;
+        if (!tern_imap_atom(ps, &ir, NULL) || ir.len > TERN_SASL_SRV_LINE_MAX) {
+            imap__bad(s, ps, "bad initial response");
+            return;
+        }
+        initial = ir.p;
+        ilen = ir.len;
+    }
+    if (!tern_imap_at_end(ps)) {
+        imap__bad(s, ps, "junk after AUTHENTICATE");
+        return;
+    }
+    if (!imap__sasl_ready(s))
+        return;
+    tern_sasl_srv_params p;
+    imap__sasl_params(s, &p);
+    int r = tern_sasl_srv_start(s->sasl, &p, m, initial, ilen);
+    if (r == TERN_SASL_SRV_ENEEDTLS) {
+        s->errors++;
+        imap__finish(s, "NO", "[PRIVACYREQUIRED] Use STARTTLS first");
+    } else if (r == TERN_SASL_SRV_ENOMECH) {
+        s->errors++;
+        imap__finish(s, "NO", "[CANNOT] Unsupported authentication mechanism");
+    } else if (r != 0) {
+        imap__finish(s, "NO", "[UNAVAILABLE] Temporary authentication failure");
+    }
+}
+
+/* A response line inside AUTHENTICATE. */
+static void imap__sasl_input(imap_session *s, const uint8_t *line, size_t len)
+{
+    s->state = IS_NOAUTH;
+    s->busy = true;
+    tern_sasl_srv_response(s->sasl, (const char *)line, len);
 }
 
 /* ---- the command table ---------------------------------------------------- */
@@ -1077,9 +1141,17 @@ static void imap__process(imap_session *s)
         case TERN_IMAP_MORE:
             break;
         case TERN_IMAP_LITERAL_SYNC:
-            if (s->state == IS_IDLE) {
+            if (s->state == IS_IDLE || s->state == IS_SASL) {
                 tern_imap_reader_refuse(&s->rd);
-                imap__idle_input(s, (const uint8_t *)"", 0);
+                if (s->state == IS_IDLE) {
+                    imap__idle_input(s, (const uint8_t *)"", 0);
+                } else {
+                    tern_sasl_srv_free(s->sasl);
+                    s->sasl = NULL;
+                    s->state = IS_NOAUTH;
+                    s->busy = true;
+                    imap__finish(s, "BAD", "Malformed authentication response");
+                }
                 break;
             }
             imap__literal_decision(s);
@@ -1092,6 +1164,10 @@ static void imap__process(imap_session *s)
                 imap__idle_input(s, c, cl);
                 break;
             }
+            if (s->state == IS_SASL) {
+                imap__sasl_input(s, c, cl);
+                break;
+            }
             if (cl == 0)
                 break; /* an empty line: nothing to answer */
             imap__dispatch(s, c, cl);
@@ -1101,6 +1177,12 @@ static void imap__process(imap_session *s)
             if (s->state == IS_IDLE) {
                 imap__idle_input(s, (const uint8_t *)"", 0);
                 break;
+            }
+            if (s->state == IS_SASL) {
+                /* An over-long response ends the exchange. */
+                tern_sasl_srv_free(s->sasl);
+                s->sasl = NULL;
+                s->state = IS_NOAUTH;
             }
             imap__reader_error(s, st);
             break;
@@ -1116,7 +1198,7 @@ static void imap__process(imap_session *s)
 
 static void imap__continue(imap_session *s)
 {
-    if (s->conn_closed || s->busy || s->delay_timer || (s->state & IS_LOGOUT))
+    if (s->conn_closed || s->busy || (s->state & IS_LOGOUT))
         return;
     tern_conn_resume(&s->conn);
 }
@@ -1187,8 +1269,7 @@ static void imap__free(imap_session *s)
 {
     imap__fetch_free(s);
     imap__unselect(s);
-    if (s->auth_client)
-        tern_auth_client_close(s->auth_client);
+    tern_sasl_srv_free(s->sasl);
     if (s->auth)
         tern_auth_unref(s->auth);
     free(s->user);
@@ -1221,11 +1302,8 @@ static void imap__on_close(tern_conn *c)
         tern_store_watch_remove(s->watch);
         s->watch = NULL;
     }
-    if (s->delay_timer) {
-        uv_timer_stop(s->delay_timer);
-        uv_close((uv_handle_t *)s->delay_timer, imap__delay_closed);
-        s->delay_timer = NULL;
-    }
+    tern_sasl_srv_free(s->sasl); /* its callback must not run on a closed session */
+    s->sasl = NULL;
     tern_session_unlink(&s->base);
     imap__maybe_free(s);
 }

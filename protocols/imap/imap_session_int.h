@@ -28,6 +28,7 @@ typedef enum {
     IS_SELECTED = 1 << 3,
     IS_LOGOUT = 1 << 4,
     IS_IDLE = 1 << 5,      /* inside IDLE: only DONE is read */
+    IS_SASL = 1 << 6,      /* inside AUTHENTICATE: lines are SASL responses */
 } imap_state;
 
 typedef struct imap_session imap_session;
@@ -43,7 +44,8 @@ struct imap_session {
     const tern_listener_conf *lc;
     size_t li;
     tern_auth *auth;
-    tern_auth_client *auth_client;
+    struct tern_sasl_srv *sasl;  /* LOGIN and AUTHENTICATE (protocols/common/sasl_server) */
+    char cert_account[TERN_AUTH_MAX_USER + 1];
     imap_state state;
     tern_imap_reader rd;
     tern_arena arena;        /* the current command's: parsed arguments */
@@ -80,8 +82,6 @@ struct imap_session {
     bool draining, conn_closed, bye_sent;
     unsigned pending;        /* async operations holding a pointer to us */
     unsigned errors;
-    uv_timer_t *delay_timer; /* a failed LOGIN answers late */
-    char delay_reply[256];
     uint64_t started_ms;
 };
 

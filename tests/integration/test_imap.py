@@ -580,3 +580,66 @@ def test_curl_imap_and_imaps(imap):
                        capture_output=True, timeout=30 * SLOW)
     assert p.returncode == 0, p.stderr
     assert b"INBOX" in p.stdout
+
+
+# ---------------------------------------------------------------- AUTHENTICATE
+
+def _b64(s):
+    import base64
+    return base64.b64encode(s).decode()
+
+
+def test_authenticate_plain_login_and_sasl_ir(imap):
+    c = connect(imap, login=False)
+    assert b"SASL-IR" in c.welcome and b"AUTH=PLAIN" in c.welcome, c.welcome
+    typ, data = c.authenticate("PLAIN", lambda _: f"\0{USER}\0{PASSWORD}".encode())
+    assert typ == "OK" and b"CAPABILITY" in data[0], data
+    assert c.select("INBOX")[0] == "OK"
+    c.logout()
+    # SASL-IR: the initial response on the command line.
+    r = Raw(imap)
+    r.send(b"a AUTHENTICATE PLAIN " + _b64(f"\0{USER}\0{PASSWORD}".encode()).encode() + CRLF)
+    out = r.until_tagged("a")
+    assert out[-1].startswith(b"a OK"), out
+    r.close()
+    # LOGIN mechanism: two challenges.
+    r = Raw(imap)
+    r.send(b"b AUTHENTICATE LOGIN\r\n")
+    assert r.line().startswith(b"+ ")
+    r.send(_b64(USER.encode()).encode() + CRLF)
+    assert r.line().startswith(b"+ ")
+    r.send(_b64(b"wrong").encode() + CRLF)
+    out = r.until_tagged("b")
+    assert out[-1].startswith(b"b NO [AUTHENTICATIONFAILED]"), out
+    # Cancel with "*", then an unknown mechanism.
+    r.send(b"c AUTHENTICATE PLAIN\r\n")
+    assert r.line().startswith(b"+")
+    r.send(b"*\r\n")
+    assert r.until_tagged("c")[-1].startswith(b"c BAD"), "cancelled exchange"
+    r.send(b"d AUTHENTICATE NOPE\r\n")
+    assert r.until_tagged("d")[-1].startswith(b"d NO"), "unknown mechanism"
+    r.close()
+
+
+def test_login_refused_before_tls_without_allow_plaintext(imap_strict):
+    r = Raw(imap_strict)
+    assert b"LOGINDISABLED" in r.greeting and b"AUTH=" not in r.greeting, r.greeting
+    r.send(b'a LOGIN alice@example.test "correct horse"\r\n')
+    assert r.line().startswith(b"a NO [PRIVACYREQUIRED]")
+    r.send(b"b AUTHENTICATE PLAIN\r\n")
+    assert r.line().startswith(b"b NO [PRIVACYREQUIRED]")
+    r.close()
+
+
+@pytest.fixture
+def imap_strict(tern_factory):
+    ports = free_ports(1)
+    t = tern_factory({"listeners": None}, start=False)
+    t.config["listeners"] = [
+        {"name": "imap", "protocol": "imap", "address": "127.0.0.1", "port": ports[0],
+         "tls": "starttls"},
+    ]
+    t.write_config()
+    ctl(t, "account", "add", USER, "--password-stdin", stdin=(PASSWORD + "\n").encode())
+    t.start()
+    return t
