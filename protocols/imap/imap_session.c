@@ -55,7 +55,7 @@ void imap__flush(imap_session *s)
     if (!s->conn_closed)
         tern_conn_write(&s->conn, s->ob.data, s->ob.len);
     s->ob.len = 0;
-    tern_buf_shrink(&s->ob, 16 * 1024);
+    tern_buf_shrink(&s->ob, 8 * 1024);
 }
 
 void imap__put_string(imap_session *s, const char *str, size_t len)
@@ -745,6 +745,8 @@ static void cmd_idle(imap_session *s, tern_imap_parser *ps)
     }
     imap__printf(s, "+ idling\r\n");
     imap__flush(s);
+    /* An idle session may wait for hours: hold no output buffer meanwhile. */
+    tern_buf_shrink(&s->ob, 0);
     s->state = IS_IDLE;
     s->busy = false;
     tern_conn_set_timeout(&s->conn, s->cfg->imap.idle_timeout_ms);
@@ -1120,10 +1122,53 @@ static void imap__literal_decision(imap_session *s)
                      (unsigned long long)s->rd.max_literal);
 }
 
+static void imap__continue(imap_session *s);
+
+static void imap__retry_closed(uv_handle_t *h)
+{
+    imap_session *s = h->data;
+    free(h);
+    s->pending--;
+    imap__maybe_free(s);
+}
+
+static void imap__retry_fired(uv_timer_t *t)
+{
+    imap_session *s = t->data;
+    s->retry_timer = NULL;
+    uv_close((uv_handle_t *)t, imap__retry_closed);
+    if (!s->conn_closed)
+        imap__continue(s); /* the connection shows its buffered input again */
+}
+
+/* The SASL driver is still winding down an exchange (its failure delay's
+ * timer closing): it must not be fed yet, so look at the input again on
+ * the next loop turn. */
+static bool imap__sasl_wait(imap_session *s)
+{
+    if (!s->sasl || !tern_sasl_srv_pending(s->sasl))
+        return false;
+    tern_conn_pause(&s->conn); /* keeps the unread input for later */
+    if (s->retry_timer)
+        return true;
+    uv_timer_t *t = malloc(sizeof(*t));
+    if (!t || uv_timer_init(s->base.host->loop, t) != 0) {
+        free(t);
+        return false;
+    }
+    t->data = s;
+    s->retry_timer = t;
+    s->pending++;
+    uv_timer_start(t, imap__retry_fired, 1, 0);
+    return true;
+}
+
 static void imap__process(imap_session *s)
 {
     while (!s->busy && !s->conn_closed && !(s->state & (IS_LOGOUT | IS_HANDSHAKE))) {
         if (imap__too_many_errors(s))
+            return;
+        if (imap__sasl_wait(s))
             return;
         /* Replies not yet taken by the client: stop reading until they are. */
         if (tern_conn_unsent(&s->conn) > OUT_HIGH_WATER) {
@@ -1304,6 +1349,11 @@ static void imap__on_close(tern_conn *c)
     }
     tern_sasl_srv_free(s->sasl); /* its callback must not run on a closed session */
     s->sasl = NULL;
+    if (s->retry_timer) {
+        uv_timer_stop(s->retry_timer);
+        uv_close((uv_handle_t *)s->retry_timer, imap__retry_closed);
+        s->retry_timer = NULL;
+    }
     tern_session_unlink(&s->base);
     imap__maybe_free(s);
 }

@@ -81,6 +81,7 @@ struct imap_session {
     bool job_waits_drain;
     bool draining, conn_closed, bye_sent;
     unsigned pending;        /* async operations holding a pointer to us */
+    uv_timer_t *retry_timer; /* input waits for the SASL driver to settle */
     unsigned errors;
     uint64_t started_ms;
 };
