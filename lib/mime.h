@@ -107,7 +107,7 @@ enum {
     TERN_MIME_F_NO_BOUNDARY = 1 << 3,      /* multipart without a usable boundary */
     TERN_MIME_F_NO_END = 1 << 4,           /* multipart whose close delimiter never came */
     TERN_MIME_F_LIMIT = 1 << 5,            /* not descended into: max_depth or max_parts */
-    TERN_MIME_F_ENCODED_MESSAGE = 1 << 6,  /* message/* with base64/QP: not descended */
+    TERN_MIME_F_ENCODED_MESSAGE = 1 << 6,  /* message/rfc822 or global with base64/QP: not descended */
     TERN_MIME_F_HEADER_TRUNCATED = 1 << 7, /* header cut by max_header_bytes */
     TERN_MIME_F_HEADER_NO_END = 1 << 8,    /* header ended by a boundary or the input end */
 };
@@ -236,7 +236,7 @@ struct tern_mime_attachment {
     tern_mime_attachment *next;
     const tern_mime_part *part;
     const char *filename;  /* UTF-8 (RFC 2231/2047 decoded), or NULL */
-    const char *type;      /* "type/subtype", lowercase */
+    const char *type;      /* "type/subtype" as declared (or defaulted), lowercase */
     uint64_t size;         /* decoded size, estimated from the encoded body */
 };
 
