@@ -6,6 +6,7 @@
  * message bytes; see mime.h for the degradation rules and the limits. */
 #include "lib/mime.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -236,15 +237,9 @@ static int merge_params(tern_arena *a, rawp *raw, tern_mime_param **out_r)
                         cs_len = (size_t)(q1 - v);
                         lang = q1 + 1;
                         lang_len = (size_t)(q2 - lang);
-                        if (tern_buf_append(&rawv, v, vl))
-                            goto oom;
                         v = q2 + 1;
                         vl -= (size_t)(v - sec->val);
-                    } else if (tern_buf_append(&rawv, v, vl)) {
-                        goto oom;
                     }
-                } else if (tern_buf_append(&rawv, v, vl)) {
-                    goto oom;
                 }
                 if (sec->star)
                     pct_decode(&dec, v, vl);
@@ -258,6 +253,27 @@ static int merge_params(tern_arena *a, rawp *raw, tern_mime_param **out_r)
                 if (strcmp(q->name, r->name) == 0)
                     q->used = true;
             p->extended = ext;
+            if (ext) {
+                /* One extended value, "charset'lang'" then every byte that
+                 * is not an attribute-char percent-encoded (RFC 2231). */
+                tern_buf_append(&rawv, cs ? cs : "", cs_len);
+                tern_buf_append(&rawv, "'", 1);
+                tern_buf_append(&rawv, lang ? lang : "", lang_len);
+                tern_buf_append(&rawv, "'", 1);
+                for (size_t k = 0; k < dec.len; k++) {
+                    uint8_t c = dec.data[k];
+                    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                        strchr("!#$&+-.^_`|~", c)) {
+                        tern_buf_append(&rawv, &c, 1);
+                    } else {
+                        char e[4];
+                        snprintf(e, sizeof e, "%%%02X", c);
+                        tern_buf_append(&rawv, e, 3);
+                    }
+                }
+            } else {
+                tern_buf_append(&rawv, dec.data ? (const char *)dec.data : "", dec.len);
+            }
             if (cs && cs_len && !(p->charset = tern_arena_strndup(a, cs, cs_len)))
                 goto oom;
             if (lang && lang_len && !(p->language = tern_arena_strndup(a, lang, lang_len)))
@@ -461,7 +477,8 @@ int tern_mime_parse_content_value(tern_arena *a, const char *s, size_t len, cons
 
 /* ---- parts ------------------------------------------------------------------ */
 
-static tern_mime_part *new_part(tern_mime_parser *p, tern_mime_part *parent, uint64_t at)
+static tern_mime_part *new_part(tern_mime_parser *p, tern_mime_part *parent, uint64_t at,
+                                uint64_t nl_at)
 {
     part_priv *pp = tern_arena_alloc(p->a, sizeof *pp);
     if (!pp) {
@@ -471,7 +488,7 @@ static tern_mime_part *new_part(tern_mime_parser *p, tern_mime_part *parent, uin
     tern_mime_part *m = &pp->pub;
     m->parent = parent;
     m->header_offset = m->body_offset = m->body_end = at;
-    pp->nl_header = pp->nl_body = p->nl;
+    pp->nl_header = pp->nl_body = nl_at;
     if (parent) {
         m->depth = parent->depth + 1;
         if (parent->last_child)
@@ -661,17 +678,17 @@ static void set_charset(tern_mime_part *m)
     m->charset = cs && cs->value_len ? cs->value : "us-ascii";
 }
 
-/* The header of p->cur is over at p->off (p->nl LFs so far). */
-static void header_done(tern_mime_parser *p, unsigned hflags)
+/* The header of p->cur is over at `at`, with nl_at LFs before it. */
+static void header_done(tern_mime_parser *p, unsigned hflags, uint64_t at, uint64_t nl_at)
 {
     tern_mime_part *m = p->cur;
     part_priv *pp = (part_priv *)m;
     p->in_header = false;
     m->flags |= hflags;
-    m->body_offset = m->body_end = p->off;
+    m->body_offset = m->body_end = at;
     m->header_size = m->body_offset - m->header_offset;
-    m->header_lines = p->nl - pp->nl_header;
-    pp->nl_body = p->nl;
+    m->header_lines = nl_at - pp->nl_header;
+    pp->nl_body = nl_at;
     interpret(p, m);
     if (p->oom)
         return;
@@ -705,45 +722,57 @@ static void header_done(tern_mime_parser *p, unsigned hflags)
         } else {
             m->flags |= TERN_MIME_F_MESSAGE;
             set_charset(m);
-            new_part(p, m, p->off); /* the encapsulated message: cur moves to it */
+            new_part(p, m, at, nl_at); /* the encapsulated message: cur moves to it */
             return;
         }
     }
     set_charset(m);
 }
 
-/* Hands header fields to on_field until the header parser wants more. */
-static void header_finish(tern_mime_parser *p, unsigned hflags)
+/* The header ends before all of it was seen: the last fields, then done. */
+static void header_finish(tern_mime_parser *p, unsigned hflags, uint64_t at, uint64_t nl_at)
 {
     tern_header_field f;
     while (tern_header_parser_finish(&p->hp, &f) == TERN_HEADER_FIELD)
         on_field(p, &f);
-    header_done(p, hflags);
+    header_done(p, hflags, at, nl_at);
 }
 
-/* Ends p->cur at `at` (the start of a boundary line, or the end of input
- * with eol false), where `eol` says the line end before `at` belongs to
- * the boundary. Returns the new p->cur (the parent). */
+/* Ends p->cur at `at`: the start of a boundary line (eol true), or the end
+ * of the input. Before a boundary, the part ends before the line end that
+ * precedes the boundary line (RFC 2046: that CRLF is the boundary's), and
+ * so does its header when the part is nothing but a header, or less: an
+ * encapsulated message never reaches past its container, and a part never
+ * past its multipart. p->cur becomes the parent. */
 static void close_cur(tern_mime_parser *p, uint64_t at, bool eol)
 {
     tern_mime_part *m = p->cur;
     part_priv *pp = (part_priv *)m;
+    uint64_t pend = at;
+    if (eol)
+        pend = at >= p->eol_len && at - p->eol_len >= m->header_offset ? at - p->eol_len
+                                                                        : m->header_offset;
     if (p->in_header) {
-        header_finish(p, TERN_MIME_F_HEADER_NO_END);
+        header_finish(p, TERN_MIME_F_HEADER_NO_END, pend, pend < at ? p->nl - 1 : p->nl);
         if (p->cur != m)
             return; /* an encapsulated message opened: it closes first */
     }
-    uint64_t end = at;
-    uint64_t lines = p->nl - pp->nl_body;
-    if (eol && at - p->eol_len >= m->body_offset && at >= p->eol_len) {
-        end = at - p->eol_len;
-        lines--; /* the boundary's LF */
-    } else if (eol) {
-        lines = 0;
+    if (m->body_offset > pend) {
+        /* The header's blank line was the boundary's line end. */
+        if (m->body_offset == at && at > pend)
+            m->header_lines--;
+        m->body_offset = pend;
+        m->header_size = pend - m->header_offset;
+        tern_mime_part *c = m->children; /* an encapsulated message, empty */
+        if (c && c->header_offset > pend) {
+            c->header_offset = c->body_offset = c->body_end = pend;
+            c->header_size = c->body_size = c->header_lines = c->body_lines = 0;
+        }
     }
+    uint64_t end = eol ? pend : at;
     m->body_end = end;
     m->body_size = end - m->body_offset;
-    m->body_lines = lines;
+    m->body_lines = end > m->body_offset ? p->nl - pp->nl_body - (eol ? 1 : 0) : 0;
     if (p->nb > 0 && p->bstack[p->nb - 1].part == m) {
         m->flags |= TERN_MIME_F_NO_END;
         p->nb--;
@@ -782,7 +811,7 @@ static void after_boundary(tern_mime_parser *p)
         p->no_boundaries = true;
         return;
     }
-    new_part(p, p->after_mp, p->off);
+    new_part(p, p->after_mp, p->off, p->nl);
 }
 
 /* Consumes bytes that are not a boundary line start: counters only. */
@@ -823,7 +852,7 @@ static void dispatch(tern_mime_parser *p, const uint8_t *d, size_t n)
         if (ev == TERN_HEADER_FIELD)
             on_field(p, &f);
         else if (ev == TERN_HEADER_END)
-            header_done(p, p->hp.truncated_total ? TERN_MIME_F_HEADER_TRUNCATED : 0);
+            header_done(p, p->hp.truncated_total ? TERN_MIME_F_HEADER_TRUNCATED : 0, p->off, p->nl);
     }
 }
 
@@ -894,7 +923,7 @@ tern_mime_parser *tern_mime_parser_new(tern_arena *a, const tern_mime_limits *li
     }
     p->line_start = true;
     p->eol_len = 1;
-    p->root = new_part(p, NULL, 0);
+    p->root = new_part(p, NULL, 0, 0);
     if (!p->root) {
         tern_mime_parser_free(p);
         return NULL;

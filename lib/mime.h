@@ -82,9 +82,10 @@ struct tern_mime_param {
     const char *name;     /* lowercase, without the RFC 2231 "*n*" suffix */
     const char *value;    /* decoded: UTF-8, NUL-terminated, controls as spaces */
     size_t value_len;
-    /* As written: quotes and backslashes removed; for the RFC 2231 forms,
-     * the sections joined ("charset'lang'%xx..." when extended). What IMAP
-     * BODYSTRUCTURE sends. NUL-terminated (a NUL inside is cut there). */
+    /* As written, quotes and backslashes removed; for RFC 2231 forms, the
+     * sections joined: when extended, one "charset'lang'%XX..." value (every
+     * byte not an attribute-char percent-encoded), else the plain text.
+     * What IMAP BODYSTRUCTURE sends. NUL-terminated (cut at a NUL inside). */
     const char *raw;
     bool extended;        /* name* / name*0* form: raw is percent-encoded */
     const char *charset;  /* RFC 2231 charset, or NULL */

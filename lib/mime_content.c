@@ -273,6 +273,8 @@ static int html_to_text(tern_buf *o, const uint8_t *s, size_t n)
             return rc;
         i++;
     }
+    while (o->len > start && o->data[o->len - 1] == '\n')
+        o->len--; /* from closing block tags */
     return 0;
 }
 
