@@ -191,6 +191,19 @@ static void set_name(actx *x, tern_address *a, const char *name)
     }
 }
 
+/* An atom with characters that RFC 5322 (and 6532) never put there. */
+static bool odd_atom(const tok *t)
+{
+    if (t->type != T_ATOM)
+        return false;
+    for (size_t i = 0; i < t->len; i++) {
+        uint8_t c = (uint8_t)t->s[i];
+        if (c < 0x20 || c == 0x7f || c == ')' || c == ']' || c == '\\')
+            return true;
+    }
+    return false;
+}
+
 /* local@domain from tokens [s, e) (comments skipped). */
 static void addr_spec(actx *x, tern_address *a, size_t s, size_t e)
 {
@@ -209,7 +222,7 @@ static void addr_spec(actx *x, tern_address *a, size_t s, size_t e)
             continue;
         if (at == e && b.len && t->ws_before)
             tern_buf_append(&b, " ", 1); /* no "@": keep the words apart */
-        if (t->type == T_SPECIAL && t->ch != '.')
+        if ((t->type == T_SPECIAL && t->ch != '.') || odd_atom(t))
             a->invalid = true;
         tok_text(&b, t);
         any = true;
@@ -223,7 +236,7 @@ static void addr_spec(actx *x, tern_address *a, size_t s, size_t e)
             const tok *t = &x->t[i];
             if (t->type == T_COMMENT)
                 continue;
-            if (t->type == T_QS || (t->type == T_SPECIAL && t->ch != '.'))
+            if (t->type == T_QS || (t->type == T_SPECIAL && t->ch != '.') || odd_atom(t))
                 a->invalid = true;
             tok_text(&b, t);
         }

@@ -161,9 +161,6 @@ int tern_qp_decode_finish(tern_qp_decoder *d, tern_buf *out)
 {
     outq o = {.buf = out};
     switch (d->state) {
-    case Q_EQ:
-        put(&o, "=", 1);
-        break;
     case Q_HEX1:
         put(&o, "=", 1);
         put(&o, &d->hex1, 1);
@@ -173,7 +170,9 @@ int tern_qp_decode_finish(tern_qp_decoder *d, tern_buf *out)
         put(&o, "\r", 1);
         break;
     default:
-        break; /* trailing whitespace and "= " at the end: padding */
+        /* Trailing whitespace is padding; a last "=" is a soft break whose
+         * line end went to the next boundary line. */
+        break;
     }
     d->ws_len = 0;
     d->state = Q_NORMAL;

@@ -28,8 +28,10 @@ typedef struct tern_qp_decoder {
 void tern_qp_decoder_init(tern_qp_decoder *d);
 /* Appends what in[0..len) decodes to. Returns 0 or TERN_BUF_E*. */
 int tern_qp_decode(tern_qp_decoder *d, tern_buf *out, const uint8_t *in, size_t len);
-/* The input is over: flushes what was held back ("=" and "=X" at the end
- * are kept as they are; trailing whitespace is dropped). */
+/* The input is over: flushes what was held back. A last "=" is a soft
+ * break (a part's body ends before the CRLF that belongs to the boundary,
+ * so "...=\r\n--boundary" leaves it last); "=X" is kept as it is;
+ * trailing whitespace is dropped. */
 int tern_qp_decode_finish(tern_qp_decoder *d, tern_buf *out);
 
 enum {
