@@ -770,9 +770,11 @@ static void close_cur(tern_mime_parser *p, uint64_t at, bool eol)
         }
     }
     uint64_t end = eol ? pend : at;
+    if ((m->flags & TERN_MIME_F_MULTIPART) && m->last_child && m->last_child->body_end > end)
+        end = m->last_child->body_end; /* "--inner\n--outer": an empty last part after the LF */
     m->body_end = end;
     m->body_size = end - m->body_offset;
-    m->body_lines = end > m->body_offset ? p->nl - pp->nl_body - (eol ? 1 : 0) : 0;
+    m->body_lines = end > m->body_offset ? p->nl - pp->nl_body - (end < at ? 1 : 0) : 0;
     if (p->nb > 0 && p->bstack[p->nb - 1].part == m) {
         m->flags |= TERN_MIME_F_NO_END;
         p->nb--;

@@ -30,6 +30,8 @@ int tern_mime_part_decode(const tern_mime_part *m, const uint8_t *msg, size_t le
     if (m->encoding == TERN_MIME_ENC_BASE64) {
         tern_base64_stream st;
         tern_base64_stream_init(&st);
+        if (n == 0)
+            return 0;
         int rc = tern_buf_reserve(out, n);
         if (rc)
             return rc;
