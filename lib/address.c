@@ -342,6 +342,7 @@ tern_address *tern_address_list_parse(tern_arena *arena, const char *in, size_t 
     bool in_group = false;
     size_t s = 0;
     bool angle = false;
+    bool addr_seen = false; /* "@", "<" or ">" since the element began: ":" is no group */
     for (size_t i = 0; i <= x.n && !x.oom; i++) {
         if (i < x.n) {
             const tok *t = &x.t[i];
@@ -351,16 +352,13 @@ tern_address *tern_address_list_parse(tern_arena *arena, const char *in, size_t 
                 angle = true;
             else if (t->ch == '>')
                 angle = false;
+            bool was_seen = addr_seen;
+            if (t->ch == '@' || t->ch == '<' || t->ch == '>')
+                addr_seen = true;
             if (angle)
                 continue; /* "," and ":" inside <> belong to a route */
             if (t->ch == ':' && !in_group) {
-                bool before_at = true, has_lt = false;
-                for (size_t k = s; k < i; k++)
-                    if (x.t[k].type == T_SPECIAL && (x.t[k].ch == '@' || x.t[k].ch == '>'))
-                        before_at = false;
-                    else if (x.t[k].type == T_SPECIAL && x.t[k].ch == '<')
-                        has_lt = true;
-                if (before_at && !has_lt) {
+                if (!was_seen) {
                     tern_address *g = add(&x, TERN_ADDRESS_GROUP_START);
                     if (g)
                         set_name(&x, g, phrase(&x, s, i));
@@ -374,6 +372,7 @@ tern_address *tern_address_list_parse(tern_arena *arena, const char *in, size_t 
         }
         element(&x, s, i);
         s = i + 1;
+        addr_seen = false;
         if (i < x.n && x.t[i].ch == ';' && in_group) {
             add(&x, TERN_ADDRESS_GROUP_END);
             in_group = false;

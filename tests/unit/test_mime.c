@@ -673,6 +673,11 @@ static void test_mime_edges(void **state)
         "Content-Type: message/rfc822\r\n\r\nContent-Type: message/rfc822\r\n\r\nx",
         "Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n",
         "Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\n--d--",
+        /* an empty last part right after a boundary line's LF (found by fuzzing) */
+        "Content-Type: multipart/mixed; boundary=o\n\n--o\nContent-Type: multipart/mixed;"
+        " boundary=i\n\n--i\n--o--\n",
+        "Content-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\nContent-Type: message/rfc822\r\n"
+        "\r\n--o--\r\n",
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char what[32];
