@@ -695,8 +695,10 @@ static void header_done(tern_mime_parser *p, unsigned hflags, uint64_t at, uint6
     bool can_open = m->depth + 1 <= p->lim.max_depth && p->n_parts < p->lim.max_parts;
     if (strcmp(m->type, "multipart") == 0) {
         const tern_mime_param *b = tern_mime_param_get(m->params, "boundary");
-        size_t bl = b ? strlen(b->raw) : 0;
-        if (bl == 0 || bl > TERN_MIME_BOUNDARY_MAX || (b && b->extended)) {
+        /* boundary*=us-ascii''x is odd but unambiguous: its value is the boundary */
+        const char *bs = b ? (b->extended ? b->value : b->raw) : NULL;
+        size_t bl = bs ? strlen(bs) : 0;
+        if (bl == 0 || bl > TERN_MIME_BOUNDARY_MAX) {
             m->flags |= TERN_MIME_F_NO_BOUNDARY;
             set_type(m, "text", "plain");
         } else if (!can_open || p->no_boundaries) {
@@ -704,9 +706,9 @@ static void header_done(tern_mime_parser *p, unsigned hflags, uint64_t at, uint6
             set_type(m, "application", "octet-stream");
         } else {
             m->flags |= TERN_MIME_F_MULTIPART;
-            m->boundary = b->raw;
+            m->boundary = bs;
             p->bstack[p->nb].part = m;
-            p->bstack[p->nb].b = b->raw;
+            p->bstack[p->nb].b = bs;
             p->bstack[p->nb].len = bl;
             p->nb++;
         }

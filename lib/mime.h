@@ -140,7 +140,7 @@ struct tern_mime_part {
     const char *declared_type, *declared_subtype; /* as the header said (lowercased) or the default */
     tern_mime_param *params;     /* Content-Type parameters, in order */
     const char *charset;         /* the charset param, or "us-ascii" for text/ (default); else NULL */
-    const char *boundary;        /* raw boundary of a multipart, or NULL */
+    const char *boundary;        /* the boundary of a parsed multipart, or NULL */
 
     tern_mime_encoding encoding;
     const char *encoding_name;   /* lowercase token; "7bit" when absent */

@@ -686,6 +686,64 @@ static void test_mime_edges(void **state)
     }
 }
 
+/* The forms a boundary parameter comes in, and the ones refused. */
+static void test_mime_boundary_forms(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *param, *line;
+        bool ok;
+    } cases[] = {
+        {"boundary=simple", "simple", true},
+        {"boundary=\"with space\"", "with space", true},
+        {"boundary*=us-ascii''ext%2Dended", "ext-ended", true},
+        {"boundary*0=\"con\"; boundary*1=tinued", "continued", true},
+        {"BOUNDARY=\"Upper\"", "Upper", true},
+        {"boundary=\"\"", "", false},
+        {"charset=x", "x", false},
+    };
+    tern_arena a;
+    tern_arena_init(&a, 0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tern_buf m;
+        tern_buf_init(&m, 0);
+        tern_buf_printf(&m, "Content-Type: multipart/mixed; %s\r\n\r\n--%s\r\n\r\nbody\r\n--%s--\r\n",
+                        cases[i].param, cases[i].line, cases[i].line);
+        tern_mime_part *r = tern_mime_parse(&a, m.data, m.len, NULL);
+        if (cases[i].ok) {
+            assert_true(r->flags & TERN_MIME_F_MULTIPART);
+            assert_string_equal(r->boundary, cases[i].line);
+            assert_int_equal(r->n_children, 1);
+            assert_memory_equal(m.data + r->children->body_offset, "body", 4);
+            assert_int_equal(r->children->body_size, 4);
+        } else {
+            assert_true(r->flags & TERN_MIME_F_NO_BOUNDARY);
+            assert_string_equal(r->type, "text");
+            assert_string_equal(r->declared_type, "multipart");
+            assert_null(r->children);
+        }
+        tern_buf_free(&m);
+    }
+    /* Longer than TERN_MIME_BOUNDARY_MAX: refused. */
+    char longb[TERN_MIME_BOUNDARY_MAX + 2];
+    memset(longb, 'b', sizeof longb - 1);
+    longb[sizeof longb - 1] = '\0';
+    tern_buf m;
+    tern_buf_init(&m, 0);
+    tern_buf_printf(&m, "Content-Type: multipart/mixed; boundary=%s\r\n\r\n--%s\r\n\r\nx\r\n", longb, longb);
+    tern_mime_part *r = tern_mime_parse(&a, m.data, m.len, NULL);
+    assert_true(r->flags & TERN_MIME_F_NO_BOUNDARY);
+    m.len = 0;
+    longb[TERN_MIME_BOUNDARY_MAX] = '\0'; /* exactly the maximum: fine */
+    tern_buf_printf(&m, "Content-Type: multipart/mixed; boundary=%s\r\n\r\n--%s\r\n\r\nx\r\n", longb, longb);
+    free(parse_all(m.data, m.len, NULL, "long boundary"));
+    r = tern_mime_parse(&a, m.data, m.len, NULL);
+    assert_true(r->flags & TERN_MIME_F_MULTIPART);
+    assert_int_equal(r->n_children, 1);
+    tern_buf_free(&m);
+    tern_arena_free(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -697,6 +755,7 @@ int main(void)
         cmocka_unit_test(test_mime_content),
         cmocka_unit_test(test_mime_limits),
         cmocka_unit_test(test_mime_edges),
+        cmocka_unit_test(test_mime_boundary_forms),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
