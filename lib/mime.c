@@ -263,7 +263,7 @@ static int merge_params(tern_arena *a, rawp *raw, tern_mime_param **out_r)
                 for (size_t k = 0; k < dec.len; k++) {
                     uint8_t c = dec.data[k];
                     if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                        strchr("!#$&+-.^_`|~", c)) {
+                        (c && strchr("!#$&+-.^_`|~", c))) {
                         tern_buf_append(&rawv, &c, 1);
                     } else {
                         char e[4];
@@ -355,6 +355,8 @@ static size_t parse_one_param(tern_arena *a, const char *s, size_t len, size_t i
                     j++;
                 if (j < len && (s[j] == '(' || looks_like_param(s, len, j)))
                     break;
+                i = j; /* the run is inside the value: never rescanned */
+                continue;
             }
             i++;
         }
@@ -451,7 +453,7 @@ int tern_mime_parse_content_value(tern_arena *a, const char *s, size_t len, cons
             while (i < len && s[i] != ';') {
                 if (s[i] == '"')
                     for (i++; i < len && s[i] != '"'; i++)
-                        if (s[i] == '\\')
+                        if (s[i] == '\\' && i + 1 < len)
                             i++;
                 if (i < len)
                     i++;

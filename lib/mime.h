@@ -145,7 +145,8 @@ struct tern_mime_part {
     tern_mime_encoding encoding;
     const char *encoding_name;   /* lowercase token; "7bit" when absent */
 
-    /* Raw values (unfolded, trimmed), NULL when absent. */
+    /* Raw values (unfolded, trimmed), NULL when absent. NUL-terminated;
+     * a NUL byte inside the field cuts them there. */
     const char *content_id, *description, *language, *location, *md5;
     const char *disposition;     /* lowercase token, or NULL */
     tern_mime_param *disposition_params;
