@@ -181,12 +181,12 @@ size_t tern_mime_count_parts(const tern_mime_part *root);
 /* A parameter by (case-insensitive) name, or NULL. */
 const tern_mime_param *tern_mime_param_get(const tern_mime_param *list, const char *name);
 
-/* Parses a Content-Type or Content-Disposition value into lowercase
- * token(s) and parameters (the parser uses it; the mailets may too).
- * *type_r gets the whole first token ("text/plain" splits into type_r and
- * subtype_r when subtype_r is not NULL). Returns 0, -1 if the value does
- * not start with a token (type_r is then NULL; params are still parsed
- * after a ';'), -2 when out of memory. */
+/* Parses a Content-Type, Content-Disposition or Content-Transfer-Encoding
+ * value into lowercase token(s) and parameters (the parser uses it; the
+ * mailets may too). *type_r gets the first token; with subtype_r given,
+ * "type/subtype" is split (*subtype_r NULL when there is no subtype).
+ * Returns 0, -1 if the value does not start with a token (*type_r is then
+ * NULL; parameters are still read), -2 when out of memory. */
 int tern_mime_parse_content_value(tern_arena *a, const char *value, size_t len,
                                   const char **type_r, const char **subtype_r,
                                   tern_mime_param **params_r);
