@@ -456,6 +456,15 @@ static void test_mime_params(void **state)
     assert_string_equal(pv(p, "charset"), "utf-8");
     assert_int_equal(CV("text"), 0);
     assert_null(st);
+    /* A charset name that glibc folds into UTF-8, with bytes its UTF-8
+     * decoder lets through: the value is still valid UTF-8 (found by
+     * fuzzing). */
+    assert_int_equal(CV("a/b; n*=utf<8''%FB%BD%BD%BD%BD%BDx; m=\"=?utf<8?q?=FB=BD=BD=BD=BD=BD?=\""), 0);
+    q = tern_mime_param_get(p, "n");
+    assert_true(utf8_ok((const uint8_t *)q->value, q->value_len));
+    assert_int_equal(q->value[q->value_len - 1], 'x');
+    q = tern_mime_param_get(p, "m");
+    assert_true(utf8_ok((const uint8_t *)q->value, q->value_len));
     /* Controls never reach a decoded value. */
     assert_int_equal(CV("a/b; n*=utf-8''a%00b%0Ac"), 0);
     assert_string_equal(pv(p, "n"), "a b c");
