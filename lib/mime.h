@@ -11,8 +11,11 @@
  *   body   = [body_offset, body_end). A part followed by a boundary line
  *            ends before the line end (CRLF or bare LF) that precedes the
  *            boundary: that line end belongs to the boundary (RFC 2046
- *            5.1.1), and IMAP counts sizes that way. The last part of the
- *            message ends at the end of the input.
+ *            5.1.1), and IMAP counts sizes that way. When a part is
+ *            nothing but its header (or less), the same holds for the
+ *            header: a blank line right before a boundary is the
+ *            boundary's. A multipart ends no earlier than its last part.
+ *            The last part of the message ends at the end of the input.
  * header_lines and body_lines count the LF bytes in those spans (IMAP
  * body-fld-lines); a last line without a line end is not counted.
  *
@@ -24,7 +27,7 @@
  *    exactly one child: the encapsulated message, whose header starts at
  *    the parent's body_offset and whose body ends at the parent's body_end.
  *
- * How malformed input degrades (the choice is Dovecot's where it has one):
+ * How malformed input degrades (modelled on Dovecot's parser):
  *  - no Content-Type, or one that does not parse as type/subtype: text/plain
  *    with charset=us-ascii (RFC 2045 5.2); message/rfc822 inside a
  *    multipart/digest (RFC 2046 5.1.5); TERN_MIME_F_DEFAULT_TYPE is set;
@@ -32,8 +35,9 @@
  *    longer than TERN_MIME_BOUNDARY_MAX) is a leaf and reads as text/plain
  *    (TERN_MIME_F_NO_BOUNDARY; declared_type/subtype keep what it said);
  *  - a boundary line is "--" + boundary at a line start; what follows the
- *    boundary on that line is ignored (transport padding and worse), "--"
- *    right after it makes it the close delimiter. When several open
+ *    boundary on that line is ignored (transport padding and worse, so
+ *    "--abcdef" is a line of boundary "abc", as in Dovecot), "--" right
+ *    after it makes it the close delimiter. When several open
  *    boundaries match (one is a prefix of another), the longest wins, then
  *    the innermost: so an inner boundary that is a prefix of an outer one
  *    does not end the outer multipart;
@@ -41,7 +45,8 @@
  *    inner multiparts that never saw their close delimiter, and any that
  *    reach the end of input open, get TERN_MIME_F_NO_END;
  *  - a boundary line inside a part's header ends the header there (the
- *    part then has an empty body);
+ *    part then has an empty body; TERN_MIME_F_HEADER_NO_END, also set
+ *    when the input ends inside a header);
  *  - a multipart whose boundary never appears has no children (IMAP must
  *    still write one body for it: Dovecot writes an empty text/plain);
  *  - message/rfc822 with a base64 or quoted-printable encoding is a leaf
@@ -54,10 +59,13 @@
  *
  * Parameters (Content-Type, Content-Disposition) are parsed leniently:
  * comments skipped, values quoted or not, an unquoted value may hold
- * spaces up to the next ';'. RFC 2231 continuations (name*0, name*1*, ...)
+ * spaces up to the next ';' (whitespace then a comment or another
+ * "name=" ends it), junk between parameters skipped, the first of
+ * duplicates kept. RFC 2231 continuations (name*0, name*1*, ...)
  * are joined and the extended form's charset converted to UTF-8 (language
- * kept); RFC 2047 encoded-words in plain values are decoded too (invalid,
- * but what many mailers write for filenames). */
+ * kept) and win over a plain parameter of the same name; RFC 2047
+ * encoded-words in plain values are decoded too (invalid, but what many
+ * mailers write for filenames). An extended boundary*= is used by value. */
 #ifndef TERN_MIME_H
 #define TERN_MIME_H
 
