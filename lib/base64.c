@@ -89,3 +89,49 @@ int tern_base64_decode(const char *in, size_t len, uint8_t *out, size_t cap, siz
     *len_r = o;
     return 0;
 }
+
+/* ---- lenient stream decoding for MIME bodies ------------------------------ */
+
+void tern_base64_stream_init(tern_base64_stream *s)
+{
+    s->acc = 0;
+    s->bits = 0;
+    s->done = 0;
+}
+
+static int stream_val(uint8_t c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+size_t tern_base64_stream_decode(tern_base64_stream *s, const uint8_t *in, size_t len, uint8_t *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len && !s->done; i++) {
+        if (in[i] == '=') {
+            s->done = 1; /* padding: the data is over; the partial group's bits were padding */
+            break;
+        }
+        int v = stream_val(in[i]);
+        if (v < 0)
+            continue;
+        s->acc = (s->acc << 6) | (uint32_t)v;
+        s->bits += 6;
+        if (s->bits >= 8) {
+            s->bits -= 8;
+            out[o++] = (uint8_t)(s->acc >> s->bits);
+            s->acc &= (1u << s->bits) - 1;
+        }
+    }
+    return o;
+}

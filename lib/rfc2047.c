@@ -136,7 +136,9 @@ int tern_charset_to_utf8(tern_buf *out, const char *charset, size_t charset_len,
         oleft = sizeof obuf;
         size_t r = iconv(cd, &ip, &ileft, &op, &oleft);
         int err = r == (size_t)-1 ? errno : 0;
-        if ((rc = tern_buf_append(out, obuf, sizeof obuf - oleft)))
+        /* Checked, not trusted: glibc folds names like "utf<8" into UTF-8
+         * and its UTF-8 decoder passes 5-byte forms (0xFB...) through. */
+        if ((rc = tern_utf8_sanitize(out, (const uint8_t *)obuf, sizeof obuf - oleft)))
             goto done;
         if (r != (size_t)-1 || err == E2BIG)
             continue;
@@ -151,7 +153,7 @@ int tern_charset_to_utf8(tern_buf *out, const char *charset, size_t charset_len,
     op = obuf;
     oleft = sizeof obuf;
     iconv(cd, NULL, NULL, &op, &oleft);
-    rc = tern_buf_append(out, obuf, sizeof obuf - oleft);
+    rc = tern_utf8_sanitize(out, (const uint8_t *)obuf, sizeof obuf - oleft);
 done:
     iconv_close(cd);
     return rc;

@@ -6,6 +6,9 @@
 #include "mailets/pipeline_int.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,14 +133,61 @@ static void match_free(pl_match *m)
     free(m->kids);
 }
 
+/* A memfd holding the file's bytes, or -1 (then the path is used). */
+static int plugin_private_copy(const char *path)
+{
+    int in = open(path, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return -1;
+    int out = memfd_create("tern-plugin", MFD_CLOEXEC);
+    if (out < 0) {
+        close(in);
+        return -1;
+    }
+    char buf[65536];
+    ssize_t n;
+    while ((n = read(in, buf, sizeof(buf))) > 0) {
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(out, buf + off, (size_t)(n - off));
+            if (w <= 0) {
+                close(in);
+                close(out);
+                return -1;
+            }
+            off += w;
+        }
+    }
+    close(in);
+    if (n < 0) {
+        close(out);
+        return -1;
+    }
+    return out;
+}
+
 static int plugin_load(tern_pipeline *p, pl_plugin *pl, const tern_plugin_conf *pc,
                        tern_config_errors *errs)
 {
     char where[96];
     snprintf(where, sizeof(where), "plugins (line %u)", pc->line);
     /* RTLD_LOCAL: a plugin's symbols never satisfy another's; RTLD_NOW:
-     * a missing symbol is found here, at load, not in the middle of a mail. */
-    pl->handle = dlopen(pc->path, RTLD_NOW | RTLD_LOCAL);
+     * a missing symbol is found here, at load, not in the middle of a mail.
+     * Loaded from a private copy so that a SIGHUP after replacing the file
+     * gets the new version: dlopen of a path already loaded (the old chain
+     * still holds it while its mail finishes) would return the old one. */
+    int fd = plugin_private_copy(pc->path);
+    if (fd >= 0) {
+        char proc[64];
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+        pl->handle = dlopen(proc, RTLD_NOW | RTLD_LOCAL);
+        /* Kept open while loaded: glibc finds loaded objects by name, and a
+         * reused fd number would name the old object. */
+        if (pl->handle)
+            pl->fd = fd;
+        else
+            close(fd);
+    } else
+        pl->handle = dlopen(pc->path, RTLD_NOW | RTLD_LOCAL);
     if (pl->handle == NULL) {
         const char *e = dlerror();
         tern_config_errors_add(errs, "%s: %s: cannot load %s: %s", where, pc->name, pc->path,
@@ -201,6 +251,8 @@ tern_pipeline *tern_pipeline_build(tern_config *cfg, struct tern_auth *auth,
         return NULL;
     }
     p->n_plugins = cfg->n_plugins;
+    for (size_t i = 0; i < cfg->n_plugins; i++)
+        p->plugins[i].fd = -1;
     for (size_t i = 0; i < cfg->n_plugins; i++)
         plugin_load(p, &p->plugins[i], &cfg->plugins[i], errs);
 
@@ -273,8 +325,11 @@ void tern_pipeline_unref(tern_pipeline *p)
     /* Instances first (their deinit is in the plugin's code), then the
      * objects. */
     for (size_t i = 0; p->plugins && i < p->n_plugins; i++)
-        if (p->plugins[i].handle)
+        if (p->plugins[i].handle) {
             dlclose(p->plugins[i].handle);
+            if (p->plugins[i].fd >= 0)
+                close(p->plugins[i].fd);
+        }
     free(p->plugins);
     if (p->auth)
         tern_auth_unref(p->auth);

@@ -42,6 +42,7 @@ typedef struct pl_proc {
 
 typedef struct pl_plugin {
     void *handle;
+    int fd;          /* the private copy it was loaded from, or -1 */
     const tern_mailet_module *mod;
     const char *path;
 } pl_plugin;

@@ -368,3 +368,58 @@ def test_plugin_wrong_abi_or_failing_init_refused(tern_factory, tmp_path):
         # ternd refuses to start the same way.
         p = subprocess.run([str(TERND), "-c", str(t.conf_path)], capture_output=True, timeout=60)
         assert p.returncode != 0 and needle.encode() in p.stderr, p.stderr
+
+
+def test_sighup_loads_a_new_version_of_a_plugin(tern_factory, tmp_path):
+    src = (ROOT / "mailets" / "examples" / "subject_tagger.c").read_text()
+    so = tmp_path / "tagger.so"
+
+    def build(version):
+        c = tmp_path / "tagger.c"
+        c.write_text(src.replace('"X-Subject-Tag"', f'"X-Version-{version}"'))
+        tmpso = tmp_path / "tagger.so.new"
+        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-I", str(ROOT / "mailets"), "-o",
+                        str(tmpso), str(c)], check=True, capture_output=True, timeout=120)
+        tmpso.rename(so)    # replaced the way a package upgrade does
+
+    build(1)
+    cfg = {"plugins": [{"name": "SubjectTagger", "path": str(so)}],
+           "processors": {
+               "root": [{"match": "All", "mailet": "SubjectTagger", "pattern": "."},
+                        {"match": "All", "mailet": "LocalDelivery"}],
+               "error": [{"match": "All", "mailet": "RemoteDelivery"}],
+               "bounces": [{"match": "All", "mailet": "RemoteDelivery"}]}}
+    t = tern_factory(cfg, start=False)
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test")
+    t.start()
+    m1 = uuid.uuid4().hex
+    assert send_mail(t, "s@example.org", ["alice@example.test"], marked_message(m1)).code == 250
+    f1 = find_message(t, "alice@example.test", m1)
+    assert f1 and b"X-Version-1: matched" in f1[0].read_bytes()
+    build(2)
+    t.reload()
+    m2 = uuid.uuid4().hex
+    assert send_mail(t, "s@example.org", ["alice@example.test"], marked_message(m2)).code == 250
+    f2 = find_message(t, "alice@example.test", m2)
+    assert f2 and b"X-Version-2: matched" in f2[0].read_bytes(), f2[0].read_bytes()[:300]
+
+
+def test_root_deadline_answers_and_processing_goes_on(tern_factory, tmp_path):
+    cfg = faulty_config(build_faulty(tmp_path, 4))
+    cfg["mailets"] = {"root_deadline": "300ms"}
+    cfg["processors"]["root"] = [{"match": "All", "mailet": "Faulty"},
+                                 {"match": "All", "mailet": "LocalDelivery"}]
+    t = tern_factory(cfg, start=False)
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test")
+    t.start()
+    marker = uuid.uuid4().hex
+    t0 = time.monotonic()
+    r = send_mail(t, "s@example.org", ["alice@example.test"], marked_message(marker))
+    took = time.monotonic() - t0
+    assert r.code == 250, r
+    assert took < 1.8, took            # the mailet takes 2 s; the deadline is 0.3 s
+    assert log_has(t, f"event=root_deadline qid={r.qid}")
+    files = find_message(t, "alice@example.test", marker)
+    assert files and b"X-Slow: done\r\n" in files[0].read_bytes()

@@ -1,8 +1,11 @@
 /* Test plugins that misbehave on purpose (built by test_pipeline.py with
- * -DFAULT=...): a verdict out of range, a wrong ABI version, a failing
- * init. The engine must refuse or isolate them and lose no mail. */
+ * -DFAULT=...): 1 a verdict out of range, 2 a wrong ABI version, 3 a
+ * failing init, 4 a slow (asynchronous) mailet for the root deadline. The engine must refuse or isolate them and lose no mail. */
 #include <stdio.h>
 #include <tern/mailet.h>
+#include <unistd.h>
+
+static const tern_mailet_host *H;
 
 static int faulty_init(const tern_mailet_host *host, const tern_mailet_params *p, void **state_r,
                        char *err, size_t err_size)
@@ -11,14 +14,35 @@ static int faulty_init(const tern_mailet_host *host, const tern_mailet_params *p
     snprintf(err, err_size, "refusing to start on purpose");
     return -1;
 #else
+    H = host;
     *state_r = NULL;
     return 0;
 #endif
 }
 
+/* FAULT 4: a slow mailet done right: the blocking part on a pool thread. */
+static void slow_work(void *arg)
+{
+    (void)arg;
+    sleep(2);
+}
+
+static void slow_done(tern_mail *m, void *arg)
+{
+    (void)arg;
+    H->header_add(m, "X-Slow", "done");
+    H->resume(m, TERN_MAILET_CONTINUE, NULL);
+}
+
 static tern_mailet_verdict faulty_service(void *state, tern_mail *m, tern_mailet_result *res)
 {
+#if FAULT == 4
+    if (H->call_async(m, slow_work, slow_done, NULL) != 0)
+        return TERN_MAILET_ERROR;
+    return TERN_MAILET_PENDING;
+#else
     return (tern_mailet_verdict)42;
+#endif
 }
 
 const tern_mailet_module tern_mailet_module_v1 = {
