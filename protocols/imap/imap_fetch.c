@@ -37,6 +37,20 @@ struct imap_fetch_job {
     uint32_t hdr_uid;
     bool hdr_complete;
     size_t hdr_end;          /* octets of the header block, blank line included */
+    /* the MIME tree of the current message (ENVELOPE, BODYSTRUCTURE, parts) */
+    bool need_tree;
+    tern_arena tree_arena;
+    tern_mime_parser *parser;
+    tern_mime_part *tree;
+    uint32_t tree_uid;
+    uint64_t tree_off;
+    /* a byte range of the current message read into memory (a part's
+     * header for HEADER.FIELDS) */
+    uint8_t *rng;
+    size_t rng_len, rng_cap;
+    uint32_t rng_uid;
+    uint64_t rng_start, rng_want;
+    bool rng_ready;
     /* a literal being streamed from the store */
     bool streaming;
     uint64_t body_off, body_left;
@@ -54,6 +68,9 @@ void imap__fetch_free(imap_session *s)
         tern_store_req_free(j->batch);
     free(j->todo);
     free(j->hdr);
+    free(j->rng);
+    tern_mime_parser_free(j->parser);
+    tern_arena_free(&j->tree_arena);
     free(j->seen_uids);
     free(j);
     s->job = NULL;
@@ -325,11 +342,215 @@ static void fetch_header_done(imap_session *s, tern_store_req *r)
     fetch_write(s);
 }
 
+/* ---- the MIME tree ------------------------------------------------------ */
+
+static void fetch_tree_done(imap_session *s, tern_store_req *r);
+
+static bool fetch_submit_body(imap_session *s, uint32_t uid, uint64_t off, size_t max,
+                              imap_step step)
+{
+    tern_store_req *r = imap__req(s, TERN_STORE_FETCH_BODY);
+    if (!r) {
+        fetch_end(s, "NO", "[SERVERBUG] out of memory");
+        return false;
+    }
+    r->in.name = s->mbox;
+    r->in.uid = uid;
+    r->in.offset = off;
+    r->in.max_len = max;
+    s->step = step;
+    s->pending++;
+    if (tern_store_submit(s->base.host->store_client, r) != 0) {
+        s->pending--;
+        s->step = NULL;
+        tern_store_req_free(r);
+        fetch_end(s, "NO", "[UNAVAILABLE] storage unavailable");
+        return false;
+    }
+    return true;
+}
+
+/* Parses the current message's structure, reading it in chunks (the parser
+ * keeps offsets, not bytes). True when the tree is there. */
+static bool fetch_need_tree(imap_session *s)
+{
+    imap_fetch_job *j = s->job;
+    const tern_message_info *m = &j->batch->out.messages[j->bi];
+    if (j->tree && j->tree_uid == m->uid)
+        return true;
+    if (j->parser == NULL || j->tree_uid != m->uid) {
+        tern_mime_parser_free(j->parser);
+        tern_arena_reset(&j->tree_arena);
+        j->tree = NULL;
+        j->tree_uid = m->uid;
+        j->tree_off = 0;
+        j->parser = tern_mime_parser_new(&j->tree_arena, NULL);
+        if (!j->parser) {
+            fetch_end(s, "NO", "[SERVERBUG] out of memory");
+            return false;
+        }
+    }
+    fetch_submit_body(s, m->uid, j->tree_off, BODY_CHUNK, fetch_tree_done);
+    return false;
+}
+
+static void fetch_tree_done(imap_session *s, tern_store_req *r)
+{
+    imap_fetch_job *j = s->job;
+    if (r->status != TERN_STORE_OK) {
+        tern_store_req_free(r);
+        fetch_end(s, "NO", "[UNAVAILABLE] message unavailable");
+        return;
+    }
+    size_t n = r->out.body_len;
+    uint64_t total = r->out.body_total;
+    if (n && tern_mime_parser_feed(j->parser, r->out.body, n) != 0) {
+        tern_store_req_free(r);
+        fetch_end(s, "NO", "[SERVERBUG] out of memory");
+        return;
+    }
+    tern_store_req_free(r);
+    j->tree_off += n;
+    if (n == 0 || j->tree_off >= total) {
+        j->tree = tern_mime_parser_finish(j->parser);
+        tern_mime_parser_free(j->parser);
+        j->parser = NULL;
+        if (!j->tree) {
+            fetch_end(s, "NO", "[SERVERBUG] out of memory");
+            return;
+        }
+    }
+    fetch_write(s);
+}
+
+static void fetch_range_done(imap_session *s, tern_store_req *r);
+
+/* Reads [start, start+len) of the current message into j->rng. */
+static bool fetch_need_range(imap_session *s, uint64_t start, uint64_t len)
+{
+    imap_fetch_job *j = s->job;
+    const tern_message_info *m = &j->batch->out.messages[j->bi];
+    if (len > HEADER_MAX)
+        len = HEADER_MAX;
+    if (j->rng_ready && j->rng_uid == m->uid && j->rng_start == start && j->rng_want == len)
+        return true;
+    if (j->rng_uid != m->uid || j->rng_start != start || j->rng_want != len) {
+        j->rng_uid = m->uid;
+        j->rng_start = start;
+        j->rng_want = len;
+        j->rng_len = 0;
+        j->rng_ready = false;
+        if (j->rng_cap < len) {
+            uint8_t *nb = realloc(j->rng, len ? len : 1);
+            if (!nb) {
+                fetch_end(s, "NO", "[SERVERBUG] out of memory");
+                return false;
+            }
+            j->rng = nb;
+            j->rng_cap = len;
+        }
+    }
+    if (j->rng_len >= len) {
+        j->rng_ready = true;
+        return true;
+    }
+    size_t want = len - j->rng_len < BODY_CHUNK ? (size_t)(len - j->rng_len) : BODY_CHUNK;
+    fetch_submit_body(s, m->uid, start + j->rng_len, want, fetch_range_done);
+    return false;
+}
+
+static void fetch_range_done(imap_session *s, tern_store_req *r)
+{
+    imap_fetch_job *j = s->job;
+    if (r->status != TERN_STORE_OK) {
+        tern_store_req_free(r);
+        fetch_end(s, "NO", "[UNAVAILABLE] message unavailable");
+        return;
+    }
+    size_t n = r->out.body_len;
+    if (n > j->rng_want - j->rng_len)
+        n = (size_t)(j->rng_want - j->rng_len);
+    memcpy(j->rng + j->rng_len, r->out.body, n);
+    j->rng_len += n;
+    if (n == 0)
+        j->rng_ready = true; /* the message is shorter than its tree said */
+    tern_store_req_free(r);
+    fetch_write(s);
+}
+
+/* BODY[1.2...] and its .MIME/.HEADER/.TEXT/.HEADER.FIELDS forms, from the
+ * tree's offsets. False when it went asynchronous. */
+static bool fetch_part_section(imap_session *s, const tern_imap_fetch_att *a,
+                               const tern_message_info *m)
+{
+    imap_fetch_job *j = s->job;
+    char sec[TERN_IMAP_MAX_PART_DEPTH * 11 + 1];
+    size_t sl = 0;
+    for (size_t i = 0; i < a->n_part; i++)
+        sl += (size_t)snprintf(sec + sl, sizeof(sec) - sl, "%s%u", i ? "." : "", a->part[i]);
+    const tern_mime_part *p = tern_mime_part_by_section(j->tree, sec, sl);
+    uint64_t start = 0, end = 0;
+    bool fields = false;
+    if (p) {
+        switch (a->sec) {
+        case TERN_IMAP_SEC_ALL:
+            start = p->body_offset;
+            end = p->body_end;
+            break;
+        case TERN_IMAP_SEC_MIME:
+            start = p->header_offset;
+            end = p->body_offset;
+            break;
+        default:
+            if (!(p->flags & TERN_MIME_F_MESSAGE) || !p->children)
+                break; /* HEADER/TEXT of a part that is no message: empty */
+            start = a->sec == TERN_IMAP_SEC_TEXT ? p->children->body_offset
+                                                 : p->children->header_offset;
+            end = a->sec == TERN_IMAP_SEC_TEXT ? p->children->body_end
+                                               : p->children->body_offset;
+            fields = a->sec == TERN_IMAP_SEC_HEADER_FIELDS ||
+                     a->sec == TERN_IMAP_SEC_HEADER_FIELDS_NOT;
+            break;
+        }
+    }
+    if (end > m->size)
+        end = m->size;
+    if (start > end)
+        start = end;
+    if (fields && !fetch_need_range(s, start, end - start))
+        return false;
+    put_item_sep(s, j);
+    if (!p) {
+        imap__printf(s, "%s NIL", a->name);
+        return true;
+    }
+    if (fields) {
+        tern_buf tmp;
+        tern_buf_init(&tmp, 0);
+        put_header_fields(s, a, j->rng, j->rng_len, &tmp);
+        uint64_t off, len;
+        put_literal_head(s, a, tmp.len, &off, &len);
+        if (len)
+            tern_buf_append(&s->ob, tmp.data + off, (size_t)len);
+        tern_buf_free(&tmp);
+        return true;
+    }
+    uint64_t off, len;
+    put_literal_head(s, a, end - start, &off, &len);
+    j->body_off = start + off;
+    j->body_left = len;
+    j->streaming = true;
+    fetch_stream_next(s);
+    return false;
+}
+
 /* One section item; returns false when it went asynchronous. */
 static bool fetch_section(imap_session *s, const tern_imap_fetch_att *a,
                           const tern_message_info *m)
 {
     imap_fetch_job *j = s->job;
+    if (a->n_part > 0)
+        return fetch_part_section(s, a, m);
     if (a->sec == TERN_IMAP_SEC_ALL) {
         put_item_sep(s, j);
         put_literal_head(s, a, m->size, &j->body_off, &j->body_left);
@@ -389,6 +610,8 @@ static void fetch_write(imap_session *s)
             j->ai = 0;
             continue;
         }
+        if (j->need_tree && !fetch_need_tree(s))
+            return; /* resumes once the structure is parsed */
         if (!j->open) {
             imap__printf(s, "* %zu FETCH (", msn);
             j->open = true;
@@ -429,6 +652,19 @@ static void fetch_write(imap_session *s)
                     imap__printf(s, "THREADID (%s)", m->thread_id);
                 else
                     imap__printf(s, "THREADID NIL");
+                break;
+            case TERN_IMAP_FA_ENVELOPE:
+                put_item_sep(s, j);
+                imap__printf(s, "ENVELOPE ");
+                imap__put_envelope(s, &j->tree_arena, j->tree->envelope);
+                break;
+            case TERN_IMAP_FA_BODYSTRUCTURE:
+            case TERN_IMAP_FA_BODY_STRUCT:
+                put_item_sep(s, j);
+                imap__printf(s, "%s ", a->kind == TERN_IMAP_FA_BODYSTRUCTURE ? "BODYSTRUCTURE"
+                                                                          : "BODY");
+                imap__put_body(s, &j->tree_arena, j->tree,
+                               a->kind == TERN_IMAP_FA_BODYSTRUCTURE);
                 break;
             case TERN_IMAP_FA_SECTION:
                 if (!fetch_section(s, a, m))
@@ -628,19 +864,8 @@ static const char *unsupported(const tern_imap_fetch *f)
 {
     for (size_t i = 0; i < f->n; i++) {
         const tern_imap_fetch_att *a = &f->atts[i];
-        switch (a->kind) {
-        case TERN_IMAP_FA_ENVELOPE:
-        case TERN_IMAP_FA_BODYSTRUCTURE:
-        case TERN_IMAP_FA_BODY_STRUCT:
-        case TERN_IMAP_FA_BINARY_SIZE:
-            return "ENVELOPE, BODY, BODYSTRUCTURE and BINARY.SIZE are not available yet";
-        case TERN_IMAP_FA_SECTION:
-            if (a->n_part > 0 || a->sec == TERN_IMAP_SEC_MIME)
-                return "body part sections are not available yet";
-            break;
-        default:
-            break;
-        }
+        if (a->kind == TERN_IMAP_FA_BINARY_SIZE || (a->binary && a->n_part > 0))
+            return "BINARY of body parts and BINARY.SIZE are not available yet";
     }
     return NULL;
 }
@@ -664,6 +889,7 @@ void imap__cmd_fetch(imap_session *s, tern_imap_parser *ps)
         return;
     }
     s->job = j;
+    tern_arena_init(&j->tree_arena, 4096);
     if (!tern_imap_sp(ps) || !tern_imap_fetch_atts(ps, &j->f)) {
         imap__fetch_free(s);
         imap__bad(s, ps, "bad FETCH items");
@@ -687,6 +913,10 @@ void imap__cmd_fetch(imap_session *s, tern_imap_parser *ps)
         has_modseq |= j->f.atts[i].kind == TERN_IMAP_FA_MODSEQ;
         if (j->f.atts[i].kind == TERN_IMAP_FA_SECTION && !j->f.atts[i].peek && !s->readonly)
             j->set_seen = true;
+        tern_imap_fa_kind k = j->f.atts[i].kind;
+        if (k == TERN_IMAP_FA_ENVELOPE || k == TERN_IMAP_FA_BODYSTRUCTURE ||
+            k == TERN_IMAP_FA_BODY_STRUCT || j->f.atts[i].n_part > 0)
+            j->need_tree = true;
     }
     if (j->f.changedsince || has_modseq)
         s->condstore = true;

@@ -13,6 +13,7 @@
 #include "auth/auth.h"
 #include "lib/arena.h"
 #include "lib/buf.h"
+#include "lib/mime.h"
 #include "protocols/common/session.h"
 #include "protocols/imap/imap_parser.h"
 
@@ -133,6 +134,10 @@ void imap__cmd_store(imap_session *s, tern_imap_parser *ps);
 void imap__cmd_copy(imap_session *s, tern_imap_parser *ps);
 void imap__cmd_expunge(imap_session *s, tern_imap_parser *ps);
 void imap__cmd_close(imap_session *s, tern_imap_parser *ps);
+
+/* imap_bodystructure.c */
+void imap__put_envelope(imap_session *s, tern_arena *a, const tern_mime_envelope *e);
+void imap__put_body(imap_session *s, tern_arena *a, const tern_mime_part *p, bool ext);
 
 /* imap_fetch.c */
 void imap__cmd_fetch(imap_session *s, tern_imap_parser *ps);

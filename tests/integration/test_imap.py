@@ -643,3 +643,78 @@ def imap_strict(tern_factory):
     ctl(t, "account", "add", USER, "--password-stdin", stdin=(PASSWORD + "\n").encode())
     t.start()
     return t
+
+
+# ---------------------------------------------------------------- MIME structure
+
+MULTI = (b'From: "Bob B." <bob@example.test>\r\n'
+         b"To: alice@example.test, Friends: carol@example.test;\r\n"
+         b"Subject: parts\r\n"
+         b"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+         b"Message-ID: <m1@example.test>\r\n"
+         b"MIME-Version: 1.0\r\n"
+         b'Content-Type: multipart/mixed; boundary="XX"\r\n'
+         b"\r\n"
+         b"preamble\r\n"
+         b"--XX\r\n"
+         b"Content-Type: text/plain; charset=utf-8\r\n"
+         b"\r\n"
+         b"hello\r\nworld\r\n"
+         b"\r\n--XX\r\n"
+         b'Content-Type: message/rfc822\r\n'
+         b"\r\n"
+         b"From: inner@example.test\r\nSubject: inner\r\n\r\ninner body\r\n"
+         b"\r\n--XX\r\n"
+         b'Content-Type: application/octet-stream; name="a.bin"\r\n'
+         b"Content-Transfer-Encoding: base64\r\n"
+         b'Content-Disposition: attachment; filename="a.bin"\r\n'
+         b"\r\n"
+         b"AAEC\r\n"
+         b"--XX--\r\n")
+
+
+def test_envelope_bodystructure_and_parts(imap):
+    c = connect(imap)
+    c.append("INBOX", None, None, MULTI)
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(ENVELOPE)")
+    env = data[0]
+    assert env == (b'1 (ENVELOPE ("Mon, 1 Jan 2024 10:00:00 +0000" "parts" '
+                   b'(("Bob B." NIL "bob" "example.test")) (("Bob B." NIL "bob" "example.test")) '
+                   b'(("Bob B." NIL "bob" "example.test")) '
+                   b'((NIL NIL "alice" "example.test")(NIL NIL "Friends" NIL)'
+                   b'(NIL NIL "carol" "example.test")(NIL NIL NIL NIL)) NIL NIL NIL '
+                   b'"<m1@example.test>"))'), env
+    typ, data = c.fetch("1", "(BODYSTRUCTURE)")
+    bs = data[0]
+    assert bs.startswith(b'1 (BODYSTRUCTURE (("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 14 2 '
+                         b'NIL NIL NIL NIL)("message" "rfc822" NIL NIL NIL "7bit" '), bs
+    assert b'"mixed" ("boundary" "XX") NIL NIL NIL))' in bs, bs
+    assert (b'("application" "octet-stream" ("name" "a.bin") NIL NIL "base64" 4 NIL '
+            b'("attachment" ("filename" "a.bin")) NIL NIL)') in bs, bs
+    assert (b'("message" "rfc822" NIL NIL NIL "7bit" 56 (NIL "inner" '
+            b'((NIL NIL "inner" "example.test"))') in bs, bs
+    typ, data = c.fetch("1", "(BODY)")
+    assert b'"mixed")' in data[0] and b"boundary" not in data[0], data
+    typ, data = c.fetch("1", "(BODY.PEEK[1])")
+    assert data[0][1] == b"hello\r\nworld\r\n", data
+    typ, data = c.fetch("1", "(BODY.PEEK[1.MIME])")
+    assert data[0][1] == b"Content-Type: text/plain; charset=utf-8\r\n\r\n", data
+    typ, data = c.fetch("1", "(BODY.PEEK[2.HEADER])")
+    assert data[0][1] == b"From: inner@example.test\r\nSubject: inner\r\n\r\n", data
+    typ, data = c.fetch("1", "(BODY.PEEK[2.TEXT])")
+    assert data[0][1] == b"inner body\r\n", data
+    typ, data = c.fetch("1", "(BODY.PEEK[2.HEADER.FIELDS (SUBJECT)])")
+    assert data[0][1] == b"Subject: inner\r\n\r\n", data
+    typ, data = c.fetch("1", "(BODY.PEEK[3]<0.2>)")
+    assert data[0][1] == b"AA", data
+    typ, data = c.fetch("1", "(BODY.PEEK[9])")
+    assert data[0] == b"1 (BODY[9] NIL)", data
+    m = msg("plain", body="one\r\ntwo\r\n")
+    c.append("INBOX", None, None, m)
+    c.noop()
+    typ, data = c.fetch("2", "(BODYSTRUCTURE)")
+    assert data[0] == b'2 (BODYSTRUCTURE ("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 10 2 NIL NIL NIL NIL))', data
+    typ, data = c.fetch("2", "(BODY.PEEK[1])")
+    assert data[0][1] == b"one\r\ntwo\r\n", data
+    c.logout()
