@@ -54,6 +54,7 @@ struct imap_fetch_job {
     /* a literal being streamed from the store */
     bool streaming;
     uint64_t body_off, body_left;
+    bool cte_error;          /* BINARY of a part in an unknown encoding */
 };
 
 static void fetch_write(imap_session *s);
@@ -425,13 +426,14 @@ static void fetch_tree_done(imap_session *s, tern_store_req *r)
 
 static void fetch_range_done(imap_session *s, tern_store_req *r);
 
-/* Reads [start, start+len) of the current message into j->rng. */
-static bool fetch_need_range(imap_session *s, uint64_t start, uint64_t len)
+/* Reads [start, start+len) of the current message into j->rng, at most
+ * `cap` octets. */
+static bool fetch_need_range(imap_session *s, uint64_t start, uint64_t len, uint64_t cap)
 {
     imap_fetch_job *j = s->job;
     const tern_message_info *m = &j->batch->out.messages[j->bi];
-    if (len > HEADER_MAX)
-        len = HEADER_MAX;
+    if (len > cap)
+        len = cap;
     if (j->rng_ready && j->rng_uid == m->uid && j->rng_start == start && j->rng_want == len)
         return true;
     if (j->rng_uid != m->uid || j->rng_start != start || j->rng_want != len) {
@@ -517,7 +519,7 @@ static bool fetch_part_section(imap_session *s, const tern_imap_fetch_att *a,
         end = m->size;
     if (start > end)
         start = end;
-    if (fields && !fetch_need_range(s, start, end - start))
+    if (fields && !fetch_need_range(s, start, end - start, HEADER_MAX))
         return false;
     put_item_sep(s, j);
     if (!p) {
@@ -585,6 +587,78 @@ static bool fetch_section(imap_session *s, const tern_imap_fetch_att *a,
     if (len)
         tern_buf_append(&s->ob, content + off, (size_t)len);
     tern_buf_free(&tmp);
+    return true;
+}
+
+/* BINARY[n] and BINARY.SIZE[n] (RFC 3516): the part's body decoded from
+ * its transfer encoding, in memory (bounded by imap.max_literal). */
+static bool fetch_binary(imap_session *s, const tern_imap_fetch_att *a, const tern_message_info *m)
+{
+    imap_fetch_job *j = s->job;
+    if (a->n_part == 0) {
+        /* The whole message is not transfer-decoded. */
+        if (a->kind == TERN_IMAP_FA_BINARY_SIZE) {
+            put_item_sep(s, j);
+            imap__printf(s, "%s %llu", a->name, (unsigned long long)m->size);
+            return true;
+        }
+        return fetch_section(s, a, m);
+    }
+    char sec[TERN_IMAP_MAX_PART_DEPTH * 11 + 1];
+    size_t sl = 0;
+    for (size_t i = 0; i < a->n_part; i++)
+        sl += (size_t)snprintf(sec + sl, sizeof(sec) - sl, "%s%u", i ? "." : "", a->part[i]);
+    const tern_mime_part *p = tern_mime_part_by_section(j->tree, sec, sl);
+    if (p == NULL) {
+        put_item_sep(s, j);
+        imap__printf(s, "%s NIL", a->name);
+        return true;
+    }
+    if (p->encoding == TERN_MIME_ENC_OTHER) {
+        j->cte_error = true;
+        return true;
+    }
+    uint64_t start = p->body_offset, end = p->body_end < m->size ? p->body_end : m->size;
+    if (start > end)
+        start = end;
+    if (!fetch_need_range(s, start, end - start, s->rd.max_literal))
+        return false;
+    tern_mime_part leaf = *p;
+    leaf.parent = NULL;
+    leaf.children = leaf.last_child = leaf.next = NULL;
+    leaf.n_children = 0;
+    leaf.header_offset = leaf.body_offset = 0;
+    leaf.body_end = leaf.body_size = j->rng_len;
+    if (p->flags & (TERN_MIME_F_MULTIPART | TERN_MIME_F_MESSAGE))
+        leaf.encoding = TERN_MIME_ENC_7BIT; /* containers are not decoded */
+    tern_buf out;
+    tern_buf_init(&out, 0);
+    if (tern_mime_part_decode(&leaf, j->rng, j->rng_len, &out) != 0) {
+        tern_buf_free(&out);
+        fetch_end(s, "NO", "[SERVERBUG] out of memory");
+        return false;
+    }
+    put_item_sep(s, j);
+    if (a->kind == TERN_IMAP_FA_BINARY_SIZE) {
+        imap__printf(s, "%s %zu", a->name, out.len);
+    } else {
+        uint64_t off = 0, len = out.len;
+        if (a->has_partial) {
+            off = a->partial_off < out.len ? a->partial_off : out.len;
+            len = out.len - off;
+            if (len > a->partial_len)
+                len = a->partial_len;
+        }
+        bool nul = len && memchr(out.data + off, '\0', (size_t)len) != NULL;
+        if (a->has_partial)
+            imap__printf(s, "%s<%llu> %s{%llu}\r\n", a->name, (unsigned long long)a->partial_off,
+                         nul ? "~" : "", (unsigned long long)len);
+        else
+            imap__printf(s, "%s %s{%llu}\r\n", a->name, nul ? "~" : "", (unsigned long long)len);
+        if (len)
+            tern_buf_append(&s->ob, out.data + off, (size_t)len);
+    }
+    tern_buf_free(&out);
     return true;
 }
 
@@ -666,8 +740,12 @@ static void fetch_write(imap_session *s)
                 imap__put_body(s, &j->tree_arena, j->tree,
                                a->kind == TERN_IMAP_FA_BODYSTRUCTURE);
                 break;
+            case TERN_IMAP_FA_BINARY_SIZE:
+                if (!fetch_binary(s, a, m))
+                    return;
+                break;
             case TERN_IMAP_FA_SECTION:
-                if (!fetch_section(s, a, m))
+                if (a->binary ? !fetch_binary(s, a, m) : !fetch_section(s, a, m))
                     return; /* resumes through a store callback */
                 break;
             default:
@@ -785,7 +863,10 @@ static void fetch_next_batch(imap_session *s)
 {
     imap_fetch_job *j = s->job;
     if (j->next >= j->n_todo) {
-        fetch_end(s, "OK", "FETCH completed");
+        if (j->cte_error)
+            fetch_end(s, "NO", "[UNKNOWN-CTE] a part has an encoding BINARY cannot decode");
+        else
+            fetch_end(s, "OK", "FETCH completed");
         return;
     }
     size_t want = s->cfg->imap.fetch_batch;
@@ -860,16 +941,6 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static const char *unsupported(const tern_imap_fetch *f)
-{
-    for (size_t i = 0; i < f->n; i++) {
-        const tern_imap_fetch_att *a = &f->atts[i];
-        if (a->kind == TERN_IMAP_FA_BINARY_SIZE || (a->binary && a->n_part > 0))
-            return "BINARY of body parts and BINARY.SIZE are not available yet";
-    }
-    return NULL;
-}
-
 void imap__cmd_fetch(imap_session *s, tern_imap_parser *ps)
 {
     tern_imap_seqset set;
@@ -893,12 +964,6 @@ void imap__cmd_fetch(imap_session *s, tern_imap_parser *ps)
     if (!tern_imap_sp(ps) || !tern_imap_fetch_atts(ps, &j->f)) {
         imap__fetch_free(s);
         imap__bad(s, ps, "bad FETCH items");
-        return;
-    }
-    const char *why = unsupported(&j->f);
-    if (why) {
-        imap__fetch_free(s);
-        imap__finish(s, "BAD", "%s", why);
         return;
     }
     if (j->f.vanished && (!s->uid_cmd || !s->qresync)) {

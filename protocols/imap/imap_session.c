@@ -155,7 +155,7 @@ static void imap__put_capabilities(imap_session *s)
     imap__printf(s, "IMAP4rev1 IMAP4rev2 LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
                     "CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH SEARCHRES CONDSTORE "
                     "QRESYNC QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE STATUS=SIZE MULTIAPPEND "
-                    "UTF8=ACCEPT APPENDLIMIT=%llu",
+                    "UTF8=ACCEPT BINARY APPENDLIMIT=%llu",
                  (unsigned long long)imap__appendlimit(s));
     if (s->state & (IS_NOAUTH | IS_HANDSHAKE)) {
         char mechs[256];

@@ -710,6 +710,12 @@ def test_envelope_bodystructure_and_parts(imap):
     assert data[0][1] == b"AA", data
     typ, data = c.fetch("1", "(BODY.PEEK[9])")
     assert data[0] == b"1 (BODY[9] NIL)", data
+    # BINARY (RFC 3516): the base64 part decoded; NUL bytes make it a literal8.
+    typ, data = c.fetch("1", "(BINARY.PEEK[3] BINARY.SIZE[3])")
+    assert data[0][0].startswith(b"1 (BINARY[3] ~{3}") and data[0][1] == b"\x00\x01\x02", data
+    assert data[1] == b" BINARY.SIZE[3] 3)", data
+    typ, data = c.fetch("1", "(BINARY.PEEK[1])")
+    assert data[0][1] == b"hello\r\nworld\r\n", data
     m = msg("plain", body="one\r\ntwo\r\n")
     c.append("INBOX", None, None, m)
     c.noop()
