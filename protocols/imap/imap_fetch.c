@@ -268,7 +268,8 @@ static bool fetch_need_header(imap_session *s)
         r->in.name = s->mbox;
         r->in.uid = m->uid;
         r->in.offset = j->hdr_len;
-        r->in.max_len = BODY_CHUNK;
+        /* Most headers fit in a few KiB: read more only when they do not. */
+        r->in.max_len = j->hdr_len == 0 ? HEADER_FIRST_READ : BODY_CHUNK;
     }
     if (!r) {
         fetch_end(s, "NO", "[SERVERBUG] out of memory");
