@@ -153,7 +153,51 @@ void imap__cmd_search(imap_session *s, tern_imap_parser *ps)
 typedef struct store_state {
     bool silent;
     bool unchangedsince;
+    tern_uid_set uids;       /* the set asked */
+    uint32_t *failed;        /* UNCHANGEDSINCE failures, ascending */
+    size_t n_failed;
+    char reply[400];         /* the tagged reply, sent after the FETCH answers */
 } store_state;
+
+static bool u32_in(const uint32_t *v, size_t n, uint32_t x)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && v[lo] == x;
+}
+
+/* RFC 9051 6.4.6: without .SILENT every message of the set gets its flags,
+ * changed or not (those that failed UNCHANGEDSINCE excepted). */
+static void store_flags_done(imap_session *s, tern_store_req *r)
+{
+    store_state *st = s->cmd_state;
+    if (r->status == TERN_STORE_OK) {
+        for (size_t i = 0; i < r->out.n_messages; i++) {
+            const tern_message_info *m = &r->out.messages[i];
+            size_t msn = imap__msn_of(s, m->uid);
+            if (!msn || u32_in(st->failed, st->n_failed, m->uid))
+                continue;
+            imap__printf(s, "* %zu FETCH (", msn);
+            if (s->uid_cmd || s->qresync)
+                imap__printf(s, "UID %u ", m->uid);
+            imap__printf(s, "FLAGS ");
+            imap__put_flags(s, m->flags, m->keywords, m->n_keywords);
+            if (s->condstore)
+                imap__printf(s, " MODSEQ (%llu)", (unsigned long long)m->modseq);
+            imap__printf(s, ")\r\n");
+            if (s->ob.len > 64 * 1024)
+                imap__flush(s);
+        }
+    }
+    tern_store_req_free(r);
+    imap__finish(s, "OK", "%s", st->reply);
+}
 
 static void store_done(imap_session *s, tern_store_req *r)
 {
@@ -171,8 +215,8 @@ static void store_done(imap_session *s, tern_store_req *r)
         if (m->modseq > hi)
             hi = m->modseq;
         size_t msn = imap__msn_of(s, m->uid);
-        if (!msn || (st->silent && !st->unchangedsince))
-            continue;
+        if (!msn || !st->silent || !st->unchangedsince)
+            continue; /* non-silent answers come from store_flags_done */
         imap__printf(s, "* %zu FETCH (", msn);
         if (s->uid_cmd || s->qresync)
             imap__printf(s, "UID %u ", m->uid);
@@ -193,6 +237,11 @@ static void store_done(imap_session *s, tern_store_req *r)
         uint32_t *v = r->out.uids;
         size_t n = r->out.n_uids, k = 0;
         qsort(v, n, sizeof(*v), cmp_u32);
+        st->failed = tern_arena_alloc(&s->arena, n * sizeof(*st->failed));
+        if (st->failed) {
+            memcpy(st->failed, v, n * sizeof(*v));
+            st->n_failed = n;
+        }
         if (!s->uid_cmd) {
             for (size_t i = 0; i < n; i++) {
                 size_t msn = imap__msn_of(s, v[i]);
@@ -207,11 +256,21 @@ static void store_done(imap_session *s, tern_store_req *r)
         snprintf(set, sizeof(set), "%.*s", (int)(s->ob.len - save), s->ob.data + save);
         s->ob.len = save;
         tern_store_req_free(r);
-        imap__finish(s, "OK", "[MODIFIED %s] Conditional STORE failed", set);
+        snprintf(st->reply, sizeof(st->reply), "[MODIFIED %s] Conditional STORE failed", set);
+    } else {
+        tern_store_req_free(r);
+        snprintf(st->reply, sizeof(st->reply), "STORE completed");
+    }
+    if (st->silent) {
+        imap__finish(s, "OK", "%s", st->reply);
         return;
     }
-    tern_store_req_free(r);
-    imap__finish(s, "OK", "STORE completed");
+    tern_store_req *q = imap__req(s, TERN_STORE_FETCH);
+    if (q) {
+        q->in.name = s->mbox;
+        q->in.uids = st->uids;
+    }
+    imap__submit(s, q, store_flags_done);
 }
 
 void imap__cmd_store(imap_session *s, tern_imap_parser *ps)
@@ -265,6 +324,7 @@ void imap__cmd_store(imap_session *s, tern_imap_parser *ps)
         imap__finish(s, "OK", "STORE completed");
         return;
     }
+    st->uids = uids;
     s->cmd_state = st;
     tern_store_req *r = imap__req(s, TERN_STORE_SET_FLAGS);
     if (r) {

@@ -339,6 +339,9 @@ def test_store_flags_and_condstore(imap):
     c.select("INBOX")
     typ, data = c.store("1:2", "+FLAGS", r"(\Deleted custom)")
     assert typ == "OK" and len(data) == 2 and b"\\Deleted" in data[0] and b"custom" in data[0], data
+    # Without .SILENT every message of the set answers, changed or not.
+    typ, data = c.store("1:3", "+FLAGS", r"(custom)")
+    assert typ == "OK" and len(data) == 3, data
     typ, data = c.store("2", "-FLAGS.SILENT", r"(\Deleted)")
     assert typ == "OK" and data == [None], data
     typ, data = c.fetch("1:3", "(FLAGS MODSEQ)")
