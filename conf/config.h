@@ -278,6 +278,20 @@ typedef struct tern_dns_conf {
     size_t n_unblock_zones;
 } tern_dns_conf;
 
+/* queue: the remote queue manager (server/queue.c). */
+typedef struct tern_queue_conf {
+    bool hold;                  /* deliver nothing: mail stays queued (maintenance, tests) */
+    uint16_t port;              /* destination port; default 25 (tests point it elsewhere) */
+    char *smarthost;            /* "host" or "host:port": all remote mail goes there; NULL: MX */
+    uint32_t max_concurrency;   /* deliveries in flight; default 100 */
+    uint32_t per_destination;   /* deliveries in flight per domain; default 10 */
+    uint64_t retry_min_ms;      /* first retry; default 5m (doubles) */
+    uint64_t retry_max_ms;      /* longest wait; default 1h */
+    uint64_t max_lifetime_ms;   /* then bounced; default 5d */
+    uint64_t connect_timeout_ms;/* default 30s */
+    uint64_t command_timeout_ms;/* each reply; default 5m */
+} tern_queue_conf;
+
 typedef struct tern_config {
     atomic_int refs;
     tern_arena arena;
@@ -309,6 +323,7 @@ typedef struct tern_config {
     tern_plugin_conf *plugins;
     size_t n_plugins;
     tern_dns_conf dns;
+    tern_queue_conf queue;
 } tern_config;
 
 /* Collected validation errors: each "path: message". */

@@ -562,6 +562,20 @@ static const field mailets_fields[] = {
 };
 static const schema_map mailets_schema = {mailets_fields, COUNT(mailets_fields), NULL};
 
+static const field queue_fields[] = {
+    F_BOOL("hold", tern_queue_conf, hold, false),
+    F_UINT("port", tern_queue_conf, port, 1, 65535, 25, 0),
+    F_STRING("smarthost", tern_queue_conf, smarthost, NULL, FL_LOWER, NULL),
+    F_UINT("max_concurrency", tern_queue_conf, max_concurrency, 1, 100000, 100, 0),
+    F_UINT("per_destination", tern_queue_conf, per_destination, 1, 10000, 10, 0),
+    F_DURATION("retry_min", tern_queue_conf, retry_min_ms, SEC, DAY, 5 * MIN, 1),
+    F_DURATION("retry_max", tern_queue_conf, retry_max_ms, SEC, 7 * DAY, HOUR, 1),
+    F_DURATION("max_lifetime", tern_queue_conf, max_lifetime_ms, MIN, 30 * DAY, 5 * DAY, 1),
+    F_DURATION("connect_timeout", tern_queue_conf, connect_timeout_ms, 100, 10 * MIN, 30 * SEC, 1),
+    F_DURATION("command_timeout", tern_queue_conf, command_timeout_ms, 100, HOUR, 5 * MIN, 1),
+};
+static const schema_map queue_schema = {queue_fields, COUNT(queue_fields), NULL};
+
 static void root_post(conf_walk *w, const cnode *n, void *base, const char *path)
 {
     tern_config *cfg = base;
@@ -600,6 +614,7 @@ static const field root_fields[] = {
      .count_off = offsetof(tern_config, n_listeners), .elem_size = sizeof(tern_listener_conf),
      .min_items = 1, .max_items = CONF_MAX_LISTENERS, .sub = &listener_schema},
     F_MAP("mailets", tern_config, mailets, mailets_schema),
+    F_MAP("queue", tern_config, queue, queue_schema),
     {.key = "processors", .type = FT_CUSTOM, .off = 0, .custom = conf__processors},
     {.key = "plugins", .type = FT_CUSTOM, .off = 0, .custom = conf__plugins},
 };

@@ -250,6 +250,22 @@ static void addr_spec(actx *x, tern_address *a, size_t s, size_t e)
     tern_buf_free(&b);
 }
 
+/* Tokens [s, e) (comments aside) are word *("." word): a local part. */
+static bool local_words(actx *x, size_t s, size_t e)
+{
+    bool want_word = true;
+    for (size_t i = s; i < e; i++) {
+        const tok *t = &x->t[i];
+        if (t->type == T_COMMENT)
+            continue;
+        bool word = t->type == T_ATOM || t->type == T_QS;
+        if (word != want_word && !(t->type == T_SPECIAL && t->ch == '.' && !want_word))
+            return false;
+        want_word = !want_word;
+    }
+    return !want_word;
+}
+
 static const char *last_comment(actx *x, size_t s, size_t e)
 {
     for (size_t i = e; i-- > s;)
@@ -285,6 +301,15 @@ static void element(actx *x, size_t s, size_t e)
             break;
         }
     if (lt == e) {
+        bool has_at = false;
+        for (size_t i = s; i < e; i++)
+            has_at |= x->t[i].type == T_SPECIAL && x->t[i].ch == '@';
+        if (!has_at && !local_words(x, s, e)) {
+            /* "Someone Else": a display name whose address is missing. */
+            a->invalid = true;
+            set_name(x, a, phrase(x, s, e));
+            return;
+        }
         addr_spec(x, a, s, e);
         /* "user@host (Full Name)": the comment names the mailbox. */
         set_name(x, a, last_comment(x, s, e));

@@ -13,7 +13,13 @@
  *   MAILBOX     (name route local domain), NULL members are NIL;
  *   GROUP_START (NIL NIL name NIL)  -- the group's display name in `name`;
  *   GROUP_END   (NIL NIL NIL NIL).
- * A group never closed by ';' is closed at the end of the input. */
+ * A group never closed by ';' is closed at the end of the input.
+ *
+ * Broken mailboxes, as Dovecot reads them: a bare word ("user") is a local
+ * part without a domain; words that are no local part ("Someone Else") are
+ * a display name without an address. Both are `invalid`, with NULL for
+ * what is missing; Dovecot's ENVELOPE writes "MISSING_MAILBOX" and
+ * "MISSING_DOMAIN" there, not NIL (which would read as a group marker). */
 #ifndef TERN_ADDRESS_H
 #define TERN_ADDRESS_H
 

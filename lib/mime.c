@@ -1,8 +1,8 @@
 /* The MIME structure parser: a line-aware stream over the message bytes
  * that hands each part's header to lib/header's resumable parser and
  * watches line starts for the open boundaries. Only the start of a line
- * that may be a boundary is ever held (at most 2 + TERN_MIME_BOUNDARY_MAX
- * + 2 bytes), so any chunking gives the same tree. Input: untrusted
+ * that may be a boundary is ever held (at most LINE_HOLD_MAX bytes), so
+ * any chunking gives the same tree. Input: untrusted
  * message bytes; see mime.h for the degradation rules and the limits. */
 #include "lib/mime.h"
 
@@ -13,7 +13,10 @@
 #include "lib/header.h"
 #include "lib/rfc2047.h"
 
-#define LINE_HOLD_MAX (2 + TERN_MIME_BOUNDARY_MAX + 2)
+/* A boundary up to this long is also checked whole when its line is
+ * "--boundary--": the close delimiter of a long boundary is found too. */
+#define BOUNDARY_FULL_MAX 200
+#define LINE_HOLD_MAX (2 + BOUNDARY_FULL_MAX + 2)
 #define PARAMS_MAX 64         /* parameters kept per header field; more is abuse */
 #define PARAM_SECTION_MAX 999 /* highest RFC 2231 section number honoured */
 
@@ -27,8 +30,10 @@ typedef struct {
 
 typedef struct {
     tern_mime_part *part;
-    const char *b;
+    const char *b;   /* the boundary as matched: at most TERN_MIME_BOUNDARY_MAX */
     size_t len;
+    const char *full; /* the whole parameter, for the close delimiter */
+    size_t full_len;
 } bound;
 
 enum { AFTER_NONE = 0, AFTER_CHILD, AFTER_EPILOGUE };
@@ -700,7 +705,17 @@ static void header_done(tern_mime_parser *p, unsigned hflags, uint64_t at, uint6
         /* boundary*=us-ascii''x is odd but unambiguous: its value is the boundary */
         const char *bs = b ? (b->extended ? b->value : b->raw) : NULL;
         size_t bl = bs ? strlen(bs) : 0;
-        if (bl == 0 || bl > TERN_MIME_BOUNDARY_MAX) {
+        const char *full = bs;
+        size_t full_len = bl;
+        if (bl > TERN_MIME_BOUNDARY_MAX) {
+            /* Matched on its first characters only, as Dovecot does. */
+            bl = TERN_MIME_BOUNDARY_MAX;
+            if (!(bs = tern_arena_strndup(p->a, bs, bl))) {
+                p->oom = true;
+                return;
+            }
+        }
+        if (bl == 0) {
             m->flags |= TERN_MIME_F_NO_BOUNDARY;
             set_type(m, "text", "plain");
         } else if (!can_open || p->no_boundaries) {
@@ -712,15 +727,19 @@ static void header_done(tern_mime_parser *p, unsigned hflags, uint64_t at, uint6
             p->bstack[p->nb].part = m;
             p->bstack[p->nb].b = bs;
             p->bstack[p->nb].len = bl;
+            p->bstack[p->nb].full = full;
+            p->bstack[p->nb].full_len = full_len;
             p->nb++;
         }
     } else if (strcmp(m->type, "message") == 0 &&
                (strcmp(m->subtype, "rfc822") == 0 || strcmp(m->subtype, "global") == 0)) {
+        /* RFC 2046 forbids encoding a message/rfc822; when it is anyway, the
+         * encoded text is parsed as the message, as Dovecot does (IMAP
+         * then answers as Dovecot would); the flag tells the others. */
         if (m->encoding == TERN_MIME_ENC_QP || m->encoding == TERN_MIME_ENC_BASE64 ||
-            m->encoding == TERN_MIME_ENC_OTHER) {
+            m->encoding == TERN_MIME_ENC_OTHER)
             m->flags |= TERN_MIME_F_ENCODED_MESSAGE;
-            set_type(m, "application", "octet-stream");
-        } else if (!can_open) {
+        if (!can_open) {
             m->flags |= TERN_MIME_F_LIMIT;
             set_type(m, "application", "octet-stream");
         } else {
@@ -743,39 +762,28 @@ static void header_finish(tern_mime_parser *p, unsigned hflags, uint64_t at, uin
 }
 
 /* Ends p->cur at `at`: the start of a boundary line (eol true), or the end
- * of the input. Before a boundary, the part ends before the line end that
- * precedes the boundary line (RFC 2046: that CRLF is the boundary's), and
- * so does its header when the part is nothing but a header, or less: an
- * encapsulated message never reaches past its container, and a part never
- * past its multipart. p->cur becomes the parent. */
+ * of the input. Before a boundary, the body ends before the line end that
+ * precedes the boundary line (RFC 2046: that CRLF is the boundary's); a
+ * header cut by the boundary keeps its last line end, and a container
+ * ends no earlier than its last child (both as Dovecot counts, so that a
+ * message/rfc822 part's size is its encapsulated message's). p->cur
+ * becomes the parent. */
 static void close_cur(tern_mime_parser *p, uint64_t at, bool eol)
 {
     tern_mime_part *m = p->cur;
     part_priv *pp = (part_priv *)m;
-    uint64_t pend = at;
-    if (eol)
-        pend = at >= p->eol_len && at - p->eol_len >= m->header_offset ? at - p->eol_len
-                                                                        : m->header_offset;
     if (p->in_header) {
-        header_finish(p, TERN_MIME_F_HEADER_NO_END, pend, pend < at ? p->nl - 1 : p->nl);
+        header_finish(p, TERN_MIME_F_HEADER_NO_END, at, p->nl);
         if (p->cur != m)
             return; /* an encapsulated message opened: it closes first */
     }
-    if (m->body_offset > pend) {
-        /* The header's blank line was the boundary's line end. */
-        if (m->body_offset == at && at > pend)
-            m->header_lines--;
-        m->body_offset = pend;
-        m->header_size = pend - m->header_offset;
-        tern_mime_part *c = m->children; /* an encapsulated message, empty */
-        if (c && c->header_offset > pend) {
-            c->header_offset = c->body_offset = c->body_end = pend;
-            c->header_size = c->body_size = c->header_lines = c->body_lines = 0;
-        }
-    }
-    uint64_t end = eol ? pend : at;
-    if ((m->flags & TERN_MIME_F_MULTIPART) && m->last_child && m->last_child->body_end > end)
-        end = m->last_child->body_end; /* "--inner\n--outer": an empty last part after the LF */
+    uint64_t end = at;
+    if (eol && at >= p->eol_len)
+        end = at - p->eol_len;
+    if (end < m->body_offset)
+        end = m->body_offset; /* the header's blank line was the boundary's line end */
+    if (m->last_child && m->last_child->body_end > end)
+        end = m->last_child->body_end;
     m->body_end = end;
     m->body_size = end - m->body_offset;
     m->body_lines = end > m->body_offset ? p->nl - pp->nl_body - (end < at ? 1 : 0) : 0;
@@ -879,8 +887,13 @@ static int match_boundary(tern_mime_parser *p, bool *final_r)
             best_len = bl;
         }
     }
-    if (best >= 0)
+    if (best >= 0) {
+        const bound *b = &p->bstack[best];
         *final_r = n >= best_len + 2 && s[best_len] == '-' && s[best_len + 1] == '-';
+        if (!*final_r && b->full_len > best_len && b->full_len <= BOUNDARY_FULL_MAX &&
+            n >= b->full_len + 2 && memcmp(s, b->full, b->full_len) == 0)
+            *final_r = s[b->full_len] == '-' && s[b->full_len + 1] == '-';
+    }
     return best;
 }
 

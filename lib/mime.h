@@ -11,11 +11,11 @@
  *   body   = [body_offset, body_end). A part followed by a boundary line
  *            ends before the line end (CRLF or bare LF) that precedes the
  *            boundary: that line end belongs to the boundary (RFC 2046
- *            5.1.1), and IMAP counts sizes that way. When a part is
- *            nothing but its header (or less), the same holds for the
- *            header: a blank line right before a boundary is the
- *            boundary's. A multipart ends no earlier than its last part.
- *            The last part of the message ends at the end of the input.
+ *            5.1.1), and IMAP counts sizes that way. A header cut by a
+ *            boundary keeps its last line end (the body is then empty),
+ *            and a container ends no earlier than its last child: both
+ *            as Dovecot counts. The last part of the message ends at the
+ *            end of the input.
  * header_lines and body_lines count the LF bytes in those spans (IMAP
  * body-fld-lines); a last line without a line end is not counted.
  *
@@ -23,17 +23,29 @@
  *  - the root is the message itself (header_offset 0);
  *  - a multipart has one child per body part, in order; the preamble and
  *    epilogue are in the multipart's body and in no child;
- *  - a message/rfc822 or message/global part (not base64/QP encoded) has
- *    exactly one child: the encapsulated message, whose header starts at
- *    the parent's body_offset and whose body ends at the parent's body_end.
+ *  - a message/rfc822 or message/global part has exactly one child: the
+ *    encapsulated message, whose header starts at the parent's body_offset
+ *    and whose body ends at the parent's body_end. Even when (against RFC
+ *    2046) it is base64 or QP encoded: Dovecot parses the encoded text as
+ *    the message, and so do we, with TERN_MIME_F_ENCODED_MESSAGE set so
+ *    that JMAP and the mailets know to decode it (tern_mime_part_decode)
+ *    and parse that instead.
  *
  * How malformed input degrades (modelled on Dovecot's parser):
  *  - no Content-Type, or one that does not parse as type/subtype: text/plain
  *    with charset=us-ascii (RFC 2045 5.2); message/rfc822 inside a
  *    multipart/digest (RFC 2046 5.1.5); TERN_MIME_F_DEFAULT_TYPE is set;
- *  - a multipart without a usable boundary parameter (missing, empty, or
- *    longer than TERN_MIME_BOUNDARY_MAX) is a leaf and reads as text/plain
- *    (TERN_MIME_F_NO_BOUNDARY; declared_type/subtype keep what it said);
+ *  - a multipart without a usable boundary parameter (missing or empty) is
+ *    a leaf and reads as text/plain (TERN_MIME_F_NO_BOUNDARY;
+ *    declared_type/subtype keep what it said), so its text stays readable.
+ *    Dovecot instead answers an empty multipart (one empty text/plain);
+ *  - a boundary longer than TERN_MIME_BOUNDARY_MAX is matched on its
+ *    first TERN_MIME_BOUNDARY_MAX characters (Dovecot's rule); its close
+ *    delimiter is still recognised when the whole boundary (up to 200
+ *    characters) is followed by "--";
+ *  - a Content-Type without a subtype ("text") is the default text/plain
+ *    (RFC 2045 5.2; Dovecot answers "text" ""); a missing ';' before a
+ *    parameter is tolerated (Dovecot drops the whole field);
  *  - a boundary line is "--" + boundary at a line start; what follows the
  *    boundary on that line is ignored (transport padding and worse, so
  *    "--abcdef" is a line of boundary "abc", as in Dovecot), "--" right
@@ -49,8 +61,6 @@
  *    when the input ends inside a header);
  *  - a multipart whose boundary never appears has no children (IMAP must
  *    still write one body for it: Dovecot writes an empty text/plain);
- *  - message/rfc822 with a base64 or quoted-printable encoding is a leaf
- *    and reads as application/octet-stream (TERN_MIME_F_ENCODED_MESSAGE);
  *  - past max_depth or max_parts, a would-be container is a leaf (its
  *    bytes are opaque body) and reads as application/octet-stream
  *    (TERN_MIME_F_LIMIT); reaching max_parts also stops looking for
@@ -76,7 +86,7 @@
 #include "lib/arena.h"
 #include "lib/buf.h"
 
-#define TERN_MIME_BOUNDARY_MAX 200 /* RFC 2046 says 70; some senders go further */
+#define TERN_MIME_BOUNDARY_MAX 80 /* RFC 2046 says 70; longer ones are matched on this prefix */
 
 typedef struct tern_mime_limits {
     unsigned max_depth;      /* nesting of containers; default 32 */
@@ -116,7 +126,7 @@ enum {
     TERN_MIME_F_NO_BOUNDARY = 1 << 3,      /* multipart without a usable boundary */
     TERN_MIME_F_NO_END = 1 << 4,           /* multipart whose close delimiter never came */
     TERN_MIME_F_LIMIT = 1 << 5,            /* not descended into: max_depth or max_parts */
-    TERN_MIME_F_ENCODED_MESSAGE = 1 << 6,  /* message/rfc822 or global with base64/QP: not descended */
+    TERN_MIME_F_ENCODED_MESSAGE = 1 << 6,  /* a message part with base64/QP (see above) */
     TERN_MIME_F_HEADER_TRUNCATED = 1 << 7, /* header cut by max_header_bytes */
     TERN_MIME_F_HEADER_NO_END = 1 << 8,    /* header ended by a boundary or the input end */
 };
@@ -148,7 +158,7 @@ struct tern_mime_part {
     const char *declared_type, *declared_subtype; /* as the header said (lowercased) or the default */
     tern_mime_param *params;     /* Content-Type parameters, in order */
     const char *charset;         /* the charset param, or "us-ascii" for text/ (default); else NULL */
-    const char *boundary;        /* the boundary of a parsed multipart, or NULL */
+    const char *boundary;        /* a parsed multipart's boundary as matched, or NULL */
 
     tern_mime_encoding encoding;
     const char *encoding_name;   /* lowercase token; "7bit" when absent */

@@ -71,6 +71,10 @@ typedef struct tern_runner_env {
      * over the worker loops); NULL: this runner. */
     tern_runner *(*pick)(void *arg);
     void *pick_arg;
+    /* Tells the remote queue that spool message qid has recipients for it
+     * (thread-safe on the callee's side); NULL: nobody listens. */
+    void (*queued)(void *arg, const char *qid);
+    void *queued_arg;
 } tern_runner_env;
 
 tern_runner *tern_runner_new(const tern_runner_env *env);

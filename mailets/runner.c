@@ -305,9 +305,11 @@ static void job_end(tern_mail_job *j)
         outcome_send(j, &o);
     }
     if (j->started) {
-        if (j->keep)
-            TLOG_INFO("mailet", "event=kept qid=%s reason=remote-or-error", j->qid);
-        else if (tern_spool_complete(r->env.spool, j->qid) == 0)
+        if (j->keep) {
+            /* The queue manager may have finished its part already. */
+            if (tern_spool_complete_if_done(r->env.spool, j->qid) != 1)
+                TLOG_DEBUG("mailet", "event=kept qid=%s reason=remote-or-unfinished", j->qid);
+        } else if (tern_spool_complete(r->env.spool, j->qid) == 0)
             TLOG_DEBUG("mailet", "event=complete qid=%s", j->qid);
     }
     if (j->prev)
@@ -360,12 +362,15 @@ static void rcpt_leave(tern_mail *m, size_t i, bool remote, const char *how)
               remote ? "remote" : "done", j->qid, tern_mail_session_id(m),
               tern_log_q(q, sizeof(q), m->rcpts[i].addr), how);
     tern_mail_rcpt_remove(m, i);
-    if (orig < 0 || (size_t)orig >= j->env->n_rcpts)
+    /* A standalone mail (unit tests) has no runner and no spool entry. */
+    if (j->r == NULL || orig < 0 || (size_t)orig >= j->env->n_rcpts)
         return;
     if (remote) {
         j->orig_remote[orig] = true;
         j->keep = true;
         tern_spool_rcpt_queued(j->r->env.spool, j->qid, (size_t)orig);
+        if (j->r->env.queued)
+            j->r->env.queued(j->r->env.queued_arg, j->qid);
         return;
     }
     if (!j->orig_remote[orig] && !orig_alive(j, orig))
@@ -1437,9 +1442,13 @@ typedef struct queue_ctx {
 static void queue_durable(void *arg, int status, const char *qid, const char *error)
 {
     queue_ctx *c = arg;
-    if (status == 0)
+    if (status == 0) {
         TLOG_INFO("mailet", "event=queued_remote qid=%s parent=%s nrcpt=%zu", qid,
                   tern_mail_qid(c->m), c->env.n_rcpts);
+        tern_runner *r = c->m->runner;
+        if (r->env.queued)
+            r->env.queued(r->env.queued_arg, qid);
+    }
     else
         TLOG_ERR("mailet", "event=queue_failed parent=%s error=\"%s\"", tern_mail_qid(c->m),
                  error ? error : strerror(-status));

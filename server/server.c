@@ -18,6 +18,8 @@
 
 #include "lib/log.h"
 #include "mailets/engine.h"
+#include "server/queue.h"
+#include "mailets/repository.h"
 
 #define MOD "server"
 #define FD_RESERVE 64 /* descriptors kept for spool, logs, listeners */
@@ -401,6 +403,11 @@ static void server__on_hup(uv_signal_t *h, int sig)
 
 static void server__close_main_handles(tern_server *srv)
 {
+    uv_close((uv_handle_t *)&srv->repo_timer, NULL);
+    if (srv->spool_client) {
+        tern_spool_client_close(srv->spool_client);
+        srv->spool_client = NULL;
+    }
     uv_close((uv_handle_t *)&srv->sig_hup, NULL);
     uv_close((uv_handle_t *)&srv->sig_term, NULL);
     uv_close((uv_handle_t *)&srv->sig_int, NULL);
@@ -461,6 +468,12 @@ static void server__on_term(uv_signal_t *h, int sig)
         return;
     }
     srv->draining = true;
+    if (srv->queue) {
+        /* Deliveries in flight stop; their recipients are retried at the
+         * next start (nothing about them was recorded yet). Freed after
+         * the workers, whose runners may still notify it. */
+        tern_queue_close(srv->queue);
+    }
     TLOG_INFO(MOD, "event=draining signal=%d grace_ms=%llu sessions_open=%u", sig,
               (unsigned long long)srv->cfg->server.shutdown_grace_ms, tern_limits_active(srv->limits));
     for (tern_acceptor *a = srv->acceptors, *n; a; a = n) {
@@ -553,6 +566,122 @@ tern_runner *tern_server_pick_runner(void *arg)
     tern_server *srv = arg;
     unsigned i = atomic_fetch_add(&srv->next_runner, 1) % srv->nworkers;
     return srv->workers[i].runner;
+}
+
+/* ---- the remote queue's hooks ---- */
+
+static const tern_queue_conf *server__queue_conf(void *arg)
+{
+    tern_server *srv = arg;
+    return &srv->cfg->queue;
+}
+
+static const char *server__queue_helo(void *arg)
+{
+    tern_server *srv = arg;
+    return srv->cfg->server.hostname;
+}
+
+static void server__bounce_spooled(void *arg, int status, const char *qid, const char *error)
+{
+    tern_server *srv = arg;
+    if (status != 0) {
+        TLOG_ERR("queue", "event=bounce_failed error=\"%s\"", error ? error : strerror(-status));
+        return;
+    }
+    tern_runner *r = tern_server_pick_runner(srv);
+    TLOG_INFO("queue", "event=bounce qid=%s", qid);
+    if (r == NULL || tern_runner_post(r, qid) != 0)
+        TLOG_WARN("queue", "event=bounce_deferred qid=%s reason=\"processed at next start\"", qid);
+}
+
+/* A DSN to the sender of a message whose remote delivery failed: spooled
+ * like any message, from <>, and sent through the pipeline's transport so
+ * a local sender gets it in a mailbox and a remote one through the queue. */
+static void server__queue_bounce(void *arg, const tern_envelope *orig, const tern_dsn_rcpt *rcpts,
+                                 size_t n, const uint8_t *msg, size_t len)
+{
+    tern_server *srv = arg;
+    char from[300], to[600];
+    tern_dsn_from(srv->cfg, from, sizeof(from));
+    snprintf(to, sizeof(to), "<%s>", orig->mail_from);
+    tern_dsn_info info = {
+        .style = TERN_DSN_REPORT,
+        .reporting_mta = srv->cfg->server.hostname,
+        .from = from,
+        .to = to,
+        .subject = "Undelivered Mail Returned to Sender",
+        .intro = "Your message could not be delivered to one or more recipients.",
+        .qid = orig->qid,
+        .envid = orig->envid,
+        .arrival = orig->received_at,
+        .now = (int64_t)time(NULL),
+        .rcpts = rcpts,
+        .n_rcpts = n,
+        /* RFC 3461 4.3: the whole message only when RET=FULL was asked. */
+        .attach = orig->ret == TERN_RET_FULL ? TERN_DSN_ATTACH_FULL : TERN_DSN_ATTACH_HEADERS,
+        .orig = msg,
+        .orig_len = len,
+        .marker = "queue",
+    };
+    size_t dlen = 0;
+    uint8_t *dsn = tern_dsn_build(&info, &dlen);
+    tern_body *b = dsn ? tern_body_new(srv->loop, tern_spool_tmpdir(srv->spool), dlen + 1) : NULL;
+    if (b == NULL || tern_body_append(b, dsn, dlen, NULL, NULL) != 0) {
+        TLOG_ERR("queue", "event=bounce_failed error=\"out of memory\"");
+        if (b)
+            tern_body_free(b);
+        free(dsn);
+        return;
+    }
+    free(dsn);
+    tern_spool_rcpt rcpt = {.addr = orig->mail_from, .notify = TERN_NOTIFY_NEVER};
+    tern_envelope env;
+    memset(&env, 0, sizeof(env));
+    env.mail_from = (char *)"";
+    env.rcpts = &rcpt;
+    env.n_rcpts = 1;
+    env.pipeline = (char *)(tern_config_processor(srv->cfg, "transport") ? "transport" : "root");
+    env.listener = (char *)"queue";
+    env.session_id = orig->session_id;
+    env.client_addr = (char *)"";
+    env.helo = (char *)"";
+    env.received_at = (int64_t)time(NULL);
+    env.body = TERN_BODY_8BITMIME;
+    env.size = dlen;
+    if (tern_spool_submit(srv->spool_client, &env, NULL, 0, b, server__bounce_spooled, srv) != 0) {
+        tern_body_free(b);
+        TLOG_ERR("queue", "event=bounce_failed error=\"spool refused\"");
+    }
+}
+
+/* ---- mail released from a repository (ternctl repository release) ---- */
+
+static void server__repo_posted(void *arg, const char *qid)
+{
+    tern_server *srv = arg;
+    tern_runner *r = tern_server_pick_runner(srv);
+    if (r == NULL || tern_runner_post(r, qid) != 0)
+        TLOG_WARN("mailet", "event=release_deferred qid=%s reason=\"processed at next start\"", qid);
+}
+
+static void server__repo_done(void *arg, size_t submitted, size_t failed)
+{
+    tern_server *srv = arg;
+    srv->repo_scanning = false;
+    if (submitted || failed)
+        TLOG_INFO("mailet", "event=released submitted=%zu failed=%zu", submitted, failed);
+}
+
+static void server__repo_tick(uv_timer_t *t)
+{
+    tern_server *srv = t->data;
+    if (srv->repo_scanning || srv->draining || srv->spool_client == NULL)
+        return;
+    srv->repo_scanning = true;
+    if (tern_repository_scan_released(srv->cfg, srv->loop, srv->spool, srv->spool_client,
+                                      server__repo_posted, server__repo_done, srv) != 0)
+        srv->repo_scanning = false;
 }
 
 typedef struct replay_ctx {
@@ -676,6 +805,43 @@ int tern_server_run(const char *config_path, tern_config *cfg)
     size_t live = tern_spool_each(srv->spool, server__log_replayed, NULL);
     TLOG_INFO("spool", "event=opened dir=%s live=%zu", spool_dir, live);
 
+    /* The remote queue, before the workers: their runners tell it about
+     * recipients RemoteDelivery hands over. */
+    srv->spool_client = tern_spool_client_new(srv->spool, srv->loop);
+    {
+        const tern_dns_conf *dc = &cfg->dns;
+        tern_dns_options dopt = {
+            .forwarders = (const char *const *)dc->resolvers,
+            .n_forwarders = dc->n_resolvers,
+            .dnssec = dc->dnssec,
+            .trust_anchor_file = dc->trust_anchor_file,
+            .timeout_ms = dc->timeout_ms,
+            .cache_size = dc->cache_size,
+            .cache_max_ttl = (uint32_t)(dc->cache_max_ttl_ms / 1000),
+            .unblock_zones = (const char *const *)dc->unblock_zones,
+            .n_unblock_zones = dc->n_unblock_zones,
+        };
+        tern_queue_env qenv = {
+            .loop = srv->loop,
+            .spool = srv->spool,
+            .dns = &dopt,
+            .conf = server__queue_conf,
+            .helo = server__queue_helo,
+            .conf_arg = srv,
+            .bounce = server__queue_bounce,
+            .bounce_arg = srv,
+        };
+        char qerr[256];
+        srv->queue = srv->spool_client ? tern_queue_new(&qenv, qerr, sizeof(qerr)) : NULL;
+        if (srv->queue == NULL) {
+            TLOG_ERR(MOD, "event=queue_setup_failed error=\"%s\"",
+                     srv->spool_client ? qerr : "out of memory");
+            return 1;
+        }
+    }
+    uv_timer_init(srv->loop, &srv->repo_timer);
+    srv->repo_timer.data = srv;
+    uv_timer_start(&srv->repo_timer, server__repo_tick, 2000, 2000);
     uv_async_init(srv->loop, &srv->worker_done, server__worker_done);
     srv->worker_done.data = srv;
     for (unsigned i = 0; i < srv->nworkers; i++) {
@@ -727,6 +893,7 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         free(srv->workers[i].host.conn_worker.readbuf);
         pthread_mutex_destroy(&srv->workers[i].mu);
     }
+    tern_queue_free(srv->queue);
     tern_spool_close(srv->spool);
     if (srv->pipeline)
         tern_pipeline_unref(srv->pipeline);

@@ -78,6 +78,10 @@ struct tern_server {
     tern_tls_server *tls;
     tern_auth *auth;
     struct tern_pipeline *pipeline; /* the mailet chain of the current snapshot */
+    struct tern_queue *queue;       /* the remote queue manager (main loop) */
+    tern_spool_client *spool_client;/* the main loop's: bounces from the queue, releases */
+    uv_timer_t repo_timer;          /* picks up mail released from repositories */
+    bool repo_scanning;
     atomic_uint next_runner;        /* round robin for replayed and spawned mail */
     tern_limits *limits;
     tern_spool *spool;

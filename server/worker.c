@@ -9,6 +9,7 @@
 #include "lib/log.h"
 #include "mailets/engine.h"
 #include "protocols/imap/imap_session.h"
+#include "server/queue.h"
 #include "protocols/smtp/smtp_session.h"
 #include "server/server.h"
 
@@ -210,6 +211,8 @@ int tern_worker_start(tern_worker *w)
         .current_arg = w->srv,
         .pick = tern_server_pick_runner,
         .pick_arg = w->srv,
+        .queued = w->srv->queue ? tern_queue_notify : NULL,
+        .queued_arg = w->srv->queue,
     };
     w->runner = tern_runner_new(&renv);
     if (w->runner == NULL)

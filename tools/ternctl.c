@@ -248,6 +248,7 @@ static const command top_cmds[] = {
     {"domain", ternctl_cmd_domain, "domain COMMAND", "add, remove and list local domains"},
     {"account", ternctl_cmd_account, "account COMMAND", "add, remove, list accounts; passwords, quotas"},
     {"alias", ternctl_cmd_alias, "alias COMMAND", "add, remove and list aliases and catch-alls"},
+    {"repository", ternctl_cmd_repository, "repository COMMAND", "list, show, delete and release kept mails"},
     {NULL, NULL, NULL, NULL},
 };
 

@@ -27,5 +27,6 @@ int ternctl_dispatch(ctx *c, const char *prefix, const command *t, int argc, cha
 int ternctl_cmd_domain(ctx *c, int argc, char **argv);
 int ternctl_cmd_account(ctx *c, int argc, char **argv);
 int ternctl_cmd_alias(ctx *c, int argc, char **argv);
+int ternctl_cmd_repository(ctx *c, int argc, char **argv);
 
 #endif

@@ -469,6 +469,20 @@ void tern_conn_starttls(tern_conn *c, tern_tls_conn *tls)
     c->tls_pending = true;
 }
 
+void tern_conn_starttls_client(tern_conn *c, tern_tls_conn *tls)
+{
+    tern_conn_starttls(c, tls);
+    /* The client speaks first: nothing arrives until our ClientHello. */
+    int r = tern_tls_conn_handshake(c->tls);
+    conn__take_tls_output(c);
+    conn__flush(c);
+    if (r == TERN_TLS_ERROR) {
+        char reason[256];
+        snprintf(reason, sizeof(reason), "tls handshake: %s", tern_tls_conn_error(c->tls));
+        conn__fail(c, reason);
+    }
+}
+
 /* --- timers and closing ----------------------------------------------- */
 
 static void conn__timer_cb(uv_timer_t *t)

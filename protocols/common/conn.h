@@ -103,6 +103,12 @@ void tern_conn_resume(tern_conn *c);
  * it completes. Takes ownership of tls. */
 void tern_conn_starttls(tern_conn *c, tern_tls_conn *tls);
 
+/* The client side of STARTTLS: after the server's 220 to our STARTTLS,
+ * starts the handshake (our ClientHello goes out now); on_tls fires when
+ * it completes. Plaintext the server sent after its 220 is discarded.
+ * Takes ownership of tls. */
+void tern_conn_starttls_client(tern_conn *c, tern_tls_conn *tls);
+
 /* (Re)arms the idle timer; 0 disarms. */
 void tern_conn_set_timeout(tern_conn *c, uint64_t ms);
 

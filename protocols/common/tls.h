@@ -32,6 +32,20 @@ tern_tls_server *tern_tls_server_new(const tern_config *cfg, char **error_r);
 tern_tls_server *tern_tls_server_ref(tern_tls_server *s);
 void tern_tls_server_unref(tern_tls_server *s);
 
+/* The client side, for remote delivery: one context (random generator,
+ * the trusted CAs) shared by the outbound connections of a loop.
+ * ca_file NULL: the system bundle (/etc/ssl/certs/ca-certificates.crt);
+ * a missing bundle is not an error (nothing verifies then). */
+typedef struct tern_tls_client tern_tls_client;
+tern_tls_client *tern_tls_client_new(const char *ca_file, char **error_r);
+void tern_tls_client_free(tern_tls_client *cl);
+/* A client connection to `server_name` (SNI and the name checked). With
+ * `require_verified` the handshake fails unless the certificate verifies
+ * for that name; otherwise (opportunistic STARTTLS, RFC 3207) it goes on
+ * and tern_tls_conn_peer_verified() tells. The context must outlive it. */
+tern_tls_conn *tern_tls_conn_new_client(tern_tls_client *cl, const char *server_name,
+                                        bool require_verified);
+
 /* A server-side connection for listener index `listener` of the config the
  * server was built from. NULL when out of memory. */
 tern_tls_conn *tern_tls_conn_new(tern_tls_server *s, size_t listener);

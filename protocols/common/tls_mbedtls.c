@@ -93,10 +93,19 @@ struct tern_tls_server {
     size_t n_listeners;
 };
 
+struct tern_tls_client {
+    mbedtls_entropy_context entropy;
+    mbedtls_ctr_drbg_context drbg;
+    mbedtls_x509_crt ca;
+    bool have_ca;
+    mbedtls_ssl_config opportunistic, strict;
+};
+
 struct tern_tls_conn {
     mbedtls_ssl_context ssl; /* the SNI callback finds the conn from it */
-    tern_tls_server *server;
+    tern_tls_server *server; /* NULL for a client connection */
     const tls_listener *listener;
+    bool client, client_strict;
     tern_buf in;
     size_t in_off; /* bytes of `in` mbedTLS has already taken */
     tern_buf out;
@@ -562,8 +571,101 @@ void tern_tls_conn_free(tern_tls_conn *c)
     tern_buf_free(&c->in);
     tern_buf_free(&c->out);
     free(c->peer_subject);
-    tern_tls_server_unref(c->server);
+    if (c->server)
+        tern_tls_server_unref(c->server);
     free(c);
+}
+
+/* ---- the client side ---- */
+
+static int tls__client_conf(tern_tls_client *cl, mbedtls_ssl_config *conf, int authmode)
+{
+    mbedtls_ssl_config_init(conf);
+    int r = mbedtls_ssl_config_defaults(conf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                        MBEDTLS_SSL_PRESET_DEFAULT);
+    if (r != 0)
+        return r;
+    mbedtls_ssl_conf_rng(conf, mbedtls_ctr_drbg_random, &cl->drbg);
+    mbedtls_ssl_conf_min_version(conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_authmode(conf, authmode);
+    if (cl->have_ca)
+        mbedtls_ssl_conf_ca_chain(conf, &cl->ca, NULL);
+    return 0;
+}
+
+tern_tls_client *tern_tls_client_new(const char *ca_file, char **error_r)
+{
+    char *dummy = NULL;
+    if (error_r == NULL)
+        error_r = &dummy;
+    *error_r = NULL;
+    tern_tls_client *cl = calloc(1, sizeof(*cl));
+    if (cl == NULL) {
+        *error_r = tls__strdupf("out of memory");
+        return NULL;
+    }
+    mbedtls_entropy_init(&cl->entropy);
+    mbedtls_ctr_drbg_init(&cl->drbg);
+    mbedtls_x509_crt_init(&cl->ca);
+    static const unsigned char pers[] = "tern-tls-client";
+    int r = mbedtls_ctr_drbg_seed(&cl->drbg, mbedtls_entropy_func, &cl->entropy, pers,
+                                  sizeof(pers) - 1);
+    if (r != 0) {
+        *error_r = tls__mbedtls_error("TLS random generator", "", r);
+        tern_tls_client_free(cl);
+        return NULL;
+    }
+    const char *path = ca_file ? ca_file : "/etc/ssl/certs/ca-certificates.crt";
+    r = mbedtls_x509_crt_parse_file(&cl->ca, path);
+    if (r < 0 && ca_file != NULL) {
+        *error_r = tls__mbedtls_error("CA file", path, r);
+        tern_tls_client_free(cl);
+        return NULL;
+    }
+    /* r > 0: some certificates of the bundle did not parse; the rest do. */
+    cl->have_ca = r >= 0 && cl->ca.version != 0;
+    if (tls__client_conf(cl, &cl->opportunistic, MBEDTLS_SSL_VERIFY_OPTIONAL) != 0 ||
+        tls__client_conf(cl, &cl->strict, MBEDTLS_SSL_VERIFY_REQUIRED) != 0) {
+        *error_r = tls__strdupf("TLS client configuration failed");
+        tern_tls_client_free(cl);
+        return NULL;
+    }
+    return cl;
+}
+
+void tern_tls_client_free(tern_tls_client *cl)
+{
+    if (cl == NULL)
+        return;
+    mbedtls_ssl_config_free(&cl->opportunistic);
+    mbedtls_ssl_config_free(&cl->strict);
+    mbedtls_x509_crt_free(&cl->ca);
+    mbedtls_ctr_drbg_free(&cl->drbg);
+    mbedtls_entropy_free(&cl->entropy);
+    free(cl);
+}
+
+tern_tls_conn *tern_tls_conn_new_client(tern_tls_client *cl, const char *server_name,
+                                        bool require_verified)
+{
+    if (cl == NULL)
+        return NULL;
+    tern_tls_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    mbedtls_ssl_init(&c->ssl);
+    if (mbedtls_ssl_setup(&c->ssl, require_verified ? &cl->strict : &cl->opportunistic) != 0 ||
+        (server_name && mbedtls_ssl_set_hostname(&c->ssl, server_name) != 0)) {
+        mbedtls_ssl_free(&c->ssl);
+        free(c);
+        return NULL;
+    }
+    c->client = true;
+    c->client_strict = require_verified;
+    tern_buf_init(&c->in, TLS_IN_LIMIT);
+    tern_buf_init(&c->out, 0);
+    mbedtls_ssl_set_bio(&c->ssl, c, tls__bio_send, tls__bio_recv, NULL);
+    return c;
 }
 
 static int tls__fail(tern_tls_conn *c, const char *what, int r)
@@ -627,7 +729,7 @@ static void tls__established(tern_tls_conn *c)
         char dn[1024];
         if (mbedtls_x509_dn_gets(dn, sizeof(dn), &peer->subject) >= 0)
             c->peer_subject = strdup(dn);
-        c->peer_verified = c->listener->authmode != MBEDTLS_SSL_VERIFY_NONE &&
+        c->peer_verified = (c->client || c->listener->authmode != MBEDTLS_SSL_VERIFY_NONE) &&
                            mbedtls_ssl_get_verify_result(&c->ssl) == 0;
     }
 }

@@ -1488,6 +1488,24 @@ int tern_spool_submit(tern_spool_client *c, tern_envelope *env, const char *pref
     return 0;
 }
 
+int tern_spool_complete_if_done(tern_spool *s, const char *qid)
+{
+    pthread_mutex_lock(&s->ilock);
+    entry *e = idx_find(s, qid);
+    bool all = e != NULL;
+    for (size_t i = 0; e && i < e->env->n_rcpts; i++)
+        if (!e->env->rcpts[i].done)
+            all = false;
+    pthread_mutex_unlock(&s->ilock);
+    if (e == NULL)
+        return -ENOENT;
+    if (!all)
+        return 0;
+    /* Two callers may both see "all done": the second gets -ENOENT. */
+    int r = tern_spool_complete(s, qid);
+    return r == 0 ? 1 : r == -ENOENT ? 0 : r;
+}
+
 int tern_spool_complete(tern_spool *s, const char *qid)
 {
     if (s->readonly)

@@ -137,6 +137,10 @@ int tern_spool_rcpt_done(tern_spool *s, const char *qid, size_t idx);
  * message as stored: the pipeline is done with it, the entry stays live
  * for the queue manager. */
 int tern_spool_rcpt_queued(tern_spool *s, const char *qid, size_t idx);
+/* Completes the message if every recipient is recorded done (the pipeline
+ * and the queue manager may finish their parts in either order). Returns
+ * 1 when it completed it, 0 when some recipient is not done, -errno. */
+int tern_spool_complete_if_done(tern_spool *s, const char *qid);
 /* A deep copy of a live message's envelope (recipients' done flags
  * included), or NULL. Free with tern_envelope_free. Safe from any thread. */
 tern_envelope *tern_spool_envelope_dup(tern_spool *s, const char *qid);

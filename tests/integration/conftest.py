@@ -479,6 +479,8 @@ def base_config(tmp, ports, certs):
         # Most tests look at what the SMTP side stored: a chain that hands
         # every recipient to the remote queue keeps each message in the
         # spool where they look. test_pipeline*.py use the shipped chain.
+        # ... and a held remote queue delivers none of it.
+        "queue": {"hold": True},
         "processors": {
             "root": [{"match": "All", "mailet": "RemoteDelivery"}],
             "error": [{"match": "All", "mailet": "RemoteDelivery"}],

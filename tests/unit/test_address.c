@@ -161,7 +161,9 @@ static void test_address_broken(void **state)
     (void)state;
     C("<>", "(NIL NIL \"\" NIL)");
     C("user", "(NIL NIL \"user\" NIL !)");
-    C("John Doe", "(NIL NIL \"John Doe\" NIL !)");
+    C("John Doe", "(\"John Doe\" NIL NIL NIL !)");
+    C("john.doe", "(NIL NIL \"john.doe\" NIL !)");
+    C("Someone Else, bob@x.test", "(\"Someone Else\" NIL NIL NIL !) (NIL NIL \"bob\" \"x.test\")");
     C("user@", "(NIL NIL \"user\" NIL !)");
     C("@example.test", "(NIL NIL NIL \"example.test\" !)");
     C("Bob <bob@example.test", "(\"Bob\" NIL \"bob\" \"example.test\" !)");

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/address.h"
 #include "lib/buf.h"
 #include "lib/mime.h"
 #include "lib/rfc2047.h"
@@ -325,11 +326,13 @@ static bool utf8_ok(const uint8_t *s, size_t n)
     return true;
 }
 
+/* Flags anywhere in the tree, but not below an encoded message (whose
+ * "message" is base64 text, so never well-formed). */
 static unsigned all_flags(const tern_mime_part *m)
 {
     unsigned f = 0;
     for (; m; m = m->next)
-        f |= m->flags | all_flags(m->children);
+        f |= m->flags | ((m->flags & TERN_MIME_F_ENCODED_MESSAGE) ? 0 : all_flags(m->children));
     return f;
 }
 
@@ -695,6 +698,283 @@ static void test_mime_edges(void **state)
     }
 }
 
+/* ---- Dovecot's answers ----------------------------------------------------------
+ * tests/data/mime/dovecot/NAME.bs and NAME.env hold Dovecot 2.3.19's IMAP
+ * BODYSTRUCTURE and ENVELOPE for a message (from "doveadm fetch
+ * 'imap.bodystructure imap.envelope'" over a Maildir of the corpus and of
+ * tests/data/mime; sizes there count line ends as CRLF).
+ * Every part's type, size and line count, and every envelope address list,
+ * must agree, except where mime.h documents a deliberate difference. */
+
+typedef struct sx sx;
+struct sx {
+    bool list, nil;
+    const char *s; /* string or atom */
+    sx **v;
+    size_t n;
+};
+
+static sx *sx_parse(tern_arena *a, const char *d, size_t len, size_t *i)
+{
+    while (*i < len && (d[*i] == ' ' || d[*i] == '\r' || d[*i] == '\n'))
+        (*i)++;
+    assert_true(*i < len);
+    sx *x = tern_arena_alloc(a, sizeof *x);
+    if (d[*i] == '(') {
+        x->list = true;
+        (*i)++;
+        sx *items[64];
+        for (;;) {
+            while (*i < len && (d[*i] == ' ' || d[*i] == '\r' || d[*i] == '\n'))
+                (*i)++;
+            assert_true(*i < len);
+            if (d[*i] == ')') {
+                (*i)++;
+                break;
+            }
+            assert_true(x->n < 64);
+            items[x->n++] = sx_parse(a, d, len, i);
+        }
+        x->v = tern_arena_alloc(a, (x->n + 1) * sizeof *x->v);
+        memcpy(x->v, items, x->n * sizeof *x->v);
+    } else if (d[*i] == '"') {
+        tern_buf b;
+        tern_buf_init(&b, 0);
+        for ((*i)++; *i < len && d[*i] != '"'; (*i)++) {
+            if (d[*i] == '\\')
+                (*i)++;
+            tern_buf_append(&b, d + *i, 1);
+        }
+        (*i)++;
+        x->s = tern_arena_strndup(a, b.len ? (char *)b.data : "", b.len);
+        tern_buf_free(&b);
+    } else if (d[*i] == '{') {
+        size_t n = strtoul(d + *i + 1, NULL, 10);
+        while (d[*i] != '\n')
+            (*i)++;
+        (*i)++;
+        x->s = tern_arena_strndup(a, d + *i, n);
+        *i += n;
+    } else {
+        size_t s = *i;
+        while (*i < len && d[*i] != ' ' && d[*i] != '(' && d[*i] != ')' && d[*i] != '\n')
+            (*i)++;
+        if (*i - s == 3 && memcmp(d + s, "NIL", 3) == 0)
+            x->nil = true;
+        else
+            x->s = tern_arena_strndup(a, d + s, *i - s);
+    }
+    return x;
+}
+
+static bool ieq_str(const char *a, const char *b)
+{
+    if (!a || !b)
+        return a == b;
+    for (; *a && *b; a++, b++) {
+        char x = *a >= 'A' && *a <= 'Z' ? (char)(*a + 32) : *a;
+        char y = *b >= 'A' && *b <= 'Z' ? (char)(*b + 32) : *b;
+        if (x != y)
+            return false;
+    }
+    return *a == *b;
+}
+
+/* Size as IMAP counts it: every bare LF as CRLF. */
+static uint64_t crlf_size(const uint8_t *d, uint64_t s, uint64_t e)
+{
+    uint64_t n = e - s;
+    for (uint64_t i = s; i < e; i++)
+        if (d[i] == '\n' && (i == s || d[i - 1] != '\r'))
+            n++;
+    return n;
+}
+
+static int dv_mismatch;
+
+#define DV_FAIL(...) do { fprintf(stderr, "%s %s: ", what, path); fprintf(stderr, __VA_ARGS__); \
+                          fprintf(stderr, "\n"); dv_mismatch++; return; } while (0)
+
+static const char *nstr(const sx *x)
+{
+    return x->nil ? NULL : x->s;
+}
+
+/* Dovecot's address list (or NIL) against ours for the same header. */
+static void cmp_addresses(tern_arena *a, const sx *dv, const char *hdr, const char *what,
+                          const char *path)
+{
+    size_t n = 0;
+    tern_address *l = hdr ? tern_address_list_parse(a, hdr, strlen(hdr), 0, &n) : NULL;
+    if (dv->nil) {
+        if (l)
+            DV_FAIL("Dovecot has no addresses, we have %zu", n);
+        return;
+    }
+    size_t k = 0;
+    for (; l && k < dv->n; l = l->next, k++) {
+        const sx *e = dv->v[k];
+        const char *name = nstr(e->v[0]), *adl = nstr(e->v[1]), *mbox = nstr(e->v[2]),
+                   *host = nstr(e->v[3]);
+        if (l->kind == TERN_ADDRESS_GROUP_START) {
+            if (!(host == NULL && mbox && l->name && strcmp(mbox, l->name) == 0))
+                DV_FAIL("group %s vs %s", mbox ? mbox : "NIL", l->name ? l->name : "NIL");
+        } else if (l->kind == TERN_ADDRESS_GROUP_END) {
+            if (mbox || host)
+                DV_FAIL("group end vs %s@%s", mbox ? mbox : "NIL", host ? host : "NIL");
+        } else {
+            /* Dovecot's stand-ins for what an invalid mailbox lacks */
+            const char *local = l->local ? l->local : l->invalid ? "MISSING_MAILBOX" : NULL;
+            const char *domain = l->domain ? l->domain : l->invalid ? "MISSING_DOMAIN" : NULL;
+            if (!mbox || !local || strcmp(mbox, local) != 0 || !ieq_str(host, domain) ||
+                !((name == NULL && l->name == NULL) ||
+                  (name && l->name && strcmp(name, l->name) == 0)) ||
+                !((adl == NULL && l->route == NULL) || (adl && l->route && strcmp(adl, l->route) == 0)))
+                DV_FAIL("address (%s %s %s %s) vs (%s %s %s %s)", name ? name : "NIL",
+                        adl ? adl : "NIL", mbox ? mbox : "NIL", host ? host : "NIL",
+                        l->name ? l->name : "NIL", l->route ? l->route : "NIL",
+                        l->local ? l->local : "NIL", l->domain ? l->domain : "NIL");
+        }
+    }
+    if (l || k != dv->n)
+        DV_FAIL("%zu addresses vs %zu", dv->n, n);
+}
+
+static void cmp_envelope(tern_arena *a, const sx *env, const tern_mime_part *m, const char *what,
+                         const char *path)
+{
+    const tern_mime_envelope *e = m->envelope;
+    assert_non_null(e);
+    if (!env->list || env->n != 10)
+        fail_msg("%s %s: an ENVELOPE of %zu items", what, path, env->n);
+    if (!((env->v[1]->nil && !e->subject) || (e->subject && env->v[1]->s &&
+                                              strcmp(env->v[1]->s, e->subject) == 0)))
+        DV_FAIL("subject");
+    /* Dovecot writes From for a missing Sender and Reply-To (RFC 3501). */
+    const char *hdrs[6] = {e->from, e->sender ? e->sender : e->from,
+                           e->reply_to ? e->reply_to : e->from, e->to, e->cc, e->bcc};
+    for (int i = 0; i < 6; i++)
+        cmp_addresses(a, env->v[2 + i], hdrs[i], what, path);
+}
+
+static void cmp_part(tern_arena *a, const sx *dv, const tern_mime_part *m, const uint8_t *d,
+                     const char *what, const char *path)
+{
+    char sub[256];
+    if (dv->v[0]->list) {
+        size_t n = 0;
+        while (n < dv->n && dv->v[n]->list)
+            n++;
+        if (!(m->flags & TERN_MIME_F_MULTIPART))
+            DV_FAIL("multipart vs %s/%s", m->type, m->subtype);
+        if (!ieq_str(dv->v[n]->s, m->subtype))
+            DV_FAIL("subtype %s vs %s", dv->v[n]->s, m->subtype);
+        if (m->n_children == 0 && n == 1)
+            return; /* Dovecot's stand-in empty text/plain for a multipart without parts */
+        if (n != m->n_children)
+            DV_FAIL("%zu parts vs %zu", n, m->n_children);
+        const tern_mime_part *c = m->children;
+        for (size_t k = 0; k < n; k++, c = c->next) {
+            snprintf(sub, sizeof sub, "%s.%zu", path, k + 1);
+            cmp_part(a, dv->v[k], c, d, what, sub);
+        }
+        return;
+    }
+    if (!ieq_str(dv->v[0]->s, m->type) || !ieq_str(dv->v[1]->s, m->subtype))
+        DV_FAIL("type %s/%s vs %s/%s", dv->v[0]->s, dv->v[1]->s, m->type, m->subtype);
+    uint64_t size = strtoull(dv->v[6]->s, NULL, 10);
+    if (size != crlf_size(d, m->body_offset, m->body_end))
+        DV_FAIL("size %llu vs %llu", (unsigned long long)size,
+                (unsigned long long)crlf_size(d, m->body_offset, m->body_end));
+    if (ieq_str(m->type, "text") && strtoull(dv->v[7]->s, NULL, 10) != m->body_lines)
+        DV_FAIL("lines %s vs %llu", dv->v[7]->s, (unsigned long long)m->body_lines);
+    if (m->flags & TERN_MIME_F_MESSAGE) {
+        if (strtoull(dv->v[9]->s, NULL, 10) != m->body_lines)
+            DV_FAIL("message lines %s vs %llu", dv->v[9]->s, (unsigned long long)m->body_lines);
+        snprintf(sub, sizeof sub, "%s.M", path);
+        cmp_envelope(a, dv->v[7], m->children, what, sub);
+        cmp_part(a, dv->v[8], m->children, d, what, sub);
+    }
+}
+
+/* Where we differ from Dovecot on purpose (see mime.h). */
+static const char *dovecot_differs[] = {
+    "defaults",       /* "Content-Type: text": text/plain here, "text" "" there */
+    "no-boundary",    /* a multipart without boundary: text/plain here */
+    "malformed-017",  /* a missing ';' before boundary=: tolerated here */
+};
+
+static void test_mime_dovecot(void **state)
+{
+    (void)state;
+    DIR *dp = opendir(data_path("dovecot"));
+    assert_non_null(dp);
+    struct dirent *e;
+    int checked = 0, corpus = 0;
+    while ((e = readdir(dp))) {
+        size_t nl = strlen(e->d_name);
+        if (nl < 4 || strcmp(e->d_name + nl - 3, ".bs") != 0)
+            continue;
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)(nl - 3), e->d_name);
+        bool skip = false;
+        for (size_t i = 0; i < sizeof dovecot_differs / sizeof dovecot_differs[0]; i++)
+            skip |= strcmp(name, dovecot_differs[i]) == 0;
+        if (skip)
+            continue;
+        char path[2048];
+        const char *dash = strchr(name, '-');
+        const char *croot = getenv("TERN_CORPUS");
+        bool in_corpus = dash && (strncmp(name, "rfc-", 4) == 0 || strncmp(name, "legacy-", 7) == 0 ||
+                                  strncmp(name, "malformed-", 10) == 0);
+        if (in_corpus) {
+            if (!croot)
+                continue;
+            snprintf(path, sizeof path, "%s/mime/%.*s/%s.eml", croot, (int)(dash - name), name,
+                     dash + 1);
+            corpus++;
+        } else {
+            snprintf(path, sizeof path, "%s", data_path(""));
+            snprintf(path + strlen(path), sizeof path - strlen(path), "%s.eml", name);
+        }
+        size_t len, blen;
+        uint8_t *d = read_file(path, &len);
+        if (!d)
+            fail_msg("cannot read %s", path);
+        char bsname[300];
+        snprintf(bsname, sizeof bsname, "dovecot/%s", e->d_name);
+        uint8_t *bs = load(bsname, &blen);
+        tern_arena a;
+        tern_arena_init(&a, 0);
+        /* One body structure: wrapped, it is a multipart's list or a leaf's fields. */
+        char *wrapped = tern_arena_printf(&a, "(%.*s)", (int)blen, (char *)bs);
+        size_t i = 0;
+        sx *dv = sx_parse(&a, wrapped, strlen(wrapped), &i);
+        tern_mime_part *r = tern_mime_parse(&a, d, len, NULL);
+        int before = dv_mismatch;
+        cmp_part(&a, dv, r, d, name, "");
+        /* NAME.env: the message's own ENVELOPE. */
+        snprintf(bsname, sizeof bsname, "dovecot/%s.env", name);
+        size_t elen;
+        uint8_t *env = load(bsname, &elen);
+        char *ew = tern_arena_printf(&a, "(%.*s)", (int)elen, (char *)env);
+        i = 0;
+        cmp_envelope(&a, sx_parse(&a, ew, strlen(ew), &i), r, name, "envelope");
+        free(env);
+        if (dv_mismatch != before)
+            fprintf(stderr, "  (%s)\n", path);
+        tern_arena_free(&a);
+        free(bs);
+        free(d);
+        checked++;
+    }
+    closedir(dp);
+    assert_int_equal(dv_mismatch, 0);
+    assert_true(checked >= 14);
+    if (getenv("TERN_CORPUS"))
+        assert_true(corpus > 50);
+}
+
 /* The forms a boundary parameter comes in, and the ones refused. */
 static void test_mime_boundary_forms(void **state)
 {
@@ -733,22 +1013,25 @@ static void test_mime_boundary_forms(void **state)
         }
         tern_buf_free(&m);
     }
-    /* Longer than TERN_MIME_BOUNDARY_MAX: refused. */
-    char longb[TERN_MIME_BOUNDARY_MAX + 2];
+    /* Longer than TERN_MIME_BOUNDARY_MAX: matched on that prefix (Dovecot's
+     * rule), so two that differ only past it are the same boundary. */
+    char longb[TERN_MIME_BOUNDARY_MAX + 3];
     memset(longb, 'b', sizeof longb - 1);
     longb[sizeof longb - 1] = '\0';
     tern_buf m;
     tern_buf_init(&m, 0);
-    tern_buf_printf(&m, "Content-Type: multipart/mixed; boundary=%s\r\n\r\n--%s\r\n\r\nx\r\n", longb, longb);
-    tern_mime_part *r = tern_mime_parse(&a, m.data, m.len, NULL);
-    assert_true(r->flags & TERN_MIME_F_NO_BOUNDARY);
-    m.len = 0;
-    longb[TERN_MIME_BOUNDARY_MAX] = '\0'; /* exactly the maximum: fine */
-    tern_buf_printf(&m, "Content-Type: multipart/mixed; boundary=%s\r\n\r\n--%s\r\n\r\nx\r\n", longb, longb);
+    tern_buf_printf(&m, "Content-Type: multipart/mixed; boundary=%sX\r\n\r\n--%sX\r\n\r\nx\r\n"
+                    "--%sY\r\n\r\ny\r\n--%sX--\r\nepilogue\r\n", longb, longb, longb, longb);
     free(parse_all(m.data, m.len, NULL, "long boundary"));
-    r = tern_mime_parse(&a, m.data, m.len, NULL);
+    tern_mime_part *r = tern_mime_parse(&a, m.data, m.len, NULL);
     assert_true(r->flags & TERN_MIME_F_MULTIPART);
-    assert_int_equal(r->n_children, 1);
+    assert_int_equal(strlen(r->boundary), TERN_MIME_BOUNDARY_MAX);
+    assert_int_equal(r->n_children, 2);
+    assert_memory_equal(m.data + r->last_child->body_offset, "y", 1);
+    assert_int_equal(r->last_child->body_size, 1);
+    assert_false(r->flags & TERN_MIME_F_NO_END); /* the whole boundary then "--" closes */
+    /* The parameter itself keeps every character. */
+    assert_int_equal(strlen(tern_mime_param_get(r->params, "boundary")->value), sizeof longb);
     tern_buf_free(&m);
     tern_arena_free(&a);
 }
@@ -765,6 +1048,7 @@ int main(void)
         cmocka_unit_test(test_mime_limits),
         cmocka_unit_test(test_mime_edges),
         cmocka_unit_test(test_mime_boundary_forms),
+        cmocka_unit_test(test_mime_dovecot),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

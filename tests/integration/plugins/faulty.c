@@ -5,7 +5,9 @@
 #include <tern/mailet.h>
 #include <unistd.h>
 
+#if FAULT == 4
 static const tern_mailet_host *H;
+#endif
 
 static int faulty_init(const tern_mailet_host *host, const tern_mailet_params *p, void **state_r,
                        char *err, size_t err_size)
@@ -14,13 +16,16 @@ static int faulty_init(const tern_mailet_host *host, const tern_mailet_params *p
     snprintf(err, err_size, "refusing to start on purpose");
     return -1;
 #else
+#if FAULT == 4
     H = host;
+#endif
     *state_r = NULL;
     return 0;
 #endif
 }
 
-/* FAULT 4: a slow mailet done right: the blocking part on a pool thread. */
+#if FAULT == 4
+/* A slow mailet done right: the blocking part on a pool thread. */
 static void slow_work(void *arg)
 {
     (void)arg;
@@ -33,6 +38,7 @@ static void slow_done(tern_mail *m, void *arg)
     H->header_add(m, "X-Slow", "done");
     H->resume(m, TERN_MAILET_CONTINUE, NULL);
 }
+#endif
 
 static tern_mailet_verdict faulty_service(void *state, tern_mail *m, tern_mailet_result *res)
 {

@@ -1,0 +1,640 @@
+/* The SMTP client session (see smtp_client.h): one message, one server,
+ * one connection. A state machine over tern_conn, fed by the pure reply
+ * parser. With PIPELINING, MAIL, every RCPT and DATA go out in one write
+ * and their replies are matched in order (RFC 2920); without it, one
+ * command per reply. Input: the server's replies (untrusted). */
+#include "protocols/smtp/smtp_client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lib/log.h"
+#include "lib/util.h"
+#include "protocols/smtp/smtp_reply.h"
+
+#define MOD "smtp_client"
+#define BODY_CHUNK (256 * 1024)
+
+typedef enum {
+    CS_CONNECT = 0, CS_BANNER, CS_EHLO, CS_HELO, CS_STARTTLS, CS_HANDSHAKE, CS_MAIL, CS_RCPT,
+    CS_DATA, CS_BODY, CS_DOT, CS_QUIT, CS_DONE,
+} cstate;
+
+static const char *const stage_names[] = {"connect", "banner", "ehlo", "helo", "starttls",
+                                          "handshake", "mail", "rcpt", "data", "body", "dot",
+                                          "quit", "done"};
+
+struct tern_smtp_client {
+    tern_smtp_client_params p;
+    tern_smtp_client_cb cb;
+    void *arg;
+    uv_poll_t poll;
+    uv_timer_t ctimer;
+    int fd;
+    bool poll_init, ctimer_init, conn_init, finished, reported;
+    tern_conn conn;
+    tern_reply_parser rp;
+    tern_ehlo_caps caps;
+    cstate st;
+    size_t next_rcpt;       /* next RCPT reply expected (index into env->rcpts) */
+    size_t accepted;        /* recipients the server took */
+    bool pipelined;
+    size_t body_off;        /* bytes of the message sent (before stuffing) */
+    bool at_line_start;
+    tern_smtp_outcome out;
+    unsigned handles;
+};
+
+/* ---- outcome ------------------------------------------------------------ */
+
+static void set_error(tern_smtp_client *c, int cls, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_error(tern_smtp_client *c, int cls, const char *fmt, ...)
+{
+    if (c->out.session_class == 0)
+        c->out.session_class = cls;
+    snprintf(c->out.stage, sizeof(c->out.stage), "%s", stage_names[c->st]);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->out.error, sizeof(c->out.error), fmt, ap);
+    va_end(ap);
+}
+
+static void reply_to_error(tern_smtp_client *c, const tern_smtp_reply *r)
+{
+    set_error(c, r->code >= 500 ? 5 : 4, "%d%s%s %.300s", r->code, r->enhanced[0] ? " " : "",
+              r->enhanced, r->text);
+}
+
+static void free_client(tern_smtp_client *c)
+{
+    free(c->out.rcpts);
+    free(c);
+}
+
+static void report(tern_smtp_client *c)
+{
+    if (c->reported)
+        return;
+    c->reported = true;
+    if (c->out.stage[0] == '\0')
+        snprintf(c->out.stage, sizeof(c->out.stage), "%s", stage_names[c->st]);
+    c->cb(c->arg, &c->out);
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    tern_smtp_client *c = h->data;
+    if (--c->handles == 0 && c->finished)
+        free_client(c);
+}
+
+static void conn_on_close(tern_conn *conn)
+{
+    tern_smtp_client *c = conn->data;
+    report(c);
+    c->conn_init = false;
+    if (c->handles == 0)
+        free_client(c);
+}
+
+/* Ends the session: reports and closes what is open. */
+static void finish(tern_smtp_client *c, bool flush)
+{
+    if (c->finished)
+        return;
+    c->finished = true;
+    if (c->ctimer_init) {
+        uv_timer_stop(&c->ctimer);
+        uv_close((uv_handle_t *)&c->ctimer, handle_closed);
+        c->ctimer_init = false;
+    }
+    if (c->poll_init) {
+        uv_poll_stop(&c->poll);
+        uv_close((uv_handle_t *)&c->poll, handle_closed);
+        c->poll_init = false;
+    }
+    if (c->conn_init) {
+        tern_conn_close(&c->conn, flush); /* report() runs from on_close */
+        return;
+    }
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    report(c);
+    if (c->handles == 0)
+        free_client(c);
+}
+
+/* ---- commands ----------------------------------------------------------- */
+
+/* xtext (RFC 3461 4): '+', '=' and bytes outside 33..126 as +XX. */
+static size_t xtext(char *out, size_t size, const char *in)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 4 < size; p++) {
+        if (*p < 33 || *p > 126 || *p == '+' || *p == '=') {
+            out[o++] = '+';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        } else
+            out[o++] = (char)*p;
+    }
+    out[o] = '\0';
+    return o;
+}
+
+static void send_mail(tern_smtp_client *c)
+{
+    const tern_envelope *e = c->p.env;
+    char params[600] = "";
+    size_t at = 0;
+    if (c->caps.size_given)
+        at += (size_t)snprintf(params + at, sizeof(params) - at, " SIZE=%zu", c->p.len);
+    if (e->body == TERN_BODY_8BITMIME && c->caps.eightbitmime)
+        at += (size_t)snprintf(params + at, sizeof(params) - at, " BODY=8BITMIME");
+    if (e->smtputf8 && c->caps.smtputf8)
+        at += (size_t)snprintf(params + at, sizeof(params) - at, " SMTPUTF8");
+    if (c->caps.dsn) {
+        if (e->ret != TERN_RET_NONE)
+            at += (size_t)snprintf(params + at, sizeof(params) - at, " RET=%s",
+                                   e->ret == TERN_RET_FULL ? "FULL" : "HDRS");
+        if (e->envid && at + 8 < sizeof(params)) {
+            char x[300];
+            xtext(x, sizeof(x), e->envid);
+            snprintf(params + at, sizeof(params) - at, " ENVID=%s", x);
+        }
+    }
+    tern_conn_printf(&c->conn, "MAIL FROM:<%s>%s\r\n", e->mail_from ? e->mail_from : "", params);
+}
+
+static void send_rcpt(tern_smtp_client *c, size_t i)
+{
+    const tern_spool_rcpt *r = &c->p.env->rcpts[i];
+    char params[600] = "";
+    size_t at = 0;
+    if (c->caps.dsn && r->notify) {
+        at += (size_t)snprintf(params, sizeof(params), " NOTIFY=");
+        if (r->notify & TERN_NOTIFY_NEVER)
+            at += (size_t)snprintf(params + at, sizeof(params) - at, "NEVER");
+        else {
+            const char *sep = "";
+            if (r->notify & TERN_NOTIFY_SUCCESS) {
+                at += (size_t)snprintf(params + at, sizeof(params) - at, "%sSUCCESS", sep);
+                sep = ",";
+            }
+            if (r->notify & TERN_NOTIFY_FAILURE) {
+                at += (size_t)snprintf(params + at, sizeof(params) - at, "%sFAILURE", sep);
+                sep = ",";
+            }
+            if (r->notify & TERN_NOTIFY_DELAY)
+                at += (size_t)snprintf(params + at, sizeof(params) - at, "%sDELAY", sep);
+        }
+    }
+    if (c->caps.dsn && r->orcpt && at + 8 < sizeof(params))
+        snprintf(params + at, sizeof(params) - at, " ORCPT=%s", r->orcpt);
+    tern_conn_printf(&c->conn, "RCPT TO:<%s>%s\r\n", r->addr, params);
+}
+
+static size_t skip_done(const tern_smtp_client *c, size_t i)
+{
+    while (i < c->p.env->n_rcpts && c->p.env->rcpts[i].done)
+        i++;
+    return i;
+}
+
+/* Writes the message with dot-stuffing, a chunk at a time (the rest when
+ * the output drains), then the final dot. */
+static void send_body(tern_smtp_client *c)
+{
+    const uint8_t *d = c->p.data;
+    size_t len = c->p.len;
+    size_t end = c->body_off + BODY_CHUNK < len ? c->body_off + BODY_CHUNK : len;
+    size_t run = c->body_off;
+    for (size_t i = c->body_off; i < end; i++) {
+        if (c->at_line_start && d[i] == '.') {
+            tern_conn_write(&c->conn, d + run, i - run);
+            tern_conn_write(&c->conn, ".", 1);
+            run = i;
+        }
+        c->at_line_start = d[i] == '\n';
+    }
+    tern_conn_write(&c->conn, d + run, end - run);
+    c->body_off = end;
+    if (c->body_off < len)
+        return; /* on_drain continues */
+    if (len > 0 && d[len - 1] != '\n')
+        tern_conn_write(&c->conn, "\r\n", 2);
+    tern_conn_write(&c->conn, ".\r\n", 3);
+    c->st = CS_DOT;
+    tern_conn_set_timeout(&c->conn, c->p.data_timeout_ms);
+}
+
+static void quit(tern_smtp_client *c)
+{
+    c->st = CS_QUIT;
+    tern_conn_printf(&c->conn, "QUIT\r\n");
+    tern_conn_set_timeout(&c->conn, 10000);
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+static void after_ehlo(tern_smtp_client *c)
+{
+    const tern_envelope *e = c->p.env;
+    if (!c->out.tls && c->p.tls && c->caps.starttls) {
+        c->st = CS_STARTTLS;
+        tern_conn_printf(&c->conn, "STARTTLS\r\n");
+        return;
+    }
+    if (c->p.tls_required && !(c->out.tls && c->out.tls_verified)) {
+        set_error(c, 4, c->out.tls ? "4.7.5 the server's certificate does not verify for %s"
+                                   : "4.7.10 TLS is required for %s but the server does not offer it",
+                  c->p.tls_name ? c->p.tls_name : c->out.peer);
+        quit(c);
+        return;
+    }
+    if (e->smtputf8 && !c->caps.smtputf8) {
+        set_error(c, 5, "5.6.7 the server does not support SMTPUTF8, which this message needs");
+        quit(c);
+        return;
+    }
+    if (c->caps.size_given && c->caps.size > 0 && c->p.len > c->caps.size) {
+        set_error(c, 5, "5.3.4 message of %zu bytes exceeds the server's limit of %llu",
+                  c->p.len, (unsigned long long)c->caps.size);
+        quit(c);
+        return;
+    }
+    c->st = CS_MAIL;
+    send_mail(c);
+    c->next_rcpt = skip_done(c, 0);
+    if (c->caps.pipelining) {
+        c->pipelined = true;
+        for (size_t i = c->next_rcpt; i < e->n_rcpts; i = skip_done(c, i + 1))
+            send_rcpt(c, i);
+        tern_conn_printf(&c->conn, "DATA\r\n");
+    }
+}
+
+static void on_reply(tern_smtp_client *c, const tern_smtp_reply *r)
+{
+    const tern_envelope *e = c->p.env;
+    switch (c->st) {
+    case CS_BANNER:
+        if (r->code != 220) {
+            reply_to_error(c, r);
+            quit(c);
+            return;
+        }
+        c->st = CS_EHLO;
+        tern_conn_printf(&c->conn, "EHLO %s\r\n", c->p.helo);
+        return;
+    case CS_EHLO:
+        if (r->code / 100 != 2) {
+            /* RFC 5321 4.1.4: an old server; try HELO. */
+            c->st = CS_HELO;
+            tern_conn_printf(&c->conn, "HELO %s\r\n", c->p.helo);
+            return;
+        }
+        tern_ehlo_caps_parse(r, &c->caps);
+        after_ehlo(c);
+        return;
+    case CS_HELO:
+        if (r->code / 100 != 2) {
+            reply_to_error(c, r);
+            quit(c);
+            return;
+        }
+        memset(&c->caps, 0, sizeof(c->caps));
+        after_ehlo(c);
+        return;
+    case CS_STARTTLS: {
+        tern_tls_conn *t = r->code == 220
+                               ? tern_tls_conn_new_client(c->p.tls, c->p.tls_name, false)
+                               : NULL;
+        if (t == NULL) {
+            /* Refused (or no memory): go on in the clear unless TLS is required. */
+            c->p.tls = NULL;
+            after_ehlo(c);
+            return;
+        }
+        c->st = CS_HANDSHAKE;
+        tern_conn_starttls_client(&c->conn, t);
+        return;
+    }
+    case CS_MAIL:
+        if (r->code / 100 != 2) {
+            reply_to_error(c, r);
+            if (c->pipelined) {
+                /* The RCPT and DATA replies that follow are read and
+                 * ignored: count them down through the RCPT state. */
+                c->st = CS_RCPT;
+                c->accepted = 0;
+                c->out.session_class = r->code >= 500 ? 5 : 4;
+                return;
+            }
+            quit(c);
+            return;
+        }
+        c->st = CS_RCPT;
+        if (!c->pipelined) {
+            if (c->next_rcpt < e->n_rcpts)
+                send_rcpt(c, c->next_rcpt);
+            else
+                quit(c);
+        }
+        return;
+    case CS_RCPT: {
+        size_t i = c->next_rcpt;
+        if (i < e->n_rcpts) {
+            tern_smtp_rcpt_result *rr = &c->out.rcpts[i];
+            if (c->out.session_class == 0) {
+                rr->code = r->code;
+                snprintf(rr->enhanced, sizeof(rr->enhanced), "%s", r->enhanced);
+                snprintf(rr->text, sizeof(rr->text), "%.290s", r->text);
+                if (r->code / 100 == 2)
+                    c->accepted++;
+            }
+            c->next_rcpt = skip_done(c, i + 1);
+        }
+        if (c->next_rcpt < e->n_rcpts) {
+            if (!c->pipelined)
+                send_rcpt(c, c->next_rcpt);
+            return;
+        }
+        c->st = CS_DATA;
+        if (!c->pipelined) {
+            if (c->accepted == 0) {
+                quit(c);
+                return;
+            }
+            tern_conn_printf(&c->conn, "DATA\r\n");
+        }
+        return;
+    }
+    case CS_DATA:
+        if (r->code != 354) {
+            if (c->accepted > 0 && c->out.session_class == 0)
+                reply_to_error(c, r);
+            /* The accepted recipients get the DATA failure. */
+            for (size_t i = 0; i < e->n_rcpts && c->accepted > 0; i++)
+                if (c->out.rcpts[i].code / 100 == 2) {
+                    c->out.rcpts[i].code = r->code;
+                    snprintf(c->out.rcpts[i].enhanced, sizeof(c->out.rcpts[i].enhanced), "%s",
+                             r->enhanced);
+                    snprintf(c->out.rcpts[i].text, sizeof(c->out.rcpts[i].text), "%.290s",
+                             r->text);
+                }
+            quit(c);
+            return;
+        }
+        if (c->accepted == 0) {
+            /* Pipelined DATA was taken although no recipient was: send an
+             * empty message body end, as RFC 2920 3.1 requires. */
+            tern_conn_printf(&c->conn, ".\r\n");
+            c->st = CS_DOT;
+            return;
+        }
+        c->st = CS_BODY;
+        c->at_line_start = true;
+        c->body_off = 0;
+        send_body(c);
+        return;
+    case CS_DOT:
+        /* The final answer for every recipient the server accepted. */
+        for (size_t i = 0; i < e->n_rcpts; i++)
+            if (c->out.rcpts[i].code / 100 == 2 && c->accepted > 0) {
+                c->out.rcpts[i].code = r->code;
+                snprintf(c->out.rcpts[i].enhanced, sizeof(c->out.rcpts[i].enhanced), "%s",
+                         r->enhanced);
+                snprintf(c->out.rcpts[i].text, sizeof(c->out.rcpts[i].text), "%.290s", r->text);
+            }
+        quit(c);
+        return;
+    case CS_QUIT:
+        c->st = CS_DONE;
+        finish(c, true);
+        return;
+    default:
+        return;
+    }
+}
+
+static void conn_on_data(tern_conn *conn)
+{
+    tern_smtp_client *c = conn->data;
+    for (;;) {
+        size_t len = 0;
+        const uint8_t *in = tern_conn_input(conn, &len);
+        if (len == 0 || c->finished)
+            return;
+        size_t used = 0;
+        tern_reply_status st = tern_reply_parse(&c->rp, in, len, &used);
+        tern_conn_consume(conn, used);
+        if (st == TERN_REPLY_MORE)
+            return;
+        if (st == TERN_REPLY_MALFORMED) {
+            set_error(c, 4, "4.5.0 malformed reply from the server");
+            finish(c, false);
+            return;
+        }
+        tern_conn_set_timeout(conn, c->p.command_timeout_ms);
+        on_reply(c, &c->rp.r);
+    }
+}
+
+static void conn_on_timeout(tern_conn *conn)
+{
+    tern_smtp_client *c = conn->data;
+    if (c->st != CS_QUIT && c->st != CS_DONE)
+        set_error(c, 4, "4.4.2 timeout waiting for the server");
+    finish(c, false);
+}
+
+static void conn_on_error(tern_conn *conn, const char *reason)
+{
+    tern_smtp_client *c = conn->data;
+    if (c->st != CS_QUIT && c->st != CS_DONE)
+        set_error(c, 4, "4.4.2 connection lost: %s", reason);
+    finish(c, false);
+}
+
+static void conn_on_drain(tern_conn *conn)
+{
+    tern_smtp_client *c = conn->data;
+    if (c->st == CS_BODY && !c->finished)
+        send_body(c);
+}
+
+static void conn_on_tls(tern_conn *conn)
+{
+    tern_smtp_client *c = conn->data;
+    c->out.tls = true;
+    c->out.tls_verified = tern_tls_conn_peer_verified(conn->tls);
+    snprintf(c->out.tls_version, sizeof(c->out.tls_version), "%s", tern_tls_conn_version(conn->tls));
+    snprintf(c->out.tls_cipher, sizeof(c->out.tls_cipher), "%s", tern_tls_conn_cipher(conn->tls));
+    /* RFC 3207 4.2: forget what the server said in the clear, ask again. */
+    tern_reply_parser_init(&c->rp);
+    memset(&c->caps, 0, sizeof(c->caps));
+    c->st = CS_EHLO;
+    tern_conn_printf(&c->conn, "EHLO %s\r\n", c->p.helo);
+}
+
+static const tern_conn_cbs client_cbs = {
+    .on_data = conn_on_data,
+    .on_tls = conn_on_tls,
+    .on_timeout = conn_on_timeout,
+    .on_error = conn_on_error,
+    .on_drain = conn_on_drain,
+    .on_close = conn_on_close,
+};
+
+/* ---- connecting --------------------------------------------------------- */
+
+static void connected(tern_smtp_client *c)
+{
+    int fd = c->fd;
+    c->fd = -1;
+    int r = tern_conn_init(&c->conn, c->p.loop, c->p.worker, fd, 16384, &client_cbs, c);
+    if (r < 0) {
+        set_error(c, 4, "4.4.1 cannot set up the connection: %s", uv_strerror(r));
+        finish(c, false);
+        return;
+    }
+    c->conn_init = true;
+    if (r == 1) {
+        set_error(c, 4, "4.4.1 cannot set up the connection");
+        c->finished = true; /* on_close reports */
+        return;
+    }
+    c->st = CS_BANNER;
+    tern_conn_set_timeout(&c->conn, c->p.command_timeout_ms);
+    if (tern_conn_start(&c->conn, NULL) != 0) {
+        set_error(c, 4, "4.4.1 cannot read from the connection");
+        finish(c, false);
+    }
+}
+
+static void poll_closed_then_connect(uv_handle_t *h)
+{
+    tern_smtp_client *c = h->data;
+    c->handles--;
+    if (c->finished) {
+        if (c->handles == 0)
+            free_client(c);
+        return;
+    }
+    connected(c);
+}
+
+static void on_writable(uv_poll_t *h, int status, int events)
+{
+    tern_smtp_client *c = h->data;
+    int err = 0;
+    socklen_t el = sizeof(err);
+    if (status < 0)
+        err = -status;
+    else if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+        err = errno;
+    uv_poll_stop(&c->poll);
+    if (c->ctimer_init) {
+        uv_timer_stop(&c->ctimer);
+        uv_close((uv_handle_t *)&c->ctimer, handle_closed);
+        c->ctimer_init = false;
+    }
+    c->poll_init = false;
+    if (err != 0) {
+        set_error(c, 4, "4.4.1 connection to %s failed: %s", c->out.peer, strerror(err));
+        uv_close((uv_handle_t *)&c->poll, handle_closed);
+        finish(c, false);
+        return;
+    }
+    /* The poll handle must be gone before libuv owns the fd as a stream. */
+    uv_close((uv_handle_t *)&c->poll, poll_closed_then_connect);
+}
+
+static void connect_timeout(uv_timer_t *t)
+{
+    tern_smtp_client *c = t->data;
+    set_error(c, 4, "4.4.1 connection to %s timed out", c->out.peer);
+    finish(c, false);
+}
+
+static void connect_failed_now(uv_timer_t *t)
+{
+    finish(t->data, false);
+}
+
+tern_smtp_client *tern_smtp_client_start(const tern_smtp_client_params *params,
+                                         tern_smtp_client_cb cb, void *arg)
+{
+    tern_smtp_client *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->p = *params;
+    if (c->p.connect_timeout_ms == 0)
+        c->p.connect_timeout_ms = 30000;
+    if (c->p.command_timeout_ms == 0)
+        c->p.command_timeout_ms = 300000;
+    if (c->p.data_timeout_ms == 0)
+        c->p.data_timeout_ms = 600000;
+    c->cb = cb;
+    c->arg = arg;
+    c->fd = -1;
+    tern_reply_parser_init(&c->rp);
+    c->out.n_rcpts = params->env->n_rcpts;
+    c->out.rcpts = calloc(c->out.n_rcpts ? c->out.n_rcpts : 1, sizeof(*c->out.rcpts));
+    if (c->out.rcpts == NULL) {
+        free(c);
+        return NULL;
+    }
+    int port = 0;
+    tern_sockaddr_str(params->addr, c->out.peer, sizeof(c->out.peer), &port);
+    size_t pl = strlen(c->out.peer);
+    snprintf(c->out.peer + pl, sizeof(c->out.peer) - pl, ":%d", port);
+    socklen_t alen = params->addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                         : sizeof(struct sockaddr_in);
+    c->fd = socket(params->addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        free_client(c);
+        return NULL;
+    }
+    c->st = CS_CONNECT;
+    int r = connect(c->fd, params->addr, alen);
+    bool failed_now = r != 0 && errno != EINPROGRESS;
+    if (failed_now)
+        set_error(c, 4, "4.4.1 connection to %s failed: %s", c->out.peer, strerror(errno));
+    if (uv_poll_init(c->p.loop, &c->poll, c->fd) != 0 ||
+        uv_timer_init(c->p.loop, &c->ctimer) != 0) {
+        close(c->fd);
+        free_client(c);
+        return NULL;
+    }
+    c->poll_init = c->ctimer_init = true;
+    c->handles = 2;
+    c->poll.data = c->ctimer.data = c;
+    /* Reported from the loop, never from inside start. */
+    if (failed_now)
+        uv_timer_start(&c->ctimer, connect_failed_now, 0, 0);
+    else {
+        uv_poll_start(&c->poll, UV_WRITABLE, on_writable);
+        uv_timer_start(&c->ctimer, connect_timeout, c->p.connect_timeout_ms, 0);
+    }
+    return c;
+}
+
+void tern_smtp_client_cancel(tern_smtp_client *c)
+{
+    if (c == NULL || c->finished)
+        return;
+    set_error(c, 4, "4.3.2 delivery interrupted (shutdown)");
+    finish(c, false);
+}

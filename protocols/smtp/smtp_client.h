@@ -1,0 +1,81 @@
+/* The SMTP client: delivers one message to one server over one
+ * connection (connect, banner, EHLO with HELO fallback, MAIL with the
+ * extensions the peer offers, RCPT for each recipient, DATA or BDAT,
+ * QUIT), pipelining when offered, and reports an outcome per recipient.
+ * The queue manager decides where to connect and what to do with the
+ * answers. Input: replies from a remote server (untrusted, through
+ * smtp_reply.h); the message and envelope from our own spool. */
+#ifndef TERN_SMTP_CLIENT_H
+#define TERN_SMTP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "protocols/common/conn.h"
+#include "storage/queue/spool.h"
+
+typedef struct tern_smtp_client tern_smtp_client;
+
+/* One recipient's outcome. code 0: not attempted (the connection failed
+ * before its turn). */
+typedef struct tern_smtp_rcpt_result {
+    int code;
+    char enhanced[16];
+    char text[300];
+} tern_smtp_rcpt_result;
+
+typedef struct tern_smtp_outcome {
+    /* The session as a whole: 0 when the server took part in the
+     * transaction (per-recipient codes say how), else the failure class:
+     * 4 temporary (connect failed, timeout, 4xx before RCPT, malformed
+     * replies), 5 permanent (5xx to MAIL FROM, 5xx to DATA, message too
+     * big for the announced SIZE). */
+    int session_class;
+    char stage[16];        /* where it ended: "connect", "banner", "ehlo", "mail", "data", ... */
+    char error[400];       /* the reply or the reason, for logs and bounces */
+    tern_smtp_rcpt_result *rcpts; /* one per recipient, same order */
+    size_t n_rcpts;
+    bool tls;              /* the message went over TLS */
+    bool tls_verified;     /* and the certificate verified for tls_name */
+    char tls_version[16];
+    char tls_cipher[64];
+    char peer[80];
+} tern_smtp_outcome;
+
+typedef void (*tern_smtp_client_cb)(void *arg, const tern_smtp_outcome *o);
+
+typedef struct tern_smtp_client_params {
+    uv_loop_t *loop;
+    tern_conn_worker *worker;
+    const struct sockaddr *addr;   /* where to connect (port included) */
+    const char *helo;              /* our name in EHLO */
+    uint64_t connect_timeout_ms;   /* default 30 s */
+    uint64_t command_timeout_ms;   /* each reply; default 5 min (RFC 5321 4.5.3.2) */
+    uint64_t data_timeout_ms;      /* the final "." reply; default 10 min */
+    /* The message: envelope (sender, recipients with NOTIFY/ORCPT, ENVID,
+     * RET, body type, SMTPUTF8) and its bytes (CRLF lines). Recipients
+     * whose `done` flag is set are skipped (result code 0). */
+    const tern_envelope *env;
+    const uint8_t *data;
+    size_t len;
+    /* STARTTLS when the server offers it (RFC 3207), with this context;
+     * NULL: never. tls_name is the name the certificate is checked
+     * against (the MX host); tls_required fails the delivery (4.7.10)
+     * without TLS or without a certificate that verifies for it. */
+    tern_tls_client *tls;
+    const char *tls_name;
+    bool tls_required;
+} tern_smtp_client_params;
+
+/* Starts a delivery; cb runs exactly once on params->loop with the outcome
+ * (valid during the call). Borrowed parameters must live until then.
+ * Returns NULL when it could not even start (cb will not run). */
+tern_smtp_client *tern_smtp_client_start(const tern_smtp_client_params *params,
+                                         tern_smtp_client_cb cb, void *arg);
+/* Abandons a delivery (shutdown): cb runs with a temporary failure. */
+void tern_smtp_client_cancel(tern_smtp_client *c);
+
+#endif

@@ -1,0 +1,843 @@
+/* The remote queue manager, on the main loop: it knows every spool message
+ * with recipients handed to the remote queue (RemoteDelivery), groups
+ * their recipients by destination domain, resolves the MX hosts (or uses
+ * the smarthost), delivers through the SMTP client, and records each
+ * recipient's end in the spool: delivered, or failed permanently (a DSN
+ * goes to the sender), or deferred with back-off until the lifetime runs
+ * out. Concurrency is bounded globally and per destination, and domains
+ * are served round robin so one huge backlog does not starve the others.
+ * Input: spool envelopes (ours), DNS answers and SMTP replies (untrusted,
+ * parsed by lib/dns and the client). */
+#include "server/queue.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include "lib/dns.h"
+#include "lib/dns_mx.h"
+#include "lib/log.h"
+#include "lib/util.h"
+#include "protocols/smtp/smtp_client.h"
+
+#define MOD "queue"
+#define TICK_MS 1000
+
+typedef enum { QR_PENDING = 0, QR_BUSY, QR_DONE } qr_state;
+
+typedef struct qrcpt {
+    size_t idx;            /* in the spool envelope */
+    char *addr;
+    const char *domain;    /* points into addr */
+    qr_state st;
+    unsigned attempts;
+    uint64_t next_try_ms;  /* monotonic */
+    char last_error[1024]; /* the reply (when remote is set) or our reason */
+    char status[16];       /* RFC 3463 code of the failure */
+    char remote[80];       /* the server that answered, or "" */
+    bool failed, bounced;
+} qrcpt;
+
+typedef struct qmsg {
+    char qid[TERN_QID_LEN];
+    tern_envelope *env;
+    qrcpt *r;
+    size_t n;
+    uint64_t added_ms;
+    unsigned busy;         /* attempts in flight */
+    struct qmsg *prev, *next;
+} qmsg;
+
+typedef struct post {
+    char qid[TERN_QID_LEN];
+    struct post *next;
+} post;
+
+typedef struct dest {
+    char domain[256];
+    unsigned active;
+    struct dest *next;
+} dest;
+
+struct tern_queue {
+    tern_queue_env env;
+    uv_timer_t tick;
+    uv_async_t wake;
+    pthread_mutex_t mu;
+    post *posts;
+    qmsg *msgs;
+    size_t n_msgs;
+    dest *dests;
+    unsigned active;
+    tern_dns_resolver *dns;
+    tern_tls_client *tls;  /* opportunistic STARTTLS */
+    tern_conn_worker cw;
+    bool closing;
+    bool notify_closed;    /* under mu: the wake handle is gone */
+    unsigned handles;
+    size_t rr;             /* round robin start */
+    struct attempt *attempts;
+};
+
+/* One delivery attempt: a message, the recipients of one domain. */
+typedef struct attempt {
+    tern_queue *q;
+    qmsg *m;
+    char domain[256];
+    size_t *idx;           /* indexes into m->r */
+    size_t n;
+    tern_arena arena;
+    tern_dns_result *mx;
+    tern_mx_plan plan;
+    size_t host;           /* next host of the plan */
+    tern_dns_result *addrs;
+    size_t addr_i;
+    uint16_t port;
+    uint8_t *data;
+    size_t len;
+    tern_envelope *cenv;   /* the envelope for the client: others marked done */
+    uv_work_t work;
+    int load_status;
+    char last_error[1024];
+    tern_smtp_client *client;   /* in flight, for cancel at shutdown */
+    struct attempt *prev, *next;
+} attempt;
+
+static uint64_t now_ms(void)
+{
+    return tern_now_ms();
+}
+
+static dest *dest_get(tern_queue *q, const char *domain)
+{
+    for (dest *d = q->dests; d; d = d->next)
+        if (strcasecmp(d->domain, domain) == 0)
+            return d;
+    dest *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return NULL;
+    snprintf(d->domain, sizeof(d->domain), "%s", domain);
+    d->next = q->dests;
+    q->dests = d;
+    return d;
+}
+
+/* ---- the set of queued messages ----------------------------------------- */
+
+static void qmsg_free(qmsg *m)
+{
+    for (size_t i = 0; i < m->n; i++)
+        free(m->r[i].addr);
+    free(m->r);
+    if (m->env)
+        tern_envelope_free(m->env);
+    free(m);
+}
+
+static qmsg *qmsg_find(tern_queue *q, const char *qid)
+{
+    for (qmsg *m = q->msgs; m; m = m->next)
+        if (strcmp(m->qid, qid) == 0)
+            return m;
+    return NULL;
+}
+
+static void qmsg_unlink(tern_queue *q, qmsg *m)
+{
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        q->msgs = m->next;
+    if (m->next)
+        m->next->prev = m->prev;
+    q->n_msgs--;
+}
+
+/* Adds (or refreshes) qid: its recipients queued for remote delivery, or
+ * all of them for a message the queue owns. */
+static void queue_take(tern_queue *q, const char *qid)
+{
+    tern_envelope *env = tern_spool_envelope_dup(q->env.spool, qid);
+    if (env == NULL)
+        return;
+    bool owned = env->pipeline && strcmp(env->pipeline, TERN_QUEUE_PIPELINE) == 0;
+    qmsg *m = qmsg_find(q, qid);
+    if (m == NULL) {
+        m = calloc(1, sizeof(*m));
+        if (m == NULL) {
+            tern_envelope_free(env);
+            return;
+        }
+        snprintf(m->qid, sizeof(m->qid), "%s", qid);
+        m->added_ms = now_ms();
+        m->next = q->msgs;
+        if (q->msgs)
+            q->msgs->prev = m;
+        q->msgs = m;
+        q->n_msgs++;
+    }
+    if (m->env)
+        tern_envelope_free(m->env);
+    m->env = env;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        const tern_spool_rcpt *sr = &env->rcpts[i];
+        if (sr->done || !(owned || sr->queued))
+            continue;
+        bool known = false;
+        for (size_t k = 0; k < m->n; k++)
+            if (m->r[k].idx == i)
+                known = true;
+        if (known)
+            continue;
+        qrcpt *nr = realloc(m->r, (m->n + 1) * sizeof(*nr));
+        if (nr == NULL)
+            break;
+        m->r = nr;
+        qrcpt *r = &m->r[m->n];
+        memset(r, 0, sizeof(*r));
+        r->idx = i;
+        r->addr = strdup(sr->addr);
+        if (r->addr == NULL)
+            break;
+        const char *at = strrchr(r->addr, '@');
+        r->domain = at ? at + 1 : "";
+        m->n++;
+    }
+}
+
+static void wake_cb(uv_async_t *a)
+{
+    tern_queue *q = a->data;
+    pthread_mutex_lock(&q->mu);
+    post *list = q->posts;
+    q->posts = NULL;
+    pthread_mutex_unlock(&q->mu);
+    while (list) {
+        post *p = list;
+        list = p->next;
+        if (!q->closing)
+            queue_take(q, p->qid);
+        free(p);
+    }
+    tern_queue_kick(q);
+}
+
+void tern_queue_notify(void *arg, const char *qid)
+{
+    tern_queue *q = arg;
+    post *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return; /* the periodic scan at the next start finds it */
+    snprintf(p->qid, sizeof(p->qid), "%s", qid);
+    pthread_mutex_lock(&q->mu);
+    if (q->notify_closed) {
+        /* Shutting down: the spool keeps the recipients queued and the
+         * scan at the next start finds them. */
+        pthread_mutex_unlock(&q->mu);
+        free(p);
+        return;
+    }
+    p->next = q->posts;
+    q->posts = p;
+    uv_async_send(&q->wake);
+    pthread_mutex_unlock(&q->mu);
+}
+
+/* ---- finishing recipients ----------------------------------------------- */
+
+static void msg_maybe_done(tern_queue *q, qmsg *m)
+{
+    if (m->busy > 0)
+        return;
+    for (size_t i = 0; i < m->n; i++)
+        if (m->r[i].st != QR_DONE)
+            return;
+    /* Every recipient the queue had is finished; the entry completes when
+     * the pipeline has finished its own too (either order). */
+    int r = tern_spool_complete_if_done(q->env.spool, m->qid);
+    TLOG_DEBUG(MOD, "event=msg_done qid=%s completed=%d", m->qid, r);
+    qmsg_unlink(q, m);
+    qmsg_free(m);
+}
+
+static void rcpt_delivered(tern_queue *q, qmsg *m, qrcpt *r, const char *detail)
+{
+    char qa[600], qd[700];
+    TLOG_INFO(MOD, "event=delivered qid=%s rcpt=%s attempts=%u detail=%s", m->qid,
+              tern_log_q(qa, sizeof(qa), r->addr), r->attempts, tern_log_q(qd, sizeof(qd), detail));
+    r->st = QR_DONE;
+    tern_spool_rcpt_done(q->env.spool, m->qid, r->idx);
+}
+
+/* A permanent failure: bounced (with the others of the message) when no
+ * other attempt of it is in flight. */
+static void rcpt_fail(qrcpt *r, const char *status, const char *remote, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void rcpt_fail(qrcpt *r, const char *status, const char *remote, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->last_error, sizeof(r->last_error), fmt, ap);
+    va_end(ap);
+    snprintf(r->status, sizeof(r->status), "%s", status && status[0] ? status : "5.0.0");
+    snprintf(r->remote, sizeof(r->remote), "%s", remote ? remote : "");
+    r->st = QR_DONE;
+    r->failed = true;
+}
+
+static uint64_t backoff(const tern_queue *q, unsigned attempts)
+{
+    const tern_queue_conf *c = q->env.conf(q->env.conf_arg);
+    uint64_t d = c->retry_min_ms;
+    for (unsigned i = 1; i < attempts && d < c->retry_max_ms; i++)
+        d *= 2;
+    return d < c->retry_max_ms ? d : c->retry_max_ms;
+}
+
+static void rcpt_defer(tern_queue *q, qmsg *m, qrcpt *r, const char *why)
+{
+    const tern_queue_conf *c = q->env.conf(q->env.conf_arg);
+    snprintf(r->last_error, sizeof(r->last_error), "%s", why);
+    int64_t age_ms = ((int64_t)time(NULL) - m->env->received_at) * 1000;
+    if (age_ms > 0 && (uint64_t)age_ms >= c->max_lifetime_ms) {
+        rcpt_fail(r, "4.4.7", NULL, "delivery time expired; last error: %.900s", why);
+        TLOG_INFO(MOD, "event=expired qid=%s attempts=%u", m->qid, r->attempts);
+        return;
+    }
+    r->st = QR_PENDING;
+    r->next_try_ms = now_ms() + backoff(q, r->attempts);
+    char qa[600], qd[500];
+    TLOG_INFO(MOD, "event=deferred qid=%s rcpt=%s attempts=%u retry_in_s=%" PRIu64 " reason=%s",
+              m->qid, tern_log_q(qa, sizeof(qa), r->addr), r->attempts,
+              (r->next_try_ms - now_ms()) / 1000, tern_log_q(qd, sizeof(qd), why));
+}
+
+/* One DSN to the sender for every failed recipient of m not bounced yet.
+ * Their spool records say done (a bounce is their end). */
+static void bounce_failed(tern_queue *q, qmsg *m, const uint8_t *msg, size_t len)
+{
+    tern_dsn_rcpt *dr = calloc(m->n ? m->n : 1, sizeof(*dr));
+    size_t k = 0;
+    bool null_sender = m->env->mail_from == NULL || m->env->mail_from[0] == '\0';
+    for (size_t i = 0; i < m->n; i++) {
+        qrcpt *r = &m->r[i];
+        if (!r->failed || r->bounced)
+            continue;
+        r->bounced = true;
+        char qa[600], qd[1100];
+        TLOG_INFO(MOD, "event=failed qid=%s rcpt=%s status=%s attempts=%u detail=%s", m->qid,
+                  tern_log_q(qa, sizeof(qa), r->addr), r->status, r->attempts,
+                  tern_log_q(qd, sizeof(qd), r->last_error));
+        tern_spool_rcpt_done(q->env.spool, m->qid, r->idx);
+        const tern_spool_rcpt *sr = &m->env->rcpts[r->idx];
+        if (dr == NULL || null_sender || (sr->notify && !(sr->notify & TERN_NOTIFY_FAILURE)))
+            continue; /* never to <>; NOTIFY=NEVER or without FAILURE */
+        dr[k].addr = r->addr;
+        dr[k].orcpt = sr->orcpt;
+        dr[k].status = r->status;
+        dr[k].remote_mta = r->remote[0] ? r->remote : NULL;
+        dr[k].diagnostic = r->last_error;
+        k++;
+    }
+    if (k > 0 && q->env.bounce)
+        q->env.bounce(q->env.bounce_arg, m->env, dr, k, msg, len);
+    else if (null_sender)
+        TLOG_INFO(MOD, "event=no_bounce qid=%s reason=\"null sender\"", m->qid);
+    free(dr);
+}
+
+/* ---- one attempt ------------------------------------------------------- */
+
+static void attempt_free(attempt *a)
+{
+    if (a->mx)
+        tern_dns_result_free(a->mx);
+    if (a->addrs)
+        tern_dns_result_free(a->addrs);
+    if (a->cenv)
+        tern_envelope_free(a->cenv);
+    free(a->data);
+    free(a->idx);
+    tern_arena_free(&a->arena);
+    free(a);
+}
+
+/* The attempt is over: what was not finished is deferred (or bounced when
+ * its lifetime ran out). */
+static void attempt_end(attempt *a)
+{
+    tern_queue *q = a->q;
+    qmsg *m = a->m;
+    for (size_t i = 0; i < a->n; i++) {
+        qrcpt *r = &m->r[a->idx[i]];
+        if (r->st == QR_BUSY)
+            rcpt_defer(q, m, r, a->last_error[0] ? a->last_error : "4.4.0 not attempted");
+    }
+    /* The last attempt of the message in flight sends the bounce for
+     * every failure so far: one DSN, not one per domain. */
+    if (m->busy == 1)
+        bounce_failed(q, m, a->data, a->len);
+    dest *d = dest_get(q, a->domain);
+    if (d && d->active)
+        d->active--;
+    q->active--;
+    m->busy--;
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        q->attempts = a->next;
+    if (a->next)
+        a->next->prev = a->prev;
+    attempt_free(a);
+    msg_maybe_done(q, m);
+    if (!q->closing)
+        tern_queue_kick(q);
+}
+
+static void try_host(attempt *a);
+static void connect_ss(attempt *a, const struct sockaddr_storage *ss);
+
+static void delivered(void *arg, const tern_smtp_outcome *o)
+{
+    attempt *a = arg;
+    a->client = NULL;
+    tern_queue *q = a->q;
+    qmsg *m = a->m;
+    bool any_tried = false;
+    for (size_t i = 0; i < a->n; i++) {
+        qrcpt *r = &m->r[a->idx[i]];
+        const tern_smtp_rcpt_result *rr = &o->rcpts[r->idx];
+        if (r->st != QR_BUSY)
+            continue;
+        if (o->session_class == 5) {
+            /* MAIL FROM or the message refused, SIZE, SMTPUTF8: for all.
+             * The error is "550 5.x.y text" (a reply) or "5.x.y text" (ours). */
+            char code[16] = "5.0.0";
+            const char *e = o->error;
+            bool reply = e[0] == '5' && e[1] >= '0' && e[1] <= '9' && e[3] == ' ';
+            const char *enh = reply ? e + 4 : e;
+            if (enh[0] == '5' && enh[1] == '.')
+                sscanf(enh, "%15s", code);
+            rcpt_fail(r, code, reply ? o->peer : NULL, "%s", e);
+            any_tried = true;
+            continue;
+        }
+        if (rr->code == 0)
+            continue;
+        any_tried = true;
+        char detail[512];
+        snprintf(detail, sizeof(detail), "%d%s%s %.300s", rr->code, rr->enhanced[0] ? " " : "",
+                 rr->enhanced, rr->text);
+        if (rr->code / 100 == 2) {
+            char said[700];
+            snprintf(said, sizeof(said), "%s said: %s (%s%s%s)", o->peer, detail,
+                     o->tls ? o->tls_version : "no TLS", o->tls ? " " : "",
+                     o->tls ? (o->tls_verified ? "verified" : "unverified") : "");
+            rcpt_delivered(q, m, r, said);
+        } else if (rr->code / 100 == 5) {
+            rcpt_fail(r, rr->enhanced[0] == '5' ? rr->enhanced : "5.0.0", o->peer, "%s", detail);
+        } else {
+            snprintf(a->last_error, sizeof(a->last_error), "%s said: %s", o->peer, detail);
+            rcpt_defer(q, m, r, a->last_error);
+        }
+    }
+    if (!any_tried && o->session_class == 4 && !q->closing) {
+        /* The host did not take part (connect refused, 4xx banner...):
+         * RFC 5321 5.1 says try the next one. */
+        snprintf(a->last_error, sizeof(a->last_error), "%s: %s", o->peer, o->error);
+        TLOG_INFO(MOD, "event=host_failed qid=%s domain=%s peer=%s stage=%s error=\"%.300s\"",
+                  m->qid, a->domain, o->peer, o->stage, o->error);
+        a->addr_i++;
+        try_host(a);
+        return;
+    }
+    attempt_end(a);
+}
+
+static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
+{
+    const tern_queue_conf *c = a->q->env.conf(a->q->env.conf_arg);
+    tern_smtp_client_params p = {
+        .loop = a->q->env.loop,
+        .worker = &a->q->cw,
+        .addr = (const struct sockaddr *)ss,
+        .helo = a->q->env.helo(a->q->env.conf_arg),
+        .connect_timeout_ms = c->connect_timeout_ms,
+        .command_timeout_ms = c->command_timeout_ms,
+        .env = a->cenv,
+        .data = a->data,
+        .len = a->len,
+        .tls = a->q->tls,
+        .tls_name = a->host > 0 && a->host <= a->plan.n_hosts ? a->plan.hosts[a->host - 1].host
+                                                              : a->domain,
+    };
+    a->client = tern_smtp_client_start(&p, delivered, a);
+    if (a->client == NULL) {
+        snprintf(a->last_error, sizeof(a->last_error), "4.3.0 cannot start a connection");
+        attempt_end(a);
+    }
+}
+
+static void connect_addr(attempt *a)
+{
+    struct sockaddr_storage ss;
+    const tern_dns_rr *rr = &a->addrs->rrs[a->addr_i];
+    if (tern_dns_rr_sockaddr(rr, a->port, &ss) == 0) {
+        a->addr_i++;
+        try_host(a);
+        return;
+    }
+    connect_ss(a, &ss);
+}
+
+static void addrs_resolved(void *data, tern_dns_result *res)
+{
+    attempt *a = data;
+    if (a->addrs)
+        tern_dns_result_free(a->addrs);
+    a->addrs = res;
+    a->addr_i = 0;
+    if (res->status != TERN_DNS_ANSWER || res->n_rrs == 0) {
+        snprintf(a->last_error, sizeof(a->last_error), "4.4.3 no address for %s: %s",
+                 a->plan.hosts[a->host - 1].host,
+                 res->status == TERN_DNS_ANSWER ? tern_dns_rcode_name(res->rcode)
+                                                : (res->error ? res->error : "lookup failed"));
+        tern_dns_result_free(res);
+        a->addrs = NULL;
+        try_host(a);
+        return;
+    }
+    connect_addr(a);
+}
+
+/* The next address of the current host, else the next host, else the end. */
+static void try_host(attempt *a)
+{
+    if (a->q->closing) {
+        snprintf(a->last_error, sizeof(a->last_error), "4.3.2 shutting down");
+        attempt_end(a);
+        return;
+    }
+    if (a->addrs && a->addr_i < a->addrs->n_rrs) {
+        connect_addr(a);
+        return;
+    }
+    if (a->host >= a->plan.n_hosts) {
+        if (a->last_error[0] == '\0')
+            snprintf(a->last_error, sizeof(a->last_error), "4.4.1 no host of %s could be reached",
+                     a->domain);
+        attempt_end(a);
+        return;
+    }
+    const char *host = a->plan.hosts[a->host++].host;
+    /* A literal address (smarthost "[192.0.2.1]" or "192.0.2.1") needs no lookup. */
+    char lit[128];
+    snprintf(lit, sizeof(lit), "%s", host[0] == '[' ? host + 1 : host);
+    char *rb = strchr(lit, ']');
+    if (rb)
+        *rb = '\0';
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, lit, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(a->port);
+        connect_ss(a, &ss);
+        return;
+    }
+    if (inet_pton(AF_INET6, lit, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(a->port);
+        connect_ss(a, &ss);
+        return;
+    }
+    /* IPv4 first: loopback test setups and most MX hosts have it; AAAA is
+     * a TODO with Happy Eyeballs-style fallback. */
+    if (tern_dns_resolve(a->q->dns, host, 1 /* A */, 0, addrs_resolved, a, NULL) != 0) {
+        snprintf(a->last_error, sizeof(a->last_error), "4.4.3 cannot look up %s", host);
+        try_host(a);
+    }
+}
+
+static void mx_resolved(void *data, tern_dns_result *res)
+{
+    attempt *a = data;
+    a->mx = res;
+    const char *self = a->q->env.helo(a->q->env.conf_arg);
+    if (tern_dns_mx_plan(&a->arena, a->domain, res, &self, 1, NULL, NULL, &a->plan) != 0) {
+        snprintf(a->last_error, sizeof(a->last_error), "4.3.0 out of memory");
+        attempt_end(a);
+        return;
+    }
+    switch (a->plan.outcome) {
+    case TERN_MX_HOSTS:
+        try_host(a);
+        return;
+    case TERN_MX_TEMPFAIL:
+        snprintf(a->last_error, sizeof(a->last_error), "4.4.3 %s", a->plan.why ? a->plan.why : "DNS failure");
+        attempt_end(a);
+        return;
+    default: {
+        /* Null MX, no such domain, a loop to ourselves: permanent. */
+        const char *code = a->plan.outcome == TERN_MX_NULL        ? "5.1.10"
+                           : a->plan.outcome == TERN_MX_NO_DOMAIN ? "5.1.2"
+                                                                   : "5.4.6";
+        for (size_t i = 0; i < a->n; i++)
+            rcpt_fail(&a->m->r[a->idx[i]], code, NULL, "%s",
+                      a->plan.why ? a->plan.why : tern_mx_outcome_name(a->plan.outcome));
+        attempt_end(a);
+        return;
+    }
+    }
+}
+
+static void smarthost_plan(attempt *a, const char *smarthost)
+{
+    char host[256];
+    snprintf(host, sizeof(host), "%s", smarthost);
+    /* "host:port" or "[v6]:port" */
+    char *colon = strrchr(host, ':');
+    char *rb = strrchr(host, ']');
+    if (colon && (rb == NULL || colon > rb) && strchr(host, ':') == colon) {
+        a->port = (uint16_t)atoi(colon + 1);
+        *colon = '\0';
+    }
+    a->plan.outcome = TERN_MX_HOSTS;
+    a->plan.hosts = tern_arena_alloc(&a->arena, sizeof(tern_mx_host));
+    if (a->plan.hosts) {
+        a->plan.hosts[0].host = tern_arena_strdup(&a->arena, host);
+        a->plan.n_hosts = a->plan.hosts[0].host ? 1 : 0;
+    }
+    try_host(a);
+}
+
+static void loaded(uv_work_t *w, int status)
+{
+    attempt *a = w->data;
+    tern_queue *q = a->q;
+    if (status != 0 || a->load_status != 0 || q->closing) {
+        snprintf(a->last_error, sizeof(a->last_error), "4.3.0 cannot read the message: %s",
+                 a->load_status ? strerror(-a->load_status) : "cancelled");
+        attempt_end(a);
+        return;
+    }
+    const tern_queue_conf *c = q->env.conf(q->env.conf_arg);
+    a->port = c->port;
+    if (c->smarthost && c->smarthost[0]) {
+        smarthost_plan(a, c->smarthost);
+        return;
+    }
+    if (tern_dns_resolve(q->dns, a->domain, 15 /* MX */, 0, mx_resolved, a, NULL) != 0) {
+        snprintf(a->last_error, sizeof(a->last_error), "4.4.3 cannot look up the MX of %s",
+                 a->domain);
+        attempt_end(a);
+    }
+}
+
+static void load_work(uv_work_t *w)
+{
+    attempt *a = w->data;
+    a->load_status = tern_spool_read_message(a->q->env.spool, a->m->qid, &a->data, &a->len);
+}
+
+static bool attempt_start(tern_queue *q, qmsg *m, const char *domain, uint64_t now)
+{
+    attempt *a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return false;
+    a->q = q;
+    a->m = m;
+    snprintf(a->domain, sizeof(a->domain), "%s", domain);
+    tern_arena_init(&a->arena, 1024);
+    a->idx = calloc(m->n, sizeof(size_t));
+    a->cenv = tern_spool_envelope_dup(q->env.spool, m->qid);
+    if (a->idx == NULL || a->cenv == NULL) {
+        attempt_free(a);
+        return false;
+    }
+    for (size_t i = 0; i < a->cenv->n_rcpts; i++)
+        a->cenv->rcpts[i].done = true; /* the client skips done recipients */
+    for (size_t i = 0; i < m->n; i++) {
+        qrcpt *r = &m->r[i];
+        if (r->st != QR_PENDING || r->next_try_ms > now || strcasecmp(r->domain, domain) != 0)
+            continue;
+        r->st = QR_BUSY;
+        r->attempts++;
+        a->cenv->rcpts[r->idx].done = false;
+        a->idx[a->n++] = i;
+    }
+    if (a->n == 0) {
+        attempt_free(a);
+        return false;
+    }
+    dest *d = dest_get(q, domain);
+    if (d)
+        d->active++;
+    q->active++;
+    m->busy++;
+    a->next = q->attempts;
+    if (q->attempts)
+        q->attempts->prev = a;
+    q->attempts = a;
+    a->work.data = a;
+    TLOG_DEBUG(MOD, "event=attempt qid=%s domain=%s rcpts=%zu", m->qid, domain, a->n);
+    if (uv_queue_work(q->env.loop, &a->work, load_work, loaded) != 0) {
+        a->load_status = -EIO;
+        loaded(&a->work, -1);
+    }
+    return true;
+}
+
+/* Starts what is due, within the concurrency limits. */
+void tern_queue_kick(tern_queue *q)
+{
+    if (q->closing)
+        return;
+    const tern_queue_conf *c = q->env.conf(q->env.conf_arg);
+    if (c->hold)
+        return; /* held: nothing leaves until the setting is lifted (SIGHUP) */
+    uint64_t now = now_ms();
+    /* Round robin over messages, starting after where the last pass began,
+     * so a large backlog to one domain does not hold the rest. */
+    size_t skip = q->n_msgs ? q->rr++ % q->n_msgs : 0;
+    qmsg *start = q->msgs;
+    for (size_t i = 0; i < skip && start; i++)
+        start = start->next;
+    for (int pass = 0; pass < 2; pass++) {
+        for (qmsg *m = pass == 0 ? start : q->msgs, *next; m && (pass == 0 || m != start);
+             m = next) {
+            next = m->next;
+            if (q->active >= c->max_concurrency)
+                return;
+            for (size_t i = 0; i < m->n; i++) {
+                qrcpt *r = &m->r[i];
+                if (r->st != QR_PENDING || r->next_try_ms > now)
+                    continue;
+                dest *d = dest_get(q, r->domain);
+                if (d == NULL || d->active >= c->per_destination)
+                    continue;
+                attempt_start(q, m, r->domain, now);
+                if (q->active >= c->max_concurrency)
+                    return;
+            }
+        }
+    }
+}
+
+static void tick_cb(uv_timer_t *t)
+{
+    tern_queue_kick(t->data);
+}
+
+static void scan_one(void *arg, const tern_envelope *env)
+{
+    tern_queue *q = arg;
+    bool owned = env->pipeline && strcmp(env->pipeline, TERN_QUEUE_PIPELINE) == 0;
+    for (size_t i = 0; i < env->n_rcpts; i++)
+        if (!env->rcpts[i].done && (owned || env->rcpts[i].queued)) {
+            tern_queue_notify(q, env->qid);
+            return;
+        }
+}
+
+tern_queue *tern_queue_new(const tern_queue_env *env, char *err, size_t err_size)
+{
+    tern_queue *q = calloc(1, sizeof(*q));
+    if (q == NULL) {
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    q->env = *env;
+    pthread_mutex_init(&q->mu, NULL);
+    q->cw.readbuf_size = 65536;
+    q->cw.readbuf = malloc(q->cw.readbuf_size);
+    q->dns = q->cw.readbuf ? tern_dns_resolver_new(env->loop, env->dns, err, err_size) : NULL;
+    char *terr = NULL;
+    q->tls = q->dns ? tern_tls_client_new(NULL, &terr) : NULL;
+    if (q->dns && q->tls == NULL) {
+        snprintf(err, err_size, "TLS client: %s", terr ? terr : "?");
+        free(terr);
+        tern_dns_resolver_close(q->dns);
+        q->dns = NULL;
+    }
+    if (q->dns == NULL) {
+        free(q->cw.readbuf);
+        pthread_mutex_destroy(&q->mu);
+        free(q);
+        return NULL;
+    }
+    uv_timer_init(env->loop, &q->tick);
+    uv_async_init(env->loop, &q->wake, wake_cb);
+    q->tick.data = q->wake.data = q;
+    q->handles = 2;
+    uv_timer_start(&q->tick, tick_cb, TICK_MS, TICK_MS);
+    size_t n = tern_spool_each(env->spool, scan_one, q);
+    TLOG_INFO(MOD, "event=started spool_messages=%zu", n);
+    return q;
+}
+
+size_t tern_queue_size(const tern_queue *q)
+{
+    return q ? q->n_msgs : 0;
+}
+
+static void q_handle_closed(uv_handle_t *h)
+{
+    tern_queue *q = h->data;
+    q->handles--;
+}
+
+void tern_queue_free(tern_queue *q)
+{
+    if (q == NULL)
+        return;
+    while (q->msgs) {
+        qmsg *m = q->msgs;
+        qmsg_unlink(q, m);
+        qmsg_free(m);
+    }
+    while (q->posts) {
+        post *p = q->posts;
+        q->posts = p->next;
+        free(p);
+    }
+    while (q->dests) {
+        dest *d = q->dests;
+        q->dests = d->next;
+        free(d);
+    }
+    free(q->cw.readbuf);
+    tern_tls_client_free(q->tls);
+    pthread_mutex_destroy(&q->mu);
+    free(q);
+}
+
+void tern_queue_close(tern_queue *q)
+{
+    if (q == NULL)
+        return;
+    q->closing = true;
+    pthread_mutex_lock(&q->mu);
+    q->notify_closed = true;
+    pthread_mutex_unlock(&q->mu);
+    /* Attempts in flight end with "shutting down" and are retried at the
+     * next start (nothing was recorded for them). Their callbacks run
+     * while the loop finishes; the resolver answers CANCELLED. */
+    tern_dns_resolver_close(q->dns);
+    for (attempt *a = q->attempts, *next; a; a = next) {
+        next = a->next; /* a may end inside the cancel */
+        if (a->client)
+            tern_smtp_client_cancel(a->client);
+    }
+    uv_close((uv_handle_t *)&q->tick, q_handle_closed);
+    uv_close((uv_handle_t *)&q->wake, q_handle_closed);
+}

@@ -1,0 +1,49 @@
+/* The remote queue manager (server/queue.c): delivers the recipients that
+ * RemoteDelivery handed over, with MX resolution, retries, bounces and
+ * concurrency limits. Runs on the main loop. */
+#ifndef TERN_SERVER_QUEUE_H
+#define TERN_SERVER_QUEUE_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "conf/config.h"
+#include "lib/dns.h"
+#include "mailets/builtin/dsn_build.h"
+#include "storage/queue/spool.h"
+
+typedef struct tern_queue tern_queue;
+
+typedef struct tern_queue_env {
+    uv_loop_t *loop;
+    tern_spool *spool;
+    const tern_dns_options *dns;          /* read at creation */
+    /* The current config's queue settings and our host name (the snapshot
+     * changes on SIGHUP; these read the current one, on the loop). */
+    const tern_queue_conf *(*conf)(void *arg);
+    const char *(*helo)(void *arg);
+    void *conf_arg;
+    /* A delivery failed for these recipients: send the sender a DSN. */
+    void (*bounce)(void *arg, const tern_envelope *env, const tern_dsn_rcpt *rcpts, size_t n,
+                   const uint8_t *msg, size_t len);
+    void *bounce_arg;
+} tern_queue_env;
+
+/* Creates the manager (and its resolver) and schedules a scan of the spool
+ * for messages with queued recipients. Call on the loop's thread. */
+tern_queue *tern_queue_new(const tern_queue_env *env, char *err, size_t err_size);
+/* Thread-safe: message qid has (new) recipients for the queue. The
+ * signature fits tern_runner_env.queued. */
+void tern_queue_notify(void *q, const char *qid);
+/* Starts what is due now (also runs every second). */
+void tern_queue_kick(tern_queue *q);
+size_t tern_queue_size(const tern_queue *q);
+/* Cancels deliveries in flight (retried at the next start) and closes the
+ * handles; later notifications are dropped (the spool keeps what they
+ * said). The loop must run on for the handles to close. */
+void tern_queue_close(tern_queue *q);
+/* Frees the manager: after tern_queue_close, once the loop has stopped
+ * and no thread can notify any more (the workers are joined). */
+void tern_queue_free(tern_queue *q);
+
+#endif
