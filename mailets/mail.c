@@ -91,6 +91,7 @@ static int field_push_raw(tern_mail *m, const char *raw, size_t len)
         return -1;
     memcpy(f->raw, raw, len);
     f->raw[len] = '\0';
+    f->raw_len = len;
     const char *colon = memchr(raw, ':', len);
     size_t nl = colon ? (size_t)(colon - raw) : 0;
     while (nl > 0 && (raw[nl - 1] == ' ' || raw[nl - 1] == '\t'))
@@ -194,7 +195,12 @@ tern_mail *tern_mail_clone_empty(const tern_mail *src)
         tern_mail_field *f = &m->fields[m->n_fields];
         f->name = strdup(sf->name);
         f->value = strdup(sf->value);
-        f->raw = sf->raw ? strdup(sf->raw) : NULL;
+        f->raw = NULL;
+        f->raw_len = sf->raw_len;
+        if (sf->raw && (f->raw = malloc(sf->raw_len + 1)) != NULL) {
+            memcpy(f->raw, sf->raw, sf->raw_len);
+            f->raw[sf->raw_len] = '\0';
+        }
         if (f->name == NULL || f->value == NULL || (sf->raw && f->raw == NULL)) {
             free(f->name);
             free(f->value);
@@ -263,7 +269,7 @@ void tern_mail_free(tern_mail *m)
 static size_t field_len(const tern_mail_field *f)
 {
     if (f->raw)
-        return strlen(f->raw);
+        return f->raw_len;
     return strlen(f->name) + 2 + strlen(f->value) + 2;
 }
 
@@ -279,9 +285,8 @@ uint8_t *tern_mail_serialize(const tern_mail *m, size_t *len_r)
     for (size_t i = 0; i < m->n_fields; i++) {
         const tern_mail_field *f = &m->fields[i];
         if (f->raw) {
-            size_t n = strlen(f->raw);
-            memcpy(out + o, f->raw, n);
-            o += n;
+            memcpy(out + o, f->raw, f->raw_len);
+            o += f->raw_len;
         } else {
             size_t n = strlen(f->name);
             memcpy(out + o, f->name, n);
@@ -453,7 +458,7 @@ int tern_mail_header_add(tern_mail *m, const char *name, const char *value)
         return -1;
     if (!grow((void **)&m->fields, &m->cap_fields, m->n_fields, sizeof(tern_mail_field)))
         return -1;
-    tern_mail_field f = {strdup(name), strdup(value), NULL};
+    tern_mail_field f = {strdup(name), strdup(value), NULL, 0};
     if (f.name == NULL || f.value == NULL) {
         free(f.name);
         free(f.value);
@@ -480,6 +485,7 @@ int tern_mail_header_set(tern_mail *m, const char *name, const char *value)
         free(m->fields[i].raw);
         m->fields[i].value = v;
         m->fields[i].raw = NULL;
+        m->fields[i].raw_len = 0;
         m->modified = true;
         /* Later duplicates go: "set" means one field with this value. */
         for (size_t j = m->n_fields; j-- > i + 1;)

@@ -45,6 +45,7 @@ typedef struct tern_mail_field {
     char *name;
     char *value;            /* unfolded, trimmed */
     char *raw;              /* the field as received, folded, with CRLF; NULL once changed */
+    size_t raw_len;         /* its length (the sender's bytes may hold a NUL) */
 } tern_mail_field;
 
 typedef enum { TERN_ATTR_STR = 1, TERN_ATTR_INT, TERN_ATTR_BOOL } tern_attr_type;

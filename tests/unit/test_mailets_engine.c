@@ -62,6 +62,26 @@ static void test_untouched_message_is_byte_exact(void **st)
     tern_mail_standalone_free(m);
 }
 
+static void test_nul_in_header_kept(void **st)
+{
+    const char *r[] = {"bob@example.test"};
+    static const char msg[] = "X-A: a\0b\r\nSubject: s\r\n\r\nbody\r\n";
+    tern_mail *m = tern_mail_standalone(env_new("a@example.org", r, 1), (const uint8_t *)msg,
+                                        sizeof(msg) - 1, NULL);
+    size_t len = 0;
+    uint8_t *out = tern_mail_serialize(m, &len);
+    assert_int_equal(len, sizeof(msg) - 1);
+    assert_memory_equal(out, msg, len);
+    free(out);
+    tern_mail *c = tern_mail_clone_empty(m);
+    out = tern_mail_serialize(c, &len);
+    assert_int_equal(len, sizeof(msg) - 1);
+    assert_memory_equal(out, msg, len);
+    free(out);
+    tern_mail_free(c);
+    tern_mail_standalone_free(m);
+}
+
 static void test_header_edits(void **st)
 {
     const char *r[] = {"bob@example.test"};
@@ -239,6 +259,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_untouched_message_is_byte_exact),
         cmocka_unit_test(test_header_edits),
+        cmocka_unit_test(test_nul_in_header_kept),
         cmocka_unit_test(test_no_header_end_and_empty_message),
         cmocka_unit_test(test_recipients_and_attributes),
         cmocka_unit_test(test_pipeline_build_and_errors),
