@@ -126,6 +126,14 @@ typedef struct tern_pop3_conf {
     uint64_t idle_timeout_ms;    /* RFC 1939 3 autologout; default 10m, at least 10m by the RFC */
     bool apop;                   /* offer APOP (needs {PLAIN} credentials); default false */
 } tern_pop3_conf;
+typedef struct tern_imap_conf {
+    uint32_t max_line;           /* one command line, CRLF included; default 64KiB; bounds 1KiB..1MiB */
+    uint64_t max_literal;        /* one literal (APPEND message): APPENDLIMIT; default 50MiB */
+    uint32_t max_depth;          /* nested lists / search parentheses; default 32; bounds 4..256 */
+    uint32_t max_errors;         /* BAD commands before BYE; default 10 */
+    uint64_t idle_timeout_ms;    /* IDLE without a word from the client; default 30m */
+    uint32_t fetch_batch;        /* messages asked of the store per FETCH step; default 256 */
+} tern_imap_conf;
 
 typedef struct tern_spool_conf {
     uint64_t segment_size;       /* spool segment file size before rotation; default 64MiB */
@@ -326,6 +334,7 @@ typedef struct tern_config {
     tern_auth_file_conf auth_file;
     tern_auth_oauth2_conf auth_oauth2;
     tern_auth_internal_conf auth_internal;
+    tern_imap_conf imap;
     tern_auth_ldap_conf auth_ldap;
     tern_auth_sql_conf auth_sql;
     tern_mailets_conf mailets;

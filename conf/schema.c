@@ -306,6 +306,15 @@ static const field pop3_fields[] = {
     F_BOOL("apop", tern_pop3_conf, apop, false),
 };
 static const schema_map pop3_schema = {pop3_fields, COUNT(pop3_fields), NULL};
+static const field imap_fields[] = {
+    F_SIZE("max_line", tern_imap_conf, max_line, KiB, MiB, 64 * KiB),
+    F_SIZE("max_literal", tern_imap_conf, max_literal, KiB, 2 * GiB, 50 * MiB),
+    F_UINT("max_depth", tern_imap_conf, max_depth, 4, 256, 32, 0),
+    F_UINT("max_errors", tern_imap_conf, max_errors, 1, 1000, 10, 0),
+    F_DURATION("idle_timeout", tern_imap_conf, idle_timeout_ms, MIN, DAY, 30 * MIN, 1),
+    F_UINT("fetch_batch", tern_imap_conf, fetch_batch, 1, 10000, 256, 0),
+};
+static const schema_map imap_schema = {imap_fields, COUNT(imap_fields), NULL};
 
 static const field spool_fields[] = {
     F_SIZE("segment_size", tern_spool_conf, segment_size, MiB, 4 * GiB, 64 * MiB),
@@ -614,6 +623,7 @@ static const field root_fields[] = {
     F_MAP("tls", tern_config, tls, tls_schema),
     F_MAP("smtp", tern_config, smtp, smtp_schema),
     F_MAP("pop3", tern_config, pop3, pop3_schema),
+    F_MAP("imap", tern_config, imap, imap_schema),
     F_MAP("spool", tern_config, spool, spool_schema),
     F_MAP("storage", tern_config, storage, storage_schema),
     F_MAP("local", tern_config, local, local_schema),

@@ -33,7 +33,8 @@ static void check_served(const tern_config *cfg, tern_config_errors *errs)
 {
     for (size_t i = 0; i < cfg->n_listeners; i++) {
         tern_protocol p = cfg->listeners[i].protocol;
-        if (p != TERN_PROTO_SMTP && p != TERN_PROTO_SUBMISSION && p != TERN_PROTO_POP3)
+        if (p != TERN_PROTO_SMTP && p != TERN_PROTO_SUBMISSION && p != TERN_PROTO_POP3 &&
+            p != TERN_PROTO_IMAP)
             tern_config_errors_add(errs, "listeners[%zu].protocol: %s is not served by this version of ternd",
                                    i, tern_protocol_name(p));
     }

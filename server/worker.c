@@ -8,6 +8,7 @@
 
 #include "lib/log.h"
 #include "mailets/engine.h"
+#include "protocols/imap/imap_session.h"
 #include "server/queue.h"
 #include "protocols/pop3/pop3_session.h"
 #include "protocols/smtp/smtp_session.h"
@@ -280,9 +281,10 @@ void tern_server_serve(tern_worker *w, int fd, const char *listener, tern_config
     }
     tern_session_args args = {.cfg = cfg, .tls = tls, .auth = auth, .listener = li, .fd = fd};
     memcpy(&args.peer, &peer, sizeof(peer));
-    int r = cfg->listeners[li].protocol == TERN_PROTO_POP3
-                ? tern_pop3_session_start(&w->host, &args)
-                : tern_smtp_session_start(&w->host, &args);
+    tern_protocol proto = cfg->listeners[li].protocol;
+    int r = proto == TERN_PROTO_POP3   ? tern_pop3_session_start(&w->host, &args)
+            : proto == TERN_PROTO_IMAP ? tern_imap_session_start(&w->host, &args)
+                                       : tern_smtp_session_start(&w->host, &args);
     if (r < 0) {
         tern_limits_release(w->srv->limits, (struct sockaddr *)&peer);
         TLOG_ERR("server", "event=session_failed listener=%s error=%s", listener, uv_strerror(r));
