@@ -43,7 +43,7 @@ static int hh_init(const tern_mailet_host *h, const tern_mailet_params *p, void 
     if (c == NULL)
         return -1;
     tern_matcher_list l;
-    if (tern_matcher_list_parse(c, '+', "HasHeader", &l, err, size) != 0)
+    if (tern_matcher_list_parse(c, '+', &l, err, size) != 0)
         return -1;
     hh_state *st = calloc(1, sizeof(*st));
     if (st == NULL || (st->conds = calloc(l.n, sizeof(*st->conds))) == NULL) {
@@ -65,16 +65,23 @@ static int hh_init(const tern_mailet_host *h, const tern_mailet_params *p, void 
         size_t nl = strlen(item);
         while (nl > 0 && (item[nl - 1] == ' ' || item[nl - 1] == '\t'))
             item[--nl] = '\0';
+        /* Stricter than RFC 5322 (any printable but ':'): names in use
+         * are tokens, and a stray piece of a regex split at its '+' must
+         * not pass for one. */
         bool ok = nl > 0;
         for (const unsigned char *q = (const unsigned char *)item; ok && *q; q++)
-            ok = *q > ' ' && *q < 127 && *q != ':';
+            ok = (*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') ||
+                 *q == '-' || *q == '_' || *q == '.';
         if (!ok) {
-            r = tern_builtin_fail(err, size, "HasHeader: \"%s\" is not a header field name", item);
+            r = tern_builtin_fail(err, size,
+                                  "\"%s\" is not a header field name ('+' separates "
+                                  "conditions: in a regex write \\x2b for a plus, {1,} to repeat)",
+                                  item);
             break;
         }
         if (rx && rx[0] == '\0') {
             r = tern_builtin_fail(err, size,
-                                  "HasHeader: empty regex after \"%s=\" (write \"%s\" to test "
+                                  "empty regex after \"%s=\" (write \"%s\" to test "
                                   "presence)",
                                   item, item);
             break;
@@ -85,8 +92,7 @@ static int hh_init(const tern_mailet_host *h, const tern_mailet_params *p, void 
             break;
         }
         st->n = i + 1;
-        if (rx &&
-            (st->conds[i].re = tern_matcher_regex_new(rx, false, "HasHeader", err, size)) == NULL)
+        if (rx && (st->conds[i].re = tern_matcher_regex_new(rx, false, err, size)) == NULL)
             r = -1;
     }
     tern_matcher_list_free(&l);

@@ -42,8 +42,7 @@ static int hma_init(const tern_mailet_host *h, const tern_mailet_params *p, void
     for (size_t i = 0; ok && i < kl; i++)
         ok = (unsigned char)c[i] > ' ' && (unsigned char)c[i] < 127;
     if (!ok)
-        return tern_builtin_fail(err, size, "HasMailAttribute: \"%s\" does not start with a key",
-                                 c);
+        return tern_builtin_fail(err, size, "\"%s\" does not start with a key", c);
     hma_state *st = calloc(1, sizeof(*st));
     if (st == NULL || (st->key = strndup(c, kl)) == NULL ||
         (eq && (st->value = strdup(eq + 1)) == NULL)) {

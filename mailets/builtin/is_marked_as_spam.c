@@ -29,7 +29,7 @@ static int ims_init(const tern_mailet_host *h, const tern_mailet_params *p, void
             ok = (unsigned char)c[i] > ' ' && (unsigned char)c[i] < 127 && c[i] != '=';
         if (!ok)
             return tern_builtin_fail(err, size,
-                                     "IsMarkedAsSpam: the condition names a bool attribute "
+                                     "the condition names a bool attribute "
                                      "(default " SPAM_ATTR "), not \"%s\"",
                                      c);
         key = c;

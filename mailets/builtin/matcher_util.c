@@ -19,8 +19,8 @@ int tern_matcher_no_condition(const tern_mailet_params *p, const char *name, cha
     if (tern_param_check(p, known, err, size) != 0)
         return -1;
     if (tern_param_get(p, "condition"))
-        return tern_builtin_fail(err, size, "%s takes no condition (write \"%s\", not \"%s=...\")",
-                                 name, name, name);
+        return tern_builtin_fail(err, size, "takes no condition (write \"%s\", not \"%s=...\")",
+                                 name, name);
     return 0;
 }
 
@@ -40,7 +40,7 @@ const char *tern_matcher_condition(const tern_mailet_params *p, const char *name
         return NULL;
     const char *c = tern_param_str(p, "condition");
     if (c == NULL || blank(c)) {
-        tern_builtin_fail(err, size, "%s needs a condition, e.g. %s=%s", name, name, usage);
+        tern_builtin_fail(err, size, "needs a condition, e.g. %s=%s", name, usage);
         return NULL;
     }
     return c;
@@ -57,8 +57,7 @@ void tern_matcher_list_free(tern_matcher_list *l)
     l->n = 0;
 }
 
-int tern_matcher_list_parse(const char *s, char sep, const char *name, tern_matcher_list *out,
-                            char *err, size_t size)
+int tern_matcher_list_parse(const char *s, char sep, tern_matcher_list *out, char *err, size_t size)
 {
     out->items = NULL;
     out->n = 0;
@@ -66,7 +65,7 @@ int tern_matcher_list_parse(const char *s, char sep, const char *name, tern_matc
     for (const char *p = s; *p; p++)
         count += *p == sep;
     if (count > TERN_MATCHER_MAX_ITEMS)
-        return tern_builtin_fail(err, size, "%s: more than %d items", name, TERN_MATCHER_MAX_ITEMS);
+        return tern_builtin_fail(err, size, "more than %d items", TERN_MATCHER_MAX_ITEMS);
     out->items = calloc(count, sizeof(char *));
     if (out->items == NULL)
         return tern_builtin_fail(err, size, "out of memory");
@@ -82,11 +81,11 @@ int tern_matcher_list_parse(const char *s, char sep, const char *name, tern_matc
             b--;
         if (a == b) {
             tern_matcher_list_free(out);
-            return tern_builtin_fail(err, size, "%s: empty item %zu in \"%s\"", name, i + 1, s);
+            return tern_builtin_fail(err, size, "empty item %zu in \"%s\"", i + 1, s);
         }
         if ((size_t)(b - a) > TERN_MATCHER_MAX_ITEM_LEN) {
             tern_matcher_list_free(out);
-            return tern_builtin_fail(err, size, "%s: item %zu is longer than %d bytes", name, i + 1,
+            return tern_builtin_fail(err, size, "item %zu is longer than %d bytes", i + 1,
                                      TERN_MATCHER_MAX_ITEM_LEN);
         }
         out->items[i] = strndup(a, (size_t)(b - a));
@@ -100,7 +99,7 @@ int tern_matcher_list_parse(const char *s, char sep, const char *name, tern_matc
     return 0;
 }
 
-int tern_matcher_check_addresses(tern_matcher_list *l, const char *name, char *err, size_t size)
+int tern_matcher_check_addresses(tern_matcher_list *l, char *err, size_t size)
 {
     for (size_t i = 0; i < l->n; i++) {
         char *a = l->items[i];
@@ -111,17 +110,15 @@ int tern_matcher_check_addresses(tern_matcher_list *l, const char *name, char *e
         }
         if (a[0] == '\0')
             return tern_builtin_fail(err, size,
-                                     "%s: \"<>\" is the null sender, not an address "
-                                     "(SenderIsNull matches it)",
-                                     name);
+                                     "\"<>\" is the null sender, not an address "
+                                     "(SenderIsNull matches it)");
         const char *at = strrchr(a, '@');
         bool ok = at != NULL && at != a && at[1] != '\0';
         for (const unsigned char *c = (const unsigned char *)a; ok && *c; c++)
             if (*c <= ' ' || *c == 127 || *c == '<' || *c == '>')
                 ok = false;
         if (!ok)
-            return tern_builtin_fail(err, size, "%s: \"%s\" is not an address (local@domain)", name,
-                                     a);
+            return tern_builtin_fail(err, size, "\"%s\" is not an address (local@domain)", a);
     }
     return 0;
 }
@@ -160,8 +157,7 @@ struct tern_matcher_regex {
     pcre2_match_context *mctx;
 };
 
-tern_matcher_regex *tern_matcher_regex_new(const char *pattern, bool whole, const char *name,
-                                           char *err, size_t size)
+tern_matcher_regex *tern_matcher_regex_new(const char *pattern, bool whole, char *err, size_t size)
 {
     tern_matcher_regex *r = calloc(1, sizeof(*r));
     if (r == NULL) {
@@ -180,7 +176,7 @@ tern_matcher_regex *tern_matcher_regex_new(const char *pattern, bool whole, cons
         PCRE2_UCHAR msg[160];
         if (pcre2_get_error_message(code, msg, sizeof(msg)) < 0)
             snprintf((char *)msg, sizeof(msg), "error %d", code);
-        tern_builtin_fail(err, size, "%s: invalid regex \"%s\": %s at offset %zu", name, pattern,
+        tern_builtin_fail(err, size, "invalid regex \"%s\": %s at offset %zu", pattern,
                           (const char *)msg, (size_t)off);
         free(r);
         return NULL;
@@ -289,13 +285,12 @@ static int net_normalise(const char *in, char *out, size_t size)
     return 0;
 }
 
-int tern_matcher_nets_parse(const char *cond, const char *name, tern_matcher_nets *out, char *err,
-                            size_t size)
+int tern_matcher_nets_parse(const char *cond, tern_matcher_nets *out, char *err, size_t size)
 {
     out->nets = NULL;
     out->n = 0;
     tern_matcher_list l;
-    if (tern_matcher_list_parse(cond, ',', name, &l, err, size) != 0)
+    if (tern_matcher_list_parse(cond, ',', &l, err, size) != 0)
         return -1;
     out->nets = calloc(l.n, sizeof(*out->nets));
     if (out->nets == NULL) {
@@ -307,9 +302,9 @@ int tern_matcher_nets_parse(const char *cond, const char *name, tern_matcher_net
         if (net_normalise(l.items[i], norm, sizeof(norm)) != 0 ||
             tern_cidr_parse(norm, &out->nets[i]) != 0) {
             tern_builtin_fail(err, size,
-                              "%s: \"%s\" is not a network (10.0.0.0/8, 192.168.*, "
+                              "\"%s\" is not a network (10.0.0.0/8, 192.168.*, "
                               "192.168.0.0/255.255.0.0, 2001:db8::/32 or an address)",
-                              name, l.items[i]);
+                              l.items[i]);
             tern_matcher_list_free(&l);
             tern_matcher_nets_free(out);
             return -1;

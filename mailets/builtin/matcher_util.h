@@ -22,11 +22,12 @@
 #define TERN_MATCHER_MAX_ITEMS 1024
 #define TERN_MATCHER_MAX_ITEM_LEN 1024
 
-/* For matchers that take no condition: -1 with "Name takes no condition"
- * when one was given (even empty). */
+/* For matchers that take no condition: -1 with "takes no condition" when
+ * one was given (even empty). Messages name no matcher: the engine puts
+ * the step's path and the matcher's name in front. */
 int tern_matcher_no_condition(const tern_mailet_params *p, const char *name, char *err,
                               size_t size);
-/* The condition, or NULL with "Name needs a condition, e.g. Name=<usage>"
+/* The condition, or NULL with "needs a condition, e.g. Name=<usage>"
  * when missing or blank. */
 const char *tern_matcher_condition(const tern_mailet_params *p, const char *name, const char *usage,
                                    char *err, size_t size);
@@ -38,13 +39,13 @@ typedef struct tern_matcher_list {
     size_t n;
 } tern_matcher_list;
 
-int tern_matcher_list_parse(const char *s, char sep, const char *name, tern_matcher_list *out,
-                            char *err, size_t size);
+int tern_matcher_list_parse(const char *s, char sep, tern_matcher_list *out, char *err,
+                            size_t size);
 void tern_matcher_list_free(tern_matcher_list *l);
 
 /* Checks a list of addresses ("user@example.org", optionally in <>; the
  * brackets are dropped in place). */
-int tern_matcher_check_addresses(tern_matcher_list *l, const char *name, char *err, size_t size);
+int tern_matcher_check_addresses(tern_matcher_list *l, char *err, size_t size);
 
 /* A non-negative decimal integer within [min, max]. */
 int tern_matcher_parse_count(const char *s, uint64_t min, uint64_t max, uint64_t *out);
@@ -61,8 +62,7 @@ void tern_matcher_all(tern_mail *m, bool *matched, bool yes);
  * made per call. */
 typedef struct tern_matcher_regex tern_matcher_regex;
 
-tern_matcher_regex *tern_matcher_regex_new(const char *pattern, bool whole, const char *name,
-                                           char *err, size_t size);
+tern_matcher_regex *tern_matcher_regex_new(const char *pattern, bool whole, char *err, size_t size);
 /* 1 match, 0 no match, -1 the limit was reached or out of memory. */
 int tern_matcher_regex_match(const tern_matcher_regex *r, const char *subject, size_t len);
 void tern_matcher_regex_free(tern_matcher_regex *r);
@@ -75,8 +75,7 @@ typedef struct tern_matcher_nets {
     size_t n;
 } tern_matcher_nets;
 
-int tern_matcher_nets_parse(const char *cond, const char *name, tern_matcher_nets *out, char *err,
-                            size_t size);
+int tern_matcher_nets_parse(const char *cond, tern_matcher_nets *out, char *err, size_t size);
 /* Whether the client address text (as the session wrote it) is in one of
  * the networks: 1 or 0; -1 when the text is not an IP address. */
 int tern_matcher_nets_match(const tern_matcher_nets *n, const char *addr);

@@ -24,7 +24,7 @@ static int rdi_init(const tern_mailet_host *h, const tern_mailet_params *p, void
     tern_matcher_list *l = calloc(1, sizeof(*l));
     if (l == NULL)
         return tern_builtin_fail(err, size, "out of memory");
-    if (tern_matcher_list_parse(c, ',', "RecipientDomainIs", l, err, size) != 0) {
+    if (tern_matcher_list_parse(c, ',', l, err, size) != 0) {
         free(l);
         return -1;
     }
@@ -36,7 +36,7 @@ static int rdi_init(const tern_mailet_host *h, const tern_mailet_params *p, void
             if (*q <= ' ' || *q == 127 || *q == '@' || *q == '<' || *q == '>')
                 ok = false;
         if (!ok) {
-            tern_builtin_fail(err, size, "RecipientDomainIs: \"%s\" is not a domain", d);
+            tern_builtin_fail(err, size, "\"%s\" is not a domain", d);
             tern_matcher_list_free(l);
             free(l);
             return -1;

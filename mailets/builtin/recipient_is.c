@@ -15,8 +15,8 @@ static int ri_init(const tern_mailet_host *h, const tern_mailet_params *p, void 
     tern_matcher_list *l = calloc(1, sizeof(*l));
     if (l == NULL)
         return tern_builtin_fail(err, size, "out of memory");
-    if (tern_matcher_list_parse(c, ',', "RecipientIs", l, err, size) != 0 ||
-        tern_matcher_check_addresses(l, "RecipientIs", err, size) != 0) {
+    if (tern_matcher_list_parse(c, ',', l, err, size) != 0 ||
+        tern_matcher_check_addresses(l, err, size) != 0) {
         tern_matcher_list_free(l);
         free(l);
         return -1;

@@ -18,9 +18,8 @@ static int rl_init(const tern_mailet_host *h, const tern_mailet_params *p, void 
         return -1;
     uint64_t n;
     if (tern_matcher_parse_count(c, 1, RELAY_LIMIT_MAX, &n) != 0)
-        return tern_builtin_fail(err, size,
-                                 "RelayLimit: \"%s\" is not a count of Received fields (1 to %d)",
-                                 c, RELAY_LIMIT_MAX);
+        return tern_builtin_fail(err, size, "\"%s\" is not a count of Received fields (1 to %d)", c,
+                                 RELAY_LIMIT_MAX);
     size_t *st = malloc(sizeof(*st));
     if (st == NULL)
         return tern_builtin_fail(err, size, "out of memory");

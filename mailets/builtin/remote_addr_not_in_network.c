@@ -21,7 +21,7 @@ static int rani_init(const tern_mailet_host *h, const tern_mailet_params *p, voi
     tern_matcher_nets *n = calloc(1, sizeof(*n));
     if (n == NULL)
         return tern_builtin_fail(err, size, "out of memory");
-    if (tern_matcher_nets_parse(c, "RemoteAddrNotInNetwork", n, err, size) != 0) {
+    if (tern_matcher_nets_parse(c, n, err, size) != 0) {
         free(n);
         return -1;
     }

@@ -16,8 +16,8 @@ static int si_init(const tern_mailet_host *h, const tern_mailet_params *p, void 
     tern_matcher_list *l = calloc(1, sizeof(*l));
     if (l == NULL)
         return tern_builtin_fail(err, size, "out of memory");
-    if (tern_matcher_list_parse(c, ',', "SenderIs", l, err, size) != 0 ||
-        tern_matcher_check_addresses(l, "SenderIs", err, size) != 0) {
+    if (tern_matcher_list_parse(c, ',', l, err, size) != 0 ||
+        tern_matcher_check_addresses(l, err, size) != 0) {
         tern_matcher_list_free(l);
         free(l);
         return -1;

@@ -14,7 +14,7 @@ static int sir_init(const tern_mailet_host *h, const tern_mailet_params *p, void
     const char *c = tern_matcher_condition(p, "SenderIsRegex", ".*@example\\.org", err, size);
     if (c == NULL)
         return -1;
-    *state_r = tern_matcher_regex_new(c, true, "SenderIsRegex", err, size);
+    *state_r = tern_matcher_regex_new(c, true, err, size);
     return *state_r ? 0 : -1;
 }
 

@@ -38,8 +38,7 @@ static int sgt_init(const tern_mailet_host *h, const tern_mailet_params *p, void
         ok = tern_parse_size(buf, &v) == 0;
     }
     if (!ok)
-        return tern_builtin_fail(
-            err, size, "SizeGreaterThan: \"%s\" is not a size (bytes, or with k, m, g)", c);
+        return tern_builtin_fail(err, size, "\"%s\" is not a size (bytes, or with k, m, g)", c);
     uint64_t *st = malloc(sizeof(*st));
     if (st == NULL)
         return tern_builtin_fail(err, size, "out of memory");

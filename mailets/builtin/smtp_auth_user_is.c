@@ -16,15 +16,14 @@ static int saui_init(const tern_mailet_host *h, const tern_mailet_params *p, voi
     tern_matcher_list *l = calloc(1, sizeof(*l));
     if (l == NULL)
         return tern_builtin_fail(err, size, "out of memory");
-    if (tern_matcher_list_parse(c, ',', "SMTPAuthUserIs", l, err, size) != 0) {
+    if (tern_matcher_list_parse(c, ',', l, err, size) != 0) {
         free(l);
         return -1;
     }
     for (size_t i = 0; i < l->n; i++)
         for (const unsigned char *q = (const unsigned char *)l->items[i]; *q; q++)
             if (*q <= ' ' || *q == 127) {
-                tern_builtin_fail(err, size, "SMTPAuthUserIs: \"%s\" is not a user name",
-                                  l->items[i]);
+                tern_builtin_fail(err, size, "\"%s\" is not a user name", l->items[i]);
                 tern_matcher_list_free(l);
                 free(l);
                 return -1;

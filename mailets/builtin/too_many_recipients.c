@@ -15,8 +15,7 @@ static int tmr_init(const tern_mailet_host *h, const tern_mailet_params *p, void
         return -1;
     uint64_t n;
     if (tern_matcher_parse_count(c, 1, TERN_MAIL_MAX_RCPTS, &n) != 0)
-        return tern_builtin_fail(err, size,
-                                 "TooManyRecipients: \"%s\" is not a recipient count (1 to %d)", c,
+        return tern_builtin_fail(err, size, "\"%s\" is not a recipient count (1 to %d)", c,
                                  TERN_MAIL_MAX_RCPTS);
     size_t *st = malloc(sizeof(*st));
     if (st == NULL)
