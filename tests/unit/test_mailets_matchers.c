@@ -933,6 +933,83 @@ static void test_pipeline(void **state)
     tern_config_errors_free(&errs);
 }
 
+/* The examples of docs/mailets.md build as written (kept in step by hand). */
+static const char doc_yaml[] =
+    "domains: [example.org]\n"
+    "listeners:\n  - {name: mx, protocol: smtp, port: 25}\n"
+    "processors:\n"
+    "  root:\n"
+    "    - match: \"RecipientIs=postmaster@example.org, abuse@example.org\"\n"
+    "      mailet: ToProcessor\n"
+    "      processor: admins\n"
+    "    - match: {and: [SMTPAuthSuccessful, {not: \"SMTPAuthUserIs=newsletter@example.org\"}]}\n"
+    "      mailet: ToProcessor\n"
+    "      processor: relay\n"
+    "    - match: 'RecipientIsRegex=(postmaster|abuse|hostmaster)@.*'\n"
+    "      mailet: ToProcessor\n"
+    "      processor: admins\n"
+    "    - match: 'SenderIsRegex=.*@(mailer-daemon|bounces)\\..*'\n"
+    "      mailet: ToProcessor\n"
+    "      processor: auto\n"
+    "    - match: {and: [SenderIsLocal, {not: SMTPAuthSuccessful}, "
+    "\"RemoteAddrNotInNetwork=127.0.0.0/8, ::1\"]}\n"
+    "      mailet: ToProcessor\n"
+    "      processor: spam\n"
+    "    - match: {and: [\"RemoteAddrNotInNetwork=127.0.0.0/8, ::1, 192.168.*\", {not: "
+    "SMTPAuthSuccessful}, {not: HostIsLocal}]}\n"
+    "      mailet: ToProcessor\n"
+    "      processor: bounces\n"
+    "      notice: \"5.7.1 relaying denied\"\n"
+    "    - match: RelayLimit=30\n"
+    "      mailet: ToProcessor\n"
+    "      processor: bounces\n"
+    "      notice: \"5.4.6 too many hops, probably a mail loop\"\n"
+    "    - match: {and: [SMTPAuthSuccessful, TooManyRecipients=100]}\n"
+    "      mailet: ToProcessor\n"
+    "      processor: hold\n"
+    "    - match: SizeGreaterThan=10m\n"
+    "      mailet: ToProcessor\n"
+    "      processor: big\n"
+    "    - match: 'HasHeader=X-Spam-Flag=^yes$+X-Spam-Score'\n"
+    "      mailet: ToProcessor\n"
+    "      processor: spam\n"
+    "    - match: 'HasHeader=List-Id'\n"
+    "      mailet: ToProcessor\n"
+    "      processor: lists\n"
+    "    - match: {and: [HasAttachment, \"SizeGreaterThan=20m\"]}\n"
+    "      mailet: ToProcessor\n"
+    "      processor: bounces\n"
+    "      notice: \"5.3.4 attachments over 20 MB are refused here\"\n"
+    "    - match: IsMarkedAsSpam\n"
+    "      mailet: ToProcessor\n"
+    "      processor: spam\n"
+    "    - match: \"HasMailAttribute=org.example.filter.verdict=quarantine\"\n"
+    "      mailet: ToProcessor\n"
+    "      processor: quarantine\n"
+    "    - match: RecipientIsLocal\n"
+    "      mailet: \"Null\"\n"
+    "  admins: [{mailet: \"Null\"}]\n"
+    "  relay: [{mailet: \"Null\"}]\n"
+    "  auto: [{mailet: \"Null\"}]\n"
+    "  spam: [{mailet: \"Null\"}]\n"
+    "  hold: [{mailet: \"Null\"}]\n"
+    "  big: [{mailet: \"Null\"}]\n"
+    "  lists: [{mailet: \"Null\"}]\n"
+    "  quarantine: [{mailet: \"Null\"}]\n"
+    "  error: [{mailet: \"Null\"}]\n"
+    "  bounces: [{mailet: \"Null\"}]\n";
+
+static void test_doc_examples(void **state)
+{
+    tern_config_errors errs;
+    tern_pipeline *p = pipeline_from(doc_yaml, &errs);
+    if (p == NULL)
+        has_err(&errs, "(none expected)");
+    assert_non_null(p);
+    tern_config_errors_free(&errs);
+    tern_pipeline_unref(p);
+}
+
 int main(void)
 {
     tern_log_configure("error", NULL);
@@ -956,6 +1033,7 @@ int main(void)
         cmocka_unit_test(test_too_many_recipients),
         cmocka_unit_test(test_has_attachment),
         cmocka_unit_test(test_pipeline),
+        cmocka_unit_test(test_doc_examples),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
