@@ -3,16 +3,26 @@ root processor whose steps each route to a different mailbox folder when
 their matcher (or an and/or/not of matchers) fires, and the message is read
 back from the Maildir files under the state dir. Also: recipients split by
 a recipient matcher, our own Received field counted by RelayLimit, the
-directory's answer behind RecipientIsLocal/HostIsLocal, and bad conditions
-refused by `ternd --check-config` with the step's path."""
+directory's answer behind RecipientIsLocal/HostIsLocal, SMTP AUTH on the
+submission listener behind SMTPAuthSuccessful/SMTPAuthUserIs, and bad
+conditions refused by `ternd --check-config` with the step's path."""
 
+import smtplib
+import ssl
 import subprocess
 import uuid
 
 import pytest
 
-from conftest import TERND, make_message
-from test_pipeline import ctl, find_message, log_has, mailbox_files, send_mail, wait_for
+from conftest import TERNCTL, TERND, make_message
+from test_pipeline import find_message, log_has, mailbox_files, send_mail, wait_for
+
+
+def ctl(t, *args, stdin=None):
+    p = subprocess.run([str(TERNCTL), "-c", str(t.conf_path), *args], input=stdin,
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p
 
 
 def deliver(folder):
@@ -238,3 +248,52 @@ def test_bad_conditions_refused_with_their_path(tern_factory):
         assert where_ in err and what in err, (match, err)
     rc, err = check(t, CHAIN["processors"])
     assert rc == 0, err
+
+
+def test_smtp_auth_matchers(tern_factory):
+    chain = {
+        "auth": {"failure_delay": "200ms", "max_delay": "1s"},
+        "processors": {
+            "root": [
+                {"match": "SMTPAuthUserIs=someone@example.test, alice@EXAMPLE.test",
+                 **to("sent")},
+                {"match": {"and": ["SMTPAuthSuccessful", "SenderIsLocal"]}, **to("prio")},
+                {"match": "All", **to("deliver")},
+            ],
+            "sent": deliver("Sent"),
+            "prio": deliver("Drafts"),
+            "deliver": [{"match": "All", "mailet": "LocalDelivery"}],
+            "error": [{"match": "All", "mailet": "RemoteDelivery"}],
+            "bounces": [{"match": "All", "mailet": "RemoteDelivery"}],
+        },
+    }
+    t = tern_factory(chain, start=False)
+    t.write_config()
+    for u in ("alice", "bob"):
+        ctl(t, "account", "add", f"{u}@example.test", "--password-stdin",
+            stdin=f"pw of {u}\n".encode())
+    ctl(t, "account", "add", "carol@example.test")
+    t.start()
+    carol = "carol@example.test"
+
+    def submit(user, marker):
+        s = smtplib.SMTP("127.0.0.1", t.port("submission"), timeout=20)
+        try:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s.starttls(context=ctx)
+            s.ehlo()
+            s.login(f"{user}@example.test", f"pw of {user}")
+            assert s.sendmail(f"{user}@example.test", [carol], msg(marker)) == {}
+        finally:
+            s.quit()
+
+    m_alice, m_bob, m_anon = (uuid.uuid4().hex for _ in range(3))
+    submit("alice", m_alice)
+    submit("bob", m_bob)
+    # Anonymous, on the MX, claiming one of our domains.
+    assert send_mail(t, "alice@example.test", [carol], msg(m_anon)).code == 250
+    assert where(t, carol, m_alice) == ["Sent"]
+    assert where(t, carol, m_bob) == ["Drafts"]
+    assert where(t, carol, m_anon) == ["INBOX"]
