@@ -1,11 +1,11 @@
 /* libFuzzer target for the builtin matchers that read message bytes:
- * HasAttachment's MIME boundary walk, HasHeader's regexes over header
+ * HasAttachment over lib/mime's tree, HasHeader's regexes over header
  * values, RelayLimit and SizeGreaterThan. Input: arbitrary bytes taken as
  * a whole message (header section, then body) and given to a standalone
  * mail with three recipients. Checked: every matcher decides (returns 0,
  * or -1 only where a regex may hit its match limit) and answers all or
  * none of the recipients, never a mix; any broken invariant calls abort().
- * The walk's bounds (depth, parts, header bytes) keep each run short. */
+ * The MIME parser's bounds (depth, parts, header bytes) keep runs short. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>

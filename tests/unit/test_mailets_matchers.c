@@ -734,11 +734,23 @@ static void test_has_attachment(void **state)
                    "--ab\r\nContent-Type: image/gif\r\nContent-Disposition: attachment\r\n\r\n"
                    "R0lG\r\n--ab--\r\n--a--\r\n",
                    "11");
-    /* Text that only looks like a part (no delimiter line) is ignored:
-     * the attachment header is inside the text part's body. */
+    /* The structure is lib/mime's, as IMAP shows it: what follows the
+     * boundary on a delimiter line is ignored (Dovecot does the same), so
+     * "--bx" is a delimiter of boundary "b" and opens an attachment. */
     has_attachment("Content-Type: multipart/mixed; boundary=b\r\n\r\n"
                    "--b\r\nContent-Type: text/plain\r\n\r\n"
                    "--bx\r\nContent-Disposition: attachment\r\n\r\n--b--\r\n",
+                   "11");
+    /* Text in a part's body that is not at a line start is no delimiter. */
+    has_attachment("Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+                   "--b\r\nContent-Type: text/plain\r\n\r\n"
+                   "see --b\r\nContent-Disposition: attachment\r\n--b--\r\n",
+                   "00");
+    /* A base64-encoded attached message is not looked into. */
+    has_attachment("Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+                   "--b\r\nContent-Type: message/rfc822\r\n"
+                   "Content-Transfer-Encoding: base64\r\n\r\n"
+                   "Q29udGVudC1EaXNwb3NpdGlvbjogYXR0YWNobWVudA0KDQp4DQo=\r\n--b--\r\n",
                    "00");
     /* Parts after the close delimiter (the epilogue) are not parts. */
     has_attachment("Content-Type: multipart/mixed; boundary=b\r\n\r\n"
@@ -769,23 +781,25 @@ static void test_has_attachment(void **state)
     /* A message that is all header. */
     has_attachment("Content-Type: multipart/mixed; boundary=b\r\n", "00");
 
-    /* Nesting past the depth bound is not looked at (and does not crash). */
+    /* Nesting past the depth bound is not looked at (and does not crash).
+     * Boundaries of one length, so none is a prefix of another (a prefix
+     * would be taken as a delimiter, see above). */
     size_t cap = 64 * 1024;
     char *deep = malloc(cap);
     assert_non_null(deep);
-    size_t o = (size_t)snprintf(deep, cap, "Content-Type: multipart/mixed; boundary=b0\r\n\r\n");
+    size_t o = (size_t)snprintf(deep, cap, "Content-Type: multipart/mixed; boundary=b00\r\n\r\n");
     for (int d = 0; d < 40; d++)
         o += (size_t)snprintf(deep + o, cap - o,
-                              "--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n", d,
+                              "--b%02d\r\nContent-Type: multipart/mixed; boundary=b%02d\r\n\r\n", d,
                               d + 1);
     o += (size_t)snprintf(deep + o, cap - o,
                           "--b40\r\nContent-Disposition: attachment\r\n\r\nx\r\n");
     has_attachment(deep, "00");
     /* The same at depth 10 is found. */
-    o = (size_t)snprintf(deep, cap, "Content-Type: multipart/mixed; boundary=b0\r\n\r\n");
+    o = (size_t)snprintf(deep, cap, "Content-Type: multipart/mixed; boundary=b00\r\n\r\n");
     for (int d = 0; d < 10; d++)
         o += (size_t)snprintf(deep + o, cap - o,
-                              "--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n", d,
+                              "--b%02d\r\nContent-Type: multipart/mixed; boundary=b%02d\r\n\r\n", d,
                               d + 1);
     snprintf(deep + o, cap - o, "--b10\r\nContent-Disposition: attachment\r\n\r\nx\r\n");
     has_attachment(deep, "11");
