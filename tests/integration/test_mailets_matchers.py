@@ -297,3 +297,29 @@ def test_smtp_auth_matchers(tern_factory):
     assert where(t, carol, m_alice) == ["Sent"]
     assert where(t, carol, m_bob) == ["Drafts"]
     assert where(t, carol, m_anon) == ["INBOX"]
+
+
+def test_shipped_chain_uses_the_directory_matchers(tern_factory):
+    # No processors: key, so ternd runs its shipped chain, whose transport
+    # processor tells local users (RecipientIsLocal), unknown users of our
+    # domains (HostIsLocal: bounced with 5.1.1) and the rest (relayed).
+    t = tern_factory({"smtp": {"relay_networks": ["127.0.0.0/8"]}}, start=False)
+    del t.config["processors"]
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test")
+    t.start()
+    marker = uuid.uuid4().hex
+    r = send_mail(t, "s@example.org", ["alice@example.test"], msg(marker))
+    assert r.code == 250, r
+    assert where(t, "alice@example.test", marker) == ["INBOX"]
+    assert log_has(t, rf"event=step qid={r.qid} .*step=processors\.transport\[\d\] "
+                      r"mailet=ToProcessor rcpts=1 verdict=goto to=local-delivery")
+    r = send_mail(t, "s@example.org", ["nobody@example.test"], msg(uuid.uuid4().hex))
+    assert r.code == 250, r
+    assert wait_for(lambda: log_has(
+        t, rf"event=step qid={r.qid} .*mailet=ToProcessor rcpts=1 verdict=goto to=bounces"))
+    assert wait_for(lambda: log_has(t, rf"qid={r.qid} .*mailet=DSNBounce .*status=5\.1\.1"))
+    r = send_mail(t, "s@example.org", ["someone@elsewhere.test"], msg(uuid.uuid4().hex))
+    assert r.code == 250, r
+    assert wait_for(lambda: log_has(
+        t, rf"event=step qid={r.qid} .*mailet=ToProcessor rcpts=1 verdict=goto to=relay"))
