@@ -50,7 +50,8 @@ static int feed_header(tern_mime_parser *p, const tern_mail *m)
     for (size_t i = 0; i < m->n_fields; i++) {
         const tern_mail_field *f = &m->fields[i];
         if (f->raw) {
-            if (tern_mime_parser_feed(p, (const uint8_t *)f->raw, strlen(f->raw)) != 0)
+            /* raw_len, not strlen: the sender's bytes may hold a NUL. */
+            if (tern_mime_parser_feed(p, (const uint8_t *)f->raw, f->raw_len) != 0)
                 return -1;
             continue;
         }

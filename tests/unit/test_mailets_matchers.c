@@ -29,6 +29,7 @@ typedef struct {
     const char *client;   /* NULL: internal mail */
     const char *auth;     /* NULL: not authenticated */
     const char *msg;      /* NULL: a small default message */
+    size_t msg_len;       /* 0: strlen(msg) */
 } mail_spec;
 
 static const char default_msg[] = "From: a@example.org\r\n"
@@ -58,7 +59,8 @@ static tern_mail *mail_new_p(const mail_spec *s, tern_pipeline *p)
     env.session_id = (char *)"test-session";
     env.listener = (char *)"mx";
     const char *msg = s->msg ? s->msg : default_msg;
-    tern_mail *m = tern_mail_standalone(&env, (const uint8_t *)msg, strlen(msg), p);
+    size_t len = s->msg && s->msg_len ? s->msg_len : strlen(msg);
+    tern_mail *m = tern_mail_standalone(&env, (const uint8_t *)msg, len, p);
     assert_non_null(m);
     return m;
 }
@@ -804,6 +806,16 @@ static void test_has_attachment(void **state)
     snprintf(deep + o, cap - o, "--b10\r\nContent-Disposition: attachment\r\n\r\nx\r\n");
     has_attachment(deep, "11");
     free(deep);
+
+    /* A NUL the sender put in a field does not hide the fields after it. */
+    static const char nul_msg[] = "X-Junk: a\0b\r\n"
+                                  "Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+                                  "--b\r\nContent-Disposition: attachment\r\n\r\nx\r\n--b--\r\n";
+    mail_spec ns = {
+        .from = "a@b.test", .rcpts = {"x@y.test"}, .msg = nul_msg, .msg_len = sizeof(nul_msg) - 1};
+    tern_mail *nm = mail_new(&ns);
+    expect("HasAttachment", NULL, nm, "1");
+    tern_mail_standalone_free(nm);
 
     /* A mailet may have changed the top-level header: the mail's fields
      * count, not the original bytes. */
