@@ -257,7 +257,7 @@ static void unpark_all(tern_mail_job *j)
     for (size_t i = 0; i < n; i++) {
         v[i]->state = MS_READY;
         if (j->aborted)
-            mail_end(v[i], "aborted", false);
+            mail_end(v[i], "aborted", true); /* refused in the session: not ours */
         else
             run(v[i]);
     }
@@ -339,7 +339,7 @@ static void job_end(tern_mail_job *j)
 
 static void job_maybe_end(tern_mail_job *j)
 {
-    if (j->n_mails == 0 && j->n_parked == 0)
+    if (j->n_mails == 0)
         job_end(j);
 }
 
@@ -693,8 +693,9 @@ static void goto_proc(tern_mail *m, int proc)
             j->parked = v;
             j->cap_parked = nc;
         }
+        /* It stays among the job's live mails (the job must not end
+         * under it); the parked list only says who waits for the answer. */
         j->parked[j->n_parked++] = m;
-        job_del_mail(j, m);
         entry_left(m);
         return;
     }
@@ -949,8 +950,8 @@ static void run(tern_mail *m)
             m->splits++;
             /* The unmatched part waits for its turn behind this one. */
             run(c);
-            if (m->state == MS_DEAD)
-                return;
+            /* The loop's top ends this part if that one was refused in the
+             * session (aborted) meanwhile. */
             continue;
         }
         free(matched);
@@ -1222,9 +1223,7 @@ void tern_runner_close(tern_runner *r)
     tern_mail **v = NULL;
     for (tern_mail_job *j = r->jobs; j; j = j->next) {
         j->cb = NULL;
-        for (size_t i = 0; i < j->n_parked; i++)
-            job_add_mail(j, j->parked[i]);
-        j->n_parked = 0;
+        j->n_parked = 0; /* parked mails are among j->mails */
         for (size_t i = 0; i < j->n_mails; i++) {
             tern_mail *m = j->mails[i];
             if (m->state != MS_TIMER && m->state != MS_PARKED)

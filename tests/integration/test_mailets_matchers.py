@@ -138,11 +138,6 @@ def test_each_matcher_routes_to_its_folder(tern_factory):
         assert where(t, f"{u}@example.test", many) == ["Trash"], u
 
 
-@pytest.mark.skip(reason="engine bug in mailets/runner.c: unpark_all() runs the mails parked "
-                  "at the end of the in-session processor without putting them back in "
-                  "j->mails, so when one part of a split mail finishes, job_end() frees the "
-                  "job under the other part (heap-use-after-free in rcpt_leave, ternd dies); "
-                  "unskip once fixed")
 def test_recipient_matcher_splits_the_mail(tern_factory):
     t = start(tern_factory)
     marker = uuid.uuid4().hex

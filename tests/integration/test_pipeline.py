@@ -423,3 +423,32 @@ def test_root_deadline_answers_and_processing_goes_on(tern_factory, tmp_path):
     assert log_has(t, f"event=root_deadline qid={r.qid}")
     files = find_message(t, "alice@example.test", marker)
     assert files and b"X-Slow: done\r\n" in files[0].read_bytes()
+
+
+def test_split_in_root_then_reject_refuses_the_whole_message(tern_factory, tmp_path):
+    # bob's part leaves root first (parked until the answer); alice's part
+    # is rejected: the client hears 550 and bob gets nothing.
+    cfg = plugin_config(tmp_path, action="reject")
+    cfg["processors"]["root"] = [
+        {"match": "RecipientIs=bob@example.test", "mailet": "ToProcessor",
+         "processor": "deliver"},
+        {"match": "All", "mailet": "SubjectTagger", "pattern": r"\[ad\]", "action": "reject"},
+        {"match": "All", "mailet": "ToProcessor", "processor": "deliver"}]
+    t = tern_factory(cfg, start=False)
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test")
+    ctl(t, "account", "add", "bob@example.test")
+    t.start()
+    marker = uuid.uuid4().hex
+    r = send_mail(t, "x@example.org", ["alice@example.test", "bob@example.test"],
+                  marked_message(marker, subject="[ad] x"))
+    assert r.code == 550, r
+    assert wait_for(lambda: spool_count(t) == 0)
+    time.sleep(0.3)
+    assert not mailbox_files(t, "bob@example.test")
+    # Without the reject, both parts are delivered.
+    m2 = uuid.uuid4().hex
+    r = send_mail(t, "x@example.org", ["alice@example.test", "bob@example.test"],
+                  marked_message(m2, subject="hello"))
+    assert r.code == 250, r
+    assert find_message(t, "alice@example.test", m2) and find_message(t, "bob@example.test", m2)
