@@ -78,6 +78,54 @@ def vmrss_kib(pid):
     return proc_status_kib(pid, "VmRSS")
 
 
+def _stat_fields(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        # the command name is in parentheses and may hold spaces
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid, tree=False):
+    """User+system CPU of a process (all its threads); with tree, also of
+    its live descendants and of the children they have reaped (cutime,
+    cstime), which is how a Postfix master's short-lived daemons count."""
+    tick = os.sysconf("SC_CLK_TCK")
+    if not tree:
+        f = _stat_fields(pid)
+        return (int(f[11]) + int(f[12])) / tick
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                kids.setdefault(int(_stat_fields(d)[1]), []).append(int(d))
+            except (OSError, IndexError):
+                pass
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            f = _stat_fields(p)
+        except OSError:
+            continue
+        total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+        todo += kids.get(p, [])
+    return total / tick
+
+
+def disk_flushes(path):
+    """Cache flushes completed by the block device holding path (every
+    fsync on a filesystem without a journal is one), from
+    /sys/dev/block/M:m/stat; None when the kernel does not report them.
+    The device is shared: other processes' flushes count too."""
+    st = os.stat(path)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    try:
+        with open(f"/sys/dev/block/{dev}/stat") as f:
+            v = f.read().split()
+        return int(v[15]) if len(v) >= 17 else None
+    except OSError:
+        return None
+
+
 class Cleanup:
     """Everything started, stopped at the end even on an error or ^C."""
 
