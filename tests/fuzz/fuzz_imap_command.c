@@ -57,6 +57,8 @@ static void parse_args(const uint8_t *cmd, size_t len)
     tern_arena_free(&a);
 }
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
