@@ -143,7 +143,7 @@ static int parse_string(parser *ps, const char **out, size_t *len_r)
             }
             char e = q[1];
             if (e == 'u') {
-                unsigned cp, lo;
+                unsigned cp = 0, lo = 0;
                 if (ps->end - q < 6 || hex4(q + 2, &cp) != 0) {
                     ps->p = q;
                     return fail(ps, TERN_JSON_ESYNTAX);
@@ -196,7 +196,7 @@ static int parse_string(parser *ps, const char **out, size_t *len_r)
         }
         char e = r[1];
         if (e == 'u') {
-            unsigned cp, lo;
+            unsigned cp = 0, lo = 0;
             hex4(r + 2, &cp);
             r += 6;
             if (cp >= 0xd800 && cp <= 0xdbff) {
