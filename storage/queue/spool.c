@@ -139,6 +139,7 @@ struct tern_spool {
     pthread_cond_t qcond;
     job *qhead, *qtail;
     size_t qlen;
+    size_t qmsgs;       /* JOB_MSG jobs in the queue */
     bool stopping;
     bool sink_pending;
     tern_spool_sink_cb new_sink;
@@ -836,6 +837,7 @@ static void deadline_after(struct timespec *dl, uint64_t ns)
  * at ADAPTIVE_WAIT_MAX_NS), so it cannot cost more than that in latency;
  * with fsync off it is practically zero. */
 #define ADAPTIVE_WAIT_MAX_NS 1000000u
+#define BOOKKEEPING_WAIT_NS 50000000u /* 50 ms */
 
 static void *writer_main(void *arg)
 {
@@ -862,6 +864,17 @@ static void *writer_main(void *arg)
         }
         if (s->qhead == NULL)
             break; /* stopping, and everything submitted is written */
+        if (s->qmsgs == 0 && !s->stopping) {
+            /* Only bookkeeping (completions, finished recipients): no client
+             * waits on it, so it waits for the next message batch and
+             * shares its fsync, up to BOOKKEEPING_WAIT_NS. Lost in a crash
+             * meanwhile, it means a repeated delivery, never a lost one. */
+            struct timespec dl;
+            deadline_after(&dl, BOOKKEEPING_WAIT_NS);
+            while (s->qmsgs == 0 && s->qlen < max && !s->stopping &&
+                   pthread_cond_timedwait(&s->qcond, &s->qlock, &dl) != ETIMEDOUT)
+                ;
+        }
         if (s->opts.group_commit_delay_us && s->qlen < max && !s->stopping) {
             struct timespec dl;
             deadline_after(&dl, s->opts.group_commit_delay_us * 1000u);
@@ -887,6 +900,9 @@ static void *writer_main(void *arg)
             s->qtail = NULL;
         last->next = NULL;
         s->qlen -= n;
+        for (job *j = batch; j; j = j->next)
+            if (j->type == JOB_MSG)
+                s->qmsgs--;
         pthread_mutex_unlock(&s->qlock);
         uint64_t t0 = mono_ns();
         expect = write_batch(s, batch);
@@ -1404,6 +1420,8 @@ static void enqueue(tern_spool *s, job *j)
         s->qhead = j;
     s->qtail = j;
     s->qlen++;
+    if (j->type == JOB_MSG)
+        s->qmsgs++;
     pthread_cond_signal(&s->qcond);
 }
 
