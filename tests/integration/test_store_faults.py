@@ -135,7 +135,9 @@ def test_pg_restart_during_burst(store_dir):
                 _wait_acks(p, log, 50)
                 subprocess.run([str(PG_CTL), "halt"], check=True, timeout=60)
                 halted_at = _acks(log)
-                time.sleep(2)
+                # Long enough that some append meets the outage even on a
+                # slow (sanitizer) build of a loaded machine.
+                time.sleep(2 * SLOW)
                 subprocess.run([str(PG_CTL), "resume"], check=True, timeout=90)
                 resumed_at = _acks(log)
                 _wait_acks(p, log, resumed_at + 100)
