@@ -430,7 +430,7 @@ const char *tern_mail_header_value_at(const tern_mail *m, size_t pos)
     return NULL;
 }
 
-static bool name_ok(const char *name)
+bool tern_mail_header_name_ok(const char *name)
 {
     if (name == NULL || name[0] == '\0' || strlen(name) > 128)
         return false;
@@ -454,7 +454,7 @@ static bool value_ok(const char *v)
 
 int tern_mail_header_add(tern_mail *m, const char *name, const char *value)
 {
-    if (!name_ok(name) || !value_ok(value) || tern_mail_header_count(m, NULL) >= TERN_MAIL_MAX_FIELDS)
+    if (!tern_mail_header_name_ok(name) || !value_ok(value) || tern_mail_header_count(m, NULL) >= TERN_MAIL_MAX_FIELDS)
         return -1;
     if (!grow((void **)&m->fields, &m->cap_fields, m->n_fields, sizeof(tern_mail_field)))
         return -1;
@@ -473,7 +473,7 @@ int tern_mail_header_add(tern_mail *m, const char *name, const char *value)
 
 int tern_mail_header_set(tern_mail *m, const char *name, const char *value)
 {
-    if (!name_ok(name) || !value_ok(value))
+    if (!tern_mail_header_name_ok(name) || !value_ok(value))
         return -1;
     for (size_t i = 0; i < m->n_fields; i++) {
         if (strcasecmp(m->fields[i].name, name) != 0)

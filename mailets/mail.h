@@ -78,7 +78,6 @@ struct tern_mail {
     /* Where it is: processor index and step index. */
     size_t proc, step;
     const char *step_name;      /* for the log: the current mailet */
-    unsigned splits;            /* clones made from it (a bound against runaway splitting) */
     bool modified;              /* sender, header or body changed since the spool */
     int state;                  /* engine's */
     void *engine_priv;          /* engine's */
@@ -120,6 +119,10 @@ size_t tern_mail_header_count(const tern_mail *m, const char *name);
 const char *tern_mail_header_get(const tern_mail *m, const char *name, size_t idx);
 const char *tern_mail_header_name_at(const tern_mail *m, size_t pos);
 const char *tern_mail_header_value_at(const tern_mail *m, size_t pos);
+/* RFC 5322 ftext (printable ASCII but ':'), at most 128 bytes: what the
+ * header functions accept as a field name, for mailets checking their
+ * parameters at init. */
+bool tern_mail_header_name_ok(const char *name);
 int tern_mail_header_add(tern_mail *m, const char *name, const char *value);
 int tern_mail_header_set(tern_mail *m, const char *name, const char *value);
 int tern_mail_header_remove(tern_mail *m, const char *name);

@@ -947,7 +947,6 @@ static void run(tern_mail *m)
             c->state = MS_READY;
             if (in_entry_phase(m))
                 j->in_entry++;
-            m->splits++;
             /* The unmatched part waits for its turn behind this one. */
             run(c);
             /* The loop's top ends this part if that one was refused in the

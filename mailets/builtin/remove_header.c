@@ -13,16 +13,6 @@ typedef struct {
     size_t n;
 } remove_header;
 
-static bool field_name_ok(const char *s)
-{
-    if (s == NULL || s[0] == '\0' || strlen(s) > 128)
-        return false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-        if (*p <= ' ' || *p >= 127 || *p == ':')
-            return false;
-    return true;
-}
-
 static int rh_init(const tern_mailet_host *h, const tern_mailet_params *p, void **state_r,
                    char *err, size_t size)
 {
@@ -42,7 +32,7 @@ static int rh_init(const tern_mailet_host *h, const tern_mailet_params *p, void 
     if (r == NULL)
         return tern_builtin_fail(err, size, "out of memory");
     for (size_t i = 0; i < n; i++) {
-        if (!field_name_ok(names[i])) {
+        if (!tern_mail_header_name_ok(names[i])) {
             free(r);
             return tern_builtin_fail(err, size,
                                      "name: \"%s\" is not a header field name (printable ASCII, "
