@@ -19,6 +19,7 @@
 #define CONF_MAX_LIST 4096     /* any list of strings or networks */
 #define CONF_MAX_KEYS 4096     /* keys in one mapping */
 #define CONF_MAX_LISTENERS 256
+#define CONF_MAX_SEND_AS 100000
 #define CONF_MAX_CERTS 256
 
 typedef enum { CNODE_SCALAR, CNODE_SEQ, CNODE_MAP } cnode_kind;

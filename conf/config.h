@@ -86,6 +86,14 @@ typedef struct tern_limits_conf {
     uint32_t connection_burst_per_ip;/* bucket size; default 20 */
 } tern_limits_conf;
 
+/* smtp.send_as: an authenticated account may also send as these
+ * addresses (submission's sender check, RFC 6409 6.1). */
+typedef struct tern_send_as_conf {
+    char *account;      /* the login (an account address), lowercased */
+    char **addresses;   /* exact addresses, or "@domain" for every address of it */
+    size_t n_addresses;
+} tern_send_as_conf;
+
 typedef struct tern_smtp_conf {
     uint32_t max_command_line;   /* default 512 (RFC 5321 4.5.3.1.4); bounds 512..64KiB */
     uint32_t max_text_line;      /* default 1000 (RFC 5321 4.5.3.1.6), CRLF included; bounds 1000..1MiB */
@@ -105,6 +113,8 @@ typedef struct tern_smtp_conf {
     uint64_t data_done_timeout_ms;  /* default 10m: how long root processing may take before we 451 */
     tern_cidr *relay_networks;      /* clients allowed to relay without AUTH; default none */
     size_t n_relay_networks;
+    tern_send_as_conf *send_as;     /* grants beyond the account's own addresses and aliases */
+    size_t n_send_as;
 } tern_smtp_conf;
 
 /* pop3: what the POP3 session enforces and advertises (RFC 1939, RFC 2449). */

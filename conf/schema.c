@@ -263,6 +263,43 @@ static const field tls_fields[] = {
 };
 static const schema_map tls_schema = {tls_fields, COUNT(tls_fields), NULL};
 
+/* A mailbox address "local@domain" (local part without spaces or angle
+ * brackets; quoting is not needed for a grant), or "@domain" with
+ * allow_domain. */
+static const char *check_mailbox(const char *s, bool allow_domain)
+{
+    const char *at = strrchr(s, '@');
+    if (at == NULL)
+        return "is not an address (local@domain)";
+    if (at == s && !allow_domain)
+        return "needs a local part";
+    for (const char *p = s; p < at; p++)
+        if ((unsigned char)*p <= ' ' || *p == '<' || *p == '>' || *p == '"' || *p == '\\' ||
+            *p == '@' || *p == 0x7f)
+            return "has a character a grant's local part may not hold";
+    if (at - s > 64)
+        return "has a local part longer than 64 characters";
+    return conf__check_hostname(at + 1);
+}
+
+static const char *check_send_as_account(const char *s)
+{
+    return check_mailbox(s, false);
+}
+
+static const char *check_send_as_address(const char *s)
+{
+    return check_mailbox(s, true);
+}
+
+static const field send_as_fields[] = {
+    F_STRING("account", tern_send_as_conf, account, NULL, FL_REQUIRED | FL_LOWER,
+             check_send_as_account),
+    F_STRLIST("addresses", tern_send_as_conf, addresses, n_addresses, FL_LOWER,
+              check_send_as_address),
+};
+static const schema_map send_as_schema = {send_as_fields, COUNT(send_as_fields), NULL};
+
 static const field smtp_fields[] = {
     F_SIZE("max_command_line", tern_smtp_conf, max_command_line, 512, 64 * KiB, 512),
     F_SIZE("max_text_line", tern_smtp_conf, max_text_line, 1000, MiB, 1000),
@@ -279,6 +316,9 @@ static const field smtp_fields[] = {
     F_DURATION("data_block_timeout", tern_smtp_conf, data_block_timeout_ms, SEC, HOUR, 3 * MIN, 1),
     F_DURATION("data_done_timeout", tern_smtp_conf, data_done_timeout_ms, SEC, HOUR, 10 * MIN, 1),
     F_CIDRLIST("relay_networks", tern_smtp_conf, relay_networks, n_relay_networks, FL_NO_OPEN_RELAY),
+    {.key = "send_as", .type = FT_MAPLIST, .off = offsetof(tern_smtp_conf, send_as),
+     .count_off = offsetof(tern_smtp_conf, n_send_as), .elem_size = sizeof(tern_send_as_conf),
+     .max_items = CONF_MAX_SEND_AS, .sub = &send_as_schema},
 };
 static const schema_map smtp_schema = {smtp_fields, COUNT(smtp_fields), NULL};
 

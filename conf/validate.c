@@ -206,7 +206,24 @@ static void validate__smtp(conf_walk *w)
 {
     /* memory_threshold above max_message_size is harmless: no message
      * spills to disk, which is what such a setting asks for. */
-    (void)w;
+    const tern_smtp_conf *sc = &w->cfg->smtp;
+    for (size_t i = 0; i < sc->n_send_as; i++) {
+        const tern_send_as_conf *g = &sc->send_as[i];
+        char path[64];
+        snprintf(path, sizeof(path), "smtp.send_as[%zu]", i);
+        /* A grant listing nothing is a typo, not a policy: say so rather
+         * than let the author believe it grants something. */
+        if (g->n_addresses == 0)
+            conf__err(w, conf__line(w, &g->account), path, "addresses: at least one is required");
+        /* Two grants for one account would make the effective set depend
+         * on which one a reader looks at. */
+        for (size_t k = 0; k < i; k++)
+            if (g->account && sc->send_as[k].account &&
+                strcmp(g->account, sc->send_as[k].account) == 0)
+                conf__err(w, conf__line(w, &g->account), path,
+                          "account \"%s\" already has a grant at smtp.send_as[%zu]; merge them",
+                          g->account, k);
+    }
 }
 
 static void validate__domains(conf_walk *w)

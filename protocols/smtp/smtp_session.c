@@ -102,6 +102,7 @@ void smtp__continue(smtp_session *s);
 typedef enum { RCPT_LOCAL, RCPT_REMOTE, RCPT_UNKNOWN, RCPT_TEMPFAIL } rcpt_verdict;
 static void smtp__rcpt_finish(smtp_session *s, rcpt_verdict v);
 static void smtp__mail_accept(smtp_session *s, bool ok);
+static bool smtp__send_as_granted(const tern_smtp_conf *sc, const char *user, const char *from);
 static void smtp__sender_looked_up(tern_store_req *r);
 static void smtp__rcpt_looked_up(tern_store_req *r);
 static bool smtp__rcpt_ask_auth(smtp_session *s);
@@ -255,6 +256,13 @@ static void cmd_mail(smtp_session *s, const tern_smtp_cmd *cmd)
      * directory account: it owns no address, and the listener exists to
      * take mail from the device or service that holds it. */
     if (s->lc->protocol == TERN_PROTO_SUBMISSION && s->auth_user != NULL && !s->auth_static) {
+        if (tx->from[0] != '\0' && smtp__send_as_granted(&s->cfg->smtp, s->auth_user, tx->from)) {
+            char q[600];
+            TLOG_INFO(MOD, "event=send_as session=%s account=%s from=%s", s->base.id, s->auth_user,
+                      tern_log_q(q, sizeof(q), tx->from));
+            smtp__mail_accept(s, true);
+            return;
+        }
         tern_store_req *lq = s->base.host->store_client
                                  ? tern_store_req_new(TERN_STORE_RCPT_LOOKUP, smtp__sender_looked_up, s)
                                  : NULL;
@@ -276,6 +284,27 @@ static void cmd_mail(smtp_session *s, const tern_smtp_cmd *cmd)
         return;
     }
     smtp__mail_accept(s, true);
+}
+
+/* smtp.send_as: the grants configured for this login. An exact grant
+ * matches the whole address (no +detail: a grant names what it grants);
+ * "@domain" matches every address of that domain. Case-insensitive, as
+ * the store's own lookup is. */
+static bool smtp__send_as_granted(const tern_smtp_conf *sc, const char *user, const char *from)
+{
+    const char *at = strrchr(from, '@');
+    for (size_t i = 0; i < sc->n_send_as; i++) {
+        const tern_send_as_conf *g = &sc->send_as[i];
+        if (strcasecmp(g->account, user) != 0)
+            continue;
+        for (size_t k = 0; k < g->n_addresses; k++) {
+            const char *a = g->addresses[k];
+            if (a[0] == '@' ? at != NULL && strcasecmp(a + 1, at + 1) == 0
+                            : strcasecmp(a, from) == 0)
+                return true;
+        }
+    }
+    return false;
 }
 
 static void smtp__mail_accept(smtp_session *s, bool ok)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TERNCTL, make_message, client_context
+from conftest import ROOT, TERNCTL, Quoted, make_message, client_context
 
 
 def ctl(t, *args, stdin=None):
@@ -222,6 +222,41 @@ def test_sender_must_be_owned(authed):
         s.rset()
     s.quit()
     # Clients in relay_networks without AUTH are not checked (no account).
+
+
+def test_send_as_grants(tern_factory):
+    """smtp.send_as lets a login send as addresses it does not own: exact
+    ones and whole domains, for that login only; everything else is still
+    refused with 553 5.7.1."""
+    t = tern_factory({"smtp": {"send_as": [
+        {"account": "alice@example.test",
+         "addresses": ["Team@example.test", Quoted("@partner.example")]}]}},
+                     start=False)
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test", "--password-stdin", stdin=b"correct horse\n")
+    ctl(t, "account", "add", "bob@example.test", "--password-stdin", stdin=b"battery staple\n")
+    t.start()
+    s = smtplib_tls(t)
+    s.login("alice@example.test", "correct horse")
+    for sender in ("team@example.test", "TEAM@Example.Test", "anyone@partner.example",
+                   "alice@example.test"):
+        code, msg = s.mail(sender)
+        assert code == 250, (sender, code, msg)
+        s.rset()
+    for sender in ("team+x@example.test", "other@example.test", "x@sub.partner.example",
+                   "bob@example.test"):
+        code, msg = s.mail(sender)
+        assert code == 553 and msg.startswith(b"5.7.1"), (sender, code, msg)
+        s.rset()
+    assert s.sendmail("team@example.test", ["x@elsewhere.example"], make_message()) == {}
+    s.quit()
+    assert "event=send_as" in t.log() and "from=team@example.test" in t.log()
+    # The grant is alice's alone.
+    s = smtplib_tls(t)
+    s.login("bob@example.test", "battery staple")
+    code, msg = s.mail("team@example.test")
+    assert code == 553, (code, msg)
+    s.quit()
 
 
 def test_submission_adds_date_and_message_id(authed):

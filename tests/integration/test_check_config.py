@@ -96,6 +96,19 @@ CASES = {
                                                        "client_cert": "required"}),
                                "listeners[2].tls", []),
     "wrong-type": (setp(["domains"], "example.test"), "domains", []),
+    "send-as-not-address": (setp(["smtp", "send_as"], [{"account": "alice",
+                                                          "addresses": ["a@example.test"]}]),
+                            "smtp.send_as[0].account", []),
+    "send-as-bad-address": (setp(["smtp", "send_as"], [{"account": "alice@example.test",
+                                                          "addresses": ["a b@example.test"]}]),
+                            "smtp.send_as[0].addresses", []),
+    "send-as-empty": (setp(["smtp", "send_as"], [{"account": "alice@example.test",
+                                                    "addresses": []}]),
+                      "smtp.send_as[0]", ["at least one"]),
+    "send-as-twice": (setp(["smtp", "send_as"], [
+        {"account": "alice@example.test", "addresses": ["a@example.test"]},
+        {"account": "Alice@example.test", "addresses": ["b@example.test"]}]),
+        "smtp.send_as[1]", ["merge"]),
 }
 
 
