@@ -151,6 +151,25 @@ static lim_entry *lim_find(limiter *l, uint64_t key, bool create, const tern_aut
 
 #define MAX_BACKENDS 8
 
+/* Accounts whose store account is known to exist, so that a login by a
+ * file/sql/ldap/oauth2 user writes to the store once per PROVISIONED_TTL
+ * instead of at every login. Entries expire so that an account deleted
+ * from the store (ternctl account remove) gets its mailboxes back at a
+ * later login; the table is a cache, so a slot is simply overwritten. The
+ * key is a keyed hash (SipHash) of the account: a chosen name cannot
+ * evict another on purpose. */
+#define PROVISIONED_SLOTS 4096
+#define PROVISIONED_TTL_MS (10 * 60 * 1000)
+
+typedef struct provisioned {
+    pthread_mutex_t mu;
+    unsigned char key[crypto_shorthash_KEYBYTES];
+    struct {
+        uint64_t hash;
+        uint64_t expires_ms;
+    } slot[PROVISIONED_SLOTS];
+} provisioned;
+
 typedef struct backend {
     const tern_auth_backend_ops *ops;
     void *state;
@@ -167,6 +186,7 @@ struct tern_auth {
     tern_auth_limits limits;
     _Atomic(limiter *) lim;
     tern_store *store;      /* for first-login account creation; may be NULL */
+    provisioned *prov;      /* store accounts known to exist (with store) */
     struct static_login {   /* listeners[].auth_static, by listener name */
         char *listener;
         void *state;
@@ -251,6 +271,15 @@ tern_auth *tern_auth_new(const tern_config *cfg, tern_store *store, char **error
         }
     }
     a->store = store;
+    if (store != NULL) {
+        if ((a->prov = calloc(1, sizeof(*a->prov))) == NULL) {
+            *error_r = strdup("out of memory");
+            tern_auth_unref(a);
+            return NULL;
+        }
+        pthread_mutex_init(&a->prov->mu, NULL);
+        crypto_shorthash_keygen(a->prov->key);
+    }
     for (size_t i = 0; i < cfg->n_listeners; i++) {
         const tern_listener_conf *l = &cfg->listeners[i];
         if (l->auth_static.username == NULL && l->auth_static.password == NULL)
@@ -301,6 +330,10 @@ void tern_auth_unref(tern_auth *a)
         free(a->statics[i].listener);
     }
     free(a->statics);
+    if (a->prov) {
+        pthread_mutex_destroy(&a->prov->mu);
+        free(a->prov);
+    }
     limiter_unref(atomic_load(&a->lim));
     free(a->default_domain);
     free(a);
@@ -638,8 +671,21 @@ int tern_auth_submit(tern_auth_client *c, tern_auth_req *r)
     r->priv_.stored = NULL;
     if (c->closing)
         return req_fail(r, TERN_AUTH_EINVAL, "client is closing");
-    if (r->op < TERN_AUTH_VERIFY_PASSWORD || r->op > TERN_AUTH_VERIFY_TOKEN)
+    if (r->op < TERN_AUTH_VERIFY_PASSWORD || r->op > TERN_AUTH_PROVISION)
         return req_fail(r, TERN_AUTH_EINVAL, "unknown operation");
+    if (r->op == TERN_AUTH_PROVISION) {
+        if (r->in.user == NULL || r->in.backend == NULL)
+            return req_fail(r, TERN_AUTH_EINVAL, "no account or backend");
+        r->out.account = tern_arena_strdup(&r->arena, r->in.user);
+        r->out.backend = r->in.backend;
+        if (r->out.account == NULL)
+            return req_fail(r, TERN_AUTH_ETEMP, "out of memory");
+        c->pending++;
+        /* Through the pool like every answer, so the callback never runs
+         * inside this call. */
+        queue_finish(r);
+        return 0;
+    }
     if (r->op == TERN_AUTH_VERIFY_TOKEN)
         return submit_token(c, r);
     if (r->in.user == NULL)
@@ -726,6 +772,8 @@ static void finish_work(uv_work_t *w)
     case TERN_AUTH_VERIFY_TOKEN:
         token_work(r);
         break;
+    case TERN_AUTH_PROVISION:
+        break; /* the store request is made on the loop, in after_work */
     }
 }
 
@@ -738,10 +786,42 @@ static void req_complete(tern_auth_req *r)
     client_maybe_free(c);
 }
 
+/* The slot of account; with `mark`, records it as existing for the TTL.
+ * Returns whether it was (or now is) recorded as existing. */
+static bool provisioned_check(provisioned *p, const char *account, bool mark)
+{
+    if (p == NULL)
+        return false;
+    char low[512];
+    size_t n = strlen(account);
+    if (n >= sizeof(low))
+        return false; /* never cached: the store decides every time */
+    for (size_t i = 0; i <= n; i++)
+        low[i] = (char)((account[i] >= 'A' && account[i] <= 'Z') ? account[i] + 32 : account[i]);
+    unsigned char h[crypto_shorthash_BYTES];
+    crypto_shorthash(h, (const unsigned char *)low, n, p->key);
+    uint64_t hash;
+    memcpy(&hash, h, sizeof(hash));
+    hash |= 1; /* 0 marks an empty slot */
+    uint64_t now = now_ms();
+    size_t i = (size_t)(hash >> 20) % PROVISIONED_SLOTS;
+    pthread_mutex_lock(&p->mu);
+    bool hit = p->slot[i].hash == hash && p->slot[i].expires_ms > now;
+    if (mark) {
+        p->slot[i].hash = hash;
+        p->slot[i].expires_ms = now + PROVISIONED_TTL_MS;
+        hit = true;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return hit;
+}
+
 static void account_created(tern_store_req *sr)
 {
     tern_auth_req *r = sr->data;
     char qu[128];
+    if (sr->status == TERN_STORE_OK || sr->status == TERN_STORE_EEXISTS)
+        provisioned_check(r->priv_.client->auth->prov, r->out.account, true);
     if (sr->status == TERN_STORE_OK)
         TLOG_INFO("auth", "event=account_created account=%s backend=%s",
                   tern_log_q(qu, sizeof(qu), r->out.account), r->out.backend);
@@ -766,7 +846,8 @@ static bool ensure_account(tern_auth_req *r)
     tern_auth_client *c = r->priv_.client;
     tern_auth *a = c->auth;
     if (a->store == NULL ||
-        (r->op != TERN_AUTH_VERIFY_PASSWORD && r->op != TERN_AUTH_VERIFY_TOKEN) ||
+        (r->op != TERN_AUTH_VERIFY_PASSWORD && r->op != TERN_AUTH_VERIFY_TOKEN &&
+         r->op != TERN_AUTH_PROVISION) ||
         r->status != TERN_AUTH_OK ||
         r->out.backend == NULL || strcmp(r->out.backend, "internal") == 0 ||
         strcmp(r->out.backend, tern_auth_static_backend.name) == 0)
@@ -777,6 +858,8 @@ static bool ensure_account(tern_auth_req *r)
                   tern_log_q(qu, sizeof(qu), r->out.account), r->out.backend);
         return false;
     }
+    if (provisioned_check(a->prov, r->out.account, false))
+        return false;
     if (c->store_client == NULL &&
         (c->store_client = tern_store_client_new(a->store, c->loop)) == NULL)
         return false;
@@ -785,6 +868,9 @@ static bool ensure_account(tern_auth_req *r)
         return false;
     sr->in.account = r->out.account;
     sr->in.password_hash = NULL; /* the password stays with the backend that knows it */
+    char qu[128];
+    TLOG_DEBUG("auth", "event=account_ensure account=%s backend=%s",
+               tern_log_q(qu, sizeof(qu), r->out.account), r->out.backend);
     if (tern_store_submit(c->store_client, sr) != 0) {
         tern_store_req_free(sr);
         return false;

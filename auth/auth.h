@@ -72,6 +72,12 @@ typedef enum {
                                       the token alone names the account), token, remote_ip.
                                       out: account, backend, delay_ms. Asked of the backends
                                       that check tokens; EFAIL for any bad token */
+    TERN_AUTH_PROVISION,           /* in: user (an account a mechanism verified outside
+                                      auth/: SCRAM, CRAM-MD5, APOP), backend (its
+                                      out.backend). Makes sure the store has the account
+                                      and its mailboxes, as VERIFY_PASSWORD does for the
+                                      accounts it verifies. OK unless the request is bad;
+                                      a store failure is logged, not returned */
 } tern_auth_op;
 
 typedef struct tern_auth tern_auth;
@@ -96,6 +102,7 @@ struct tern_auth_req {
         const char *token;      /* VERIFY_TOKEN: the bearer token; need not be NUL-terminated */
         size_t token_len;
         const char *remote_ip;  /* limiter key; NULL: no per-IP accounting */
+        const char *backend;    /* PROVISION: the backend that knows the account */
         const char *listener;   /* VERIFY_PASSWORD: the listener's name, or NULL. A listener
                                    with auth_static has its fixed login checked before
                                    auth.backends (backend "static"); a user other than

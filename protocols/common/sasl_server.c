@@ -48,6 +48,11 @@ struct tern_sasl_srv {
     char *out;                 /* the last base64 data handed out */
     char account[TERN_AUTH_MAX_USER + 1];
     char backend[32];
+    /* The account was verified here (SCRAM, CRAM-MD5, APOP, EXTERNAL) and
+     * a backend other than the store knows it: auth/ makes its store
+     * account before the success is told (TERN_AUTH_PROVISION). */
+    bool provision;
+    const char *success_data;  /* s->out or NULL, held while provisioning */
     uv_timer_t reaper;         /* the last free runs from the loop, see srv_maybe_free */
 };
 
@@ -204,6 +209,7 @@ static void srv_end(tern_sasl_srv *s)
     s->password_only = false;
     s->apop = false;
     s->fail_delay_ms = 0;
+    s->provision = false;
 }
 
 static void deliver(tern_sasl_srv *s, tern_sasl_srv_status st, const char *data)
@@ -318,6 +324,32 @@ static bool apop_match(const char *challenge, const char *secret, size_t secret_
     return diff == 0;
 }
 
+static void ask(tern_sasl_srv *s, tern_auth_op op, const char *user, const uint8_t *password,
+                size_t password_len, const char *token);
+
+/* After q (a lookup that found the account) said which backend knows it:
+ * whether the store must be asked to make the account at login. */
+static void note_backend(tern_sasl_srv *s, const tern_auth_req *q)
+{
+    if (q->status != TERN_AUTH_OK)
+        return;
+    snprintf(s->backend, sizeof(s->backend), "%s", q->out.backend ? q->out.backend : "");
+    s->provision = s->backend[0] && strcmp(s->backend, "internal") != 0 &&
+                   strcmp(s->backend, "static") != 0;
+}
+
+/* The success, once the store has the account when it needs to. */
+static void succeed(tern_sasl_srv *s, const char *data)
+{
+    if (s->provision) {
+        s->provision = false;
+        s->success_data = data;
+        ask(s, TERN_AUTH_PROVISION, s->account, NULL, 0, NULL);
+        return;
+    }
+    deliver(s, TERN_SASL_SRV_SUCCESS, data);
+}
+
 static void apop_check(tern_sasl_srv *s, tern_auth_req *q)
 {
     if (q->status != TERN_AUTH_OK && q->status != TERN_AUTH_ENOTFOUND &&
@@ -334,7 +366,8 @@ static void apop_check(tern_sasl_srv *s, tern_auth_req *q)
         tern_auth_limiter_success(s->auth, s->ip, s->account);
         TLOG_INFO(MOD, "event=auth session=%s service=%s ip=%s mech=APOP account=%s", s->sid,
                   s->service, s->ip, s->account);
-        deliver(s, TERN_SASL_SRV_SUCCESS, NULL);
+        note_backend(s, q);
+        succeed(s, NULL);
         return;
     }
     char u[300];
@@ -386,6 +419,7 @@ static void auth_done(tern_auth_req *q)
             q->status == TERN_AUTH_EUNAVAIL) {
             /* Unknown users come back with stable fake keys: the exchange
              * runs to its end and fails there, telling nothing. */
+            note_backend(s, q);
             tern_sasl_scram_keys(s->sasl, &q->out.scram,
                                  q->status == TERN_AUTH_OK ? q->out.account : NULL, &r);
             have = true;
@@ -417,6 +451,7 @@ static void auth_done(tern_auth_req *q)
             q->status == TERN_AUTH_EUNAVAIL) {
             /* Unknown user or no secret: the digest cannot match, and the
              * answer is the same as for a wrong one. */
+            note_backend(s, q);
             tern_sasl_cram_context(s->sasl, q->status == TERN_AUTH_OK ? q->out.cram_md5 : NULL,
                                    q->status == TERN_AUTH_OK ? q->out.account : NULL, &r);
             have = true;
@@ -426,14 +461,17 @@ static void auth_done(tern_auth_req *q)
         break;
     case TERN_AUTH_USER_EXISTS:
         if (q->status == TERN_AUTH_OK || q->status == TERN_AUTH_ENOTFOUND) {
-            if (q->status == TERN_AUTH_OK)
-                snprintf(s->backend, sizeof(s->backend), "%s",
-                         q->out.backend ? q->out.backend : "");
+            note_backend(s, q);
             tern_sasl_verified(s->sasl, q->status == TERN_AUTH_OK, q->out.account, &r);
             have = true;
         } else {
             deliver(s, TERN_SASL_SRV_TEMPFAIL, NULL);
         }
+        break;
+    case TERN_AUTH_PROVISION:
+        /* A store that could not make the account was logged by auth/;
+         * the login itself stands, as for VERIFY_PASSWORD. */
+        deliver(s, TERN_SASL_SRV_SUCCESS, s->success_data);
         break;
     default:
         deliver(s, TERN_SASL_SRV_TEMPFAIL, NULL);
@@ -462,6 +500,7 @@ static void ask(tern_sasl_srv *s, tern_auth_op op, const char *user, const uint8
     q->in.password_len = password_len;
     q->in.remote_ip = s->ip;
     q->in.listener = s->listener;
+    q->in.backend = s->backend;
     if (op == TERN_AUTH_VERIFY_TOKEN) {
         q->in.token = token;
         q->in.token_len = token ? strlen(token) : 0;
@@ -533,7 +572,7 @@ static void sasl_result(tern_sasl_srv *s, const tern_sasl_result *r)
                 return;
             }
         }
-        deliver(s, TERN_SASL_SRV_SUCCESS, b);
+        succeed(s, b);
         return;
     }
     case TERN_SASL_FAIL: {
@@ -574,6 +613,8 @@ static void take_params(tern_sasl_srv *s, const tern_sasl_srv_params *p)
     snprintf(s->cert, sizeof(s->cert), "%s", s->has_cert ? p->cert_account : "");
     s->account[0] = s->backend[0] = '\0';
     s->fail_delay_ms = 0;
+    s->provision = false;
+    s->success_data = NULL;
 }
 
 static int srv_start(tern_sasl_srv *s, const tern_sasl_srv_params *p, const char *mech,

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TERNCTL, Quoted, make_message, client_context
+from conftest import ROOT, TERNCTL, Quoted, free_ports, make_message, client_context
 
 
 def ctl(t, *args, stdin=None):
@@ -477,6 +477,42 @@ def test_cram_md5_with_file_backend(tern_factory, tmp_path):
     assert s.auth("PLAIN", s.auth_plain)[0] == 235
     s.quit()
     assert "carol@example.test" in ctl(t, "account", "list").stdout.decode()
+
+
+def test_first_login_writes_the_store_once(tern_factory, tmp_path):
+    """A file-backend user's store account (and INBOX) is made at the first
+    login, whatever the mechanism: LOGIN (auth/ verifies the password) or
+    CRAM-MD5 (the session verifies the digest, then asks auth/ to
+    provision). Later logins find the account in auth's cache and do not
+    ask the store's write thread again."""
+    import imaplib
+    users = tmp_path / "users"
+    users.write_text("dave@example.test:{PLAIN}pw1\nerin@example.test:{PLAIN}pw2\n")
+    ports = free_ports(2)
+    t = tern_factory({"server": {"log_level": "debug"}, "auth": {"backends": ["file"]},
+                      "auth_file": {"path": str(users)}, "listeners": None}, start=False)
+    t.config["listeners"] = [
+        {"name": "mx", "protocol": "smtp", "address": "127.0.0.1", "port": ports[0]},
+        {"name": "imap", "protocol": "imap", "address": "127.0.0.1", "port": ports[1],
+         "tls": "none", "allow_plaintext_auth": True}]
+    t.write_config()
+    t.start()
+    for i in range(3):
+        c = imaplib.IMAP4("127.0.0.1", t.port("imap"), timeout=20)
+        c.login("dave@example.test", "pw1")
+        assert c.select("INBOX")[0] == "OK"
+        c.logout()
+        c = imaplib.IMAP4("127.0.0.1", t.port("imap"), timeout=20)
+        c.login_cram_md5("Erin@example.test", "pw2")
+        # The account exists by the time the login is answered.
+        assert c.select("INBOX")[0] == "OK", i
+        c.logout()
+    log = t.log()
+    ensures = [ln for ln in log.splitlines() if "event=account_ensure" in ln]
+    assert len(ensures) == 2, ensures
+    assert log.count("module=auth event=account_created") == 2, log
+    listed = ctl(t, "account", "list").stdout.decode().lower()
+    assert "dave@example.test" in listed and "erin@example.test" in listed
 
 
 def test_static_login_on_one_listener(tern_factory):
