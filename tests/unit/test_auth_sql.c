@@ -486,6 +486,38 @@ static void test_server_gone(void **state)
     free(err);
 }
 
+/* host= as a name: resolved off the loop (uv_getaddrinfo), then handed
+ * to libpq as hostaddr=. "localhost" may give ::1 before 127.0.0.1 while
+ * the test server listens on 127.0.0.1 only: libpq must get every
+ * address to try. A name that does not resolve is a clear ETEMP. */
+static void test_host_name(void **state)
+{
+    (void)state;
+    SKIP_WITHOUT_PG();
+    char named[512];
+    const char *h = strstr(ci, "host=127.0.0.1");
+    assert_non_null(h);
+    snprintf(named, sizeof(named), "%.*shost=localhost%s", (int)(h - ci), ci,
+             h + strlen("host=127.0.0.1"));
+    F.cfg->auth_sql.conninfo = named;
+    tern_auth *a = auth_new();
+    assert_int_equal(run(a, TERN_AUTH_VERIFY_PASSWORD, "bob@example.test", "secret", NULL),
+                     TERN_AUTH_OK);
+    tern_auth_unref(a);
+
+    snprintf(named, sizeof(named), "%.*shost=no-such-host.invalid%s", (int)(h - ci), ci,
+             h + strlen("host=127.0.0.1"));
+    F.cfg->auth_sql.conninfo = named;
+    a = auth_new();
+    tern_auth_req *r;
+    assert_int_equal(run(a, TERN_AUTH_VERIFY_PASSWORD, "bob@example.test", "secret", &r),
+                     TERN_AUTH_ETEMP);
+    assert_non_null(strstr(r->error, "resolve"));
+    tern_auth_req_free(r);
+    tern_auth_unref(a);
+    F.cfg->auth_sql.conninfo = ci;
+}
+
 static void test_order_with_internal(void **state)
 {
     (void)state;
@@ -609,6 +641,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_connection_dies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_gone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_host_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_order_with_internal, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
