@@ -6,7 +6,7 @@
  * stored credential list. libpq would resolve a host name inside
  * PQconnectStart/PQconnectPoll, synchronously, stalling the loop: a
  * conninfo whose host= is one DNS name (and has no hostaddr=) is resolved
- * here first with uv_getaddrinfo (on libuv's thread pool), and libpq gets
+ * first on libuv's thread pool (storage/pg/pq_connect.h), and libpq gets
  * the addresses as hostaddr= while host= still names the server for TLS
  * verification and the password file.
  *
@@ -14,19 +14,17 @@
  * The user name comes bounded and normalised from auth.c but is still the
  * client's: it only ever travels as a bound parameter. Rows are the
  * database's and are copied, bounded, into the request's arena. */
-#include <arpa/inet.h>
 #include <libpq-fe.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "auth/auth_backend.h"
 #include "lib/log.h"
+#include "storage/pg/pq_connect.h"
 
 #define SQL_MAX_POOL 64
 #define SQL_MAX_FIELD 4096 /* a credential list or account name longer than this is bad data */
-#define SQL_MAX_ADDRS 8     /* addresses of a resolved host= that libpq tries in turn */
 
 typedef struct sql_backend {
     char *conninfo;
@@ -59,19 +57,10 @@ typedef struct sql_poll {
     sql_conn *conn;
 } sql_poll;
 
-/* A host lookup in flight. It outlives a connection dropped meanwhile
- * (cn goes NULL and the request is cancelled); the client waits for it
- * like for a closing handle. */
-typedef struct sql_gai {
-    uv_getaddrinfo_t req;
-    sql_conn *cn;
-    sql_client *client;
-} sql_gai;
-
 struct sql_conn {
     sql_client *client;
     PGconn *pq;
-    sql_gai *gai;
+    tern_pq_lookup *lookup; /* host name lookup before the connect, or NULL */
     conn_state state;
     sql_poll *poll;
     int poll_fd;
@@ -127,26 +116,11 @@ static void *sql_create(const tern_config *cfg, tern_store *store, char **error_
         *error_r = strdup(buf);
         return NULL;
     }
-    /* One host name and no hostaddr: resolved here, off the loop. A list
-     * of hosts, a unix socket directory or an address is left to libpq
-     * (which does not resolve the last two). */
-    const char *host = NULL, *hostaddr = NULL;
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        if (strcmp(o->keyword, "host") == 0 && o->val && o->val[0])
-            host = o->val;
-        else if (strcmp(o->keyword, "hostaddr") == 0 && o->val && o->val[0])
-            hostaddr = o->val;
-    }
-    unsigned char ab[16];
-    bool resolve = host && !hostaddr && host[0] != '/' && host[0] != '@' &&
-                   strchr(host, ',') == NULL && inet_pton(AF_INET, host, ab) != 1 &&
-                   inet_pton(AF_INET6, host, ab) != 1;
-    sql_backend *b = calloc(1, sizeof(*b));
-    if (b == NULL || (resolve && (b->resolve_host = strdup(host)) == NULL)) {
-        PQconninfoFree(opts);
-        goto oom;
-    }
     PQconninfoFree(opts);
+    sql_backend *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        goto oom;
+    b->resolve_host = tern_pq_host_to_resolve(ci);
     b->conninfo = strdup(ci);
     b->password_query = strdup(sc->password_query);
     b->user_query = sc->user_query ? strdup(sc->user_query) : NULL;
@@ -246,11 +220,8 @@ static void conn_drop(sql_conn *cn, const char *why)
     sql_job *j = cn->job;
     char msg[256];
     snprintf(msg, sizeof(msg), "%s", cn->pq ? PQerrorMessage(cn->pq) : "");
-    if (cn->gai != NULL) {
-        cn->gai->cn = NULL;
-        uv_cancel((uv_req_t *)&cn->gai->req);
-        cn->gai = NULL;
-    }
+    tern_pq_lookup_cancel(cn->lookup);
+    cn->lookup = NULL;
     unwatch(cn);
     uv_timer_stop(&cn->timer);
     if (cn->result)
@@ -364,15 +335,15 @@ static void on_notice(void *arg, const char *msg)
     TLOG_INFO("auth", "event=auth_sql_notice message=%s", tern_log_q(q, sizeof(q), buf));
 }
 
-/* host and hostaddr: NULL, or the resolved lists (later keywords win
- * over what the conninfo in dbname says). */
-static void conn_start_pq(sql_conn *cn, const char *host, const char *hostaddr)
+static void pq_started(void *arg, PGconn *pq, const char *error)
 {
-    const char *keys[] = {"dbname", "fallback_application_name", "host", "hostaddr", NULL};
-    const char *vals[] = {cn->client->b->conninfo, "ternd-auth", host, hostaddr, NULL};
-    if (host == NULL)
-        keys[2] = NULL;
-    cn->pq = PQconnectStartParams(keys, vals, 1);
+    sql_conn *cn = arg;
+    cn->lookup = NULL;
+    cn->pq = pq;
+    if (error != NULL) {
+        connect_failed_msg(cn, error);
+        return;
+    }
     if (cn->pq == NULL || PQstatus(cn->pq) == CONNECTION_BAD) {
         connect_failed(cn);
         return;
@@ -381,74 +352,19 @@ static void conn_start_pq(sql_conn *cn, const char *host, const char *hostaddr)
     connect_step(cn);
 }
 
-static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    sql_gai *g = req->data;
-    sql_conn *cn = g->cn;
-    sql_client *c = g->client;
-    if (cn != NULL && !c->closing) {
-        cn->gai = NULL;
-        /* "name,name,..." with "addr,addr,...": libpq tries each address
-         * in turn and checks the certificate against the name. */
-        char hosts[SQL_MAX_ADDRS * 256], addrs[SQL_MAX_ADDRS * (INET6_ADDRSTRLEN + 1)];
-        size_t hl = 0, al = 0, n = 0;
-        hosts[0] = addrs[0] = '\0';
-        for (struct addrinfo *ai = status == 0 ? res : NULL; ai && n < SQL_MAX_ADDRS;
-             ai = ai->ai_next) {
-            char ip[INET6_ADDRSTRLEN];
-            int rc = ai->ai_family == AF_INET
-                         ? uv_ip4_name((const struct sockaddr_in *)ai->ai_addr, ip, sizeof(ip))
-                     : ai->ai_family == AF_INET6
-                         ? uv_ip6_name((const struct sockaddr_in6 *)ai->ai_addr, ip, sizeof(ip))
-                         : -1;
-            if (rc != 0)
-                continue;
-            hl += (size_t)snprintf(hosts + hl, sizeof(hosts) - hl, "%s%s", n ? "," : "",
-                                   c->b->resolve_host);
-            al += (size_t)snprintf(addrs + al, sizeof(addrs) - al, "%s%s", n ? "," : "", ip);
-            n++;
-        }
-        if (n == 0) {
-            char msg[300];
-            snprintf(msg, sizeof(msg), "cannot resolve host \"%.200s\": %s", c->b->resolve_host,
-                     status ? uv_strerror(status) : "no address");
-            connect_failed_msg(cn, msg);
-        } else {
-            conn_start_pq(cn, hosts, addrs);
-        }
-    }
-    if (res)
-        uv_freeaddrinfo(res);
-    free(g);
-    if (--c->open_handles == 0 && c->closing)
-        free(c);
-}
-
 static void conn_start(sql_conn *cn)
 {
+    const sql_backend *b = cn->client->b;
     cn->state = CONN_CONNECTING;
-    uv_timer_start(&cn->timer, on_timeout, cn->client->b->timeout_ms, 0);
-    if (cn->client->b->resolve_host == NULL) {
-        conn_start_pq(cn, NULL, NULL);
+    uv_timer_start(&cn->timer, on_timeout, b->timeout_ms, 0);
+    if (b->resolve_host == NULL) {
+        pq_started(cn, tern_pq_start(b->conninfo, "ternd-auth", NULL, NULL), NULL);
         return;
     }
-    sql_gai *g = calloc(1, sizeof(*g));
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    if (g == NULL) {
-        connect_failed_msg(cn, "out of memory");
-        return;
-    }
-    g->cn = cn;
-    g->client = cn->client;
-    g->req.data = g;
-    if (uv_getaddrinfo(cn->client->loop, &g->req, resolved, cn->client->b->resolve_host, NULL,
-                       &hints) != 0) {
-        free(g);
+    cn->lookup = tern_pq_start_resolved(cn->client->loop, b->conninfo, b->resolve_host,
+                                        "ternd-auth", pq_started, cn);
+    if (cn->lookup == NULL)
         connect_failed_msg(cn, "cannot start a host lookup");
-        return;
-    }
-    cn->client->open_handles++; /* the client waits for the lookup's callback */
-    cn->gai = g;
 }
 
 /* ---- queries ---------------------------------------------------------------- */

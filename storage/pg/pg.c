@@ -983,6 +983,7 @@ static int pg_open(const tern_config *cfg, tern_store *store, void **impl_r, cha
     }
     pg->store = store;
     pg->conninfo = strdup(cfg->postgres.conninfo);
+    pg->resolve_host = tern_pq_host_to_resolve(cfg->postgres.conninfo);
     pg->retention_ms = cfg->storage.changes_retention_ms;
     pg->default_quota_bytes = cfg->storage.default_quota_bytes;
     pg->default_quota_messages = cfg->storage.default_quota_messages;
@@ -990,6 +991,7 @@ static int pg_open(const tern_config *cfg, tern_store *store, void **impl_r, cha
     pg->conns = calloc(pg->n_conns, sizeof *pg->conns);
     if (!pg->conninfo || !pg->conns || uv_loop_init(&pg->loop) != 0) {
         free(pg->conninfo);
+        free(pg->resolve_host);
         free(pg->conns);
         free(pg);
         *error_r = strdup("out of memory");
@@ -1028,6 +1030,7 @@ static void pg_close(void *impl)
     free(pg->watched);
     free(pg->conns);
     free(pg->conninfo);
+    free(pg->resolve_host);
     free(pg);
 }
 

@@ -21,6 +21,7 @@
 #include <uv.h>
 
 #include "lib/arena.h"
+#include "storage/pg/pq_connect.h"
 #include "storage/store_backend.h"
 
 #define PG_MAX_PARAMS 4096        /* a search tree past this is refused */
@@ -104,6 +105,7 @@ enum { PG_C_DOWN = 0, PG_C_WAIT, PG_C_CONNECTING, PG_C_IDLE, PG_C_BUSY };
 struct pg_conn {
     pg_impl *pg;
     PGconn *pq;
+    tern_pq_lookup *lookup; /* host name lookup before the connect, or NULL */
     pg_poll *poll;
     int fd;
     int state;
@@ -125,6 +127,7 @@ struct pg_conn {
 struct pg_impl {
     tern_store *store;
     char *conninfo;
+    char *resolve_host;  /* host= looked up off the loop before each connect, or NULL */
     uint64_t retention_ms;
     uint64_t default_quota_bytes, default_quota_messages;
 

@@ -14,6 +14,7 @@
 #include "lib/log.h"
 #include "lib/util.h"
 #include "storage/pg/pg_internal.h"
+#include "storage/pg/pq_connect.h"
 
 struct pg_poll {
     uv_poll_t h;
@@ -110,6 +111,8 @@ static void drop_pipe(pg_conn *c)
 
 static void drop_pq(pg_conn *c)
 {
+    tern_pq_lookup_cancel(c->lookup);
+    c->lookup = NULL;
     poll_detach(c);
     drop_pipe(c);
     if (c->pending) {
@@ -167,23 +170,41 @@ static void on_notice(void *arg, const char *message)
                tern_log_q(q, sizeof q, clean));
 }
 
+static void pq_started(void *arg, PGconn *pq, const char *error)
+{
+    pg_conn *c = arg;
+    c->lookup = NULL;
+    c->pq = pq;
+    if (error != NULL) {
+        pg_conn_broken(c, error);
+        return;
+    }
+    if (!c->pq || PQstatus(c->pq) == CONNECTION_BAD) {
+        pg_conn_broken(c, "connect failed");
+        return;
+    }
+    PQsetNoticeProcessor(c->pq, on_notice, c);
+    /* Before the first PQconnectPoll the socket is to be waited on as if
+     * it had asked for writing. */
+    if (poll_update(c, UV_WRITABLE) < 0)
+        pg_conn_broken(c, "cannot watch socket");
+}
+
 void pg_conn_start(pg_conn *c)
 {
     if (c->pg->shutting_down) {
         c->state = PG_C_DOWN;
         return;
     }
-    c->pq = PQconnectStart(c->pg->conninfo);
-    if (!c->pq || PQstatus(c->pq) == CONNECTION_BAD) {
-        pg_conn_broken(c, "connect failed");
+    c->state = PG_C_CONNECTING;
+    if (c->pg->resolve_host == NULL) {
+        pq_started(c, tern_pq_start(c->pg->conninfo, "ternd", NULL, NULL), NULL);
         return;
     }
-    PQsetNoticeProcessor(c->pq, on_notice, c);
-    c->state = PG_C_CONNECTING;
-    /* Before the first PQconnectPoll the socket is to be waited on as if
-     * it had asked for writing. */
-    if (poll_update(c, UV_WRITABLE) < 0)
-        pg_conn_broken(c, "cannot watch socket");
+    c->lookup = tern_pq_start_resolved(&c->pg->loop, c->pg->conninfo, c->pg->resolve_host,
+                                       "ternd", pq_started, c);
+    if (c->lookup == NULL)
+        pg_conn_broken(c, "cannot start a host lookup");
 }
 
 static void connected(pg_conn *c)

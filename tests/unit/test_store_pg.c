@@ -26,6 +26,7 @@
 #include <uv.h>
 
 #include "lib/log.h"
+#include "storage/pg/pq_connect.h"
 #include "storage/store.h"
 
 static const char *base_ci;
@@ -572,6 +573,44 @@ static void t_second_host(void **state)
     (void)f;
 }
 
+/* host= as a name: looked up on the thread pool (storage/pg/pq_connect.c)
+ * and handed to libpq as hostaddr=, every address ("localhost" may be ::1
+ * first while the test server listens on 127.0.0.1 only). What is left to
+ * libpq (addresses, sockets, lists) is not looked up here. A name that
+ * does not resolve is test_auth_sql's (the open here would fail first, in
+ * the schema check). */
+static void t_host_name(void **state)
+{
+    SKIP_WITHOUT_PG();
+    (void)state;
+    assert_null(tern_pq_host_to_resolve("host=127.0.0.1 port=5"));
+    assert_null(tern_pq_host_to_resolve("host=::1"));
+    assert_null(tern_pq_host_to_resolve("host=/run/postgresql"));
+    assert_null(tern_pq_host_to_resolve("host=a,b"));
+    assert_null(tern_pq_host_to_resolve("host=db hostaddr=192.0.2.1"));
+    assert_null(tern_pq_host_to_resolve("host=db nonsense_key=1"));
+    char *h = tern_pq_host_to_resolve("host=db.example.test dbname=x");
+    assert_string_equal(h, "db.example.test");
+    free(h);
+
+    const char *at = strstr(ci, "host=127.0.0.1");
+    assert_non_null(at);
+    tern_config *c = make_config();
+    c->postgres.conninfo = tern_arena_printf(&c->arena, "%.*shost=localhost%s", (int)(at - ci), ci,
+                                             at + strlen("host=127.0.0.1"));
+    tern_store *s = NULL;
+    char *err = NULL;
+    if (tern_store_open(c, &s, &err) != 0)
+        fail_msg("open: %s", err);
+    mk_account(s, "example.test", "named@example.test");
+    tern_store_req *r = req(TERN_STORE_ACCOUNT_GET);
+    r->in.account = "named@example.test";
+    assert_int_equal(run(s, r), 0);
+    tern_store_req_free(r);
+    tern_store_close(s);
+    free_config(c);
+}
+
 /* ---- schema versions ----------------------------------------------------- */
 
 static void t_newer_schema_refused(void **state)
@@ -608,6 +647,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(t_body_search_batches, setup, teardown),
         cmocka_unit_test_setup_teardown(t_foreign_notify_and_kill, setup, teardown),
         cmocka_unit_test_setup_teardown(t_second_host, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_host_name, setup, teardown),
         cmocka_unit_test_setup_teardown(t_newer_schema_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
