@@ -249,9 +249,11 @@ def test_silent_server_times_out_and_is_deferred(sender, faults):
 
 
 # The SMTP client keeps each recipient's RCPT reply (250) as its result until
-# the reply to the final dot replaces it; when the connection is lost (or
-# the reply times out) in between, the outcome still says 250 for them and
-# the queue logs them delivered and marks them done: the message is lost.
+# the reply to the final dot replaces it; when the connection is lost in
+# between, the outcome still says 250 for them and the queue logs them
+# delivered and marks them done: the message is lost. (A timeout of the
+# final reply takes the same path, but that wait is the client's fixed
+# 10-minute data_timeout, too long for a test.)
 LOST_AFTER_RCPT = ("protocols/smtp/smtp_client.c keeps the RCPT 250 as the recipient's result "
                    "when the session ends before the reply to the final dot (report() from "
                    "conn_on_close/the timer), and server/queue.c delivered() takes any 2xx "
@@ -273,21 +275,6 @@ def test_drop_in_the_middle_of_data_is_deferred_then_delivered_once(sender, faul
     assert drained(tx)
     time.sleep(1.5 * SLOW)                           # longer than retry_min
     assert len(srv.delivered_with(marker)) == 1 and srv.connections == 2
-
-
-@pytest.mark.xfail(strict=True, reason=LOST_AFTER_RCPT)
-def test_data_reply_timeout_is_deferred_then_delivered(sender, faults):
-    # The first connection never answers the final dot; the client gives up
-    # after command_timeout (no separate data timeout is configurable).
-    srv = faults(A, plan=[{"hold_data": True}])
-    tx = sender(command_timeout="1s")
-    marker = uuid.uuid4().hex
-    qid = send(tx, ["bob@one.faults.test"], marker)
-    assert srv.holding.wait(10 * SLOW)
-    log_line(tx, rf"event=deferred qid={qid} rcpt=bob@one\.faults\.test attempts=1 ")
-    log_line(tx, rf"event=delivered qid={qid} rcpt=bob@one\.faults\.test attempts=2 ")
-    assert len(srv.delivered_with(marker)) == 1
-    assert drained(tx)
 
 
 def test_4xx_after_data_is_deferred_then_delivered(sender, faults):
