@@ -332,6 +332,23 @@ def test_552_after_data_bounces_with_the_remote_reply(sender, faults):
     assert drained(tx)
 
 
+def test_5xx_to_mail_from_bounces_every_recipient_in_one_dsn(sender, faults):
+    srv = faults(A, mail="553 5.7.1 sender refused by {name}")
+    tx = sender()
+    marker = uuid.uuid4().hex
+    qid = send(tx, ["bob@one.faults.test", "carol@one.faults.test"], marker)
+    log_line(tx, rf"event=failed qid={qid} rcpt=bob@one\.faults\.test status=5\.7\.1 ")
+    log_line(tx, rf"event=failed qid={qid} rcpt=carol@one\.faults\.test status=5\.7\.1 ")
+    got = wait_for(lambda: dsns(tx, marker))
+    assert len(got) == 1
+    for who in ("bob", "carol"):
+        assert f"Final-Recipient: rfc822; {who}@one.faults.test" in got[0]
+    assert got[0].count("Status: 5.7.1") == 2
+    assert re.search(r"Diagnostic-Code: smtp; 553 5\.7\.1 sender refused", got[0]), got[0]
+    assert not srv.transactions
+    assert drained(tx)
+
+
 # ------------------------------------------------------------- TLS
 
 def test_no_starttls_offered_is_delivered_in_clear(sender, faults):
