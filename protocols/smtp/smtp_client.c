@@ -20,6 +20,7 @@
 
 #include "lib/log.h"
 #include "lib/util.h"
+#include "protocols/smtp/downconvert.h"
 #include "protocols/smtp/smtp_reply.h"
 
 #define MOD "smtp_client"
@@ -27,12 +28,12 @@
 
 typedef enum {
     CS_CONNECT = 0, CS_BANNER, CS_EHLO, CS_HELO, CS_STARTTLS, CS_HANDSHAKE, CS_MAIL, CS_RCPT,
-    CS_DATA, CS_BODY, CS_DOT, CS_QUIT, CS_DONE, CS_RSET, CS_IDLE,
+    CS_DATA, CS_BODY, CS_DOT, CS_QUIT, CS_DONE, CS_RSET, CS_IDLE, CS_CONVERT,
 } cstate;
 
 static const char *const stage_names[] = {"connect", "banner", "ehlo", "helo", "starttls",
                                           "handshake", "mail", "rcpt", "data", "body", "dot",
-                                          "quit", "done", "rset", "idle"};
+                                          "quit", "done", "rset", "idle", "convert"};
 
 struct tern_smtp_client {
     tern_smtp_client_params p;
@@ -60,6 +61,10 @@ struct tern_smtp_client {
     bool mail_replied;      /* the server answered MAIL FROM on this connection */
     bool reconnecting;      /* the kept connection died: a fresh one follows its close */
     unsigned messages;      /* messages sent on the connection */
+    uv_work_t work;         /* 8BITMIME downconversion, off the loop */
+    tern_buf conv;          /* the converted message */
+    int conv_result;
+    bool converted;         /* p.data is final for this peer */
 };
 
 /* ---- outcome ------------------------------------------------------------ */
@@ -87,6 +92,7 @@ static void free_client(tern_smtp_client *c)
 {
     if (c->p.keep && c->p.keep->gone)
         c->p.keep->gone(c->p.keep->arg, c);
+    tern_buf_free(&c->conv);
     free(c->out.rcpts);
     free(c);
 }
@@ -322,6 +328,78 @@ static bool message_fits(tern_smtp_client *c)
     return true;
 }
 
+static void send_transaction(tern_smtp_client *c);
+
+/* The message as this peer can take it: MAIL (or RSET first on a kept
+ * connection). */
+static void go_transaction(tern_smtp_client *c)
+{
+    if (!message_fits(c))
+        return;
+    if (c->reused) {
+        c->st = CS_RSET;
+        tern_conn_printf(&c->conn, "RSET\r\n");
+        if (c->caps.pipelining)
+            send_transaction(c); /* RFC 2920 3.1: RSET may lead a group */
+        return;
+    }
+    c->st = CS_MAIL;
+    send_transaction(c);
+}
+
+static void convert_work(uv_work_t *w)
+{
+    tern_smtp_client *c = w->data;
+    c->conv_result = tern_downconvert_8bit(c->p.data, c->p.len, &c->conv);
+}
+
+static void convert_done(uv_work_t *w, int status)
+{
+    tern_smtp_client *c = w->data;
+    c->handles--;
+    if (c->finished) {
+        if (c->handles == 0 && !c->conn_init)
+            free_client(c);
+        return;
+    }
+    if (status != 0 || c->conv_result < 0) {
+        set_error(c, 4, "4.3.0 cannot convert the message to 7 bit (out of memory)");
+        quit(c);
+        return;
+    }
+    c->converted = true;
+    if (c->conv_result == 1) {
+        TLOG_INFO(MOD, "event=downconverted peer=%s size=%zu new_size=%zu", c->out.peer, c->p.len,
+                  c->conv.len);
+        c->p.data = c->conv.data;
+        c->p.len = c->conv.len;
+    }
+    go_transaction(c);
+}
+
+/* RFC 6152 3: a server without 8BITMIME gets 8-bit parts as
+ * quoted-printable. The conversion runs on the thread pool (a big message
+ * takes a while); the connection waits. */
+static void prepare_transaction(tern_smtp_client *c)
+{
+    const tern_envelope *e = c->p.env;
+    bool utf8_refused = e->smtputf8 && !c->caps.smtputf8; /* message_fits bounces it */
+    if (!c->converted && !c->caps.eightbitmime && !utf8_refused &&
+        (e->body == TERN_BODY_8BITMIME || tern_has_8bit(c->p.data, c->p.len))) {
+        c->st = CS_CONVERT;
+        c->work.data = c;
+        tern_buf_init(&c->conv, 0);
+        if (uv_queue_work(c->p.loop, &c->work, convert_work, convert_done) == 0) {
+            c->handles++;
+            return;
+        }
+        set_error(c, 4, "4.3.0 cannot convert the message to 7 bit");
+        quit(c);
+        return;
+    }
+    go_transaction(c);
+}
+
 /* MAIL FROM, and with PIPELINING every RCPT and DATA behind it (BDAT
  * waits for the RCPT replies: its data cannot be taken back). */
 static void send_transaction(tern_smtp_client *c)
@@ -338,6 +416,8 @@ static void send_transaction(tern_smtp_client *c)
     }
 }
 
+static void prepare_transaction(tern_smtp_client *c);
+
 static void after_ehlo(tern_smtp_client *c)
 {
     if (!c->out.tls && c->p.tls && c->caps.starttls) {
@@ -352,10 +432,7 @@ static void after_ehlo(tern_smtp_client *c)
         quit(c);
         return;
     }
-    if (!message_fits(c))
-        return;
-    c->st = CS_MAIL;
-    send_transaction(c);
+    prepare_transaction(c);
 }
 
 static void start_bdat(tern_smtp_client *c)
@@ -842,13 +919,10 @@ int tern_smtp_client_reuse(tern_smtp_client *c, const tern_smtp_client_params *p
     c->mail_replied = false;
     c->pipelined = false;
     c->accepted = c->next_rcpt = 0;
+    tern_buf_free(&c->conv);
+    c->converted = false;
     tern_conn_set_timeout(&c->conn, c->p.command_timeout_ms);
-    if (!message_fits(c))
-        return 0; /* QUIT went out; the outcome comes at the close */
-    c->st = CS_RSET;
-    tern_conn_printf(&c->conn, "RSET\r\n");
-    if (c->caps.pipelining)
-        send_transaction(c); /* RFC 2920 3.1: RSET may lead a group */
+    prepare_transaction(c); /* a refusal QUITs: the outcome comes at the close */
     return 0;
 }
 
