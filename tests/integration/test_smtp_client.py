@@ -176,3 +176,50 @@ def test_bdat_to_ternd_arrives_byte_identical(tern_factory, dns):
     got = wait_for(lambda: maildir_find(rx, "bob", "remote.test", marker))
     assert got, tx.log_tail()
     assert got[0].read_bytes().endswith(msg)
+
+
+def test_8bit_message_downconverted_for_a_7bit_server(tern_factory, mini_factory):
+    mini = mini_factory(extensions=["PIPELINING", "SIZE 10000000"])  # no 8BITMIME
+    tx = to_mini(tern_factory, mini)
+    body = ("--b\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\ncaf\u00e9 cr\u00e8me\r\n"
+            "--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            "aGVsbG8=\r\n--b--\r\n")
+    msg = make_message(subject="8bit", body=body,
+                       headers=["MIME-Version: 1.0", "Content-Type: multipart/mixed; boundary=b"])
+    c = tx.connect()
+    try:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<alice@example.test> BODY=8BITMIME").code == 250
+        assert c.cmd("RCPT TO:<bob@remote.test>").code == 250
+        assert c.data(msg).code == 250
+    finally:
+        c.cmd("QUIT")
+    assert wait_for(lambda: len(mini.messages) == 1), tx.log_tail()
+    got = mini.messages[0]["data"]
+    assert all(b < 128 for b in got), got
+    assert b"caf=C3=A9 cr=C3=A8me" in got
+    assert b"Content-Transfer-Encoding: quoted-printable\r\n" in got
+    assert b"Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--b--" in got
+    mail = [cmd for n, cmd in mini.commands if cmd.startswith("MAIL")]
+    assert mail and "BODY=8BITMIME" not in mail[0]
+    assert "event=downconverted" in tx.log(0)
+
+
+def test_8bit_message_unchanged_for_an_8bit_server(tern_factory, mini):
+    tx = to_mini(tern_factory, mini)  # offers 8BITMIME
+    msg = make_message(subject="8bit", body="caf\u00e9\r\n",
+                       headers=["MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8",
+                                "Content-Transfer-Encoding: 8bit"])
+    c = tx.connect()
+    try:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<alice@example.test> BODY=8BITMIME").code == 250
+        assert c.cmd("RCPT TO:<bob@remote.test>").code == 250
+        assert c.data(msg).code == 250
+    finally:
+        c.cmd("QUIT")
+    assert wait_for(lambda: len(mini.messages) == 1), tx.log_tail()
+    assert mini.messages[0]["data"].endswith(msg)
+    mail = [cmd for n, cmd in mini.commands if cmd.startswith("MAIL")]
+    assert "BODY=8BITMIME" in mail[0]
