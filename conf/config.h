@@ -307,6 +307,8 @@ typedef struct tern_dns_conf {
     size_t n_unblock_zones;
 } tern_dns_conf;
 
+typedef enum { TERN_SMARTHOST_TLS_OPPORTUNISTIC = 0, TERN_SMARTHOST_TLS_REQUIRED } tern_smarthost_tls;
+
 /* queue: the remote queue manager (server/queue.c). */
 typedef struct tern_queue_conf {
     bool hold;                  /* deliver nothing: mail stays queued (maintenance, tests) */
@@ -324,6 +326,16 @@ typedef struct tern_queue_conf {
     uint64_t connection_idle_timeout_ms; /* an idle kept connection QUITs; default 5s */
     uint32_t max_idle_connections;     /* kept idle at once; default 50 */
     bool use_chunking;                 /* BDAT when offered; default true */
+    /* AUTH to the smarthost (smtp_client.c); username NULL: none. The
+     * password comes from `password` or is read from `password_file` at
+     * load (validate.c); it is never logged. */
+    struct {
+        char *username;
+        char *password;
+        char *password_file;
+        bool allow_plaintext;          /* without TLS (tests on loopback only) */
+    } smarthost_auth;
+    tern_smarthost_tls smarthost_tls;  /* default opportunistic */
 } tern_queue_conf;
 
 typedef struct tern_config {

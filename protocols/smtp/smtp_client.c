@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "lib/base64.h"
 #include "lib/log.h"
 #include "lib/util.h"
 #include "protocols/smtp/downconvert.h"
@@ -28,12 +29,12 @@
 
 typedef enum {
     CS_CONNECT = 0, CS_BANNER, CS_EHLO, CS_HELO, CS_STARTTLS, CS_HANDSHAKE, CS_MAIL, CS_RCPT,
-    CS_DATA, CS_BODY, CS_DOT, CS_QUIT, CS_DONE, CS_RSET, CS_IDLE, CS_CONVERT,
+    CS_DATA, CS_BODY, CS_DOT, CS_QUIT, CS_DONE, CS_RSET, CS_IDLE, CS_CONVERT, CS_AUTH, CS_AUTH_USER, CS_AUTH_PASS,
 } cstate;
 
 static const char *const stage_names[] = {"connect", "banner", "ehlo", "helo", "starttls",
                                           "handshake", "mail", "rcpt", "data", "body", "dot",
-                                          "quit", "done", "rset", "idle", "convert"};
+                                          "quit", "done", "rset", "idle", "convert", "auth", "auth", "auth"};
 
 struct tern_smtp_client {
     tern_smtp_client_params p;
@@ -65,6 +66,7 @@ struct tern_smtp_client {
     tern_buf conv;          /* the converted message */
     int conv_result;
     bool converted;         /* p.data is final for this peer */
+    bool authed;            /* AUTH succeeded on this connection */
 };
 
 /* ---- outcome ------------------------------------------------------------ */
@@ -137,6 +139,7 @@ static void fresh_connection(tern_smtp_client *c)
     c->pipelined = c->mail_replied = false;
     c->accepted = c->next_rcpt = 0;
     c->messages = 0;
+    c->authed = false;
     if (begin_connect(c) != 0) {
         set_error(c, 4, "4.4.1 cannot open a new connection to %s", c->out.peer);
         finish(c, false);
@@ -418,11 +421,95 @@ static void send_transaction(tern_smtp_client *c)
 
 static void prepare_transaction(tern_smtp_client *c);
 
+/* Sends "<prefix><base64 of data>\r\n" and wipes the copies: the data is
+ * a credential. */
+static void send_b64(tern_smtp_client *c, const char *prefix, const uint8_t *data, size_t len)
+{
+    char line[1100];
+    size_t pl = strlen(prefix);
+    memcpy(line, prefix, pl);
+    long n = tern_base64_encode(data, len, line + pl, sizeof(line) - pl - 3);
+    if (n < 0)
+        n = 0;
+    memcpy(line + pl + (size_t)n, "\r\n", 2);
+    tern_conn_write(&c->conn, line, pl + (size_t)n + 2);
+    explicit_bzero(line, sizeof(line));
+}
+
+static bool offers_mech(const tern_smtp_client *c, const char *mech)
+{
+    size_t ml = strlen(mech);
+    for (const char *p = c->caps.auth; (p = strstr(p, mech)) != NULL; p += ml)
+        if ((p == c->caps.auth || p[-1] == ' ') && (p[ml] == '\0' || p[ml] == ' '))
+            return true;
+    return false;
+}
+
+/* AUTH before the first MAIL on this connection; true when it went out
+ * (or the session ended), false when there is nothing to do. */
+static bool start_auth(tern_smtp_client *c)
+{
+    if (c->p.auth_username == NULL || c->authed)
+        return false;
+    if (!c->out.tls && !c->p.auth_allow_plaintext) {
+        set_error(c, 4, "4.7.10 not sending credentials to %s without TLS", c->out.peer);
+        quit(c);
+        return true;
+    }
+    if (offers_mech(c, "PLAIN")) {
+        /* RFC 4616: authzid (empty) NUL authcid NUL password. */
+        uint8_t raw[520];
+        size_t ul = strlen(c->p.auth_username), pl = strlen(c->p.auth_password);
+        if (ul > 255 || pl > 255) {
+            set_error(c, 4, "4.7.0 credentials too long");
+            quit(c);
+            return true;
+        }
+        raw[0] = 0;
+        memcpy(raw + 1, c->p.auth_username, ul);
+        raw[1 + ul] = 0;
+        memcpy(raw + 2 + ul, c->p.auth_password, pl);
+        send_b64(c, "AUTH PLAIN ", raw, 2 + ul + pl);
+        explicit_bzero(raw, sizeof(raw));
+        c->st = CS_AUTH;
+        return true;
+    }
+    if (offers_mech(c, "LOGIN")) {
+        tern_conn_printf(&c->conn, "AUTH LOGIN\r\n");
+        c->st = CS_AUTH_USER;
+        return true;
+    }
+    set_error(c, 4, "4.7.0 %s offers no AUTH mechanism we use (PLAIN, LOGIN)%s", c->out.peer,
+              c->caps.auth[0] ? "" : ": no AUTH at all");
+    quit(c);
+    return true;
+}
+
+static void auth_done(tern_smtp_client *c, const tern_smtp_reply *r)
+{
+    if (r->code == 235) {
+        c->authed = true;
+        TLOG_INFO(MOD, "event=authenticated peer=%s user=%s", c->out.peer, c->p.auth_username);
+        prepare_transaction(c);
+        return;
+    }
+    /* A refused login is the operator's to fix: defer, never bounce. */
+    set_error(c, 4, "4.7.0 authentication to %s failed: %d %s %.200s", c->out.peer, r->code,
+              r->enhanced, r->text);
+    quit(c);
+}
+
 static void after_ehlo(tern_smtp_client *c)
 {
     if (!c->out.tls && c->p.tls && c->caps.starttls) {
         c->st = CS_STARTTLS;
         tern_conn_printf(&c->conn, "STARTTLS\r\n");
+        return;
+    }
+    if (c->p.tls_encrypt_required && !c->out.tls) {
+        set_error(c, 4, "4.7.10 TLS is required for %s but %s", c->out.peer,
+                  c->caps.starttls ? "STARTTLS failed" : "the server does not offer STARTTLS");
+        quit(c);
         return;
     }
     if (c->p.tls_required && !(c->out.tls && c->out.tls_verified)) {
@@ -432,6 +519,8 @@ static void after_ehlo(tern_smtp_client *c)
         quit(c);
         return;
     }
+    if (start_auth(c))
+        return;
     prepare_transaction(c);
 }
 
@@ -534,6 +623,19 @@ static void on_reply(tern_smtp_client *c, const tern_smtp_reply *r)
         c->st = CS_MAIL;
         if (!c->pipelined)
             send_transaction(c);
+        return;
+    case CS_AUTH_USER:
+    case CS_AUTH_PASS:
+        if (r->code == 334) {
+            const char *v = c->st == CS_AUTH_USER ? c->p.auth_username : c->p.auth_password;
+            send_b64(c, "", (const uint8_t *)v, strlen(v));
+            c->st = c->st == CS_AUTH_USER ? CS_AUTH_PASS : CS_AUTH;
+            return;
+        }
+        auth_done(c, r);
+        return;
+    case CS_AUTH:
+        auth_done(c, r);
         return;
     case CS_IDLE:
         /* Unasked (a 421 before the server's own idle close): done. */

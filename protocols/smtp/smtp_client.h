@@ -92,6 +92,14 @@ typedef struct tern_smtp_client_params {
     const tern_smtp_client_keep *keep;
     /* BDAT (RFC 3030) instead of DATA when the server offers CHUNKING. */
     bool use_chunking;
+    /* AUTH (RFC 4954) before MAIL, with PLAIN or else LOGIN, whichever
+     * the server offers; NULL: none. Credentials only go over TLS unless
+     * auth_allow_plaintext (tests on loopback); a failure defers (4.7.x). */
+    const char *auth_username, *auth_password;
+    bool auth_allow_plaintext;
+    /* Fail (4.7.10) unless STARTTLS succeeds; unlike tls_required, a
+     * certificate that does not verify is accepted. */
+    bool tls_encrypt_required;
 } tern_smtp_client_params;
 
 /* Starts a delivery; cb runs exactly once on params->loop with the outcome

@@ -61,6 +61,7 @@ static void on_gone(void *arg, tern_smtp_client *c)
         if (e->idle)
             p->n_idle--;
         *pe = e->next;
+        explicit_bzero(e->key, strlen(e->key)); /* it holds the password */
         free(e->key);
         free(e);
         return;
@@ -90,12 +91,15 @@ static char *make_key(const tern_smtp_client_params *pp)
     char ip[64];
     int port = 0;
     tern_sockaddr_str(pp->addr, ip, sizeof(ip), &port);
+    const char *user = pp->auth_username ? pp->auth_username : "";
+    const char *pass = pp->auth_password ? pp->auth_password : "";
     size_t n = strlen(ip) + strlen(pp->helo ? pp->helo : "") +
-               strlen(pp->tls_name ? pp->tls_name : "") + 96;
+               strlen(pp->tls_name ? pp->tls_name : "") + strlen(user) + strlen(pass) + 128;
     char *k = malloc(n);
     if (k)
-        snprintf(k, n, "%s|%d|%s|%p|%d|%s", ip, port, pp->tls_name ? pp->tls_name : "",
-                 (const void *)pp->tls, pp->tls_required ? 1 : 0, pp->helo ? pp->helo : "");
+        snprintf(k, n, "%s|%d|%s|%p|%d%d%d|%s|%s|%s", ip, port, pp->tls_name ? pp->tls_name : "",
+                 (const void *)pp->tls, pp->tls_required ? 1 : 0, pp->tls_encrypt_required ? 1 : 0,
+                 pp->auth_allow_plaintext ? 1 : 0, pp->helo ? pp->helo : "", user, pass);
     return k;
 }
 
@@ -105,6 +109,14 @@ tern_smtp_client *tern_smtp_pool_start(tern_smtp_pool *p, const tern_smtp_client
     const tern_queue_conf *qc = p->conf(p->conf_arg);
     tern_smtp_client_params pp = *params;
     pp.use_chunking = qc->use_chunking;
+    /* Everything goes to the smarthost when there is one: its login and
+     * TLS policy apply to every delivery. */
+    if (qc->smarthost && qc->smarthost[0]) {
+        pp.auth_username = qc->smarthost_auth.username;
+        pp.auth_password = qc->smarthost_auth.password;
+        pp.auth_allow_plaintext = qc->smarthost_auth.allow_plaintext;
+        pp.tls_encrypt_required = qc->smarthost_tls == TERN_SMARTHOST_TLS_REQUIRED;
+    }
     if (p->closing || qc->connection_reuse_limit <= 1)
         return tern_smtp_client_start(&pp, cb, arg); /* one message per connection */
     p->keep.max_messages = qc->connection_reuse_limit;

@@ -4,6 +4,7 @@ PIPELINING away), records every connection, command and message, and can
 misbehave on purpose (close the connection when it sees RSET). It speaks
 just enough of RFC 5321/3030 for ternd's client; loopback only."""
 
+import base64
 import socket
 import threading
 
@@ -18,6 +19,7 @@ class MiniSMTP:
         self.connections = []   # peer addresses, one per connection
         self.commands = []      # (connection number, command line)
         self.messages = []      # dicts: conn, mail_from, rcpts, data, via
+        self.logins = []        # (mechanism, username, password) as received
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -80,6 +82,22 @@ class MiniSMTP:
                 exts = ["mini.test"] + self.extensions
                 for i, e in enumerate(exts):
                     send(("250 " if i == len(exts) - 1 else "250-") + e)
+            elif verb == "AUTH":
+                parts = cmd.split()
+                mech = parts[1].upper() if len(parts) > 1 else ""
+                if mech == "PLAIN" and len(parts) == 3:
+                    _, user, pw = base64.b64decode(parts[2]).split(b"\0")
+                elif mech == "LOGIN":
+                    send("334 VXNlcm5hbWU6")
+                    user = base64.b64decode(f.readline().strip())
+                    send("334 UGFzc3dvcmQ6")
+                    pw = base64.b64decode(f.readline().strip())
+                else:
+                    send("504 5.5.4 unknown mechanism")
+                    continue
+                with self.lock:
+                    self.logins.append((mech, user.decode(), pw.decode()))
+                send("235 2.7.0 ok")
             elif verb == "HELO":
                 send("250 mini.test")
             elif verb == "MAIL":

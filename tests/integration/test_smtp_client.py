@@ -223,3 +223,116 @@ def test_8bit_message_unchanged_for_an_8bit_server(tern_factory, mini):
     assert mini.messages[0]["data"].endswith(msg)
     mail = [cmd for n, cmd in mini.commands if cmd.startswith("MAIL")]
     assert "BODY=8BITMIME" in mail[0]
+
+
+# ---- AUTH to a smarthost ----------------------------------------------------
+
+def test_auth_to_smarthost_submission_over_tls(tern_factory, tmp_path):
+    """The smarthost is a second ternd's submission listener (STARTTLS,
+    AUTH required); the password comes from a file only we can read."""
+    rx = tern_factory({"domains": ["remote.test", "example.test"], **LOCAL}, start=False,
+                      subdir="rx")
+    rx.write_config()
+    ctl(rx, "account", "add", "bob@remote.test")
+    import subprocess
+    from conftest import TERNCTL
+    p = subprocess.run([str(TERNCTL), "-c", str(rx.conf_path), "account", "add",
+                        "alice@example.test", "--password-stdin"], input=b"s3cret pw\n",
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    rx.start()
+    pwfile = tmp_path / "smarthost.pw"
+    pwfile.write_text("s3cret pw\n")
+    pwfile.chmod(0o600)
+    tx = tern_factory({
+        "queue": {"hold": False, "smarthost": f"[127.0.0.1]:{rx.port('submission')}",
+                  "retry_min": "1s", "connect_timeout": "2s", "smarthost_tls": "required",
+                  "smarthost_auth": {"username": "alice@example.test",
+                                     "password_file": str(pwfile)}},
+        "smtp": {"relay_networks": ["127.0.0.0/8"]},
+        "processors": {"root": [{"match": "All", "mailet": "RemoteDelivery"}]},
+    })
+    marker = uuid.uuid4().hex
+    r = submit(tx, "bob@remote.test", make_message(subject=marker, sender="alice@example.test"))
+    got = wait_for(lambda: maildir_find(rx, "bob", "remote.test", marker))
+    assert got, tx.log_tail() + rx.log_tail()
+    log = tx.log(0)
+    assert re.search(r"event=authenticated peer=127\.0\.0\.1:\d+ user=alice@example.test", log)
+    assert re.search(rf"event=delivered qid={r.qid} .*TLSv1\.[23]", log), log
+    assert "s3cret" not in log and "s3cret" not in rx.log(0)
+    assert b"with ESMTPSA" in got[0].read_bytes()
+
+
+def test_smarthost_tls_required_defers_without_starttls(tern_factory, mini_factory):
+    mini = mini_factory(extensions=["PIPELINING", "AUTH PLAIN LOGIN"])
+    tx = to_mini(tern_factory, mini, {"smarthost_tls": "required",
+                                      "smarthost_auth": {"username": "u", "password": "pw"}})
+    r = submit(tx, "bob@remote.test", make_message())
+    assert wait_for(lambda: re.search(rf"event=deferred qid={r.qid} .*4\.7\.10", tx.log(0))), \
+        tx.log_tail()
+    assert not mini.logins and not mini.messages
+    assert not any(c.startswith(("AUTH", "MAIL")) for n, c in mini.commands)
+
+
+def test_no_credentials_in_clear_by_default(tern_factory, mini_factory):
+    mini = mini_factory(extensions=["PIPELINING", "AUTH PLAIN LOGIN"])
+    tx = to_mini(tern_factory, mini, {"smarthost_auth": {"username": "u", "password": "pw"}})
+    r = submit(tx, "bob@remote.test", make_message())
+    assert wait_for(lambda: re.search(rf"event=deferred qid={r.qid} .*4\.7\.10", tx.log(0))), \
+        tx.log_tail()
+    assert not mini.logins and not mini.messages
+
+
+def test_auth_login_when_plain_is_not_offered(tern_factory, mini_factory):
+    mini = mini_factory(extensions=["PIPELINING", "8BITMIME", "AUTH LOGIN"])
+    tx = to_mini(tern_factory, mini, {"smarthost_auth": {
+        "username": "user@relay.test", "password": "p\u00e4ss word", "allow_plaintext": True}})
+    submit(tx, "bob@remote.test", make_message())
+    assert wait_for(lambda: len(mini.messages) == 1), tx.log_tail()
+    assert mini.logins == [("LOGIN", "user@relay.test", "p\u00e4ss word")]
+    submit(tx, "bob@remote.test", make_message())
+    assert wait_for(lambda: len(mini.messages) == 2), tx.log_tail()
+    # The kept connection is still authenticated: no second AUTH.
+    assert len(mini.logins) == 1 and mini.messages[1]["conn"] == 1
+
+
+def test_auth_plain_preferred(tern_factory, mini_factory):
+    mini = mini_factory(extensions=["PIPELINING", "AUTH LOGIN PLAIN"])
+    tx = to_mini(tern_factory, mini, {"smarthost_auth": {
+        "username": "u", "password": "pw", "allow_plaintext": True}})
+    submit(tx, "bob@remote.test", make_message())
+    assert wait_for(lambda: len(mini.messages) == 1), tx.log_tail()
+    assert mini.logins == [("PLAIN", "u", "pw")]
+
+
+def test_smarthost_auth_config_checks(tern_factory, tmp_path):
+    from conftest import check_config, to_yaml
+    t = tern_factory(start=False)
+    pw = tmp_path / "open.pw"
+    pw.write_text("topsecret\n")
+    pw.chmod(0o644)
+    cases = [
+        ({"smarthost": "[127.0.0.1]:25", "smarthost_auth": {"username": "u",
+                                                             "password_file": str(pw)}},
+         "readable or writable by everyone"),
+        ({"smarthost": "[127.0.0.1]:25", "smarthost_auth": {"username": "u"}},
+         "exactly one of password and password_file"),
+        ({"smarthost_auth": {"username": "u", "password": "topsecret"}}, "needs queue.smarthost"),
+        ({"smarthost": "[127.0.0.1]:25", "smarthost_tls": "sometimes"}, "smarthost_tls"),
+    ]
+    for queue, want in cases:
+        path = t.dir / "check.yaml"
+        cfg = dict(t.config)
+        cfg["queue"] = queue
+        path.write_text(to_yaml(cfg))
+        rc, out, err = check_config(path)
+        assert rc == 1 and want in err, (queue, err)
+        assert "topsecret" not in err + out
+    pw.chmod(0o600)
+    cfg = dict(t.config)
+    cfg["queue"] = {"smarthost": "[127.0.0.1]:25",
+                    "smarthost_auth": {"username": "u", "password_file": str(pw)}}
+    path = t.dir / "check.yaml"
+    path.write_text(to_yaml(cfg))
+    rc, out, err = check_config(path)
+    assert rc == 0, err
