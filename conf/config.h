@@ -309,6 +309,13 @@ typedef struct tern_dns_conf {
 
 typedef enum { TERN_SMARTHOST_TLS_OPPORTUNISTIC = 0, TERN_SMARTHOST_TLS_REQUIRED } tern_smarthost_tls;
 
+/* queue.source_addresses: a local address outbound connections come from,
+ * and the HELO name that goes with it. */
+typedef struct tern_source_address_conf {
+    char *address;             /* IPv4 or IPv6 literal; required */
+    char *helo;                /* NULL: server.hostname */
+} tern_source_address_conf;
+
 /* queue: the remote queue manager (server/queue.c). */
 typedef struct tern_queue_conf {
     bool hold;                  /* deliver nothing: mail stays queued (maintenance, tests) */
@@ -336,6 +343,8 @@ typedef struct tern_queue_conf {
         bool allow_plaintext;          /* without TLS (tests on loopback only) */
     } smarthost_auth;
     tern_smarthost_tls smarthost_tls;  /* default opportunistic */
+    tern_source_address_conf *source_addresses; /* round robin per family; none: the kernel picks */
+    size_t n_source_addresses;
 } tern_queue_conf;
 
 typedef struct tern_config {

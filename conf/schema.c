@@ -637,6 +637,13 @@ static const schema_map smarthost_auth_schema = {smarthost_auth_fields, COUNT(sm
                                                  NULL};
 static const char *const smarthost_tls_names[] = {"opportunistic", "required", NULL};
 
+static const field source_address_fields[] = {
+    F_STRING("address", tern_source_address_conf, address, NULL, FL_REQUIRED, check_address),
+    F_STRING("helo", tern_source_address_conf, helo, NULL, FL_LOWER, conf__check_hostname),
+};
+static const schema_map source_address_schema = {source_address_fields,
+                                                 COUNT(source_address_fields), NULL};
+
 static const field queue_fields[] = {
     F_BOOL("hold", tern_queue_conf, hold, false),
     F_UINT("port", tern_queue_conf, port, 1, 65535, 25, 0),
@@ -655,6 +662,9 @@ static const field queue_fields[] = {
     {.key = "smarthost_auth", .type = FT_MAP, .off = 0, .sub = &smarthost_auth_schema},
     F_ENUM("smarthost_tls", tern_queue_conf, smarthost_tls, smarthost_tls_names,
            TERN_SMARTHOST_TLS_OPPORTUNISTIC, 0),
+    {.key = "source_addresses", .type = FT_MAPLIST, .off = offsetof(tern_queue_conf, source_addresses),
+     .count_off = offsetof(tern_queue_conf, n_source_addresses),
+     .elem_size = sizeof(tern_source_address_conf), .max_items = 256, .sub = &source_address_schema},
 };
 static const schema_map queue_schema = {queue_fields, COUNT(queue_fields), NULL};
 

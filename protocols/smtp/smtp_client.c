@@ -67,6 +67,7 @@ struct tern_smtp_client {
     int conv_result;
     bool converted;         /* p.data is final for this peer */
     bool authed;            /* AUTH succeeded on this connection */
+    struct sockaddr_storage source; /* a copy of p.source */
 };
 
 /* ---- outcome ------------------------------------------------------------ */
@@ -917,10 +918,22 @@ static int begin_connect(tern_smtp_client *c)
     if (c->fd < 0)
         return -1;
     c->st = CS_CONNECT;
-    int r = connect(c->fd, sa, alen);
-    bool failed_now = r != 0 && errno != EINPROGRESS;
-    if (failed_now)
+    bool failed_now = false;
+    if (c->p.source) {
+        const struct sockaddr *src = c->p.source;
+        socklen_t sl = src->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                  : sizeof(struct sockaddr_in);
+        if (bind(c->fd, src, sl) != 0) {
+            char ip[64];
+            tern_sockaddr_str(src, ip, sizeof(ip), NULL);
+            set_error(c, 4, "4.4.1 cannot bind to the source address %s: %s", ip, strerror(errno));
+            failed_now = true;
+        }
+    }
+    if (!failed_now && connect(c->fd, sa, alen) != 0 && errno != EINPROGRESS) {
         set_error(c, 4, "4.4.1 connection to %s failed: %s", c->out.peer, strerror(errno));
+        failed_now = true;
+    }
     if (uv_poll_init(c->p.loop, &c->poll, c->fd) != 0) {
         close(c->fd);
         c->fd = -1;
@@ -962,6 +975,13 @@ static void set_params(tern_smtp_client *c, const tern_smtp_client_params *param
     memset(&c->addr, 0, sizeof(c->addr));
     memcpy(&c->addr, params->addr, alen);
     c->p.addr = (const struct sockaddr *)&c->addr;
+    if (params->source) {
+        socklen_t sl = params->source->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                             : sizeof(struct sockaddr_in);
+        memset(&c->source, 0, sizeof(c->source));
+        memcpy(&c->source, params->source, sl);
+        c->p.source = (const struct sockaddr *)&c->source;
+    }
 }
 
 tern_smtp_client *tern_smtp_client_start(const tern_smtp_client_params *params,

@@ -100,6 +100,9 @@ typedef struct tern_smtp_client_params {
     /* Fail (4.7.10) unless STARTTLS succeeds; unlike tls_required, a
      * certificate that does not verify is accepted. */
     bool tls_encrypt_required;
+    /* Bind the connection to this local address (port 0) first; NULL:
+     * the kernel picks. A bind failure is a temporary failure (4.4.1). */
+    const struct sockaddr *source;
 } tern_smtp_client_params;
 
 /* Starts a delivery; cb runs exactly once on params->loop with the outcome

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include "lib/log.h"
 #include "lib/util.h"
@@ -29,6 +31,7 @@ struct tern_smtp_pool {
     entry *entries;
     size_t n_idle;
     bool closing;
+    size_t next_source;        /* round robin over queue.source_addresses */
 };
 
 static entry *find(tern_smtp_pool *p, const tern_smtp_client *c)
@@ -86,7 +89,7 @@ tern_smtp_pool *tern_smtp_pool_new(uv_loop_t *loop, const tern_queue_conf *(*con
 /* Two deliveries may share a connection when all of this is equal. The
  * TLS context pointer stands for its trust settings; credentials are in
  * the key only in memory, never logged. */
-static char *make_key(const tern_smtp_client_params *pp)
+static char *make_key(const tern_smtp_client_params *pp, const char *source)
 {
     char ip[64];
     int port = 0;
@@ -94,13 +97,39 @@ static char *make_key(const tern_smtp_client_params *pp)
     const char *user = pp->auth_username ? pp->auth_username : "";
     const char *pass = pp->auth_password ? pp->auth_password : "";
     size_t n = strlen(ip) + strlen(pp->helo ? pp->helo : "") +
-               strlen(pp->tls_name ? pp->tls_name : "") + strlen(user) + strlen(pass) + 128;
+               strlen(pp->tls_name ? pp->tls_name : "") + strlen(user) + strlen(pass) + strlen(source) + 128;
     char *k = malloc(n);
     if (k)
-        snprintf(k, n, "%s|%d|%s|%p|%d%d%d|%s|%s|%s", ip, port, pp->tls_name ? pp->tls_name : "",
+        snprintf(k, n, "%s|%d|%s|%s|%p|%d%d%d|%s|%s|%s", ip, port, source, pp->tls_name ? pp->tls_name : "",
                  (const void *)pp->tls, pp->tls_required ? 1 : 0, pp->tls_encrypt_required ? 1 : 0,
                  pp->auth_allow_plaintext ? 1 : 0, pp->helo ? pp->helo : "", user, pass);
     return k;
+}
+
+/* The next configured source address of the destination's family (round
+ * robin), as a socket address with port 0; its HELO name in *helo_r. */
+static bool pick_source(tern_smtp_pool *p, const tern_queue_conf *qc, int family,
+                        struct sockaddr_storage *ss, const char **helo_r, const char **text_r)
+{
+    for (size_t k = 0; k < qc->n_source_addresses; k++) {
+        const tern_source_address_conf *s =
+            &qc->source_addresses[(p->next_source + k) % qc->n_source_addresses];
+        memset(ss, 0, sizeof(*ss));
+        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+        if (family == AF_INET && inet_pton(AF_INET, s->address, &s4->sin_addr) == 1)
+            s4->sin_family = AF_INET;
+        else if (family == AF_INET6 && inet_pton(AF_INET6, s->address, &s6->sin6_addr) == 1)
+            s6->sin6_family = AF_INET6;
+        else
+            continue;
+        p->next_source = (p->next_source + k + 1) % qc->n_source_addresses;
+        if (s->helo)
+            *helo_r = s->helo;
+        *text_r = s->address;
+        return true;
+    }
+    return false;
 }
 
 tern_smtp_client *tern_smtp_pool_start(tern_smtp_pool *p, const tern_smtp_client_params *params,
@@ -117,12 +146,16 @@ tern_smtp_client *tern_smtp_pool_start(tern_smtp_pool *p, const tern_smtp_client
         pp.auth_allow_plaintext = qc->smarthost_auth.allow_plaintext;
         pp.tls_encrypt_required = qc->smarthost_tls == TERN_SMARTHOST_TLS_REQUIRED;
     }
+    struct sockaddr_storage src;
+    const char *src_text = "";
+    if (pick_source(p, qc, params->addr->sa_family, &src, &pp.helo, &src_text))
+        pp.source = (const struct sockaddr *)&src;
     if (p->closing || qc->connection_reuse_limit <= 1)
         return tern_smtp_client_start(&pp, cb, arg); /* one message per connection */
     p->keep.max_messages = qc->connection_reuse_limit;
     p->keep.idle_timeout_ms = qc->connection_idle_timeout_ms;
     pp.keep = &p->keep;
-    char *key = make_key(&pp);
+    char *key = make_key(&pp, src_text);
     if (key == NULL)
         return NULL;
     for (entry *e = p->entries; e; e = e->next) {

@@ -319,6 +319,8 @@ def test_smarthost_auth_config_checks(tern_factory, tmp_path):
          "exactly one of password and password_file"),
         ({"smarthost_auth": {"username": "u", "password": "topsecret"}}, "needs queue.smarthost"),
         ({"smarthost": "[127.0.0.1]:25", "smarthost_tls": "sometimes"}, "smarthost_tls"),
+        ({"source_addresses": [{"address": "mx.example.test"}]}, "not an IPv4 or IPv6 address"),
+        ({"source_addresses": [{"helo": "mx.example.test"}]}, "address"),
     ]
     for queue, want in cases:
         path = t.dir / "check.yaml"
@@ -336,3 +338,34 @@ def test_smarthost_auth_config_checks(tern_factory, tmp_path):
     path.write_text(to_yaml(cfg))
     rc, out, err = check_config(path)
     assert rc == 0, err
+
+
+# ---- source addresses -------------------------------------------------------
+
+def test_source_address_and_its_helo(tern_factory, dns):
+    tx, rx = make_pair(tern_factory, dns, {
+        "source_addresses": [{"address": "127.0.0.2", "helo": "mx2.example.test"}],
+        "connection_reuse_limit": 1})
+    marker = uuid.uuid4().hex
+    submit(tx, "bob@remote.test", make_message(subject=marker))
+    got = wait_for(lambda: maildir_find(rx, "bob", "remote.test", marker))
+    assert got, tx.log_tail()
+    assert re.search(r"event=connect session=\S+ ip=127\.0\.0\.2 port=\d+ listener=mx", rx.log(0))
+    assert not re.search(r"event=connect session=\S+ ip=127\.0\.0\.1 port=\d+ listener=mx",
+                         rx.log(0))
+    assert b"from mx2.example.test" in got[0].read_bytes()
+
+
+def test_source_addresses_round_robin(tern_factory, mini_factory):
+    mini = mini_factory()
+    tx = to_mini(tern_factory, mini, {
+        "connection_reuse_limit": 1,
+        "source_addresses": [{"address": "127.0.0.2", "helo": "a.example.test"},
+                             {"address": "127.0.0.3"},
+                             {"address": "::1"}]})  # not used for an IPv4 destination
+    for i in range(4):
+        submit(tx, "bob@remote.test", make_message())
+        assert wait_for(lambda: len(mini.messages) == i + 1), tx.log_tail()
+    assert mini.connections == ["127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"]
+    ehlo = [c for n, c in mini.commands if c.startswith("EHLO")]
+    assert ehlo[0] == "EHLO a.example.test" and ehlo[1] == f"EHLO {tx.config['server']['hostname']}"
