@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "lib/arena.h"
+#include "lib/base64.h"
 #include "lib/mime.h"
 #include "lib/qp.h"
 
@@ -40,6 +41,10 @@ static bool needs(const tern_mime_part *p, const uint8_t *msg)
         p->encoding != TERN_MIME_ENC_BINARY)
         return false; /* QP and base64 are 7-bit already; unknown ones we cannot touch */
     if (p->flags & (TERN_MIME_F_LIMIT | TERN_MIME_F_HEADER_TRUNCATED | TERN_MIME_F_HEADER_NO_END))
+        return false;
+    /* A multipart or message the parser found no parts in: encoding it
+     * would turn its text into something else; leave it. */
+    if (p->flags & (TERN_MIME_F_MULTIPART | TERN_MIME_F_MESSAGE))
         return false;
     return tern_has_8bit(msg + p->body_offset, (size_t)(p->body_end - p->body_offset));
 }
@@ -102,6 +107,44 @@ static int write_header(tern_buf *out, const uint8_t *h, size_t n, const char *c
     return r;
 }
 
+/* QP's soft line breaks make new line starts: one that reads as a
+ * boundary of an enclosing multipart would split the part. */
+static bool clashes(const uint8_t *enc, size_t n, const tern_mime_part *p)
+{
+    for (size_t i = 0; i + 2 < n; i++) {
+        if ((i > 0 && enc[i - 1] != '\n') || enc[i] != '-' || enc[i + 1] != '-')
+            continue;
+        for (const tern_mime_part *q = p->parent; q; q = q->parent) {
+            if (q->boundary == NULL)
+                continue;
+            size_t bl = strlen(q->boundary);
+            if (bl > TERN_MIME_BOUNDARY_MAX)
+                bl = TERN_MIME_BOUNDARY_MAX;
+            if (n - i - 2 >= bl && memcmp(enc + i + 2, q->boundary, bl) == 0)
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Base64 in lines of 76 (RFC 2045 6.8): it has no '-', so no boundary. */
+static int base64_lines(tern_buf *out, const uint8_t *in, size_t len)
+{
+    char line[80];
+    for (size_t i = 0; i < len; i += 57) {
+        size_t k = len - i < 57 ? len - i : 57;
+        long n = tern_base64_encode(in + i, k, line, sizeof(line));
+        if (n < 0)
+            return TERN_BUF_ENOMEM;
+        line[n] = '\r';
+        line[n + 1] = '\n';
+        int r = tern_buf_append(out, line, (size_t)n + 2);
+        if (r != 0)
+            return r;
+    }
+    return 0;
+}
+
 static int emit(tern_buf *out, const tern_mime_part *p, const uint8_t *msg)
 {
     const uint8_t *h = msg + p->header_offset;
@@ -128,12 +171,22 @@ static int emit(tern_buf *out, const tern_mime_part *p, const uint8_t *msg)
     }
     if (blank_line(h, hn) < 0)
         return tern_buf_append(out, h, (size_t)(p->body_end - p->header_offset));
+    size_t at = out->len;
+    const uint8_t *body = msg + p->body_offset;
+    size_t blen = (size_t)(p->body_end - p->body_offset);
     r = write_header(out, h, hn, "quoted-printable", p->header_offset == 0);
+    size_t body_at = out->len;
     /* Text keeps its lines; anything else must come back byte for byte,
      * line ends included. */
     unsigned flags = strcmp(p->type, "text") == 0 ? 0 : TERN_QP_BINARY;
     if (r == 0)
-        r = tern_qp_encode(out, msg + p->body_offset, (size_t)(p->body_end - p->body_offset), flags);
+        r = tern_qp_encode(out, body, blen, flags);
+    if (r == 0 && clashes(out->data + body_at, out->len - body_at, p)) {
+        out->len = at;
+        r = write_header(out, h, hn, "base64", p->header_offset == 0);
+        if (r == 0)
+            r = base64_lines(out, body, blen);
+    }
     return r;
 }
 

@@ -152,6 +152,40 @@ static void test_message_rfc822(void **state)
     tern_buf_free(&o);
 }
 
+/* A soft line break must not start a line that reads as the boundary:
+ * across every wrap position, the tree stays the same (convert checks),
+ * and where QP would have made one, the part goes base64 instead. */
+static void test_soft_break_boundary(void **state)
+{
+    (void)state;
+    int b64 = 0;
+    for (int n = 60; n < 80; n++) {
+        char m[1024];
+        char pad[100];
+        memset(pad, 'a', (size_t)n);
+        pad[n] = 0;
+        snprintf(m, sizeof(m),
+                 "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=bnd\r\n\r\n"
+                 "--bnd\r\nContent-Type: text/plain\r\n\r\n\xe9%s--bnd and more\r\n--bnd--\r\n",
+                 pad);
+        tern_buf o = convert(m, 1);
+        if (strstr((const char *)o.data, "Content-Transfer-Encoding: base64"))
+            b64++;
+        tern_buf_free(&o);
+    }
+    assert_true(b64 > 0 && b64 < 20);
+}
+
+static void test_empty_multipart_left_alone(void **state)
+{
+    (void)state;
+    /* Declared multipart, but no boundary line ever comes: its 8-bit text
+     * is not encoded (that could make a boundary appear). */
+    tern_buf o = convert("Content-Type: multipart/mixed; boundary=\"x=00=\"\r\n\r\n"
+                         "--x\0\xe9\r\n", 0);
+    tern_buf_free(&o);
+}
+
 static uint8_t *read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -247,6 +281,8 @@ int main(void)
         cmocka_unit_test(test_simple_text),
         cmocka_unit_test(test_multipart),
         cmocka_unit_test(test_message_rfc822),
+        cmocka_unit_test(test_soft_break_boundary),
+        cmocka_unit_test(test_empty_multipart_left_alone),
         cmocka_unit_test(test_corpus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
