@@ -182,7 +182,7 @@ static void test_empty_multipart_left_alone(void **state)
     /* Declared multipart, but no boundary line ever comes: its 8-bit text
      * is not encoded (that could make a boundary appear). */
     tern_buf o = convert("Content-Type: multipart/mixed; boundary=\"x=00=\"\r\n\r\n"
-                         "--x\0\xe9\r\n", 0);
+                         "--x\x01\xe9\r\n", 0);
     tern_buf_free(&o);
 }
 
