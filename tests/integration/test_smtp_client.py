@@ -1,5 +1,6 @@
 """The SMTP client of remote delivery (protocols/smtp/smtp_client.c and
-smtp_pool.c): connection reuse, BDAT. The sender is a real ternd; the
+smtp_pool.c): connection reuse, BDAT, 8BITMIME downconversion, AUTH to a
+smarthost, source addresses. The sender is a real ternd; the
 receiver is a second ternd (remote.test's MX, as in test_queue.py) or the
 scriptable receiver in mini_smtp.py where a test needs to take extensions
 away or misbehave."""
