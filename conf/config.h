@@ -307,6 +307,15 @@ typedef struct tern_dns_conf {
     size_t n_unblock_zones;
 } tern_dns_conf;
 
+typedef enum { TERN_SMARTHOST_TLS_OPPORTUNISTIC = 0, TERN_SMARTHOST_TLS_REQUIRED } tern_smarthost_tls;
+
+/* queue.source_addresses: a local address outbound connections come from,
+ * and the HELO name that goes with it. */
+typedef struct tern_source_address_conf {
+    char *address;             /* IPv4 or IPv6 literal; required */
+    char *helo;                /* NULL: server.hostname */
+} tern_source_address_conf;
+
 /* queue: the remote queue manager (server/queue.c). */
 typedef struct tern_queue_conf {
     bool hold;                  /* deliver nothing: mail stays queued (maintenance, tests) */
@@ -319,6 +328,23 @@ typedef struct tern_queue_conf {
     uint64_t max_lifetime_ms;   /* then bounced; default 5d */
     uint64_t connect_timeout_ms;/* default 30s */
     uint64_t command_timeout_ms;/* each reply; default 5m */
+    /* The SMTP client's connection pool and extensions (smtp_pool.c). */
+    uint32_t connection_reuse_limit;   /* messages per connection; 1: no reuse; default 100 */
+    uint64_t connection_idle_timeout_ms; /* an idle kept connection QUITs; default 5s */
+    uint32_t max_idle_connections;     /* kept idle at once; default 50 */
+    bool use_chunking;                 /* BDAT when offered; default true */
+    /* AUTH to the smarthost (smtp_client.c); username NULL: none. The
+     * password comes from `password` or is read from `password_file` at
+     * load (validate.c); it is never logged. */
+    struct {
+        char *username;
+        char *password;
+        char *password_file;
+        bool allow_plaintext;          /* without TLS (tests on loopback only) */
+    } smarthost_auth;
+    tern_smarthost_tls smarthost_tls;  /* default opportunistic */
+    tern_source_address_conf *source_addresses; /* round robin per family; none: the kernel picks */
+    size_t n_source_addresses;
 } tern_queue_conf;
 
 typedef struct tern_config {

@@ -626,6 +626,24 @@ static const field mailets_fields[] = {
 };
 static const schema_map mailets_schema = {mailets_fields, COUNT(mailets_fields), NULL};
 
+/* One of password / password_file; validate.c checks and reads the file. */
+static const field smarthost_auth_fields[] = {
+    F_STRING("username", tern_queue_conf, smarthost_auth.username, NULL, FL_REQUIRED, NULL),
+    F_STRING("password", tern_queue_conf, smarthost_auth.password, NULL, 0, NULL),
+    F_STRING("password_file", tern_queue_conf, smarthost_auth.password_file, NULL, FL_FILE, NULL),
+    F_BOOL("allow_plaintext", tern_queue_conf, smarthost_auth.allow_plaintext, false),
+};
+static const schema_map smarthost_auth_schema = {smarthost_auth_fields, COUNT(smarthost_auth_fields),
+                                                 NULL};
+static const char *const smarthost_tls_names[] = {"opportunistic", "required", NULL};
+
+static const field source_address_fields[] = {
+    F_STRING("address", tern_source_address_conf, address, NULL, FL_REQUIRED, check_address),
+    F_STRING("helo", tern_source_address_conf, helo, NULL, FL_LOWER, conf__check_hostname),
+};
+static const schema_map source_address_schema = {source_address_fields,
+                                                 COUNT(source_address_fields), NULL};
+
 static const field queue_fields[] = {
     F_BOOL("hold", tern_queue_conf, hold, false),
     F_UINT("port", tern_queue_conf, port, 1, 65535, 25, 0),
@@ -637,6 +655,16 @@ static const field queue_fields[] = {
     F_DURATION("max_lifetime", tern_queue_conf, max_lifetime_ms, MIN, 30 * DAY, 5 * DAY, 1),
     F_DURATION("connect_timeout", tern_queue_conf, connect_timeout_ms, 100, 10 * MIN, 30 * SEC, 1),
     F_DURATION("command_timeout", tern_queue_conf, command_timeout_ms, 100, HOUR, 5 * MIN, 1),
+    F_UINT("connection_reuse_limit", tern_queue_conf, connection_reuse_limit, 1, 100000, 100, 0),
+    F_DURATION("connection_idle_timeout", tern_queue_conf, connection_idle_timeout_ms, 100, 10 * MIN, 5 * SEC, 1),
+    F_UINT("max_idle_connections", tern_queue_conf, max_idle_connections, 0, 100000, 50, 0),
+    F_BOOL("use_chunking", tern_queue_conf, use_chunking, true),
+    {.key = "smarthost_auth", .type = FT_MAP, .off = 0, .sub = &smarthost_auth_schema},
+    F_ENUM("smarthost_tls", tern_queue_conf, smarthost_tls, smarthost_tls_names,
+           TERN_SMARTHOST_TLS_OPPORTUNISTIC, 0),
+    {.key = "source_addresses", .type = FT_MAPLIST, .off = offsetof(tern_queue_conf, source_addresses),
+     .count_off = offsetof(tern_queue_conf, n_source_addresses),
+     .elem_size = sizeof(tern_source_address_conf), .max_items = 256, .sub = &source_address_schema},
 };
 static const schema_map queue_schema = {queue_fields, COUNT(queue_fields), NULL};
 

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <arpa/inet.h>
 
@@ -200,6 +201,60 @@ static void validate__dns(conf_walk *w)
             conf__err(w, conf__line(w, &d->trust_anchor_file), "dns.trust_anchor_file",
                       "\"%s\": %s", d->trust_anchor_file, why);
     }
+}
+
+/* AUTH to the smarthost: a secret. Error messages name the key and the
+ * file, never the password. The file must not be readable or writable by
+ * everyone (a shared secret, like a private key); its first line is the
+ * password. */
+static void validate__smarthost_auth(conf_walk *w)
+{
+    tern_queue_conf *q = &w->cfg->queue;
+    if (q->smarthost_auth.username == NULL) {
+        if (q->smarthost_auth.password || q->smarthost_auth.password_file)
+            conf__err(w, 0, "queue.smarthost_auth.username", "required");
+        return;
+    }
+    unsigned line = conf__line(w, &q->smarthost_auth.username);
+    if (q->smarthost == NULL || q->smarthost[0] == '\0')
+        conf__err(w, line, "queue.smarthost_auth", "needs queue.smarthost (credentials go to "
+                                                   "the smarthost only)");
+    if (q->smarthost_auth.username[0] == '\0' || strlen(q->smarthost_auth.username) > 255)
+        conf__err(w, line, "queue.smarthost_auth.username", "must be 1 to 255 characters");
+    if ((q->smarthost_auth.password == NULL) == (q->smarthost_auth.password_file == NULL)) {
+        conf__err(w, line, "queue.smarthost_auth",
+                  "needs exactly one of password and password_file");
+        return;
+    }
+    if (q->smarthost_auth.password_file) {
+        const char *f = q->smarthost_auth.password_file;
+        unsigned fl = conf__line(w, &q->smarthost_auth.password_file);
+        struct stat st;
+        if (stat(f, &st) != 0) {
+            conf__err(w, fl, "queue.smarthost_auth.password_file", "\"%s\": %s", f, strerror(errno));
+            return;
+        }
+        if (st.st_mode & (S_IROTH | S_IWOTH)) {
+            conf__err(w, fl, "queue.smarthost_auth.password_file",
+                      "\"%s\" is readable or writable by everyone (chmod o-rw)", f);
+            return;
+        }
+        FILE *fp = fopen(f, "rb");
+        if (fp == NULL) {
+            conf__err(w, fl, "queue.smarthost_auth.password_file", "\"%s\": %s", f, strerror(errno));
+            return;
+        }
+        char buf[512];
+        size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+        fclose(fp);
+        buf[n] = '\0';
+        buf[strcspn(buf, "\r\n")] = '\0';
+        q->smarthost_auth.password = conf__strdup(w, buf);
+        explicit_bzero(buf, sizeof(buf));
+    }
+    size_t pl = q->smarthost_auth.password ? strlen(q->smarthost_auth.password) : 0;
+    if (pl == 0 || pl > 255)
+        conf__err(w, line, "queue.smarthost_auth", "the password must be 1 to 255 characters");
 }
 
 static void validate__smtp(conf_walk *w)
@@ -422,6 +477,7 @@ void conf__validate(conf_walk *w)
     validate__smtp(w);
     validate__domains(w);
     validate__dns(w);
+    validate__smarthost_auth(w);
     for (size_t i = 0; i < c->n_listeners; i++)
         validate__listener(w, i);
     conf__validate_processors(w);

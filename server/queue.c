@@ -27,6 +27,7 @@
 #include "lib/log.h"
 #include "lib/util.h"
 #include "protocols/smtp/smtp_client.h"
+#include "protocols/smtp/smtp_pool.h"
 
 #define MOD "queue"
 #define TICK_MS 1000
@@ -85,6 +86,7 @@ struct tern_queue {
     unsigned handles;
     size_t rr;             /* round robin start */
     struct attempt *attempts;
+    tern_smtp_pool *pool;  /* kept connections (smtp_pool.c) */
 };
 
 /* One delivery attempt: a message, the recipients of one domain. */
@@ -479,7 +481,7 @@ static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
         .tls_name = a->host > 0 && a->host <= a->plan.n_hosts ? a->plan.hosts[a->host - 1].host
                                                               : a->domain,
     };
-    a->client = tern_smtp_client_start(&p, delivered, a);
+    a->client = tern_smtp_pool_start(a->q->pool, &p, delivered, a);
     if (a->client == NULL) {
         snprintf(a->last_error, sizeof(a->last_error), "4.3.0 cannot start a connection");
         attempt_end(a);
@@ -769,6 +771,13 @@ tern_queue *tern_queue_new(const tern_queue_env *env, char *err, size_t err_size
         tern_dns_resolver_close(q->dns);
         q->dns = NULL;
     }
+    q->pool = q->dns ? tern_smtp_pool_new(env->loop, env->conf, env->conf_arg) : NULL;
+    if (q->dns && q->pool == NULL) {
+        snprintf(err, err_size, "out of memory");
+        tern_tls_client_free(q->tls);
+        tern_dns_resolver_close(q->dns);
+        q->dns = NULL;
+    }
     if (q->dns == NULL) {
         free(q->cw.readbuf);
         pthread_mutex_destroy(&q->mu);
@@ -815,6 +824,7 @@ void tern_queue_free(tern_queue *q)
         q->dests = d->next;
         free(d);
     }
+    tern_smtp_pool_free(q->pool);
     free(q->cw.readbuf);
     tern_tls_client_free(q->tls);
     pthread_mutex_destroy(&q->mu);
@@ -838,6 +848,7 @@ void tern_queue_close(tern_queue *q)
         if (a->client)
             tern_smtp_client_cancel(a->client);
     }
+    tern_smtp_pool_close(q->pool);
     uv_close((uv_handle_t *)&q->tick, q_handle_closed);
     uv_close((uv_handle_t *)&q->wake, q_handle_closed);
 }

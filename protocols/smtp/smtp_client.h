@@ -43,9 +43,28 @@ typedef struct tern_smtp_outcome {
     char tls_version[16];
     char tls_cipher[64];
     char peer[80];
+    /* Connection reuse (smtp_pool.h): the message went over a connection
+     * an earlier message had opened. */
+    bool reused;
 } tern_smtp_outcome;
 
 typedef void (*tern_smtp_client_cb)(void *arg, const tern_smtp_outcome *o);
+
+/* Keeping a connection open after its message (smtp_pool.c owns these).
+ * idle: the transaction ended healthy (the last reply 2xx, no protocol
+ * error); return true to park the connection (it waits, answers nothing,
+ * and QUITs after idle_timeout_ms), false to QUIT now. It runs before the
+ * outcome is reported, so the callback may already reuse the connection.
+ * gone: a connection started with this keep closed (after its last
+ * message, an idle timeout, the peer closing, a release); c is freed
+ * right after. */
+typedef struct tern_smtp_client_keep {
+    bool (*idle)(void *arg, tern_smtp_client *c);
+    void (*gone)(void *arg, tern_smtp_client *c);
+    void *arg;
+    uint32_t max_messages;     /* messages per connection; then QUIT */
+    uint64_t idle_timeout_ms;
+} tern_smtp_client_keep;
 
 typedef struct tern_smtp_client_params {
     uv_loop_t *loop;
@@ -68,6 +87,22 @@ typedef struct tern_smtp_client_params {
     tern_tls_client *tls;
     const char *tls_name;
     bool tls_required;
+    /* Added by the connection pool (smtp_pool.c); zero keeps the one
+     * message per connection behaviour. */
+    const tern_smtp_client_keep *keep;
+    /* BDAT (RFC 3030) instead of DATA when the server offers CHUNKING. */
+    bool use_chunking;
+    /* AUTH (RFC 4954) before MAIL, with PLAIN or else LOGIN, whichever
+     * the server offers; NULL: none. Credentials only go over TLS unless
+     * auth_allow_plaintext (tests on loopback); a failure defers (4.7.x). */
+    const char *auth_username, *auth_password;
+    bool auth_allow_plaintext;
+    /* Fail (4.7.10) unless STARTTLS succeeds; unlike tls_required, a
+     * certificate that does not verify is accepted. */
+    bool tls_encrypt_required;
+    /* Bind the connection to this local address (port 0) first; NULL:
+     * the kernel picks. A bind failure is a temporary failure (4.4.1). */
+    const struct sockaddr *source;
 } tern_smtp_client_params;
 
 /* Starts a delivery; cb runs exactly once on params->loop with the outcome
@@ -77,5 +112,17 @@ tern_smtp_client *tern_smtp_client_start(const tern_smtp_client_params *params,
                                          tern_smtp_client_cb cb, void *arg);
 /* Abandons a delivery (shutdown): cb runs with a temporary failure. */
 void tern_smtp_client_cancel(tern_smtp_client *c);
+
+/* A parked connection (see tern_smtp_client_keep) takes the next message:
+ * RSET, then the transaction as in tern_smtp_client_start (same contract
+ * for cb). When the connection turns out dead before MAIL FROM is
+ * answered, the client opens a fresh connection to the same address once,
+ * without reporting a failure. Returns -1 if c is not parked. */
+int tern_smtp_client_reuse(tern_smtp_client *c, const tern_smtp_client_params *params,
+                           tern_smtp_client_cb cb, void *arg);
+/* A parked connection ends: QUIT, close, then keep->gone. */
+void tern_smtp_client_release(tern_smtp_client *c);
+/* Messages sent on this connection so far. */
+unsigned tern_smtp_client_messages(const tern_smtp_client *c);
 
 #endif
