@@ -58,6 +58,10 @@ struct tern_smtp_client {
     struct sockaddr_storage addr;   /* a copy: a fresh connection may need it later */
     bool chunking;          /* this message goes with BDAT */
     bool parked;            /* idle in the pool (keep->gone runs at the end) */
+    /* The reply to the end of the message (dot or BDAT LAST) was read:
+     * only then does a recipient's 2xx mean delivered. Before it, a 2xx
+     * is the RCPT reply of a transaction that never completed. */
+    bool final_seen;
     bool reused;            /* this transaction runs on a kept connection */
     bool mail_replied;      /* the server answered MAIL FROM on this connection */
     bool reconnecting;      /* the kept connection died: a fresh one follows its close */
@@ -109,6 +113,14 @@ static void report(tern_smtp_client *c)
     c->reported = true;
     if (c->out.stage[0] == '\0')
         snprintf(c->out.stage, sizeof(c->out.stage), "%s", stage_names[c->st]);
+    /* The connection ended (closed, timed out, refused) before the
+     * server answered the message's end: nothing was delivered, whatever
+     * RCPT said. Such recipients read as not tried, and the caller
+     * retries them. */
+    if (!c->final_seen)
+        for (size_t i = 0; i < c->out.n_rcpts; i++)
+            if (c->out.rcpts[i].code / 100 == 2)
+                memset(&c->out.rcpts[i], 0, sizeof(c->out.rcpts[i]));
     tern_smtp_outcome o = c->out;
     c->out.rcpts = NULL;
     c->cb(c->arg, &o);
@@ -138,6 +150,7 @@ static void fresh_connection(tern_smtp_client *c)
     c->out.reused = false;
     memset(c->out.rcpts, 0, c->out.n_rcpts * sizeof(*c->out.rcpts));
     c->pipelined = c->mail_replied = false;
+    c->final_seen = false;
     c->accepted = c->next_rcpt = 0;
     c->messages = 0;
     c->authed = false;
@@ -729,6 +742,7 @@ static void on_reply(tern_smtp_client *c, const tern_smtp_reply *r)
         send_body(c);
         return;
     case CS_DOT:
+        c->final_seen = true;
         /* The final answer for every recipient the server accepted. */
         for (size_t i = 0; i < e->n_rcpts; i++)
             if (c->out.rcpts[i].code / 100 == 2 && c->accepted > 0) {
@@ -875,10 +889,12 @@ static void on_writable(uv_poll_t *h, int status, int events)
     tern_smtp_client *c = h->data;
     int err = 0;
     socklen_t el = sizeof(err);
-    if (status < 0)
-        err = -status;
-    else if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+    /* libuv reports a socket error (a refused connect) as UV_EBADF: the
+     * socket's own error says what happened. */
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
         err = errno;
+    if (err == 0 && status < 0)
+        err = -status;
     uv_poll_stop(&c->poll);
     if (c->ctimer_init) {
         uv_timer_stop(&c->ctimer);
@@ -1037,6 +1053,7 @@ int tern_smtp_client_reuse(tern_smtp_client *c, const tern_smtp_client_params *p
     c->arg = arg;
     c->parked = false;
     c->reported = false;
+    c->final_seen = false;
     c->reused = true;
     c->mail_replied = false;
     c->pipelined = false;

@@ -208,11 +208,6 @@ def test_refused_connection_moves_on_to_the_next_mx(sender, faults):
     assert drained(tx)
 
 
-@pytest.mark.xfail(strict=True, reason="protocols/smtp/smtp_client.c, the connect poll "
-                   "callback: libuv reports a refused non-blocking connect as poll status "
-                   "UV_EBADF (POLLERR); the callback uses that as the error instead of "
-                   "reading SO_ERROR, so the log and the bounce say 'Bad file descriptor' "
-                   "where the reason is 'Connection refused'")
 def test_refused_connection_is_reported_as_refused(sender):
     tx = sender()
     marker = uuid.uuid4().hex
@@ -248,19 +243,10 @@ def test_silent_server_times_out_and_is_deferred(sender, faults):
     assert drained(tx)
 
 
-# The SMTP client keeps each recipient's RCPT reply (250) as its result until
-# the reply to the final dot replaces it; when the connection is lost in
-# between, the outcome still says 250 for them and the queue logs them
-# delivered and marks them done: the message is lost. (A timeout of the
-# final reply takes the same path, but that wait is the client's fixed
-# 10-minute data_timeout, too long for a test.)
-LOST_AFTER_RCPT = ("protocols/smtp/smtp_client.c keeps the RCPT 250 as the recipient's result "
-                   "when the session ends before the reply to the final dot (report() from "
-                   "conn_on_close/the timer), and server/queue.c delivered() takes any 2xx "
-                   "as delivered: a drop or timeout mid-DATA loses the message")
-
-
-@pytest.mark.xfail(strict=True, reason=LOST_AFTER_RCPT)
+# A connection lost between the RCPT replies (250) and the reply to the
+# final dot delivered nothing: the recipients must be retried, not logged
+# delivered (the client reports them as not tried; it used to pass the
+# RCPT 250 on as their result and the message was lost).
 def test_drop_in_the_middle_of_data_is_deferred_then_delivered_once(sender, faults):
     # The first connection is cut (RST) after 40 bytes of the message; the
     # next ones are served normally.

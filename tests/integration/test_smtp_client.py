@@ -257,6 +257,9 @@ def test_auth_to_smarthost_submission_over_tls(tern_factory, tmp_path):
     r = submit(tx, "bob@remote.test", make_message(subject=marker, sender="alice@example.test"))
     got = wait_for(lambda: maildir_find(rx, "bob", "remote.test", marker))
     assert got, tx.log_tail() + rx.log_tail()
+    # The receiver's file can appear before the sender has read the 250
+    # and logged the delivery.
+    assert wait_for(lambda: f"event=delivered qid={r.qid} " in tx.log(0)), tx.log_tail()
     log = tx.log(0)
     assert re.search(r"event=authenticated peer=127\.0\.0\.1:\d+ user=alice@example.test", log)
     assert re.search(rf"event=delivered qid={r.qid} .*TLSv1\.[23]", log), log
