@@ -319,6 +319,9 @@ typedef struct tern_queue_conf {
     uint64_t max_lifetime_ms;   /* then bounced; default 5d */
     uint64_t connect_timeout_ms;/* default 30s */
     uint64_t command_timeout_ms;/* each reply; default 5m */
+    bool mta_sts;               /* MTA-STS (RFC 8461) on MX delivery; default on */
+    char *mta_sts_ca_file;      /* CAs for policy fetch and enforced MX; NULL: system bundle */
+    uint16_t mta_sts_port;      /* of mta-sts.<domain>; default 443 (tests point it elsewhere) */
 } tern_queue_conf;
 
 typedef struct tern_config {

@@ -637,6 +637,9 @@ static const field queue_fields[] = {
     F_DURATION("max_lifetime", tern_queue_conf, max_lifetime_ms, MIN, 30 * DAY, 5 * DAY, 1),
     F_DURATION("connect_timeout", tern_queue_conf, connect_timeout_ms, 100, 10 * MIN, 30 * SEC, 1),
     F_DURATION("command_timeout", tern_queue_conf, command_timeout_ms, 100, HOUR, 5 * MIN, 1),
+    F_BOOL("mta_sts", tern_queue_conf, mta_sts, true),
+    F_STRING("mta_sts_ca_file", tern_queue_conf, mta_sts_ca_file, NULL, FL_FILE, NULL),
+    F_UINT("mta_sts_port", tern_queue_conf, mta_sts_port, 1, 65535, 443, 0),
 };
 static const schema_map queue_schema = {queue_fields, COUNT(queue_fields), NULL};
 

@@ -1,0 +1,300 @@
+"""MTA-STS (RFC 8461) and TLS-RPT data (RFC 8460) in remote delivery: a
+sending ternd looks up `_mta-sts` TXT records on the loopback DNS server
+(tests/dns/server.py), fetches the policies over HTTPS from a small
+python3 http.server + ssl server in this test (certificates from a test CA
+made with openssl at test time), and delivers to a second ternd that is
+the MX of every test domain. The receiver serves a certificate valid for
+mx.good.sts.test (signed by the test CA) by SNI and its self-signed default
+certificate for every other name."""
+
+import datetime
+import json
+import re
+import ssl
+import subprocess
+import sys
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import ROOT, SLOW, make_message
+from test_queue import LOCAL, ctl, maildir_find, send_mail, spool_count, wait_for
+
+SERVER = ROOT / "tests" / "dns" / "server.py"
+
+DOMAINS = ("good", "nomatch", "selfsigned", "testing", "nopolicy")
+
+POLICIES = {
+    "good.sts.test": "version: STSv1\r\nmode: enforce\r\nmx: mx.good.sts.test\r\nmax_age: 86400\r\n",
+    # The policy names a host that is not the domain's MX.
+    "nomatch.sts.test": "version: STSv1\nmode: enforce\nmx: *.elsewhere.sts.test\nmax_age: 86400\n",
+    "selfsigned.sts.test": "version: STSv1\nmode: enforce\nmx: *.selfsigned.sts.test\nmax_age: 86400\n",
+    "testing.sts.test": "version: STSv1\nmode: testing\nmx: mx.testing.sts.test\nmax_age: 86400\n",
+}
+
+
+def zone_text():
+    z = """$ORIGIN sts.test.
+$TTL 60
+@       IN SOA ns.sts.test. hostmaster.sts.test. 1 3600 600 86400 60
+@       IN NS  ns.sts.test.
+ns      IN A   127.0.0.1
+"""
+    for d in DOMAINS:
+        z += f"{d} IN MX 10 mx.{d}.sts.test.\nmx.{d} IN A 127.0.0.1\n"
+        if f"{d}.sts.test" in POLICIES:
+            z += f"mta-sts.{d} IN A 127.0.0.1\n"
+            z += f'_mta-sts.{d} IN TXT "v=STSv1; id=20261122a;"\n'
+    z += '_smtp._tls.testing IN TXT "v=TLSRPTv1; " "rua=mailto:tlsrpt@testing.sts.test"\n'
+    return z
+
+
+def openssl(*args):
+    subprocess.run(["openssl", *args], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    """A test CA; leaf certificates for the policy hosts and for
+    mx.good.sts.test, both signed by it."""
+    d = tmp_path_factory.mktemp("sts-ca")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-sha256",
+            "-subj", "/CN=Tern STS Test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
+
+    def leaf(name, sans):
+        ext = d / f"{name}.ext"
+        ext.write_text("basicConstraints=CA:FALSE\nsubjectAltName=" +
+                       ",".join(f"DNS:{s}" for s in sans) + "\n")
+        openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={sans[0]}",
+                "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
+        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
+                "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "30", "-sha256",
+                "-extfile", str(ext), "-out", str(d / f"{name}.crt"))
+
+    leaf("web", [f"mta-sts.{x}" for x in POLICIES])
+    leaf("mx", ["mx.good.sts.test"])
+    return d
+
+
+class PolicyServer:
+    """https://mta-sts.<domain>/.well-known/mta-sts.txt on a loopback port."""
+
+    def __init__(self, ca):
+        fetches = self.fetches = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                host = (self.headers.get("Host") or "").split(":")[0]
+                domain = host[len("mta-sts."):] if host.startswith("mta-sts.") else ""
+                fetches.append((domain, self.path))
+                body = POLICIES.get(domain)
+                if self.path != "/.well-known/mta-sts.txt" or body is None:
+                    self.send_error(404)
+                    return
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(ca / "web.crt"), str(ca / "web.key"))
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def web(ca):
+    s = PolicyServer(ca)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def dns(tmp_path):
+    zone = tmp_path / "sts.zone"
+    zone.write_text(zone_text())
+    proc = subprocess.Popen([sys.executable, str(SERVER), str(zone), "--origin", "sts.test.",
+                             "--lifetime", str(120 * SLOW)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    yield port
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def pair(tern_factory, dns, web, ca):
+    """(sender, receiver): the receiver is the MX of every *.sts.test."""
+    rx = tern_factory({
+        "domains": [f"{d}.sts.test" for d in DOMAINS],
+        "smtp": {"verify_recipients": True},
+        "tls": {"certificates": {
+            "sts": {"cert": str(ca / "mx.crt"), "key": str(ca / "mx.key"),
+                    "subjects": ["mx.good.sts.test"]},
+        }},
+        **LOCAL}, start=False, subdir="rx")
+    rx.write_config()
+    for d in DOMAINS:
+        ctl(rx, "account", "add", f"bob@{d}.sts.test")
+    rx.start()
+    tx = tern_factory({
+        "dns": {"resolvers": [f"127.0.0.1@{dns}"], "dnssec": False, "unblock_zones": ["test"]},
+        "queue": {"hold": False, "port": rx.config["listeners"][0]["port"], "retry_min": "1s",
+                  "connect_timeout": "2s", "mta_sts_ca_file": str(ca / "ca.crt"),
+                  "mta_sts_port": web.port},
+        "smtp": {"relay_networks": ["127.0.0.0/8"]},
+        "processors": {
+            "root": [{"match": "All", "mailet": "RemoteDelivery"}],
+            "transport": [{"match": "All", "mailet": "LocalDelivery"}],
+            "error": [{"match": "All", "mailet": "RemoteDelivery"}],
+            "bounces": [{"match": "All", "mailet": "RemoteDelivery"}],
+        },
+    }, start=False, subdir="tx")
+    tx.write_config()
+    tx.start()
+    return tx, rx
+
+
+def send(tx, domain):
+    marker = uuid.uuid4().hex
+    r = send_mail(tx, "alice@example.test", [f"bob@{domain}"], make_message(subject=marker))
+    assert r.code == 250, r
+    return r.qid, marker
+
+
+def delivered_line(tx, qid):
+    return wait_for(lambda: re.search(rf"event=delivered qid={qid} .*", tx.log(0)))
+
+
+def deferred_line(tx, qid):
+    return wait_for(lambda: re.search(rf"event=deferred qid={qid} .*", tx.log(0)))
+
+
+def tlsrpt(tx):
+    day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    p = tx.state_dir / "tlsrpt" / f"{day}.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def policy_of(report, domain, ptype):
+    for rep in (report or {}).get("reports", []):
+        for pol in rep["policies"]:
+            if pol["policy"]["policy-domain"] == domain and pol["policy"]["policy-type"] == ptype:
+                return rep, pol
+    return None, None
+
+
+def test_enforce_verified_mx_is_delivered(pair, web):
+    tx, rx = pair
+    qid, marker = send(tx, "good.sts.test")
+    assert wait_for(lambda: maildir_find(rx, "bob", "good.sts.test", marker)), tx.log_tail()
+    line = delivered_line(tx, qid)
+    assert line and "TLSv1.2 verified" in line.group(0), tx.log_tail()
+    assert "event=policy_fetched domain=good.sts.test id=20261122a mode=enforce" in tx.log(0)
+    assert ("good.sts.test", "/.well-known/mta-sts.txt") in web.fetches
+    # TLS-RPT: one successful session under the sts policy.
+    rep = wait_for(lambda: policy_of(tlsrpt(tx), "good.sts.test", "sts")[1])
+    assert rep and rep["summary"]["total-successful-session-count"] >= 1, tlsrpt(tx)
+    assert rep["policy"]["mx-host"] == ["mx.good.sts.test"]
+    assert "mode: enforce" in rep["policy"]["policy-string"]
+
+
+def test_enforce_mx_not_in_policy_is_deferred(pair):
+    tx, rx = pair
+    qid, marker = send(tx, "nomatch.sts.test")
+    line = deferred_line(tx, qid)
+    assert line, tx.log_tail()
+    assert "4.7.5 MX host mx.nomatch.sts.test does not match the MTA-STS policy" in line.group(0)
+    assert not maildir_find(rx, "bob", "nomatch.sts.test", marker)
+    assert spool_count(tx) == 1
+    # never connected: the receiver saw no session from the sender for it
+    assert "nomatch.sts.test" not in rx.log(0)
+
+
+def test_enforce_self_signed_mx_is_deferred(pair):
+    tx, rx = pair
+    qid, marker = send(tx, "selfsigned.sts.test")
+    line = deferred_line(tx, qid)
+    assert line, tx.log_tail()
+    assert "4.7.5 the server's certificate does not verify for mx.selfsigned.sts.test" \
+        in line.group(0)
+    assert not maildir_find(rx, "bob", "selfsigned.sts.test", marker)
+    # the failure is in the TLS-RPT data
+    pol = wait_for(lambda: policy_of(tlsrpt(tx), "selfsigned.sts.test", "sts")[1])
+    assert pol and pol["summary"]["total-failure-session-count"] >= 1, tlsrpt(tx)
+    assert pol["failure-details"][0]["result-type"] == "validation-failure"
+
+
+def test_testing_mode_delivers_and_records_the_failure(pair):
+    tx, rx = pair
+    qid, marker = send(tx, "testing.sts.test")
+    assert wait_for(lambda: maildir_find(rx, "bob", "testing.sts.test", marker)), tx.log_tail()
+    line = delivered_line(tx, qid)
+    assert line and "TLSv1.2 unverified" in line.group(0), tx.log_tail()
+    rep, pol = wait_for(lambda: policy_of(tlsrpt(tx), "testing.sts.test", "sts")[1] and
+                        policy_of(tlsrpt(tx), "testing.sts.test", "sts"))
+    assert pol, tlsrpt(tx)
+    assert pol["summary"]["total-failure-session-count"] == 1
+    assert pol["summary"]["total-successful-session-count"] == 0
+    fd = pol["failure-details"][0]
+    assert fd["result-type"] == "validation-failure"
+    assert fd["receiving-mx-hostname"] == "mx.testing.sts.test"
+    assert fd["receiving-ip"] == "127.0.0.1"
+    assert fd["failed-session-count"] == 1
+    assert "mode: testing" in pol["policy"]["policy-string"]
+    assert rep["x-tern-rua"] == "mailto:tlsrpt@testing.sts.test"
+    assert rep["date-range"]["start-datetime"].endswith("T00:00:00Z")
+
+
+def test_no_policy_is_opportunistic(pair):
+    tx, rx = pair
+    qid, marker = send(tx, "nopolicy.sts.test")
+    assert wait_for(lambda: maildir_find(rx, "bob", "nopolicy.sts.test", marker)), tx.log_tail()
+    pol = wait_for(lambda: policy_of(tlsrpt(tx), "nopolicy.sts.test", "no-policy-found")[1])
+    assert pol and pol["summary"]["total-successful-session-count"] == 1, tlsrpt(tx)
+
+
+@pytest.mark.timeout(90 * SLOW)
+def test_policy_cached_across_restart(pair, web):
+    tx, rx = pair
+    qid, marker = send(tx, "nomatch.sts.test")
+    assert deferred_line(tx, qid), tx.log_tail()
+    assert "event=policy_fetched domain=nomatch.sts.test" in tx.log(0)
+    cache = tx.state_dir / "mta-sts" / "nomatch.sts.test"
+    assert wait_for(lambda: cache.exists()), tx.log_tail()
+    assert "mx: *.elsewhere.sts.test" in cache.read_text()
+    tx.stop()
+    web.stop()
+    tx.start()
+    assert "event=cache_loaded domain=nomatch.sts.test id=20261122a mode=enforce" in tx.log()
+    # Without the cache the web server's absence would mean no policy, and
+    # the message would go to the MX: it is still held to the policy.
+    qid2, marker2 = send(tx, "nomatch.sts.test")
+    line = wait_for(lambda: re.search(rf"event=deferred qid={qid2} .*", tx.log()))
+    assert line and "does not match the MTA-STS policy" in line.group(0), tx.log_tail()
+    assert "policy_fetch" not in tx.log()
+    assert not maildir_find(rx, "bob", "nomatch.sts.test", marker2)
