@@ -24,7 +24,7 @@ from test_queue import LOCAL, ctl, maildir_find, send_mail, spool_count, wait_fo
 
 SERVER = ROOT / "tests" / "dns" / "server.py"
 
-DOMAINS = ("good", "nomatch", "selfsigned", "testing", "nopolicy")
+DOMAINS = ("good", "nomatch", "selfsigned", "testing", "nopolicy", "redirect", "webpki")
 
 POLICIES = {
     "good.sts.test": "version: STSv1\r\nmode: enforce\r\nmx: mx.good.sts.test\r\nmax_age: 86400\r\n",
@@ -33,6 +33,12 @@ POLICIES = {
     "selfsigned.sts.test": "version: STSv1\nmode: enforce\nmx: *.selfsigned.sts.test\nmax_age: 86400\n",
     "testing.sts.test": "version: STSv1\nmode: testing\nmx: mx.testing.sts.test\nmax_age: 86400\n",
 }
+
+
+# Publish a `_mta-sts` record: the policy domains, one whose web server
+# redirects, one whose web server has no certificate for its name.
+STS_TXT = (*POLICIES, "redirect.sts.test", "webpki.sts.test")
+WEB_NAMES = (*POLICIES, "redirect.sts.test")
 
 
 def zone_text():
@@ -44,7 +50,7 @@ ns      IN A   127.0.0.1
 """
     for d in DOMAINS:
         z += f"{d} IN MX 10 mx.{d}.sts.test.\nmx.{d} IN A 127.0.0.1\n"
-        if f"{d}.sts.test" in POLICIES:
+        if f"{d}.sts.test" in STS_TXT:
             z += f"mta-sts.{d} IN A 127.0.0.1\n"
             z += f'_mta-sts.{d} IN TXT "v=STSv1; id=20261122a;"\n'
     z += '_smtp._tls.testing IN TXT "v=TLSRPTv1; " "rua=mailto:tlsrpt@testing.sts.test"\n'
@@ -76,7 +82,7 @@ def ca(tmp_path_factory):
                 "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "30", "-sha256",
                 "-extfile", str(ext), "-out", str(d / f"{name}.crt"))
 
-    leaf("web", [f"mta-sts.{x}" for x in POLICIES])
+    leaf("web", [f"mta-sts.{x}" for x in WEB_NAMES])
     leaf("mx", ["mx.good.sts.test"])
     return d
 
@@ -92,6 +98,13 @@ class PolicyServer:
                 host = (self.headers.get("Host") or "").split(":")[0]
                 domain = host[len("mta-sts."):] if host.startswith("mta-sts.") else ""
                 fetches.append((domain, self.path))
+                if domain == "redirect.sts.test":
+                    # RFC 8461 3.3: a redirect must not be followed.
+                    self.send_response(301)
+                    self.send_header("Location", "https://mta-sts.good.sts.test/.well-known/mta-sts.txt")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = POLICIES.get(domain)
                 if self.path != "/.well-known/mta-sts.txt" or body is None:
                     self.send_error(404)
@@ -298,3 +311,28 @@ def test_policy_cached_across_restart(pair, web):
     assert line and "does not match the MTA-STS policy" in line.group(0), tx.log_tail()
     assert "policy_fetch" not in tx.log()
     assert not maildir_find(rx, "bob", "nomatch.sts.test", marker2)
+
+
+@pytest.mark.parametrize("domain,result", [("redirect", "sts-policy-fetch-error"),
+                                           ("webpki", "sts-webpki-invalid")])
+def test_policy_fetch_failure_delivers_without_policy(pair, web, domain, result):
+    """A policy that cannot be fetched (a redirect, a web certificate not
+    valid for mta-sts.<domain>) is no policy: delivery goes on as without
+    one, and the failure is in the TLS-RPT data."""
+    tx, rx = pair
+    d = f"{domain}.sts.test"
+    qid, marker = send(tx, d)
+    assert wait_for(lambda: maildir_find(rx, "bob", d, marker)), tx.log_tail()
+    assert re.search(rf"event=policy_fetch_failed domain={d} ", tx.log(0))
+    pol = wait_for(lambda: policy_of(tlsrpt(tx), d, "sts")[1])
+    assert pol, tlsrpt(tx)
+    fd = pol["failure-details"][0]
+    assert fd["result-type"] == result, fd
+    assert fd["receiving-mx-hostname"] == f"mta-sts.{d}"
+    if domain == "redirect":
+        assert "HTTP status 301" in fd["additional-information"]
+        assert (d, "/.well-known/mta-sts.txt") in web.fetches
+        assert ("good.sts.test", "/.well-known/mta-sts.txt") not in web.fetches
+    # the delivery itself counted as a session without a policy
+    nop = wait_for(lambda: policy_of(tlsrpt(tx), d, "no-policy-found")[1])
+    assert nop and nop["summary"]["total-successful-session-count"] == 1, tlsrpt(tx)
