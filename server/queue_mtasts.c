@@ -379,13 +379,22 @@ static void rpt_txt(void *data, tern_dns_result *res)
 
 int tern_mtasts_lookup(tern_mtasts *m, const char *domain, tern_mtasts_cb cb, void *arg)
 {
-    if (m == NULL || m->closing || !domain_ok(domain))
+    /* Domains compare (and name cache files) in lowercase. */
+    char low[256];
+    size_t n = strlen(domain);
+    if (m == NULL || m->closing || n == 0 || n >= sizeof(low))
+        return -1;
+    for (size_t i = 0; i <= n; i++)
+        low[i] = domain[i] >= 'A' && domain[i] <= 'Z' ? (char)(domain[i] - 'A' + 'a') : domain[i];
+    if (low[n - 1] == '.')
+        low[n - 1] = '\0';
+    if (!domain_ok(low))
         return -1;
     tern_mtasts_req *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return -1;
     r->m = m;
-    snprintf(r->domain, sizeof(r->domain), "%s", domain);
+    snprintf(r->domain, sizeof(r->domain), "%s", low);
     r->cb = cb;
     r->arg = arg;
     char name[300];
@@ -414,14 +423,17 @@ int tern_mtasts_check_host(tern_mtasts *m, const char *domain, const tern_sts_ap
         return 0;
     if (tern_sts_policy_match(&s->policy, host))
         return 0;
+    TLOG_INFO(MOD, "event=mx_mismatch domain=%s host=%s mode=%s", domain, host,
+              tern_sts_mode_name(s->mode));
+    if (s->mode != TERN_STS_ENFORCE)
+        return 0; /* testing: the session's outcome records the mismatch */
     snprintf(err, err_size, "4.7.5 MX host %s does not match the MTA-STS policy of %s", host,
              domain);
+    /* No session takes place: this is the one record of it. */
     tern_tlsrpt_session(m->rpt, domain, TERN_TLSRPT_STS, &s->policy, s->rua[0] ? s->rua : NULL,
                         false, "validation-failure", host, NULL,
                         "MX host not listed in the policy");
-    TLOG_INFO(MOD, "event=mx_mismatch domain=%s host=%s mode=%s", domain, host,
-              tern_sts_mode_name(s->mode));
-    return s->mode == TERN_STS_ENFORCE ? -1 : 0;
+    return -1;
 }
 
 void tern_mtasts_params(tern_mtasts *m, const tern_sts_applied *s, tern_smtp_client_params *p)
@@ -454,7 +466,12 @@ void tern_mtasts_outcome(tern_mtasts *m, const char *domain, const tern_sts_appl
         *colon = '\0'; /* "addr:port" -> addr */
     bool ok = o->tls && (o->tls_verified || !sts);
     const char *type = NULL;
-    if (!ok) {
+    const char *why = o->error;
+    if (ok && sts && !tern_sts_policy_match(&s->policy, host)) {
+        ok = false; /* testing mode let it through */
+        type = "validation-failure";
+        why = "MX host not listed in the policy";
+    } else if (!ok) {
         if (!o->tls && (strcmp(o->stage, "starttls") == 0 || strcmp(o->stage, "handshake") == 0))
             type = "validation-failure"; /* offered, but the handshake failed */
         else if (!o->tls)
@@ -462,8 +479,7 @@ void tern_mtasts_outcome(tern_mtasts *m, const char *domain, const tern_sts_appl
         else
             type = "validation-failure"; /* a certificate that does not verify for host */
     }
-    tern_tlsrpt_session(m->rpt, domain, ptype, pol, rua, ok, type, host, ip,
-                        ok ? NULL : o->error);
+    tern_tlsrpt_session(m->rpt, domain, ptype, pol, rua, ok, type, host, ip, ok ? NULL : why);
 }
 
 /* ---- life --------------------------------------------------------------- */
