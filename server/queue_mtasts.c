@@ -59,6 +59,9 @@ struct tern_mtasts_req {
     char id[TERN_STS_ID_MAX + 1];
     char rua[TERN_TLSRPT_RUA_MAX + 1];
     tern_sts_fetch *fetch;
+    /* Lookups of the same domain that wait for this one's fetch (one
+     * fetch per domain at a time), chained through wait_next. */
+    struct tern_mtasts_req *waiters, *wait_next;
     struct tern_mtasts_req *prev, *next;
 };
 
@@ -256,6 +259,22 @@ static void req_answer(tern_mtasts_req *r, const tern_sts_policy *pol)
     cb(arg, &s);
 }
 
+/* Answers r and every lookup waiting for its fetch. */
+static void req_answer_all(tern_mtasts_req *r, const tern_sts_policy *pol)
+{
+    tern_sts_policy copy;
+    if (pol)
+        copy = *pol;
+    tern_mtasts_req *w = r->waiters;
+    r->waiters = NULL;
+    req_answer(r, pol ? &copy : NULL);
+    while (w) {
+        tern_mtasts_req *next = w->wait_next;
+        req_answer(w, pol ? &copy : NULL);
+        w = next;
+    }
+}
+
 static void fetched(void *arg, const tern_sts_fetched *f)
 {
     tern_mtasts_req *r = arg;
@@ -269,7 +288,7 @@ static void fetched(void *arg, const tern_sts_fetched *f)
                   f->policy.n_mx);
         if (c && !m->closing)
             cache_persist(m, c, f->body, f->body_len);
-        req_answer(r, &f->policy);
+        req_answer_all(r, &f->policy);
         return;
     }
     char qw[600];
@@ -286,7 +305,7 @@ static void fetched(void *arg, const tern_sts_fetched *f)
         tern_tlsrpt_session(m->rpt, r->domain, TERN_TLSRPT_STS, cache_valid(c) ? &c->pol : NULL,
                             r->rua[0] ? r->rua : NULL, false, type, host, NULL, f->why);
     }
-    req_answer(r, cache_valid(c) ? &c->pol : NULL);
+    req_answer_all(r, cache_valid(c) ? &c->pol : NULL);
 }
 
 /* Both TXT answers are in: decide. */
@@ -296,6 +315,12 @@ static void decide(tern_mtasts_req *r)
     cached *c = cache_find(m, r->domain);
     bool valid = cache_valid(c);
     if (r->txt == TXT_ID && !(valid && strcmp(c->id, r->id) == 0) && !m->closing) {
+        for (tern_mtasts_req *o = m->reqs; o; o = o->next)
+            if (o != r && o->fetch && strcmp(o->domain, r->domain) == 0) {
+                r->wait_next = o->waiters;
+                o->waiters = r;
+                return;
+            }
         tern_sts_fetch_params p = {
             .loop = m->env.loop,
             .worker = m->env.worker,

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -34,6 +35,8 @@ POLICIES = {
     "testing.sts.test": "version: STSv1\nmode: testing\nmx: mx.testing.sts.test\nmax_age: 86400\n",
 }
 
+
+SLOW_DOMAIN = "good.sts.test"
 
 # Publish a `_mta-sts` record: the policy domains, one whose web server
 # redirects, one whose web server has no certificate for its name.
@@ -106,6 +109,8 @@ class PolicyServer:
                     self.end_headers()
                     return
                 body = POLICIES.get(domain)
+                if domain == SLOW_DOMAIN:
+                    time.sleep(1.0)
                 if self.path != "/.well-known/mta-sts.txt" or body is None:
                     self.send_error(404)
                     return
@@ -223,12 +228,20 @@ def policy_of(report, domain, ptype):
 
 def test_enforce_verified_mx_is_delivered(pair, web):
     tx, rx = pair
+    # The policy server answers this domain slowly (SLOW_DOMAIN): the
+    # lookups of the three messages overlap one fetch in flight, and wait
+    # for it rather than fetching again.
+    sent = [send(tx, "good.sts.test") for _ in range(3)]
+    for qid, marker in sent:
+        assert wait_for(lambda: maildir_find(rx, "bob", "good.sts.test", marker)), tx.log_tail()
+        line = delivered_line(tx, qid)
+        assert line and "TLSv1.2 verified" in line.group(0), tx.log_tail()
+    assert "event=policy_fetched domain=good.sts.test id=20261122a mode=enforce" in tx.log(0)
+    assert web.fetches.count(("good.sts.test", "/.well-known/mta-sts.txt")) == 1, web.fetches
+    # Later mail: the cached policy (same TXT id) serves without a fetch.
     qid, marker = send(tx, "good.sts.test")
     assert wait_for(lambda: maildir_find(rx, "bob", "good.sts.test", marker)), tx.log_tail()
-    line = delivered_line(tx, qid)
-    assert line and "TLSv1.2 verified" in line.group(0), tx.log_tail()
-    assert "event=policy_fetched domain=good.sts.test id=20261122a mode=enforce" in tx.log(0)
-    assert ("good.sts.test", "/.well-known/mta-sts.txt") in web.fetches
+    assert web.fetches.count(("good.sts.test", "/.well-known/mta-sts.txt")) == 1, web.fetches
     # TLS-RPT: one successful session under the sts policy.
     rep = wait_for(lambda: policy_of(tlsrpt(tx), "good.sts.test", "sts")[1])
     assert rep and rep["summary"]["total-successful-session-count"] >= 1, tlsrpt(tx)
