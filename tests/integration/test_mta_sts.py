@@ -313,10 +313,28 @@ def test_policy_cached_across_restart(pair, web):
     cache = tx.state_dir / "mta-sts" / "nomatch.sts.test"
     assert wait_for(lambda: cache.exists()), tx.log_tail()
     assert "mx: *.elsewhere.sts.test" in cache.read_text()
+    # One session without a policy before the restart (TLS-RPT counts it).
+    qid0, marker0 = send(tx, "nopolicy.sts.test")
+    assert wait_for(lambda: maildir_find(rx, "bob", "nopolicy.sts.test", marker0))
+    assert wait_for(lambda: (policy_of(tlsrpt(tx), "nopolicy.sts.test", "no-policy-found")[1]
+                             or {}).get("summary", {}).get("total-successful-session-count") == 1)
     tx.stop()
     web.stop()
+    # An expired cache entry and a damaged one are not used.
+    (tx.state_dir / "mta-sts" / "expired.sts.test").write_text(
+        "tern-mta-sts-cache 1\nid 1\nfetched 1000\n\n" + POLICIES["good.sts.test"])
+    (tx.state_dir / "mta-sts" / "damaged.sts.test").write_text("tern-mta-sts-cache 1\nid x\n")
     tx.start()
     assert "event=cache_loaded domain=nomatch.sts.test id=20261122a mode=enforce" in tx.log()
+    assert "domain=expired.sts.test" not in tx.log()
+    assert not (tx.state_dir / "mta-sts" / "expired.sts.test").exists()
+    assert 'event=cache_file_bad path="' in tx.log() and "damaged.sts.test" in tx.log()
+    # TLS-RPT counting goes on from today's file.
+    qid1, marker1 = send(tx, "nopolicy.sts.test")
+    assert wait_for(lambda: maildir_find(rx, "bob", "nopolicy.sts.test", marker1))
+    assert wait_for(lambda: (policy_of(tlsrpt(tx), "nopolicy.sts.test", "no-policy-found")[1]
+                             or {}).get("summary", {}).get("total-successful-session-count") == 2), \
+        tlsrpt(tx)
     # Without the cache the web server's absence would mean no policy, and
     # the message would go to the MX: it is still held to the policy.
     qid2, marker2 = send(tx, "nomatch.sts.test")
