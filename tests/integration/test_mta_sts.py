@@ -25,7 +25,8 @@ from test_queue import LOCAL, ctl, maildir_find, send_mail, spool_count, wait_fo
 
 SERVER = ROOT / "tests" / "dns" / "server.py"
 
-DOMAINS = ("good", "nomatch", "selfsigned", "testing", "nopolicy", "redirect", "webpki")
+DOMAINS = ("good", "nomatch", "selfsigned", "testing", "nopolicy", "redirect", "webpki", "big",
+           "html")
 
 POLICIES = {
     "good.sts.test": "version: STSv1\r\nmode: enforce\r\nmx: mx.good.sts.test\r\nmax_age: 86400\r\n",
@@ -40,8 +41,9 @@ SLOW_DOMAIN = "good.sts.test"
 
 # Publish a `_mta-sts` record: the policy domains, one whose web server
 # redirects, one whose web server has no certificate for its name.
-STS_TXT = (*POLICIES, "redirect.sts.test", "webpki.sts.test")
-WEB_NAMES = (*POLICIES, "redirect.sts.test")
+# Two more serve what is not a policy: one over 64 KiB, one as text/html.
+STS_TXT = (*POLICIES, "redirect.sts.test", "webpki.sts.test", "big.sts.test", "html.sts.test")
+WEB_NAMES = (*POLICIES, "redirect.sts.test", "big.sts.test", "html.sts.test")
 
 
 def zone_text():
@@ -109,6 +111,11 @@ class PolicyServer:
                     self.end_headers()
                     return
                 body = POLICIES.get(domain)
+                ctype = "text/plain"
+                if domain == "big.sts.test":
+                    body = POLICIES["good.sts.test"] + "x: " + "y" * 100 + "\n" * 70000
+                elif domain == "html.sts.test":
+                    body, ctype = "<html>" + POLICIES["good.sts.test"], "text/html"
                 if domain == SLOW_DOMAIN:
                     time.sleep(1.0)
                 if self.path != "/.well-known/mta-sts.txt" or body is None:
@@ -116,7 +123,7 @@ class PolicyServer:
                     return
                 data = body.encode()
                 self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -344,9 +351,13 @@ def test_policy_cached_across_restart(pair, web):
     assert not maildir_find(rx, "bob", "nomatch.sts.test", marker2)
 
 
-@pytest.mark.parametrize("domain,result", [("redirect", "sts-policy-fetch-error"),
-                                           ("webpki", "sts-webpki-invalid")])
-def test_policy_fetch_failure_delivers_without_policy(pair, web, domain, result):
+@pytest.mark.parametrize("domain,result,why", [
+    ("redirect", "sts-policy-fetch-error", "HTTP status 301"),
+    ("webpki", "sts-webpki-invalid", "TLS with mta-sts.webpki.sts.test failed"),
+    ("big", "sts-policy-fetch-error", "over the 65536 byte limit"),
+    ("html", "sts-policy-fetch-error", "Content-Type is not text/plain"),
+])
+def test_policy_fetch_failure_delivers_without_policy(pair, web, domain, result, why):
     """A policy that cannot be fetched (a redirect, a web certificate not
     valid for mta-sts.<domain>) is no policy: delivery goes on as without
     one, and the failure is in the TLS-RPT data."""
@@ -360,8 +371,8 @@ def test_policy_fetch_failure_delivers_without_policy(pair, web, domain, result)
     fd = pol["failure-details"][0]
     assert fd["result-type"] == result, fd
     assert fd["receiving-mx-hostname"] == f"mta-sts.{d}"
+    assert why in fd["additional-information"], fd
     if domain == "redirect":
-        assert "HTTP status 301" in fd["additional-information"]
         assert (d, "/.well-known/mta-sts.txt") in web.fetches
         assert ("good.sts.test", "/.well-known/mta-sts.txt") not in web.fetches
     # the delivery itself counted as a session without a policy
