@@ -463,12 +463,15 @@ int tern_mtasts_check_host(tern_mtasts *m, const char *domain, const tern_sts_ap
 
 void tern_mtasts_params(tern_mtasts *m, const tern_sts_applied *s, tern_smtp_client_params *p)
 {
-    if (m == NULL || s == NULL || s->mode != TERN_STS_ENFORCE)
+    if (m == NULL || s == NULL || s->mode == TERN_STS_MODE_UNSET || s->mode == TERN_STS_NONE)
         return;
+    /* The certificate is judged under the MTA-STS CA set in both modes,
+     * so testing mode reports what enforce mode would do. */
+    p->tls = m->tls;
     /* RFC 8461 4.2: STARTTLS, and a certificate valid for the MX name
      * under the CAs we trust; the client fails with 4.7.10/4.7.5 else. */
-    p->tls = m->tls;
-    p->tls_required = true;
+    if (s->mode == TERN_STS_ENFORCE)
+        p->tls_required = true;
 }
 
 void tern_mtasts_outcome(tern_mtasts *m, const char *domain, const tern_sts_applied *s,

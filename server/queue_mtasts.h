@@ -66,8 +66,9 @@ int tern_mtasts_lookup(tern_mtasts *m, const char *domain, tern_mtasts_cb cb, vo
  * err. A mismatch is recorded for TLS-RPT in enforce and testing mode. */
 int tern_mtasts_check_host(tern_mtasts *m, const char *domain, const tern_sts_applied *s,
                            const char *host, char *err, size_t err_size);
-/* Sets the client parameters an enforced policy needs: STARTTLS required,
- * with a certificate that verifies (PKIX, our CA set) for the MX name. */
+/* Sets the client parameters a policy needs: the MTA-STS CA set for the
+ * certificate check, and in enforce mode STARTTLS required with a
+ * certificate that verifies (PKIX) for the MX name. */
 void tern_mtasts_params(tern_mtasts *m, const tern_sts_applied *s, tern_smtp_client_params *p);
 /* Records the outcome of one session with `host` for TLS-RPT. */
 void tern_mtasts_outcome(tern_mtasts *m, const char *domain, const tern_sts_applied *s,

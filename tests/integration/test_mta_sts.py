@@ -25,8 +25,8 @@ from test_queue import LOCAL, ctl, maildir_find, send_mail, spool_count, wait_fo
 
 SERVER = ROOT / "tests" / "dns" / "server.py"
 
-DOMAINS = ("good", "nomatch", "selfsigned", "testing", "nopolicy", "redirect", "webpki", "big",
-           "html")
+DOMAINS = ("good", "nomatch", "selfsigned", "testing", "testgood", "nopolicy", "redirect",
+           "webpki", "big", "html")
 
 POLICIES = {
     "good.sts.test": "version: STSv1\r\nmode: enforce\r\nmx: mx.good.sts.test\r\nmax_age: 86400\r\n",
@@ -34,6 +34,7 @@ POLICIES = {
     "nomatch.sts.test": "version: STSv1\nmode: enforce\nmx: *.elsewhere.sts.test\nmax_age: 86400\n",
     "selfsigned.sts.test": "version: STSv1\nmode: enforce\nmx: *.selfsigned.sts.test\nmax_age: 86400\n",
     "testing.sts.test": "version: STSv1\nmode: testing\nmx: mx.testing.sts.test\nmax_age: 86400\n",
+    "testgood.sts.test": "version: STSv1\nmode: testing\nmx: mx.testgood.sts.test\nmax_age: 600\n",
 }
 
 
@@ -88,7 +89,7 @@ def ca(tmp_path_factory):
                 "-extfile", str(ext), "-out", str(d / f"{name}.crt"))
 
     leaf("web", [f"mta-sts.{x}" for x in WEB_NAMES])
-    leaf("mx", ["mx.good.sts.test"])
+    leaf("mx", ["mx.good.sts.test", "mx.testgood.sts.test"])
     return d
 
 
@@ -176,7 +177,7 @@ def pair(tern_factory, dns, web, ca):
         "smtp": {"verify_recipients": True},
         "tls": {"certificates": {
             "sts": {"cert": str(ca / "mx.crt"), "key": str(ca / "mx.key"),
-                    "subjects": ["mx.good.sts.test"]},
+                    "subjects": ["mx.good.sts.test", "mx.testgood.sts.test"]},
         }},
         **LOCAL}, start=False, subdir="rx")
     rx.write_config()
@@ -301,6 +302,21 @@ def test_testing_mode_delivers_and_records_the_failure(pair):
     assert "mode: testing" in pol["policy"]["policy-string"]
     assert rep["x-tern-rua"] == "mailto:tlsrpt@testing.sts.test"
     assert rep["date-range"]["start-datetime"].endswith("T00:00:00Z")
+
+
+def test_testing_mode_with_a_valid_certificate_is_a_success(pair):
+    """The certificate is judged under the MTA-STS CA set (the test CA),
+    not the system bundle: testing mode reports what enforce would do."""
+    tx, rx = pair
+    qid, marker = send(tx, "testgood.sts.test")
+    assert wait_for(lambda: maildir_find(rx, "bob", "testgood.sts.test", marker)), tx.log_tail()
+    line = delivered_line(tx, qid)
+    assert line and "TLSv1.2 verified" in line.group(0), tx.log_tail()
+    pol = wait_for(lambda: policy_of(tlsrpt(tx), "testgood.sts.test", "sts")[1])
+    assert pol, tlsrpt(tx)
+    assert pol["summary"] == {"total-successful-session-count": 1,
+                              "total-failure-session-count": 0}
+    assert "failure-details" not in pol
 
 
 def test_no_policy_is_opportunistic(pair):
