@@ -231,9 +231,10 @@ static void conn_on_error(tern_conn *c, const char *reason)
         return;
     }
     if (!f->tls_up) {
-        /* The handshake failed: with a required verification this is
-         * mostly the certificate (sts-webpki-invalid, RFC 8460 4.3.2.2). */
-        f->webpki = true;
+        /* The handshake failed. mbedTLS names certificate problems
+         * "X509 - ..." (sts-webpki-invalid, RFC 8460 4.3.2.2); anything
+         * else (a reset, no common cipher) is a plain fetch error. */
+        f->webpki = strstr(reason, "X509") != NULL;
         fail(f, "TLS with %s failed: %s", f->host, reason);
         return;
     }
