@@ -345,6 +345,9 @@ typedef struct tern_queue_conf {
     tern_smarthost_tls smarthost_tls;  /* default opportunistic */
     tern_source_address_conf *source_addresses; /* round robin per family; none: the kernel picks */
     size_t n_source_addresses;
+    bool mta_sts;               /* MTA-STS (RFC 8461) on MX delivery; default on */
+    char *mta_sts_ca_file;      /* CAs for policy fetch and enforced MX; NULL: system bundle */
+    uint16_t mta_sts_port;      /* of mta-sts.<domain>; default 443 (tests point it elsewhere) */
 } tern_queue_conf;
 
 typedef struct tern_config {

@@ -665,6 +665,9 @@ static const field queue_fields[] = {
     {.key = "source_addresses", .type = FT_MAPLIST, .off = offsetof(tern_queue_conf, source_addresses),
      .count_off = offsetof(tern_queue_conf, n_source_addresses),
      .elem_size = sizeof(tern_source_address_conf), .max_items = 256, .sub = &source_address_schema},
+    F_BOOL("mta_sts", tern_queue_conf, mta_sts, true),
+    F_STRING("mta_sts_ca_file", tern_queue_conf, mta_sts_ca_file, NULL, FL_FILE, NULL),
+    F_UINT("mta_sts_port", tern_queue_conf, mta_sts_port, 1, 65535, 443, 0),
 };
 static const schema_map queue_schema = {queue_fields, COUNT(queue_fields), NULL};
 

@@ -257,6 +257,20 @@ static void validate__smarthost_auth(conf_walk *w)
         conf__err(w, line, "queue.smarthost_auth", "the password must be 1 to 255 characters");
 }
 
+/* queue.mta_sts_ca_file: a file that cannot be read would leave MTA-STS
+ * with no CA to verify against; say so at load, not at the first fetch. */
+static void validate__queue_mta_sts(conf_walk *w)
+{
+    tern_queue_conf *q = &w->cfg->queue;
+    if (q->mta_sts_ca_file != NULL) {
+        char buf[256];
+        const char *why = conf__check_readable(q->mta_sts_ca_file, buf, sizeof(buf));
+        if (why)
+            conf__err(w, conf__line(w, &q->mta_sts_ca_file), "queue.mta_sts_ca_file",
+                      "\"%s\": %s", q->mta_sts_ca_file, why);
+    }
+}
+
 static void validate__smtp(conf_walk *w)
 {
     /* memory_threshold above max_message_size is harmless: no message
@@ -478,6 +492,7 @@ void conf__validate(conf_walk *w)
     validate__domains(w);
     validate__dns(w);
     validate__smarthost_auth(w);
+    validate__queue_mta_sts(w);
     for (size_t i = 0; i < c->n_listeners; i++)
         validate__listener(w, i);
     conf__validate_processors(w);

@@ -28,6 +28,7 @@
 #include "lib/util.h"
 #include "protocols/smtp/smtp_client.h"
 #include "protocols/smtp/smtp_pool.h"
+#include "server/queue_mtasts.h"
 
 #define MOD "queue"
 #define TICK_MS 1000
@@ -87,6 +88,7 @@ struct tern_queue {
     size_t rr;             /* round robin start */
     struct attempt *attempts;
     tern_smtp_pool *pool;  /* kept connections (smtp_pool.c) */
+    tern_mtasts *mtasts;   /* MTA-STS + TLS-RPT (server/queue_mtasts.c) */
 };
 
 /* One delivery attempt: a message, the recipients of one domain. */
@@ -111,6 +113,7 @@ typedef struct attempt {
     char last_error[1024];
     tern_smtp_client *client;   /* in flight, for cancel at shutdown */
     struct attempt *prev, *next;
+    tern_sts_applied *sts;      /* the MTA-STS policy step's answer; NULL: none asked */
 } attempt;
 
 static uint64_t now_ms(void)
@@ -368,6 +371,7 @@ static void attempt_free(attempt *a)
         tern_envelope_free(a->cenv);
     free(a->data);
     free(a->idx);
+    free(a->sts);
     tern_arena_free(&a->arena);
     free(a);
 }
@@ -414,6 +418,8 @@ static void delivered(void *arg, const tern_smtp_outcome *o)
     tern_queue *q = a->q;
     qmsg *m = a->m;
     bool any_tried = false;
+    if (a->sts && a->host > 0) /* MTA-STS: TLS-RPT data */
+        tern_mtasts_outcome(q->mtasts, a->domain, a->sts, a->plan.hosts[a->host - 1].host, o);
     for (size_t i = 0; i < a->n; i++) {
         qrcpt *r = &m->r[a->idx[i]];
         const tern_smtp_rcpt_result *rr = &o->rcpts[r->idx];
@@ -481,6 +487,7 @@ static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
         .tls_name = a->host > 0 && a->host <= a->plan.n_hosts ? a->plan.hosts[a->host - 1].host
                                                               : a->domain,
     };
+    tern_mtasts_params(a->q->mtasts, a->sts, &p); /* MTA-STS enforce: verified STARTTLS */
     a->client = tern_smtp_pool_start(a->q->pool, &p, delivered, a);
     if (a->client == NULL) {
         snprintf(a->last_error, sizeof(a->last_error), "4.3.0 cannot start a connection");
@@ -540,6 +547,12 @@ static void try_host(attempt *a)
         return;
     }
     const char *host = a->plan.hosts[a->host++].host;
+    /* MTA-STS: in enforce mode a host the policy does not list is skipped. */
+    if (a->sts && tern_mtasts_check_host(a->q->mtasts, a->domain, a->sts, host, a->last_error,
+                                         sizeof(a->last_error)) != 0) {
+        try_host(a);
+        return;
+    }
     /* A literal address (smarthost "[192.0.2.1]" or "192.0.2.1") needs no lookup. */
     char lit[128];
     snprintf(lit, sizeof(lit), "%s", host[0] == '[' ? host + 1 : host);
@@ -570,6 +583,31 @@ static void try_host(attempt *a)
     }
 }
 
+/* ---- MTA-STS policy step (server/queue_mtasts.c) ---- */
+
+static void sts_ready(void *arg, const tern_sts_applied *s)
+{
+    attempt *a = arg;
+    a->sts = malloc(sizeof(*a->sts));
+    if (a->sts)
+        *a->sts = *s;
+    try_host(a);
+}
+
+/* Between MX resolution and the first host: true when the policy lookup
+ * runs (it goes on with try_host). DANE hook: when the domain's TLSA
+ * lookup is secure, DANE takes precedence over MTA-STS (RFC 8461 2); the
+ * DANE step decides that here and skips this lookup. */
+static bool sts_begin(attempt *a)
+{
+    const tern_queue_conf *c = a->q->env.conf(a->q->env.conf_arg);
+    if (!c->mta_sts || a->q->mtasts == NULL || a->q->closing)
+        return false;
+    return tern_mtasts_lookup(a->q->mtasts, a->domain, sts_ready, a) == 0;
+}
+
+/* ---- end MTA-STS ---- */
+
 static void mx_resolved(void *data, tern_dns_result *res)
 {
     attempt *a = data;
@@ -582,6 +620,8 @@ static void mx_resolved(void *data, tern_dns_result *res)
     }
     switch (a->plan.outcome) {
     case TERN_MX_HOSTS:
+        if (sts_begin(a))
+            return;
         try_host(a);
         return;
     case TERN_MX_TEMPFAIL:
@@ -778,7 +818,27 @@ tern_queue *tern_queue_new(const tern_queue_env *env, char *err, size_t err_size
         tern_dns_resolver_close(q->dns);
         q->dns = NULL;
     }
+    if (q->dns) { /* MTA-STS + TLS-RPT */
+        const tern_queue_conf *qc = env->conf(env->conf_arg);
+        tern_mtasts_env me = {
+            .loop = env->loop,
+            .worker = &q->cw,
+            .dns = q->dns,
+            .state_dir = env->state_dir,
+            .ca_file = qc->mta_sts_ca_file,
+            .port = qc->mta_sts_port ? qc->mta_sts_port : 443,
+            .org = env->helo(env->conf_arg),
+        };
+        q->mtasts = tern_mtasts_new(&me, err, err_size);
+        if (q->mtasts == NULL) {
+            tern_tls_client_free(q->tls);
+            q->tls = NULL;
+            tern_dns_resolver_close(q->dns);
+            q->dns = NULL;
+        }
+    }
     if (q->dns == NULL) {
+        tern_smtp_pool_free(q->pool);
         free(q->cw.readbuf);
         pthread_mutex_destroy(&q->mu);
         free(q);
@@ -827,6 +887,7 @@ void tern_queue_free(tern_queue *q)
     tern_smtp_pool_free(q->pool);
     free(q->cw.readbuf);
     tern_tls_client_free(q->tls);
+    tern_mtasts_free(q->mtasts);
     pthread_mutex_destroy(&q->mu);
     free(q);
 }
@@ -842,6 +903,7 @@ void tern_queue_close(tern_queue *q)
     /* Attempts in flight end with "shutting down" and are retried at the
      * next start (nothing was recorded for them). Their callbacks run
      * while the loop finishes; the resolver answers CANCELLED. */
+    tern_mtasts_close(q->mtasts); /* first: its fetches end, its lookups answer */
     tern_dns_resolver_close(q->dns);
     for (attempt *a = q->attempts, *next; a; a = next) {
         next = a->next; /* a may end inside the cancel */

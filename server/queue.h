@@ -27,6 +27,7 @@ typedef struct tern_queue_env {
     void (*bounce)(void *arg, const tern_envelope *env, const tern_dsn_rcpt *rcpts, size_t n,
                    const uint8_t *msg, size_t len);
     void *bounce_arg;
+    const char *state_dir;   /* MTA-STS cache and TLS-RPT files live under it; NULL: "." */
 } tern_queue_env;
 
 /* Creates the manager (and its resolver) and schedules a scan of the spool

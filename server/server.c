@@ -830,6 +830,7 @@ int tern_server_run(const char *config_path, tern_config *cfg)
             .conf_arg = srv,
             .bounce = server__queue_bounce,
             .bounce_arg = srv,
+            .state_dir = srv->cfg->server.state_dir,
         };
         char qerr[256];
         srv->queue = srv->spool_client ? tern_queue_new(&qenv, qerr, sizeof(qerr)) : NULL;

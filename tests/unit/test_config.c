@@ -915,6 +915,26 @@ static void test_dns(void **state)
     EXPECT_HAS(HEAD MX "dns: {resolver: system}\n", "dns.resolver: unknown key (did you mean \"resolvers\"?)");
 }
 
+/* queue.mta_sts*: MTA-STS (server/queue_mtasts.c) */
+static void test_queue_mta_sts(void **state)
+{
+    (void)state;
+    tern_config *c = load_ok(HEAD MX);
+    assert_true(c->queue.mta_sts);
+    assert_null(c->queue.mta_sts_ca_file);
+    assert_int_equal(c->queue.mta_sts_port, 443);
+    tern_config_unref(c);
+    c = load_ok(HEAD MX "queue:\n  mta_sts: false\n  mta_sts_ca_file: @D@/rsa.crt\n"
+                       "  mta_sts_port: 8443\n");
+    assert_false(c->queue.mta_sts);
+    assert_non_null(c->queue.mta_sts_ca_file);
+    assert_int_equal(c->queue.mta_sts_port, 8443);
+    tern_config_unref(c);
+    EXPECT_HAS(HEAD MX "queue: {mta_sts_ca_file: /nonexistent/ca.crt}\n",
+               "queue.mta_sts_ca_file: \"/nonexistent/ca.crt\": no such file");
+    EXPECT_HAS(HEAD MX "queue: {mta_sts_port: 0}\n", "queue.mta_sts_port");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -943,6 +963,7 @@ int main(void)
         cmocka_unit_test(test_memory_threshold),
         cmocka_unit_test(test_file_relative_paths),
         cmocka_unit_test(test_dns),
+        cmocka_unit_test(test_queue_mta_sts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
