@@ -78,10 +78,15 @@ static void first_address(tern_arena *a, const char *v, const char **mbox, const
         if (ad->kind != TERN_ADDRESS_MAILBOX)
             continue;
         *mbox = ad->local ? ad->local : "";
-        if (ad->name_decoded && *ad->name_decoded)
+        if (ad->name_decoded && *ad->name_decoded) {
             *display = ad->name_decoded;
-        else {
-            char *spec = tern_address_spec(a, ad);
+        } else if (ad->local && !*ad->local && !ad->domain) {
+            *display = ""; /* "<>" */
+        } else {
+            /* RFC 5957: addr-mailbox "@" addr-host, as ENVELOPE writes them
+             * (with its placeholders for a broken address). */
+            char *spec = tern_arena_printf(a, "%s@%s", ad->local ? ad->local : "MISSING_MAILBOX",
+                                           ad->domain ? ad->domain : "MISSING_DOMAIN");
             *display = spec ? spec : "";
         }
         return;
