@@ -13,6 +13,7 @@ are listed in DOVECOT_WRONG with the reason and left out.
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -181,6 +182,10 @@ def dovecot_port():
         yield port
     finally:
         subprocess.run([str(DOVECOT), "-c", str(conf), "stop"], capture_output=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while (d / "run" / "master.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
