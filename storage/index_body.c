@@ -41,6 +41,8 @@ struct tern_body_matcher {
 
     int state;
     bool top_header;        /* the header being read is the message's own */
+    bool encap_header;      /* ...or an attached message's: its default type is
+                               text/plain even inside a multipart/digest */
 
     uint8_t sniff[SNIFF_MAX];
     size_t sniff_len;
@@ -305,6 +307,7 @@ static void header_start(tern_body_matcher *m, bool top)
     tern_header_parser_init(&m->hp, &lim);
     m->state = M_HEADER;
     m->top_header = top;
+    m->encap_header = false;
     m->have_ct = false;
     m->ct_len = 0;
     m->enc = ENC_NONE;
@@ -433,7 +436,7 @@ static void header_end(tern_body_matcher *m)
 {
     char type[64], boundary[BOUNDARY_MAX], charset[64];
     size_t blen = 0;
-    bool parent_digest = m->depth > 0 && m->stack[m->depth - 1].digest;
+    bool parent_digest = !m->encap_header && m->depth > 0 && m->stack[m->depth - 1].digest;
     if (m->have_ct) {
         parse_ct(m->ct, m->ct_len, type, sizeof type, boundary, &blen, charset, sizeof charset);
     } else {
@@ -453,6 +456,7 @@ static void header_end(tern_body_matcher *m)
     if ((strcmp(type, "message/rfc822") == 0 || strcmp(type, "message/global") == 0) &&
         m->enc == ENC_NONE) {
         header_start(m, false); /* an attached message: its header comes next */
+        m->encap_header = true;
         return;
     }
     if (strncmp(type, "text/", 5) == 0 || type[0] == '\0' || strncmp(type, "multipart/", 10) == 0) {

@@ -47,9 +47,13 @@ static void put_addresses(imap_session *s, tern_arena *a, const char *field)
             imap__printf(s, " ");
             put_nstring(s, ad->route);
             imap__printf(s, " ");
-            put_nstring(s, ad->local ? ad->local : "");
+            /* A NIL host would read as a group marker (RFC 9051 7.5.2): a
+             * broken address gets Dovecot's placeholders instead. "<>" keeps
+             * its empty local part and NIL host. */
+            put_nstring(s, ad->local ? ad->local : "MISSING_MAILBOX");
             imap__printf(s, " ");
-            put_nstring(s, ad->domain);
+            put_nstring(s, ad->domain ? ad->domain
+                                      : ad->local && !*ad->local ? NULL : "MISSING_DOMAIN");
             imap__printf(s, ")");
             break;
         }
@@ -86,14 +90,20 @@ void imap__put_envelope(imap_session *s, tern_arena *a, const tern_mime_envelope
     imap__printf(s, ")");
 }
 
-static void put_params(imap_session *s, const tern_mime_param *p)
+/* `charset`, when not NULL, is added last unless a charset parameter is
+ * there: a text part always shows its charset, the default included. */
+static void put_params(imap_session *s, const tern_mime_param *p, const char *charset)
 {
-    if (p == NULL) {
+    for (const tern_mime_param *q = p; q && charset; q = q->next)
+        if (strcmp(q->name, "charset") == 0)
+            charset = NULL;
+    if (p == NULL && charset == NULL) {
         imap__printf(s, "NIL");
         return;
     }
     imap__printf(s, "(");
-    for (bool first = true; p; p = p->next, first = false) {
+    bool first = true;
+    for (; p; p = p->next, first = false) {
         if (!first)
             imap__printf(s, " ");
         if (p->extended) {
@@ -105,6 +115,10 @@ static void put_params(imap_session *s, const tern_mime_param *p)
         }
         imap__printf(s, " ");
         put_nstring(s, p->raw ? p->raw : p->value);
+    }
+    if (charset) {
+        imap__printf(s, "%s\"charset\" ", first ? "" : " ");
+        put_nstring(s, charset);
     }
     imap__printf(s, ")");
 }
@@ -118,7 +132,7 @@ static void put_disposition(imap_session *s, const tern_mime_part *p)
     imap__printf(s, "(");
     put_nstring(s, p->disposition);
     imap__printf(s, " ");
-    put_params(s, p->disposition_params);
+    put_params(s, p->disposition_params, NULL);
     imap__printf(s, ")");
 }
 
@@ -147,7 +161,7 @@ void imap__put_body(imap_session *s, tern_arena *a, const tern_mime_part *p, boo
         put_nstring(s, p->subtype);
         if (ext) {
             imap__printf(s, " ");
-            put_params(s, p->params);
+            put_params(s, p->params, NULL);
             put_ext_tail(s, p);
         }
         imap__printf(s, ")");
@@ -158,14 +172,7 @@ void imap__put_body(imap_session *s, tern_arena *a, const tern_mime_part *p, boo
     imap__printf(s, " ");
     put_nstring(s, p->subtype);
     imap__printf(s, " ");
-    if (p->params == NULL && p->charset) {
-        /* A text part without parameters still has its (default) charset. */
-        imap__printf(s, "(\"charset\" ");
-        put_nstring(s, p->charset);
-        imap__printf(s, ")");
-    } else {
-        put_params(s, p->params);
-    }
+    put_params(s, p->params, p->charset);
     imap__printf(s, " ");
     put_nstring(s, p->content_id);
     imap__printf(s, " ");

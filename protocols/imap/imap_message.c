@@ -38,19 +38,14 @@ static bool set_arg(imap_session *s, tern_imap_parser *ps, tern_uid_set *out)
 
 typedef struct search_state {
     tern_imap_search_opts o;
+    uint32_t *uids;          /* the matches, ascending, while their modseqs are read */
+    size_t n_uids;
 } search_state;
 
-static void search_done(imap_session *s, tern_store_req *r)
+/* The answer for the UIDs v[0..n) (ascending; modified in place). */
+static void search_answer(imap_session *s, uint32_t *v, size_t n, uint64_t modseq)
 {
     search_state *st = s->cmd_state;
-    if (r->status != TERN_STORE_OK) {
-        imap__store_fail(s, r, "SEARCH");
-        tern_store_req_free(r);
-        return;
-    }
-    uint32_t *v = r->out.uids;
-    size_t n = r->out.n_uids;
-    qsort(v, n, sizeof(*v), cmp_u32);
     if (st->o.ret_save) {
         /* RFC 5182: '$' is kept as UIDs, whatever the command numbered. */
         free(s->saved);
@@ -71,20 +66,8 @@ static void search_done(imap_session *s, tern_store_req *r)
         }
     }
     if (!s->uid_cmd) {
-        size_t k = 0;
-        for (size_t i = 0; i < n; i++) {
-            size_t msn = imap__msn_of(s, v[i]);
-            if (msn)
-                v[k++] = (uint32_t)msn;
-        }
-        n = k;
-    } else {
-        /* Only what this session has been told exists. */
-        size_t k = 0;
         for (size_t i = 0; i < n; i++)
-            if (imap__msn_of(s, v[i]))
-                v[k++] = v[i];
-        n = k;
+            v[i] = (uint32_t)imap__msn_of(s, v[i]);
     }
     if (st->o.esearch) {
         bool only_save = st->o.ret_save && !st->o.ret_min && !st->o.ret_max &&
@@ -104,7 +87,7 @@ static void search_done(imap_session *s, tern_store_req *r)
                 imap__put_uidset(s, v, n);
             }
             if (st->o.modseq && n)
-                imap__printf(s, " MODSEQ %llu", (unsigned long long)r->out.highest_modseq);
+                imap__printf(s, " MODSEQ %llu", (unsigned long long)modseq);
             imap__printf(s, "\r\n");
         }
     } else {
@@ -115,16 +98,85 @@ static void search_done(imap_session *s, tern_store_req *r)
                 imap__flush(s);
         }
         if (st->o.modseq && n)
-            imap__printf(s, " (MODSEQ %llu)", (unsigned long long)r->out.highest_modseq);
+            imap__printf(s, " (MODSEQ %llu)", (unsigned long long)modseq);
         imap__printf(s, "\r\n");
     }
-    tern_store_req_free(r);
     imap__finish(s, "OK", "SEARCH completed");
+}
+
+/* RFC 7162 3.1.5: the MODSEQ of the answer is the highest of the matched
+ * messages', read with one FETCH of their metadata. */
+static void search_modseq_done(imap_session *s, tern_store_req *r)
+{
+    search_state *st = s->cmd_state;
+    if (r->status != TERN_STORE_OK) {
+        imap__store_fail(s, r, "SEARCH");
+        tern_store_req_free(r);
+        return;
+    }
+    uint64_t hi = 0;
+    for (size_t i = 0; i < r->out.n_messages; i++)
+        if (r->out.messages[i].modseq > hi)
+            hi = r->out.messages[i].modseq;
+    tern_store_req_free(r);
+    search_answer(s, st->uids, st->n_uids, hi);
+}
+
+static void search_done(imap_session *s, tern_store_req *r)
+{
+    search_state *st = s->cmd_state;
+    if (r->status != TERN_STORE_OK) {
+        imap__store_fail(s, r, "SEARCH");
+        tern_store_req_free(r);
+        return;
+    }
+    uint32_t *v = r->out.uids;
+    size_t n = r->out.n_uids;
+    qsort(v, n, sizeof(*v), cmp_u32);
+    /* Only what this session has been told exists. */
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (imap__msn_of(s, v[i]))
+            v[k++] = v[i];
+    n = k;
+    if (!st->o.modseq || n == 0) {
+        search_answer(s, v, n, 0);
+        tern_store_req_free(r);
+        return;
+    }
+    /* Copied to the command's arena: a request is not freed for us when the
+     * connection closes while the next one is out. */
+    st->uids = tern_arena_alloc(&s->arena, n * sizeof(*st->uids));
+    tern_uid_range *ranges = tern_arena_alloc(&s->arena, n * sizeof(*ranges));
+    if (!st->uids || !ranges) {
+        tern_store_req_free(r);
+        imap__finish(s, "NO", "[SERVERBUG] out of memory");
+        return;
+    }
+    memcpy(st->uids, v, n * sizeof(*v));
+    st->n_uids = n;
+    tern_store_req_free(r);
+    size_t nr = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (nr && ranges[nr - 1].last + 1 == st->uids[i])
+            ranges[nr - 1].last = st->uids[i];
+        else
+            ranges[nr].first = ranges[nr].last = st->uids[i], nr++;
+    }
+    tern_store_req *f = imap__req(s, TERN_STORE_FETCH);
+    if (f) {
+        f->in.name = s->mbox;
+        f->in.uids.ranges = ranges;
+        f->in.uids.n = nr;
+    }
+    imap__submit(s, f, search_modseq_done);
 }
 
 void imap__cmd_search(imap_session *s, tern_imap_parser *ps)
 {
     search_state *st = tern_arena_alloc(&s->arena, sizeof(*st));
+    if (st)
+        memset(st, 0, sizeof(*st));
     tern_imap_seqmap map = imap__seqmap_proto;
     map.ctx = s;
     tern_search *tree;

@@ -1082,6 +1082,12 @@ bool tern_imap_search(tern_imap_parser *ps, const tern_imap_seqmap *map,
             return tern_imap_fail(ps, "bad CHARSET");
         opts->charset = cs;
     }
+    return tern_imap_search_keys(ps, map, opts, out);
+}
+
+bool tern_imap_search_keys(tern_imap_parser *ps, const tern_imap_seqmap *map,
+                           tern_imap_search_opts *opts, tern_search **out)
+{
     tern_search *root = tern_arena_alloc(ps->arena, sizeof(*root));
     if (!root)
         return tern_imap_fail(ps, "out of memory");
@@ -1091,6 +1097,47 @@ bool tern_imap_search(tern_imap_parser *ps, const tern_imap_seqmap *map,
         return tern_imap_fail(ps, "junk after search keys");
     *out = root;
     return true;
+}
+
+bool tern_imap_sort_criteria(tern_imap_parser *ps, tern_imap_sort_crit *out, size_t *n_r)
+{
+    static const struct {
+        const char *name;
+        tern_imap_sort_key key;
+    } keys[] = {
+        {"ARRIVAL", TERN_IMAP_SORT_ARRIVAL}, {"CC", TERN_IMAP_SORT_CC},
+        {"DATE", TERN_IMAP_SORT_DATE},       {"FROM", TERN_IMAP_SORT_FROM},
+        {"SIZE", TERN_IMAP_SORT_SIZE},       {"SUBJECT", TERN_IMAP_SORT_SUBJECT},
+        {"TO", TERN_IMAP_SORT_TO},           {"DISPLAYFROM", TERN_IMAP_SORT_DISPLAYFROM},
+        {"DISPLAYTO", TERN_IMAP_SORT_DISPLAYTO},
+    };
+    size_t n = 0;
+    if (!tern_imap_open(ps))
+        return false;
+    for (;;) {
+        if (n && !tern_imap_sp(ps))
+            return false;
+        if (n == TERN_IMAP_SORT_MAX)
+            return tern_imap_fail(ps, "too many sort criteria");
+        bool rev = false;
+        if (tern_imap_keyword(ps, "REVERSE")) {
+            rev = true;
+            if (!tern_imap_sp(ps))
+                return false;
+        }
+        size_t k = 0;
+        while (k < sizeof(keys) / sizeof(keys[0]) && !tern_imap_keyword(ps, keys[k].name))
+            k++;
+        if (k == sizeof(keys) / sizeof(keys[0]))
+            return tern_imap_fail(ps, "unknown sort key");
+        out[n].key = keys[k].key;
+        out[n].reverse = rev;
+        n++;
+        if (tern_imap_peek(ps, ')'))
+            break;
+    }
+    *n_r = n;
+    return tern_imap_close(ps);
 }
 
 /* ---- fetch attributes --------------------------------------------------- */

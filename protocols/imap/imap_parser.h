@@ -192,6 +192,36 @@ bool tern_imap_search(tern_imap_parser *ps, const tern_imap_seqmap *map,
 
 /* ---- fetch attributes --------------------------------------------------- */
 
+/* search-key+ alone, to the end of the command (SORT and THREAD give their
+ * charset before the keys, without the CHARSET keyword). */
+bool tern_imap_search_keys(tern_imap_parser *ps, const tern_imap_seqmap *map,
+                           tern_imap_search_opts *opts, tern_search **out);
+
+/* ---- SORT (RFC 5256, RFC 5957) ----------------------------------------- */
+
+typedef enum {
+    TERN_IMAP_SORT_ARRIVAL = 1,
+    TERN_IMAP_SORT_CC,
+    TERN_IMAP_SORT_DATE,
+    TERN_IMAP_SORT_FROM,
+    TERN_IMAP_SORT_SIZE,
+    TERN_IMAP_SORT_SUBJECT,
+    TERN_IMAP_SORT_TO,
+    TERN_IMAP_SORT_DISPLAYFROM,
+    TERN_IMAP_SORT_DISPLAYTO,
+} tern_imap_sort_key;
+
+typedef struct tern_imap_sort_crit {
+    tern_imap_sort_key key;
+    bool reverse;
+} tern_imap_sort_crit;
+
+#define TERN_IMAP_SORT_MAX 16 /* criteria in one SORT; more is BAD */
+
+/* "(" sort-criterion *(SP sort-criterion) ")": out has room for
+ * TERN_IMAP_SORT_MAX. REVERSE applies to the key after it. */
+bool tern_imap_sort_criteria(tern_imap_parser *ps, tern_imap_sort_crit *out, size_t *n_r);
+
 typedef enum {
     TERN_IMAP_FA_UID = 0, TERN_IMAP_FA_FLAGS, TERN_IMAP_FA_INTERNALDATE,
     TERN_IMAP_FA_RFC822_SIZE, TERN_IMAP_FA_MODSEQ, TERN_IMAP_FA_ENVELOPE,

@@ -155,7 +155,8 @@ static void imap__put_capabilities(imap_session *s)
     imap__printf(s, "IMAP4rev1 IMAP4rev2 LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE "
                     "CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH SEARCHRES CONDSTORE "
                     "QRESYNC QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE STATUS=SIZE MULTIAPPEND "
-                    "UTF8=ACCEPT BINARY APPENDLIMIT=%llu",
+                    "UTF8=ACCEPT BINARY SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT "
+                    "THREAD=REFERENCES APPENDLIMIT=%llu",
                  (unsigned long long)imap__appendlimit(s));
     if (s->state & (IS_NOAUTH | IS_HANDSHAKE)) {
         char mechs[256];
@@ -395,14 +396,15 @@ static void imap__send_final(imap_session *s)
     imap__end_command(s);
 }
 
-/* RFC 9051 7.5.1: no EXPUNGE during FETCH, STORE or SEARCH (they use
+/* RFC 9051 7.5.1: no EXPUNGE during FETCH, STORE, SEARCH, SORT or THREAD (they use
  * message numbers); with UID variants and other commands, report first. */
 static bool imap__may_sync(const imap_session *s)
 {
     if (s->state != IS_SELECTED || !s->changed)
         return false;
     if (!s->uid_cmd && (strcmp(s->cmd, "FETCH") == 0 || strcmp(s->cmd, "STORE") == 0 ||
-                        strcmp(s->cmd, "SEARCH") == 0))
+                        strcmp(s->cmd, "SEARCH") == 0 || strcmp(s->cmd, "SORT") == 0 ||
+                        strcmp(s->cmd, "THREAD") == 0))
         return false;
     return true;
 }
@@ -994,6 +996,8 @@ static const imap_cmd_def commands[] = {
     {"UNSELECT", IS_SELECTED, false, cmd_unselect},
     {"EXPUNGE", IS_SELECTED, true, imap__cmd_expunge},
     {"SEARCH", IS_SELECTED, true, imap__cmd_search},
+    {"SORT", IS_SELECTED, true, imap__cmd_sort},
+    {"THREAD", IS_SELECTED, true, imap__cmd_sort},
     {"FETCH", IS_SELECTED, true, imap__cmd_fetch},
     {"STORE", IS_SELECTED, true, imap__cmd_store},
     {"COPY", IS_SELECTED, true, imap__cmd_copy},

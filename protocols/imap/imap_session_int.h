@@ -136,6 +136,9 @@ void imap__cmd_copy(imap_session *s, tern_imap_parser *ps);
 void imap__cmd_expunge(imap_session *s, tern_imap_parser *ps);
 void imap__cmd_close(imap_session *s, tern_imap_parser *ps);
 
+/* imap_sort.c */
+void imap__cmd_sort(imap_session *s, tern_imap_parser *ps); /* SORT and THREAD */
+
 /* imap_bodystructure.c */
 void imap__put_envelope(imap_session *s, tern_arena *a, const tern_mime_envelope *e);
 void imap__put_body(imap_session *s, tern_arena *a, const tern_mime_part *p, bool ext);

@@ -589,6 +589,16 @@ static void test_body_matcher(void **state)
     /* ISO-2022-JP, stateful, fed in pieces: "\xe6\x97\xa5\xe6\x9c\xac" (Nihon) */
     const char *jp = "Content-Type: text/plain; charset=ISO-2022-JP\r\n\r\n\x1b$BF|K\\\x1b(B\r\n";
     assert_int_equal(MATCH(jp, "\xe6\x97\xa5\xe6\x9c\xac"), 1);
+    /* multipart/digest: parts default to message/rfc822, but the attached
+     * messages' own bodies default to text/plain (found comparing with
+     * Dovecot on the corpus' rfc-004). */
+    const char *digest =
+        "Content-Type: multipart/digest; boundary=d\r\n\r\n"
+        "--d\r\n\r\nFrom: a\r\nSubject: one\r\n\r\nfirst digested body\r\n"
+        "--d\r\n\r\nFrom: b\r\nSubject: two\r\n\r\nsecond digested body\r\n"
+        "--d--\r\n";
+    assert_int_equal(MATCH(digest, "first digested"), 1);
+    assert_int_equal(MATCH(digest, "second digested"), 1);
     /* Shift_JIS split in the middle of a character by a chunk */
     const char *sj = "Content-Type: text/plain; charset=shift_jis\r\n\r\n\x93\xfa\x96\x7b\r\n";
     assert_int_equal(MATCH(sj, "\xe6\x97\xa5\xe6\x9c\xac"), 1);

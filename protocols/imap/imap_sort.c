@@ -1,0 +1,432 @@
+/* IMAP SORT and THREAD (RFC 5256; DISPLAYFROM/DISPLAYTO of RFC 5957), and
+ * their UID forms. The store answers the search and each message's size
+ * and internal date; the header fields the keys need (Date, Subject, From,
+ * To, Cc, Message-ID, References, In-Reply-To) are read from the store one
+ * message at a time, only the header section, through lib/header.h's
+ * streaming parser (bounded by its limits). Ordering and threading are the
+ * pure functions of imap_thread.c.
+ * Input: parsed client arguments (untrusted), store answers, message
+ * headers (untrusted bytes). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "lib/address.h"
+#include "lib/datetime.h"
+#include "lib/header.h"
+#include "lib/log.h"
+#include "protocols/imap/imap_session_int.h"
+#include "protocols/imap/imap_thread.h"
+
+#define MAX_REFS 256 /* msg-ids taken from one References field */
+
+enum { H_DATE, H_SUBJECT, H_FROM, H_TO, H_CC, H_MSGID, H_REFS, H_IRT, H_COUNT };
+static const char *const hdr_names[H_COUNT] = {
+    "Date", "Subject", "From", "To", "Cc", "Message-ID", "References", "In-Reply-To",
+};
+
+typedef struct sort_msg {
+    uint32_t uid;
+    bool gone;              /* expunged while we worked: left out */
+    int64_t arrival;
+    uint64_t size;
+    char *h[H_COUNT];
+} sort_msg;
+
+typedef struct sort_state {
+    bool thread;
+    tern_imap_thread_algo algo;
+    tern_imap_sort_crit crit[TERN_IMAP_SORT_MAX];
+    size_t n_crit;
+    bool need_headers;
+    sort_msg *m;
+    size_t n;
+    size_t cur;             /* the message whose header is being read */
+    uint64_t off;
+    tern_header_parser *hp;
+} sort_state;
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static sort_msg *find_msg(sort_state *st, uint32_t uid)
+{
+    size_t lo = 0, hi = st->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (st->m[mid].uid < uid)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < st->n && st->m[lo].uid == uid ? &st->m[lo] : NULL;
+}
+
+/* First mailbox of an address list: its local part and its RFC 5957
+ * display name (the decoded name, else local@domain). */
+static void first_address(tern_arena *a, const char *v, const char **mbox, const char **display)
+{
+    *mbox = *display = "";
+    if (!v)
+        return;
+    for (tern_address *ad = tern_address_list_parse(a, v, strlen(v), TERN_ADDRESS_DECODE, NULL);
+         ad; ad = ad->next) {
+        if (ad->kind != TERN_ADDRESS_MAILBOX)
+            continue;
+        *mbox = ad->local ? ad->local : "";
+        if (ad->name_decoded && *ad->name_decoded) {
+            *display = ad->name_decoded;
+        } else if (ad->local && !*ad->local && !ad->domain) {
+            *display = ""; /* "<>" */
+        } else {
+            /* RFC 5957: addr-mailbox "@" addr-host, as ENVELOPE writes them
+             * (with its placeholders for a broken address). */
+            char *spec = tern_arena_printf(a, "%s@%s", ad->local ? ad->local : "MISSING_MAILBOX",
+                                           ad->domain ? ad->domain : "MISSING_DOMAIN");
+            *display = spec ? spec : "";
+        }
+        return;
+    }
+}
+
+static int64_t sent_date(const sort_msg *m)
+{
+    int64_t t;
+    if (m->h[H_DATE] && tern_datetime_parse(m->h[H_DATE], strlen(m->h[H_DATE]), &t) == 0)
+        return t;
+    return m->arrival;
+}
+
+static void sort_answer(imap_session *s)
+{
+    sort_state *st = s->cmd_state;
+    tern_arena *a = &s->arena;
+    size_t k = 0;
+    for (size_t i = 0; i < st->n; i++)
+        if (!st->m[i].gone && imap__msn_of(s, st->m[i].uid))
+            st->m[k++] = st->m[i];
+    st->n = k;
+    if (st->thread) {
+        tern_imap_thread_msg *t = tern_arena_alloc(a, (k ? k : 1) * sizeof(*t));
+        if (!t) {
+            imap__finish(s, "NO", "[SERVERBUG] out of memory");
+            return;
+        }
+        for (size_t i = 0; i < k; i++) {
+            sort_msg *m = &st->m[i];
+            size_t msn = imap__msn_of(s, m->uid);
+            t[i].id = s->uid_cmd ? m->uid : (uint32_t)msn;
+            t[i].seq = (uint32_t)msn;
+            t[i].date = sent_date(m);
+            const char *subj = m->h[H_SUBJECT];
+            t[i].subject = tern_imap_base_subject(a, subj ? subj : "", subj ? strlen(subj) : 0,
+                                                  &t[i].refwd);
+            if (!t[i].subject)
+                t[i].subject = "";
+            char **ids;
+            t[i].message_id = NULL;
+            if (m->h[H_MSGID] &&
+                tern_imap_msgids(a, m->h[H_MSGID], strlen(m->h[H_MSGID]), 1, &ids) == 1)
+                t[i].message_id = ids[0];
+            t[i].refs = NULL;
+            t[i].n_refs = 0;
+            if (m->h[H_REFS])
+                t[i].n_refs = tern_imap_msgids(a, m->h[H_REFS], strlen(m->h[H_REFS]), MAX_REFS,
+                                               &t[i].refs);
+            if (t[i].n_refs == 0 && m->h[H_IRT])
+                t[i].n_refs = tern_imap_msgids(a, m->h[H_IRT], strlen(m->h[H_IRT]), 1,
+                                               &t[i].refs);
+        }
+        tern_buf out;
+        tern_buf_init(&out, 0);
+        int rc = tern_imap_thread(a, st->algo, t, k, &out);
+        if (rc != 0) {
+            tern_buf_free(&out);
+            imap__finish(s, "NO", "[SERVERBUG] out of memory");
+            return;
+        }
+        imap__printf(s, "* THREAD%s", out.len ? " " : "");
+        for (size_t off = 0; off < out.len;) {
+            size_t chunk = out.len - off < 32768 ? out.len - off : 32768;
+            imap__printf(s, "%.*s", (int)chunk, (const char *)out.data + off);
+            off += chunk;
+            if (s->ob.len > 64 * 1024)
+                imap__flush(s);
+        }
+        imap__printf(s, "\r\n");
+        tern_buf_free(&out);
+        imap__finish(s, "OK", "%sTHREAD completed", s->uid_cmd ? "UID " : "");
+        return;
+    }
+    tern_imap_sort_msg *v = tern_arena_alloc(a, (k ? k : 1) * sizeof(*v));
+    if (!v) {
+        imap__finish(s, "NO", "[SERVERBUG] out of memory");
+        return;
+    }
+    for (size_t i = 0; i < k; i++) {
+        sort_msg *m = &st->m[i];
+        size_t msn = imap__msn_of(s, m->uid);
+        v[i].id = s->uid_cmd ? m->uid : (uint32_t)msn;
+        v[i].seq = (uint32_t)msn;
+        v[i].arrival = m->arrival;
+        v[i].size = m->size;
+        v[i].date = st->need_headers ? sent_date(m) : m->arrival;
+        const char *subj = m->h[H_SUBJECT];
+        v[i].subject = "";
+        if (subj) {
+            const char *b = tern_imap_base_subject(a, subj, strlen(subj), NULL);
+            v[i].subject = b ? b : "";
+        }
+        first_address(a, m->h[H_FROM], &v[i].from, &v[i].display_from);
+        first_address(a, m->h[H_TO], &v[i].to, &v[i].display_to);
+        const char *unused;
+        first_address(a, m->h[H_CC], &v[i].cc, &unused);
+    }
+    tern_imap_sort(v, k, st->crit, st->n_crit);
+    imap__printf(s, "* SORT");
+    for (size_t i = 0; i < k; i++) {
+        imap__printf(s, " %u", v[i].id);
+        if (s->ob.len > 64 * 1024)
+            imap__flush(s);
+    }
+    imap__printf(s, "\r\n");
+    imap__finish(s, "OK", "%sSORT completed", s->uid_cmd ? "UID " : "");
+}
+
+/* ---- header fields, one message at a time --------------------------------- */
+
+static void header_next(imap_session *s);
+
+/* The first occurrence of each field counts, as for ENVELOPE. A NUL
+ * inside a value cuts it there: these are used as texts. */
+static void keep_field(imap_session *s, sort_msg *m, const tern_header_field *f)
+{
+    for (size_t k = 0; k < H_COUNT; k++) {
+        if (!m->h[k] && tern_header_name_is(f, hdr_names[k])) {
+            m->h[k] = tern_arena_strndup(&s->arena, f->value, f->value_len);
+            return;
+        }
+    }
+}
+
+static void header_chunk_done(imap_session *s, tern_store_req *r)
+{
+    sort_state *st = s->cmd_state;
+    sort_msg *m = &st->m[st->cur];
+    if (r->status == TERN_STORE_ENOTFOUND) {
+        m->gone = true; /* expunged by another session meanwhile */
+        tern_store_req_free(r);
+        st->cur++;
+        st->off = 0;
+        header_next(s);
+        return;
+    }
+    if (r->status != TERN_STORE_OK) {
+        imap__store_fail(s, r, st->thread ? "THREAD" : "SORT");
+        tern_store_req_free(r);
+        return;
+    }
+    const uint8_t *p = r->out.body;
+    size_t n = r->out.body_len;
+    bool done = false;
+    tern_header_field f;
+    while (n > 0 && !done) {
+        size_t used = 0;
+        tern_header_event ev = tern_header_parser_feed(st->hp, p, n, &used, &f);
+        p += used;
+        n -= used;
+        if (ev == TERN_HEADER_FIELD)
+            keep_field(s, m, &f);
+        else if (ev == TERN_HEADER_END)
+            done = true;
+        else
+            break; /* TERN_HEADER_MORE: all of this chunk was used */
+    }
+    st->off += r->out.body_len;
+    bool at_end = r->out.body_len == 0 || st->off >= r->out.body_total;
+    tern_store_req_free(r);
+    if (!done && at_end) {
+        while (tern_header_parser_finish(st->hp, &f) == TERN_HEADER_FIELD)
+            keep_field(s, m, &f);
+        done = true;
+    }
+    if (done) {
+        st->cur++;
+        st->off = 0;
+    }
+    header_next(s);
+}
+
+static void header_next(imap_session *s)
+{
+    sort_state *st = s->cmd_state;
+    while (st->cur < st->n && st->m[st->cur].gone)
+        st->cur++;
+    if (st->cur == st->n) {
+        sort_answer(s);
+        return;
+    }
+    if (st->off == 0)
+        tern_header_parser_init(st->hp, NULL);
+    tern_store_req *r = imap__req(s, TERN_STORE_FETCH_BODY);
+    if (r) {
+        r->in.name = s->mbox;
+        r->in.uid = st->m[st->cur].uid;
+        r->in.offset = st->off;
+        r->in.max_len = st->off == 0 ? HEADER_FIRST_READ : BODY_CHUNK;
+    }
+    imap__submit(s, r, header_chunk_done);
+}
+
+/* ---- sizes and dates, then the headers ------------------------------------ */
+
+static void meta_done(imap_session *s, tern_store_req *r)
+{
+    sort_state *st = s->cmd_state;
+    if (r->status != TERN_STORE_OK) {
+        imap__store_fail(s, r, st->thread ? "THREAD" : "SORT");
+        tern_store_req_free(r);
+        return;
+    }
+    for (size_t i = 0; i < st->n; i++)
+        st->m[i].gone = true;
+    for (size_t i = 0; i < r->out.n_messages; i++) {
+        const tern_message_info *mi = &r->out.messages[i];
+        sort_msg *m = find_msg(st, mi->uid);
+        if (m) {
+            m->gone = false;
+            m->arrival = mi->internal_date;
+            m->size = mi->size;
+        }
+    }
+    tern_store_req_free(r);
+    if (!st->need_headers) {
+        sort_answer(s);
+        return;
+    }
+    st->hp = tern_arena_alloc(&s->arena, sizeof(*st->hp));
+    if (!st->hp) {
+        imap__finish(s, "NO", "[SERVERBUG] out of memory");
+        return;
+    }
+    st->cur = 0;
+    st->off = 0;
+    header_next(s);
+}
+
+static void search_done(imap_session *s, tern_store_req *r)
+{
+    sort_state *st = s->cmd_state;
+    if (r->status != TERN_STORE_OK) {
+        imap__store_fail(s, r, st->thread ? "THREAD" : "SORT");
+        tern_store_req_free(r);
+        return;
+    }
+    uint32_t *v = r->out.uids;
+    size_t n = r->out.n_uids;
+    qsort(v, n, sizeof(*v), cmp_u32);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) /* only what this session has been told exists */
+        if (imap__msn_of(s, v[i]))
+            v[k++] = v[i];
+    n = k;
+    st->m = tern_arena_alloc(&s->arena, (n ? n : 1) * sizeof(*st->m));
+    tern_uid_range *ranges = tern_arena_alloc(&s->arena, (n ? n : 1) * sizeof(*ranges));
+    if (!st->m || !ranges) {
+        tern_store_req_free(r);
+        imap__finish(s, "NO", "[SERVERBUG] out of memory");
+        return;
+    }
+    size_t nr = 0;
+    for (size_t i = 0; i < n; i++) {
+        memset(&st->m[i], 0, sizeof(st->m[i]));
+        st->m[i].uid = v[i];
+        if (nr && ranges[nr - 1].last + 1 == v[i])
+            ranges[nr - 1].last = v[i];
+        else
+            ranges[nr].first = ranges[nr].last = v[i], nr++;
+    }
+    st->n = n;
+    tern_store_req_free(r);
+    if (n == 0) {
+        sort_answer(s);
+        return;
+    }
+    tern_store_req *f = imap__req(s, TERN_STORE_FETCH);
+    if (f) {
+        f->in.name = s->mbox;
+        f->in.uids.ranges = ranges;
+        f->in.uids.n = nr;
+    }
+    imap__submit(s, f, meta_done);
+}
+
+static bool needs_headers(const sort_state *st)
+{
+    if (st->thread)
+        return true;
+    for (size_t i = 0; i < st->n_crit; i++)
+        if (st->crit[i].key != TERN_IMAP_SORT_ARRIVAL && st->crit[i].key != TERN_IMAP_SORT_SIZE)
+            return true;
+    return false;
+}
+
+/* SORT SP (criteria) SP charset SP search-keys
+ * THREAD SP algorithm SP charset SP search-keys */
+void imap__cmd_sort(imap_session *s, tern_imap_parser *ps)
+{
+    sort_state *st = tern_arena_alloc(&s->arena, sizeof(*st));
+    if (!st) {
+        imap__finish(s, "NO", "[SERVERBUG] out of memory");
+        return;
+    }
+    memset(st, 0, sizeof(*st));
+    st->thread = strcmp(s->cmd, "THREAD") == 0;
+    if (!tern_imap_sp(ps)) {
+        imap__bad(s, ps, st->thread ? "bad THREAD" : "bad SORT");
+        return;
+    }
+    if (st->thread) {
+        if (tern_imap_keyword(ps, "ORDEREDSUBJECT"))
+            st->algo = TERN_IMAP_THREAD_ORDEREDSUBJECT;
+        else if (tern_imap_keyword(ps, "REFERENCES"))
+            st->algo = TERN_IMAP_THREAD_REFERENCES;
+        else {
+            imap__bad(s, ps, "unknown threading algorithm");
+            return;
+        }
+    } else if (!tern_imap_sort_criteria(ps, st->crit, &st->n_crit)) {
+        imap__bad(s, ps, "bad sort criteria");
+        return;
+    }
+    char *charset;
+    if (!tern_imap_sp(ps) || !tern_imap_astring(ps, &charset, NULL) || !tern_imap_sp(ps)) {
+        imap__bad(s, ps, "expected a charset and search keys");
+        return;
+    }
+    tern_imap_seqmap map = imap__seqmap_proto;
+    map.ctx = s;
+    tern_imap_search_opts o;
+    memset(&o, 0, sizeof(o));
+    tern_search *tree;
+    if (!tern_imap_search_keys(ps, &map, &o, &tree)) {
+        imap__bad(s, ps, "bad search keys");
+        return;
+    }
+    if (strcasecmp(charset, "UTF-8") != 0 && strcasecmp(charset, "US-ASCII") != 0) {
+        imap__finish(s, "NO", "[BADCHARSET (US-ASCII UTF-8)] unsupported charset");
+        return;
+    }
+    st->need_headers = needs_headers(st);
+    s->cmd_state = st;
+    tern_store_req *r = imap__req(s, TERN_STORE_SEARCH);
+    if (r) {
+        r->in.name = s->mbox;
+        r->in.search = tree;
+    }
+    imap__submit(s, r, search_done);
+}
