@@ -46,6 +46,7 @@ typedef struct qrcpt {
     char status[16];       /* RFC 3463 code of the failure */
     char remote[80];       /* the server that answered, or "" */
     bool failed, bounced;
+    uint8_t qflags;        /* TERN_QFLAG_* as persisted */
 } qrcpt;
 
 typedef struct qmsg {
@@ -56,6 +57,7 @@ typedef struct qmsg {
     uint64_t added_ms;
     unsigned busy;         /* attempts in flight */
     struct qmsg *prev, *next;
+    bool held;             /* by the admin (tern_queue_hold); persisted */
 } qmsg;
 
 typedef struct post {
@@ -119,6 +121,28 @@ typedef struct attempt {
 static uint64_t now_ms(void)
 {
     return tern_now_ms();
+}
+
+/* Wall clock in unix ms: what the spool keeps, since the monotonic clock
+ * starts again at every boot. */
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The monotonic deadline of a persisted wall-clock one (0: due now). */
+static uint64_t mono_of_wall(int64_t wall)
+{
+    int64_t w = wall_ms();
+    return wall > w ? now_ms() + (uint64_t)(wall - w) : 0;
+}
+
+static int64_t wall_of_mono(uint64_t mono)
+{
+    uint64_t n = now_ms();
+    return wall_ms() + (mono > n ? (int64_t)(mono - n) : 0);
 }
 
 static dest *dest_get(tern_queue *q, const char *domain)
@@ -192,6 +216,7 @@ static void queue_take(tern_queue *q, const char *qid)
     if (m->env)
         tern_envelope_free(m->env);
     m->env = env;
+    m->held = env->held;
     for (size_t i = 0; i < env->n_rcpts; i++) {
         const tern_spool_rcpt *sr = &env->rcpts[i];
         if (sr->done || !(owned || sr->queued))
@@ -215,6 +240,20 @@ static void queue_take(tern_queue *q, const char *qid)
         const char *at = strrchr(r->addr, '@');
         r->domain = at ? at + 1 : "";
         m->n++;
+        /* A previous run's retry state: the count goes on and the next
+         * try keeps its time (a restart is no reason to retry at once). */
+        r->attempts = sr->attempts;
+        r->qflags = sr->qflags;
+        r->next_try_ms = sr->next_try > 0 ? mono_of_wall(sr->next_try) : 0;
+        if (sr->last_error)
+            snprintf(r->last_error, sizeof(r->last_error), "%s", sr->last_error);
+        if (sr->attempts > 0) {
+            char qa[600];
+            uint64_t n = now_ms();
+            TLOG_INFO(MOD, "event=restored qid=%s rcpt=%s attempts=%u retry_in_s=%" PRIu64, qid,
+                      tern_log_q(qa, sizeof(qa), r->addr), r->attempts,
+                      r->next_try_ms > n ? (r->next_try_ms - n) / 1000 : 0);
+        }
     }
 }
 
@@ -319,6 +358,16 @@ static void rcpt_defer(tern_queue *q, qmsg *m, qrcpt *r, const char *why)
     }
     r->st = QR_PENDING;
     r->next_try_ms = now_ms() + backoff(q, r->attempts);
+    /* Persisted (with the next group commit) so a restart keeps the count
+     * and the time. Not when shutting down: an attempt cut short by the
+     * stop is retried at the next start, as if it had not begun. */
+    if (!q->closing) {
+        int pr = tern_spool_rcpt_retry(q->env.spool, m->qid, r->idx, r->attempts,
+                                       wall_of_mono(r->next_try_ms), r->qflags, why);
+        if (pr != 0)
+            TLOG_WARN(MOD, "event=retry_state_not_saved qid=%s error=\"%s\"", m->qid,
+                      strerror(-pr));
+    }
     char qa[600], qd[500];
     TLOG_INFO(MOD, "event=deferred qid=%s rcpt=%s attempts=%u retry_in_s=%" PRIu64 " reason=%s",
               m->qid, tern_log_q(qa, sizeof(qa), r->addr), r->attempts,
@@ -760,6 +809,8 @@ void tern_queue_kick(tern_queue *q)
             next = m->next;
             if (q->active >= c->max_concurrency)
                 return;
+            if (m->held)
+                continue;
             for (size_t i = 0; i < m->n; i++) {
                 qrcpt *r = &m->r[i];
                 if (r->st != QR_PENDING || r->next_try_ms > now)

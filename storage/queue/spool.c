@@ -100,7 +100,7 @@ typedef struct job {
     /* JOB_COMPLETE, JOB_RCPT */
     uint32_t target;
     uint32_t rcpt_idx; /* JOB_RCPT */
-    uint8_t rcpt_state; /* JOB_RCPT: 1 done, 2 queued */
+    uint8_t rcpt_state; /* JOB_RCPT: 1 done, 2 queued, 0 retry state (payload in envblob) */
     /* results */
     seg *seg;
     uint64_t rec_off;
@@ -610,14 +610,18 @@ static int write_rcpt_state(tern_spool *s, job *j)
     if (r != 0)
         return r;
     seg *g = s->cur;
-    uint8_t pl[5] = {(uint8_t)j->rcpt_idx, (uint8_t)(j->rcpt_idx >> 8), (uint8_t)(j->rcpt_idx >> 16),
+    uint8_t st[5] = {(uint8_t)j->rcpt_idx, (uint8_t)(j->rcpt_idx >> 8), (uint8_t)(j->rcpt_idx >> 16),
                      (uint8_t)(j->rcpt_idx >> 24), j->rcpt_state};
-    spool_rec_hdr h = {.type = SPOOL_REC_RCPT_STATE, .len = sizeof(pl),
-                       .payload_crc = spool_crc32c(0, pl, sizeof(pl))};
+    /* A retry-state job carries its whole RCPT_RETRY payload. */
+    bool retry = j->rcpt_state == 0;
+    const uint8_t *pl = retry ? j->envblob : st;
+    size_t pl_len = retry ? j->envlen : sizeof(st);
+    spool_rec_hdr h = {.type = retry ? SPOOL_REC_RCPT_RETRY : SPOOL_REC_RCPT_STATE,
+                       .len = (uint32_t)pl_len, .payload_crc = spool_crc32c(0, pl, pl_len)};
     memcpy(h.qid, j->qid, TERN_QID_LEN);
     uint8_t hb[SPOOL_REC_HDR_LEN];
     spool_rec_hdr_encode(hb, &h);
-    struct iovec iov[2] = {{hb, sizeof(hb)}, {pl, sizeof(pl)}};
+    struct iovec iov[2] = {{hb, sizeof(hb)}, {(void *)pl, pl_len}};
     g->unsynced = true;
     r = pwrite_all(g->fd, iov, 2, g->size);
     if (r != 0) {
@@ -625,7 +629,7 @@ static int write_rcpt_state(tern_spool *s, job *j)
             g->broken = true;
         return r;
     }
-    g->size += SPOOL_REC_HDR_LEN + sizeof(pl);
+    g->size += SPOOL_REC_HDR_LEN + pl_len;
     j->seg = g;
     return 0;
 }
@@ -772,6 +776,7 @@ static uint32_t write_batch(tern_spool *s, job *batch)
             j->env = NULL;
             client_post(j);
         } else {
+            free(j->envblob); /* a retry record's payload, else NULL */
             free(j);
         }
     }
@@ -989,6 +994,47 @@ static void replay_message(tern_spool *s, seg *g, uint64_t off, const spool_rec_
     }
 }
 
+static uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Applies a RCPT_RETRY payload (checksummed, but still bounds-checked:
+ * disk data) to env. Returns false when it does not fit. */
+static bool spool_retry_apply(tern_envelope *env, const uint8_t *pl, size_t len)
+{
+    if (len < SPOOL_RETRY_FIXED)
+        return false;
+    uint32_t idx = le32(pl);
+    uint32_t attempts = le32(pl + 4);
+    uint64_t next = (uint64_t)le32(pl + 8) | (uint64_t)le32(pl + 12) << 32;
+    uint8_t flags = pl[16];
+    size_t elen = (size_t)pl[17] | (size_t)pl[18] << 8;
+    if (elen > len - SPOOL_RETRY_FIXED || elen > TERN_SPOOL_MAX_RETRY_ERROR)
+        return false;
+    if (idx == SPOOL_RETRY_MSG) {
+        env->held = (flags & 1) != 0;
+        return true;
+    }
+    if (idx >= env->n_rcpts)
+        return false;
+    tern_spool_rcpt *r = &env->rcpts[idx];
+    char *e = NULL;
+    if (elen > 0) {
+        e = malloc(elen + 1);
+        if (e == NULL)
+            return false;
+        memcpy(e, pl + SPOOL_RETRY_FIXED, elen);
+        e[elen] = '\0';
+    }
+    free(r->last_error);
+    r->last_error = e;
+    r->attempts = attempts;
+    r->next_try = (int64_t)next;
+    r->qflags = flags;
+    return true;
+}
+
 static void replay_record(tern_spool *s, seg *g, uint64_t off, const spool_rec_hdr *h,
                           const uint8_t *payload)
 {
@@ -1021,6 +1067,14 @@ static void replay_record(tern_spool *s, seg *g, uint64_t off, const spool_rec_h
             e->env->rcpts[idx].done = true;
         else if (idx < e->env->n_rcpts && payload[4] == 2)
             e->env->rcpts[idx].queued = true;
+        seg_add_tomb(e->seg, g);
+        break;
+    }
+    case SPOOL_REC_RCPT_RETRY: {
+        entry *e = idx_find(s, h->qid);
+        if (e == NULL || h->len < SPOOL_RETRY_FIXED)
+            break;
+        spool_retry_apply(e->env, payload, h->len);
         seg_add_tomb(e->seg, g);
         break;
     }
@@ -1592,6 +1646,74 @@ static int rcpt_state(tern_spool *s, const char *qid, size_t idx, uint8_t state)
     return 0;
 }
 
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+static int retry_record(tern_spool *s, const char *qid, uint32_t idx, uint32_t attempts,
+                        int64_t next_try, uint8_t flags, const char *err)
+{
+    if (s->readonly)
+        return -EROFS;
+    size_t elen = err ? strlen(err) : 0;
+    if (elen > TERN_SPOOL_MAX_RETRY_ERROR)
+        elen = TERN_SPOOL_MAX_RETRY_ERROR;
+    job *j = calloc(1, sizeof(*j));
+    uint8_t *pl = malloc(SPOOL_RETRY_FIXED + elen);
+    if (j == NULL || pl == NULL) {
+        free(j);
+        free(pl);
+        return -ENOMEM;
+    }
+    put32(pl, idx);
+    put32(pl + 4, attempts);
+    put32(pl + 8, (uint32_t)(uint64_t)next_try);
+    put32(pl + 12, (uint32_t)((uint64_t)next_try >> 32));
+    pl[16] = flags;
+    pl[17] = (uint8_t)elen;
+    pl[18] = (uint8_t)(elen >> 8);
+    if (elen)
+        memcpy(pl + SPOOL_RETRY_FIXED, err, elen);
+    pthread_mutex_lock(&s->ilock);
+    entry *e = idx_find(s, qid);
+    if (e == NULL || (idx != SPOOL_RETRY_MSG && idx >= e->env->n_rcpts) ||
+        !spool_retry_apply(e->env, pl, SPOOL_RETRY_FIXED + elen)) {
+        pthread_mutex_unlock(&s->ilock);
+        free(j);
+        free(pl);
+        return -ENOENT;
+    }
+    j->type = JOB_RCPT;
+    j->rcpt_state = 0;
+    j->envblob = pl;
+    j->envlen = SPOOL_RETRY_FIXED + elen;
+    memcpy(j->qid, e->qid, TERN_QID_LEN);
+    j->target = e->seg->num;
+    j->rcpt_idx = idx;
+    pthread_mutex_unlock(&s->ilock);
+    pthread_mutex_lock(&s->qlock);
+    enqueue(s, j);
+    pthread_mutex_unlock(&s->qlock);
+    return 0;
+}
+
+int tern_spool_rcpt_retry(tern_spool *s, const char *qid, size_t idx, uint32_t attempts,
+                          int64_t next_try, uint8_t qflags, const char *last_error)
+{
+    if (idx >= SPOOL_RETRY_MSG)
+        return -ENOENT;
+    return retry_record(s, qid, (uint32_t)idx, attempts, next_try, qflags, last_error);
+}
+
+int tern_spool_hold(tern_spool *s, const char *qid, bool held)
+{
+    return retry_record(s, qid, SPOOL_RETRY_MSG, 0, 0, held ? 1 : 0, NULL);
+}
+
 tern_envelope *tern_spool_envelope_dup(tern_spool *s, const char *qid)
 {
     pthread_mutex_lock(&s->ilock);
@@ -1608,7 +1730,13 @@ tern_envelope *tern_spool_envelope_dup(tern_spool *s, const char *qid)
             for (size_t i = 0; i < copy->n_rcpts && i < e->env->n_rcpts; i++) {
                 copy->rcpts[i].done = e->env->rcpts[i].done;
                 copy->rcpts[i].queued = e->env->rcpts[i].queued;
+                copy->rcpts[i].attempts = e->env->rcpts[i].attempts;
+                copy->rcpts[i].next_try = e->env->rcpts[i].next_try;
+                copy->rcpts[i].qflags = e->env->rcpts[i].qflags;
+                if (e->env->rcpts[i].last_error)
+                    copy->rcpts[i].last_error = strdup(e->env->rcpts[i].last_error);
             }
+            copy->held = e->env->held;
         }
     }
     pthread_mutex_unlock(&s->ilock);

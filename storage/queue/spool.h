@@ -37,7 +37,18 @@ typedef struct tern_spool_rcpt {
     uint8_t notify; /* TERN_NOTIFY_* */
     bool done;      /* finished by the pipeline (a RCPT_STATE record); not in the envelope */
     bool queued;    /* handed to the remote queue as it is (a RCPT_STATE record) */
+    /* The remote queue's retry state (the last RCPT_RETRY record), so a
+     * restart neither retries everything at once nor restarts the count.
+     * Not in the envelope encoding. */
+    uint32_t attempts;
+    int64_t next_try;     /* wall clock, unix milliseconds; 0: now */
+    uint8_t qflags;       /* TERN_QFLAG_* */
+    char *last_error;     /* or NULL; bounded by TERN_SPOOL_MAX_RETRY_ERROR */
 } tern_spool_rcpt;
+
+/* tern_spool_rcpt.qflags */
+#define TERN_QFLAG_DELAY_SENT 0x01 /* the "delayed" DSN went out (once per recipient) */
+#define TERN_SPOOL_MAX_RETRY_ERROR 512
 
 typedef struct tern_envelope {
     char qid[TERN_QID_LEN];
@@ -56,6 +67,7 @@ typedef struct tern_envelope {
     char *pipeline;         /* mailet processor the message enters */
     int64_t received_at;    /* unix seconds */
     uint64_t size;          /* message bytes as stored (with our Received header) */
+    bool held;              /* the queue must not deliver it (a RCPT_RETRY record) */
 } tern_envelope;
 
 /* A message body being received: in memory up to `mem_threshold`, then in
@@ -141,6 +153,15 @@ int tern_spool_rcpt_queued(tern_spool *s, const char *qid, size_t idx);
  * and the queue manager may finish their parts in either order). Returns
  * 1 when it completed it, 0 when some recipient is not done, -errno. */
 int tern_spool_complete_if_done(tern_spool *s, const char *qid);
+/* Records recipient `idx`'s retry state for the remote queue (attempts,
+ * next try in unix ms, flags, last error truncated to
+ * TERN_SPOOL_MAX_RETRY_ERROR). A bookkeeping record: durable with the next
+ * group commit, replayed into the envelope's rcpts (last one wins). Safe
+ * from any thread. Returns 0 or -errno (-ENOENT: not live). */
+int tern_spool_rcpt_retry(tern_spool *s, const char *qid, size_t idx, uint32_t attempts,
+                          int64_t next_try, uint8_t qflags, const char *last_error);
+/* Records that the whole message is held (or released) by the admin. */
+int tern_spool_hold(tern_spool *s, const char *qid, bool held);
 /* A deep copy of a live message's envelope (recipients' done flags
  * included), or NULL. Free with tern_envelope_free. Safe from any thread. */
 tern_envelope *tern_spool_envelope_dup(tern_spool *s, const char *qid);

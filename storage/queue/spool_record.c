@@ -535,6 +535,7 @@ void spool_env_free(tern_envelope *env)
     for (size_t i = 0; i < env->n_rcpts; i++) {
         free(env->rcpts[i].addr);
         free(env->rcpts[i].orcpt);
+        free(env->rcpts[i].last_error);
     }
     free(env->rcpts);
     free(env->mail_from);

@@ -47,7 +47,15 @@ enum {
     /* reserved for per-recipient delivery state (deferred, delivered,
      * failed, next try); current readers skip it */
     SPOOL_REC_RCPT_STATE = 3,
+    /* the remote queue's retry state of one recipient, payload:
+     *   u32 recipient index (0xffffffff: the message) | u32 attempts |
+     *   u64 next try (unix ms) | u8 flags (TERN_QFLAG_*; for the message,
+     *   bit 0 = held) | u16 error length | error bytes
+     * older readers skip it (unknown type) */
+    SPOOL_REC_RCPT_RETRY = 4,
 };
+#define SPOOL_RETRY_MSG 0xffffffffu
+#define SPOOL_RETRY_FIXED 19
 
 typedef struct spool_rec_hdr {
     uint8_t version;

@@ -380,6 +380,66 @@ static void test_complete(void **state)
     tmpdir_free(dir);
 }
 
+/* The queue's retry state survives a reopen: the last RCPT_RETRY record
+ * of a recipient wins, the error is bounded, hold is per message, and a
+ * record for a recipient out of range is refused. */
+static void test_retry_state(void **state)
+{
+    char *dir = tmpdir_new();
+    tern_spool *s = open_spool(dir, 0);
+    static waiter w;
+    memset(&w, 0, sizeof(w));
+    submit_n(s, 2, 100, 7, &w);
+    char big[2000];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    assert_int_equal(tern_spool_rcpt_retry(s, w.qids[0], 1, 1, 1000, 0, "first"), 0);
+    assert_int_equal(tern_spool_rcpt_retry(s, w.qids[0], 1, 3, 1700000123456LL, TERN_QFLAG_DELAY_SENT,
+                                           "451 4.4.1 try later"), 0);
+    assert_int_equal(tern_spool_rcpt_retry(s, w.qids[1], 0, 2, 5, 0, big), 0);
+    assert_int_equal(tern_spool_rcpt_retry(s, w.qids[1], 2, 2, 5, 0, "x"), -ENOENT);
+    assert_int_equal(tern_spool_rcpt_retry(s, "ZZZZZZZZZZZZZZZZ", 0, 2, 5, 0, "x"), -ENOENT);
+    assert_int_equal(tern_spool_hold(s, w.qids[1], true), 0);
+    tern_envelope *e = tern_spool_envelope_dup(s, w.qids[0]);
+    assert_non_null(e);
+    assert_int_equal(e->rcpts[1].attempts, 3);
+    assert_false(e->held);
+    tern_envelope_free(e);
+    tern_spool_close(s);
+
+    for (int round = 0; round < 2; round++) {
+        s = round == 0 ? open_spool(dir, 0) : open_ro(dir);
+        e = tern_spool_envelope_dup(s, w.qids[0]);
+        assert_non_null(e);
+        assert_int_equal(e->rcpts[0].attempts, 0);
+        assert_null(e->rcpts[0].last_error);
+        assert_int_equal(e->rcpts[1].attempts, 3);
+        assert_true(e->rcpts[1].next_try == 1700000123456LL);
+        assert_int_equal(e->rcpts[1].qflags, TERN_QFLAG_DELAY_SENT);
+        assert_string_equal(e->rcpts[1].last_error, "451 4.4.1 try later");
+        assert_false(e->held);
+        tern_envelope_free(e);
+        e = tern_spool_envelope_dup(s, w.qids[1]);
+        assert_non_null(e);
+        assert_true(e->held);
+        assert_int_equal(strlen(e->rcpts[0].last_error), TERN_SPOOL_MAX_RETRY_ERROR);
+        tern_envelope_free(e);
+        if (round == 0) {
+            assert_int_equal(tern_spool_hold(s, w.qids[1], false), 0);
+        }
+        tern_spool_close(s);
+        if (round == 0) {
+            s = open_spool(dir, 0);
+            e = tern_spool_envelope_dup(s, w.qids[1]);
+            assert_false(e->held);
+            tern_envelope_free(e);
+            assert_int_equal(tern_spool_hold(s, w.qids[1], true), 0);
+            tern_spool_close(s);
+        }
+    }
+    tmpdir_free(dir);
+}
+
 typedef struct thread_arg {
     tern_spool *s;
     int n;
@@ -1100,6 +1160,7 @@ int main(void)
         cmocka_unit_test(test_crc),
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_complete),
+        cmocka_unit_test(test_retry_state),
         cmocka_unit_test(test_concurrent),
         cmocka_unit_test(test_rotation),
         cmocka_unit_test(test_torn_tail),
