@@ -78,6 +78,7 @@ typedef struct tern_server_conf {
     char *group;
     char *log_level;           /* "info" or "info,smtp=debug"; TERN_LOG overrides */
     char *state_dir;           /* default "/var/lib/tern"; spool lives in state_dir/spool */
+    char *control_socket;      /* Unix socket for ternctl queue; default state_dir/control.sock */
 } tern_server_conf;
 
 typedef struct tern_limits_conf {

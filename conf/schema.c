@@ -228,6 +228,7 @@ static const field server_fields[] = {
     F_STRING("group", tern_server_conf, group, NULL, 0, check_group),
     F_STRING("log_level", tern_server_conf, log_level, "info", 0, check_log_level),
     F_STRING("state_dir", tern_server_conf, state_dir, "/var/lib/tern", 0, check_absolute),
+    F_STRING("control_socket", tern_server_conf, control_socket, NULL, 0, check_absolute),
 };
 static const schema_map server_schema = {server_fields, COUNT(server_fields), NULL};
 

@@ -56,6 +56,8 @@ static void validate__storage(conf_walk *w)
     tern_config *c = w->cfg;
     if (c->local.path == NULL && c->server.state_dir != NULL)
         c->local.path = tern_arena_printf(&c->arena, "%s/mail", c->server.state_dir);
+    if (c->server.control_socket == NULL && c->server.state_dir != NULL)
+        c->server.control_socket = tern_arena_printf(&c->arena, "%s/control.sock", c->server.state_dir);
     if (c->storage.backend == TERN_STORAGE_POSTGRES && !c->postgres.present)
         conf__err(w, conf__line(w, &c->storage.backend), "storage.backend",
                   "postgres needs a postgres: section with conninfo");

@@ -24,6 +24,7 @@
 
 #include "lib/dns.h"
 #include "lib/dns_mx.h"
+#include "lib/json_write.h"
 #include "lib/log.h"
 #include "lib/util.h"
 #include "protocols/smtp/smtp_client.h"
@@ -903,6 +904,169 @@ tern_queue *tern_queue_new(const tern_queue_env *env, char *err, size_t err_size
     size_t n = tern_spool_each(env->spool, scan_one, q);
     TLOG_INFO(MOD, "event=started spool_messages=%zu", n);
     return q;
+}
+
+/* ---- administration --------------------------------------------------- */
+
+static const char *rcpt_state_name(const qmsg *m, const qrcpt *r, uint64_t now)
+{
+    if (r->st == QR_BUSY)
+        return "active";
+    if (m->held)
+        return "held";
+    return r->attempts > 0 && r->next_try_ms > now ? "deferred" : "pending";
+}
+
+static int show_msg(const qmsg *m, tern_buf *out)
+{
+    uint64_t now = now_ms();
+    int64_t age = (int64_t)time(NULL) - m->env->received_at;
+    int r = tern_buf_append_str(out, "{");
+    r |= tern_json_write_key(out, "qid");
+    r |= tern_json_write_cstr(out, m->qid);
+    r |= tern_buf_append_str(out, ",");
+    r |= tern_json_write_key(out, "age_s");
+    r |= tern_json_write_int(out, age > 0 ? age : 0);
+    r |= tern_buf_append_str(out, ",");
+    r |= tern_json_write_key(out, "sender");
+    r |= tern_json_write_cstr(out, m->env->mail_from ? m->env->mail_from : "");
+    r |= tern_buf_append_str(out, ",");
+    r |= tern_json_write_key(out, "size");
+    r |= tern_json_write_uint(out, m->env->size);
+    r |= tern_buf_append_str(out, ",");
+    r |= tern_json_write_key(out, "held");
+    r |= tern_buf_append_str(out, m->held ? "true" : "false");
+    r |= tern_buf_append_str(out, ",");
+    r |= tern_json_write_key(out, "recipients");
+    r |= tern_buf_append_str(out, "[");
+    bool first = true;
+    for (size_t i = 0; i < m->n; i++) {
+        const qrcpt *qr = &m->r[i];
+        if (qr->st == QR_DONE)
+            continue;
+        r |= tern_buf_append_str(out, first ? "{" : ",{");
+        first = false;
+        r |= tern_json_write_key(out, "rcpt");
+        r |= tern_json_write_cstr(out, qr->addr);
+        r |= tern_buf_append_str(out, ",");
+        r |= tern_json_write_key(out, "state");
+        r |= tern_json_write_cstr(out, rcpt_state_name(m, qr, now));
+        r |= tern_buf_append_str(out, ",");
+        r |= tern_json_write_key(out, "attempts");
+        r |= tern_json_write_uint(out, qr->attempts);
+        r |= tern_buf_append_str(out, ",");
+        r |= tern_json_write_key(out, "next_try");
+        r |= tern_json_write_int(out, qr->next_try_ms > now ? wall_of_mono(qr->next_try_ms) / 1000 : 0);
+        r |= tern_buf_append_str(out, ",");
+        r |= tern_json_write_key(out, "last_error");
+        r |= tern_json_write_cstr(out, qr->last_error);
+        r |= tern_buf_append_str(out, "}");
+    }
+    r |= tern_buf_append_str(out, "]}");
+    return r ? -ENOMEM : 0;
+}
+
+int tern_queue_list(tern_queue *q, tern_buf *out)
+{
+    int r = tern_buf_append_str(out, "{\"messages\":[");
+    /* Oldest first: the list is newest first. */
+    qmsg *last = q->msgs;
+    while (last && last->next)
+        last = last->next;
+    for (qmsg *m = last; m && r == 0; m = m->prev) {
+        if (m != last)
+            r = tern_buf_append_str(out, ",");
+        r |= show_msg(m, out);
+    }
+    r |= tern_buf_append_str(out, "]}");
+    return r ? -ENOMEM : 0;
+}
+
+int tern_queue_show(tern_queue *q, const char *qid, tern_buf *out)
+{
+    qmsg *m = qmsg_find(q, qid);
+    return m ? show_msg(m, out) : -ENOENT;
+}
+
+static int retry_msg(tern_queue *q, qmsg *m)
+{
+    int n = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        qrcpt *r = &m->r[i];
+        if (r->st != QR_PENDING)
+            continue;
+        r->next_try_ms = 0;
+        if (r->attempts > 0)
+            tern_spool_rcpt_retry(q->env.spool, m->qid, r->idx, r->attempts, 0, r->qflags,
+                                  r->last_error);
+        n++;
+    }
+    return n;
+}
+
+int tern_queue_retry(tern_queue *q, const char *qid)
+{
+    int n = 0;
+    if (qid) {
+        qmsg *m = qmsg_find(q, qid);
+        if (m == NULL)
+            return -ENOENT;
+        n = retry_msg(q, m);
+    } else {
+        for (qmsg *m = q->msgs; m; m = m->next)
+            n += retry_msg(q, m);
+    }
+    TLOG_INFO(MOD, "event=admin_retry qid=%s rcpts=%d", qid ? qid : "all", n);
+    tern_queue_kick(q);
+    return n;
+}
+
+static int set_held(tern_queue *q, const char *qid, bool held)
+{
+    qmsg *m = qmsg_find(q, qid);
+    if (m == NULL)
+        return -ENOENT;
+    int r = tern_spool_hold(q->env.spool, m->qid, held);
+    if (r != 0)
+        return r;
+    m->held = held;
+    TLOG_INFO(MOD, "event=%s qid=%s", held ? "held" : "released", m->qid);
+    if (!held)
+        tern_queue_kick(q);
+    return 0;
+}
+
+int tern_queue_hold(tern_queue *q, const char *qid)
+{
+    return set_held(q, qid, true);
+}
+
+int tern_queue_release(tern_queue *q, const char *qid)
+{
+    return set_held(q, qid, false);
+}
+
+int tern_queue_delete(tern_queue *q, const char *qid)
+{
+    qmsg *m = qmsg_find(q, qid);
+    if (m == NULL)
+        return -ENOENT;
+    if (m->busy > 0)
+        return -EBUSY;
+    for (size_t i = 0; i < m->n; i++) {
+        qrcpt *r = &m->r[i];
+        if (r->st == QR_DONE)
+            continue;
+        char qa[600];
+        TLOG_INFO(MOD, "event=deleted qid=%s rcpt=%s attempts=%u reason=\"by the administrator\"",
+                  m->qid, tern_log_q(qa, sizeof(qa), r->addr), r->attempts);
+        r->st = QR_DONE;
+        tern_spool_rcpt_done(q->env.spool, m->qid, r->idx);
+    }
+    /* Failed ones not bounced yet are ended by the delete too (their
+     * done records were written above or by bounce_failed). */
+    msg_maybe_done(q, m);
+    return 0;
 }
 
 size_t tern_queue_size(const tern_queue *q)

@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "conf/config.h"
+#include "lib/buf.h"
 #include "lib/dns.h"
 #include "mailets/builtin/dsn_build.h"
 #include "storage/queue/spool.h"
@@ -43,6 +44,26 @@ size_t tern_queue_size(const tern_queue *q);
  * handles; later notifications are dropped (the spool keeps what they
  * said). The loop must run on for the handles to close. */
 void tern_queue_close(tern_queue *q);
+/* ---- administration (the control socket, later the admin HTTP API) ----
+ * All on the loop's thread. The writers append one JSON value to out. */
+/* {"messages":[MESSAGE...]}; MESSAGE is what tern_queue_show writes. */
+int tern_queue_list(tern_queue *q, tern_buf *out);
+/* {"qid","age_s","sender","size","held","recipients":[{"rcpt","state"
+ * (pending|deferred|held|active),"attempts","next_try" (unix s, 0: now),
+ * "last_error"}]}. -ENOENT when qid is not in the queue. */
+int tern_queue_show(tern_queue *q, const char *qid, tern_buf *out);
+/* Makes qid's waiting recipients (every message's with qid NULL) due now.
+ * Returns how many recipients, or -ENOENT. */
+int tern_queue_retry(tern_queue *q, const char *qid);
+/* Held messages are not delivered until released; persisted in the
+ * spool. Attempts in flight finish. 0 or -ENOENT. */
+int tern_queue_hold(tern_queue *q, const char *qid);
+int tern_queue_release(tern_queue *q, const char *qid);
+/* Ends qid's recipients without a bounce (logged) and completes the entry
+ * when the pipeline has none left. -ENOENT, or -EBUSY while an attempt is
+ * in flight (retry after it). */
+int tern_queue_delete(tern_queue *q, const char *qid);
+
 /* Frees the manager: after tern_queue_close, once the loop has stopped
  * and no thread can notify any more (the workers are joined). */
 void tern_queue_free(tern_queue *q);

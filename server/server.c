@@ -19,6 +19,7 @@
 #include "lib/log.h"
 #include "mailets/engine.h"
 #include "server/queue.h"
+#include "server/control.h"
 #include "mailets/repository.h"
 
 #define MOD "server"
@@ -474,6 +475,7 @@ static void server__on_term(uv_signal_t *h, int sig)
          * the workers, whose runners may still notify it. */
         tern_queue_close(srv->queue);
     }
+    tern_control_close(srv->control);
     TLOG_INFO(MOD, "event=draining signal=%d grace_ms=%llu sessions_open=%u", sig,
               (unsigned long long)srv->cfg->server.shutdown_grace_ms, tern_limits_active(srv->limits));
     for (tern_acceptor *a = srv->acceptors, *n; a; a = n) {
@@ -840,6 +842,16 @@ int tern_server_run(const char *config_path, tern_config *cfg)
             return 1;
         }
     }
+    /* The control socket: ternctl queue talks to the queue through it. */
+    {
+        char cerr[512];
+        const char *cpath = cfg->server.control_socket;
+        srv->control = tern_control_new(srv->loop, cpath, srv->queue, cerr, sizeof(cerr));
+        if (srv->control == NULL) {
+            TLOG_ERR(MOD, "event=control_socket_failed error=\"%s\"", cerr);
+            return 1;
+        }
+    }
     uv_timer_init(srv->loop, &srv->repo_timer);
     srv->repo_timer.data = srv;
     uv_timer_start(&srv->repo_timer, server__repo_tick, 2000, 2000);
@@ -894,6 +906,7 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         free(srv->workers[i].host.conn_worker.readbuf);
         pthread_mutex_destroy(&srv->workers[i].mu);
     }
+    tern_control_free(srv->control);
     tern_queue_free(srv->queue);
     tern_spool_close(srv->spool);
     if (srv->pipeline)

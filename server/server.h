@@ -96,6 +96,7 @@ struct tern_server {
     bool reloading, draining;
     uint32_t max_connections; /* effective: min(config, fd limit) */
     int exit_code;
+    struct tern_control *control;   /* the control socket (main loop), or NULL */
 };
 
 /* server.c */

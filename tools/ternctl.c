@@ -250,6 +250,7 @@ static const command top_cmds[] = {
     {"alias", ternctl_cmd_alias, "alias COMMAND", "add, remove and list aliases and catch-alls"},
     {"repository", ternctl_cmd_repository, "repository COMMAND", "list, show, delete and release kept mails"},
     {"message", ternctl_cmd_message, "message COMMAND", "append messages to a mailbox"},
+    {"queue", ternctl_cmd_queue, "queue COMMAND", "list and act on a running ternd's remote queue"},
     {NULL, NULL, NULL, NULL},
 };
 
