@@ -349,6 +349,11 @@ typedef struct tern_queue_conf {
     bool mta_sts;               /* MTA-STS (RFC 8461) on MX delivery; default on */
     char *mta_sts_ca_file;      /* CAs for policy fetch and enforced MX; NULL: system bundle */
     uint16_t mta_sts_port;      /* of mta-sts.<domain>; default 443 (tests point it elsewhere) */
+    /* Circuit breaker per destination address (server/queue.c). */
+    uint32_t host_down_threshold;  /* consecutive connection failures; default 5 */
+    uint64_t host_down_cooldown_ms;/* skipped that long, then one probe; default 30s */
+    uint32_t connect_retries;      /* more connects to one address before the next; default 0 */
+    uint32_t backend_connect_retries; /* the name for connect_retries (validate copies it) */
 } tern_queue_conf;
 
 typedef struct tern_config {

@@ -669,6 +669,10 @@ static const field queue_fields[] = {
     F_BOOL("mta_sts", tern_queue_conf, mta_sts, true),
     F_STRING("mta_sts_ca_file", tern_queue_conf, mta_sts_ca_file, NULL, FL_FILE, NULL),
     F_UINT("mta_sts_port", tern_queue_conf, mta_sts_port, 1, 65535, 443, 0),
+    F_UINT("host_down_threshold", tern_queue_conf, host_down_threshold, 1, 1000, 5, 0),
+    F_DURATION("host_down_cooldown", tern_queue_conf, host_down_cooldown_ms, SEC, DAY, 30 * SEC, 1),
+    F_UINT("connect_retries", tern_queue_conf, connect_retries, 0, 10, 0, 0),
+    F_UINT("backend_connect_retries", tern_queue_conf, backend_connect_retries, 0, 10, 0, 0),
 };
 static const schema_map queue_schema = {queue_fields, COUNT(queue_fields), NULL};
 

@@ -273,6 +273,18 @@ static void validate__queue_mta_sts(conf_walk *w)
     }
 }
 
+static void validate__queue(conf_walk *w)
+{
+    /* backend_connect_retries is another name for connect_retries. */
+    tern_queue_conf *q = &w->cfg->queue;
+    unsigned a = conf__line(w, &q->connect_retries), b = conf__line(w, &q->backend_connect_retries);
+    if (a && b && q->connect_retries != q->backend_connect_retries)
+        conf__err(w, b, "queue.backend_connect_retries",
+                  "is another name for queue.connect_retries, which says otherwise");
+    else if (b)
+        q->connect_retries = q->backend_connect_retries;
+}
+
 static void validate__smtp(conf_walk *w)
 {
     /* memory_threshold above max_message_size is harmless: no message
@@ -491,6 +503,7 @@ void conf__validate(conf_walk *w)
     validate__auth(w);
     validate__auth_oauth2(w);
     validate__smtp(w);
+    validate__queue(w);
     validate__domains(w);
     validate__dns(w);
     validate__smarthost_auth(w);

@@ -95,9 +95,9 @@ void tern_control_handle(tern_queue *q, const char *line, size_t len, tern_buf *
         answer_error(out, "request has no \"cmd\" string");
     } else if (q == NULL) {
         answer_error(out, "the queue manager is not running");
-    } else if (strcmp(cmd, "queue.list") == 0) {
+    } else if (strcmp(cmd, "queue.list") == 0 || strcmp(cmd, "queue.hosts") == 0) {
         tern_buf_append_str(out, "{\"ok\":true,\"result\":");
-        int r = tern_queue_list(q, out);
+        int r = cmd[6] == 'l' ? tern_queue_list(q, out) : tern_queue_hosts(q, out);
         if (r == 0 && tern_buf_append_str(out, "}") == 0)
             ; /* done */
         else

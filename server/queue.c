@@ -72,6 +72,20 @@ typedef struct dest {
     struct dest *next;
 } dest;
 
+/* A destination address's circuit breaker: after host_down_threshold
+ * connection failures in a row it is "down" (skipped without connecting,
+ * so a dead host does not cost every message a connect timeout) for
+ * host_down_cooldown; then one attempt probes it: success closes the
+ * circuit, failure opens it for another cooldown. */
+typedef struct qhost {
+    char addr[64];         /* "192.0.2.1:25", "[2001:db8::1]:25" */
+    unsigned failures;     /* consecutive connection failures */
+    uint64_t down_until;   /* monotonic ms; 0: up */
+    bool probing;          /* the one probe is in flight */
+    unsigned inflight;     /* connections using it: never pruned then */
+    struct qhost *next;
+} qhost;
+
 struct tern_queue {
     tern_queue_env env;
     uv_timer_t tick;
@@ -92,6 +106,8 @@ struct tern_queue {
     struct attempt *attempts;
     tern_smtp_pool *pool;  /* kept connections (smtp_pool.c) */
     tern_mtasts *mtasts;   /* MTA-STS + TLS-RPT (server/queue_mtasts.c) */
+    qhost *hosts;          /* circuit breakers, by address */
+    size_t n_hosts;
 };
 
 /* One delivery attempt: a message, the recipients of one domain. */
@@ -117,6 +133,11 @@ typedef struct attempt {
     tern_smtp_client *client;   /* in flight, for cancel at shutdown */
     struct attempt *prev, *next;
     tern_sts_applied *sts;      /* the MTA-STS policy step's answer; NULL: none asked */
+    /* The circuit breaker's view of the current connection. */
+    struct sockaddr_storage cur_ss;
+    qhost *cur_host;
+    bool cur_probe;        /* this connection is the host's probe */
+    unsigned conn_tries;   /* connects to cur_ss so far (connect_retries) */
 } attempt;
 
 static uint64_t now_ms(void)
@@ -461,6 +482,150 @@ static void attempt_end(attempt *a)
 static void try_host(attempt *a);
 static void connect_ss(attempt *a, const struct sockaddr_storage *ss);
 
+/* ---- circuit breaker, per destination address --------------------------- */
+
+#define MAX_HOSTS 4096 /* breakers kept; idle ones beyond it are dropped */
+
+static void ss_text(const struct sockaddr_storage *ss, char *out, size_t size)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+        snprintf(out, size, "[%s]:%u", ip, ntohs(s6->sin6_port));
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+        snprintf(out, size, "%s:%u", ip, ntohs(s4->sin_port));
+    }
+}
+
+static void hosts_prune(tern_queue *q)
+{
+    /* Forget breakers that are closed and have no failures first; they
+     * carry no state worth keeping. */
+    for (qhost **pp = &q->hosts; *pp && q->n_hosts >= MAX_HOSTS;) {
+        qhost *h = *pp;
+        if (h->failures == 0 && h->down_until == 0 && h->inflight == 0) {
+            *pp = h->next;
+            free(h);
+            q->n_hosts--;
+        } else {
+            pp = &h->next;
+        }
+    }
+}
+
+static qhost *host_get(tern_queue *q, const struct sockaddr_storage *ss)
+{
+    char key[64];
+    ss_text(ss, key, sizeof(key));
+    for (qhost *h = q->hosts; h; h = h->next)
+        if (strcmp(h->addr, key) == 0)
+            return h;
+    if (q->n_hosts >= MAX_HOSTS)
+        hosts_prune(q);
+    qhost *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return NULL;
+    snprintf(h->addr, sizeof(h->addr), "%s", key);
+    h->next = q->hosts;
+    q->hosts = h;
+    q->n_hosts++;
+    return h;
+}
+
+/* Before connecting to ss: true when the host is down (or its probe is
+ * already out), after moving the attempt on to the next address. */
+static bool breaker_skip(attempt *a, const struct sockaddr_storage *ss)
+{
+    tern_queue *q = a->q;
+    qhost *h = host_get(q, ss);
+    a->cur_ss = *ss;
+    a->cur_host = h;
+    a->cur_probe = false;
+    if (h == NULL)
+        return false; /* out of memory: connect without a breaker */
+    uint64_t now = now_ms();
+    if (h->down_until == 0) {
+        h->inflight++;
+        return false;
+    }
+    if (now >= h->down_until && !h->probing) {
+        h->probing = true;
+        h->inflight++;
+        a->cur_probe = true;
+        TLOG_INFO(MOD, "event=host_probe qid=%s addr=%s", a->m->qid, h->addr);
+        return false;
+    }
+    uint64_t left = h->down_until > now ? h->down_until - now : 0;
+    snprintf(a->last_error, sizeof(a->last_error),
+             "4.4.1 %s is down (circuit open after %u connection failures; next probe in %" PRIu64
+             "s)", h->addr, h->failures, (left + 999) / 1000);
+    TLOG_INFO(MOD, "event=host_skipped qid=%s domain=%s addr=%s reason=\"circuit open\"", a->m->qid,
+              a->domain, h->addr);
+    a->cur_host = NULL;
+    if (a->addrs && a->addr_i < a->addrs->n_rrs)
+        a->addr_i++;
+    try_host(a);
+    return true;
+}
+
+/* The connection's outcome for the breaker: failed to connect, or got
+ * through (any reply, even a 4xx banner: the host is up). */
+static void breaker_result(attempt *a, bool connect_failed)
+{
+    qhost *h = a->cur_host;
+    if (h == NULL)
+        return;
+    const tern_queue_conf *c = a->q->env.conf(a->q->env.conf_arg);
+    if (h->inflight)
+        h->inflight--;
+    if (a->cur_probe)
+        h->probing = false;
+    if (!connect_failed) {
+        if (h->down_until || h->failures)
+            TLOG_INFO(MOD, "event=host_up addr=%s failures=%u", h->addr, h->failures);
+        h->failures = 0;
+        h->down_until = 0;
+        return;
+    }
+    h->failures++;
+    if (a->cur_probe || h->failures >= c->host_down_threshold) {
+        h->down_until = now_ms() + c->host_down_cooldown_ms;
+        TLOG_INFO(MOD, "event=host_down addr=%s failures=%u cooldown_s=%" PRIu64, h->addr,
+                  h->failures, c->host_down_cooldown_ms / 1000);
+    }
+}
+
+int tern_queue_hosts(tern_queue *q, tern_buf *out)
+{
+    uint64_t now = now_ms();
+    int r = tern_buf_append_str(out, "{\"hosts\":[");
+    bool first = true;
+    for (qhost *h = q->hosts; h; h = h->next) {
+        const char *st = h->probing ? "probing" : h->down_until == 0 ? "up"
+                         : h->down_until > now                     ? "down"
+                                                                   : "probe-due";
+        r |= tern_buf_append_str(out, first ? "{" : ",{");
+        first = false;
+        r |= tern_json_write_key(out, "addr");
+        r |= tern_json_write_cstr(out, h->addr);
+        r |= tern_buf_append_str(out, ",");
+        r |= tern_json_write_key(out, "state");
+        r |= tern_json_write_cstr(out, st);
+        r |= tern_buf_append_str(out, ",");
+        r |= tern_json_write_key(out, "failures");
+        r |= tern_json_write_uint(out, h->failures);
+        r |= tern_buf_append_str(out, ",");
+        r |= tern_json_write_key(out, "down_until");
+        r |= tern_json_write_int(out, h->down_until ? wall_of_mono(h->down_until) / 1000 : 0);
+        r |= tern_buf_append_str(out, "}");
+    }
+    r |= tern_buf_append_str(out, "]}");
+    return r ? -ENOMEM : 0;
+}
+
 static void delivered(void *arg, const tern_smtp_outcome *o)
 {
     attempt *a = arg;
@@ -507,6 +672,19 @@ static void delivered(void *arg, const tern_smtp_outcome *o)
             rcpt_defer(q, m, r, a->last_error);
         }
     }
+    bool connect_failed = o->session_class == 4 && strcmp(o->stage, "connect") == 0;
+    breaker_result(a, connect_failed);
+    if (!any_tried && connect_failed && !q->closing && a->cur_host &&
+        a->cur_host->down_until == 0 && a->conn_tries < q->env.conf(q->env.conf_arg)->connect_retries) {
+        /* queue.connect_retries: the same address again before the next. */
+        a->conn_tries++;
+        TLOG_INFO(MOD, "event=connect_retry qid=%s addr=%s try=%u error=\"%.300s\"", m->qid,
+                  a->cur_host->addr, a->conn_tries, o->error);
+        struct sockaddr_storage ss = a->cur_ss;
+        connect_ss(a, &ss);
+        return;
+    }
+    a->conn_tries = 0;
     if (!any_tried && o->session_class == 4 && !q->closing) {
         /* The host did not take part (connect refused, 4xx banner...):
          * RFC 5321 5.1 says try the next one. */
@@ -522,6 +700,8 @@ static void delivered(void *arg, const tern_smtp_outcome *o)
 
 static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
 {
+    if (breaker_skip(a, ss))
+        return;
     const tern_queue_conf *c = a->q->env.conf(a->q->env.conf_arg);
     tern_smtp_client_params p = {
         .loop = a->q->env.loop,
@@ -540,6 +720,10 @@ static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
     tern_mtasts_params(a->q->mtasts, a->sts, &p); /* MTA-STS enforce: verified STARTTLS */
     a->client = tern_smtp_pool_start(a->q->pool, &p, delivered, a);
     if (a->client == NULL) {
+        if (a->cur_host && a->cur_host->inflight)
+            a->cur_host->inflight--;
+        if (a->cur_probe && a->cur_host)
+            a->cur_host->probing = false;
         snprintf(a->last_error, sizeof(a->last_error), "4.3.0 cannot start a connection");
         attempt_end(a);
     }
@@ -1100,6 +1284,11 @@ void tern_queue_free(tern_queue *q)
         free(d);
     }
     tern_smtp_pool_free(q->pool);
+    while (q->hosts) {
+        qhost *h = q->hosts;
+        q->hosts = h->next;
+        free(h);
+    }
     free(q->cw.readbuf);
     tern_tls_client_free(q->tls);
     tern_mtasts_free(q->mtasts);

@@ -64,6 +64,10 @@ int tern_queue_release(tern_queue *q, const char *qid);
  * in flight (retry after it). */
 int tern_queue_delete(tern_queue *q, const char *qid);
 
+/* {"hosts":[{"addr","state" (up|down|probe-due|probing),"failures",
+ * "down_until" (unix s, 0: up)}]}: the circuit breakers. */
+int tern_queue_hosts(tern_queue *q, tern_buf *out);
+
 /* Frees the manager: after tern_queue_close, once the loop has stopped
  * and no thread can notify any more (the workers are joined). */
 void tern_queue_free(tern_queue *q);

@@ -60,13 +60,12 @@ def deferred(t, qid, attempts, since=None):
 RETRY_S = 6
 
 
-@pytest.fixture
-def tx(tern_factory):
+def make_tx(tern_factory, **queue):
     closed = free_ports(1)[0]   # nothing listens there: connect refused
     t = tern_factory({
         "queue": {"hold": False, "smarthost": f"[127.0.0.1]:{closed}",
                   "retry_min": f"{RETRY_S}s", "retry_max": f"{RETRY_S}s",
-                  "connect_timeout": "2s"},
+                  "connect_timeout": "2s", **queue},
         "smtp": {"relay_networks": ["127.0.0.0/8"]},
         "processors": {
             "root": [{"match": "All", "mailet": "RemoteDelivery"}],
@@ -78,7 +77,13 @@ def tx(tern_factory):
     t.write_config()
     ctl(t, "account", "add", "alice@example.test")
     t.start()
+    t.closed_port = closed
     return t
+
+
+@pytest.fixture
+def tx(tern_factory):
+    return make_tx(tern_factory)
 
 
 def test_retry_state_survives_a_restart(tx):
@@ -214,3 +219,65 @@ def test_control_socket(tx, tern_factory):
     tx.start()
     assert "event=stale_socket_removed" in tx.log()
     assert ctl(tx, "queue", "list").returncode == 0
+
+
+def hosts(t):
+    p = ctl(t, "queue", "hosts", "--json")
+    return {h["addr"]: h for h in json.loads(p.stdout)["result"]["hosts"]}
+
+
+def test_circuit_breaker(tern_factory):
+    t = make_tx(tern_factory, retry_min="1s", retry_max="1s", host_down_threshold=3,
+                host_down_cooldown="5s", backend_connect_retries=1)
+    addr = f"127.0.0.1:{t.closed_port}"
+    qid = send(t, ["gina@far.test"], uuid.uuid4().hex)
+    failed = lambda: len(re.findall(rf"event=host_failed qid=\S+ domain=\S+ peer=\S+ stage=connect",
+                                    t.log()))
+    # connect_retries=1: each attempt connects twice; the third failure in
+    # a row opens the circuit (during the second attempt's retry).
+    assert wait_for(lambda: re.search(rf"event=host_down addr={re.escape(addr)} failures=3 ",
+                                      t.log())), t.log_tail()
+    assert "event=connect_retry" in t.log()
+    h = hosts(t)[addr]
+    assert h["state"] == "down" and h["failures"] == 3 and h["down_until"] > time.time(), h
+    out = ctl(t, "queue", "hosts").stdout
+    assert re.search(rf"^{re.escape(addr)} state=down failures=3 down_until=\S+Z$", out, re.M), out
+    # While down: attempts skip it without connecting, and the recipient is
+    # deferred with the reason.
+    n = failed()
+    assert wait_for(lambda: len(re.findall(rf"event=host_skipped qid={qid} .*addr={re.escape(addr)}",
+                                           t.log())) >= 2), t.log_tail()
+    assert failed() == n
+    assert re.search(rf"event=deferred qid={qid} .*circuit open", t.log()), t.log_tail()
+    r = show(t, qid)["recipients"][0]
+    assert "is down (circuit open" in r["last_error"], r
+    assert not re.search(r"event=host_probe", t.log())
+    # After the cooldown: one probe, which fails and opens it again.
+    assert wait_for(lambda: re.search(rf"event=host_probe qid={qid} addr={re.escape(addr)}",
+                                      t.log()), timeout=15), t.log_tail()
+    assert wait_for(lambda: re.search(rf"event=host_down addr={re.escape(addr)} failures=4 ",
+                                      t.log())), t.log_tail()
+    assert failed() == n + 1
+    assert hosts(t)[addr]["state"] == "down"
+
+
+def test_circuit_closes_when_the_host_answers(tern_factory):
+    """A probe that reaches a server closes the circuit: the message goes."""
+    rx = tern_factory({"domains": ["far.test"], "smtp": {"verify_recipients": False},
+                       "processors": {"root": [{"match": "All", "mailet": "LocalDelivery"}]}},
+                      start=False, subdir="rx")
+    t = make_tx(tern_factory, retry_min="1s", retry_max="1s", host_down_threshold=1,
+                host_down_cooldown="3s")
+    # Point the smarthost at where the receiver will listen, closed for now.
+    rx.config["listeners"][0]["port"] = t.closed_port
+    rx.write_config()
+    addr = f"127.0.0.1:{t.closed_port}"
+    qid = send(t, ["hank@far.test"], uuid.uuid4().hex)
+    assert wait_for(lambda: re.search(rf"event=host_down addr={re.escape(addr)} failures=1 ",
+                                      t.log())), t.log_tail()
+    rx.start()
+    assert wait_for(lambda: re.search(rf"event=delivered qid={qid} ", t.log()),
+                    timeout=20), t.log_tail()
+    assert re.search(rf"event=host_probe qid={qid} addr={re.escape(addr)}", t.log())
+    assert re.search(rf"event=host_up addr={re.escape(addr)}", t.log())
+    assert hosts(t)[addr]["state"] == "up"
