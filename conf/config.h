@@ -354,6 +354,8 @@ typedef struct tern_queue_conf {
     uint64_t host_down_cooldown_ms;/* skipped that long, then one probe; default 30s */
     uint32_t connect_retries;      /* more connects to one address before the next; default 0 */
     uint32_t backend_connect_retries; /* the name for connect_retries (validate copies it) */
+    uint64_t delay_warning_ms;     /* NOTIFY=DELAY recipients still deferred then: one "delayed"
+                                      DSN; default 4h */
 } tern_queue_conf;
 
 typedef struct tern_config {

@@ -673,6 +673,7 @@ static const field queue_fields[] = {
     F_DURATION("host_down_cooldown", tern_queue_conf, host_down_cooldown_ms, SEC, DAY, 30 * SEC, 1),
     F_UINT("connect_retries", tern_queue_conf, connect_retries, 0, 10, 0, 0),
     F_UINT("backend_connect_retries", tern_queue_conf, backend_connect_retries, 0, 10, 0, 0),
+    F_DURATION("delay_warning", tern_queue_conf, delay_warning_ms, SEC, 30 * DAY, 4 * HOUR, 1),
 };
 static const schema_map queue_schema = {queue_fields, COUNT(queue_fields), NULL};
 

@@ -48,6 +48,7 @@ typedef struct qrcpt {
     char remote[80];       /* the server that answered, or "" */
     bool failed, bounced;
     uint8_t qflags;        /* TERN_QFLAG_* as persisted */
+    bool delay_pending;    /* a "delayed" DSN is due at the end of this attempt */
 } qrcpt;
 
 typedef struct qmsg {
@@ -380,6 +381,16 @@ static void rcpt_defer(tern_queue *q, qmsg *m, qrcpt *r, const char *why)
     }
     r->st = QR_PENDING;
     r->next_try_ms = now_ms() + backoff(q, r->attempts);
+    /* RFC 3461 NOTIFY=DELAY: one "delayed" DSN per recipient once it has
+     * waited delay_warning; the flag is persisted with the retry state so
+     * a restart does not send it again. */
+    const tern_spool_rcpt *sr = &m->env->rcpts[r->idx];
+    if (!q->closing && (sr->notify & TERN_NOTIFY_DELAY) && !(r->qflags & TERN_QFLAG_DELAY_SENT) &&
+        age_ms > 0 && (uint64_t)age_ms >= c->delay_warning_ms && q->env.delay &&
+        m->env->mail_from && m->env->mail_from[0]) {
+        r->qflags |= TERN_QFLAG_DELAY_SENT;
+        r->delay_pending = true;
+    }
     /* Persisted (with the next group commit) so a restart keeps the count
      * and the time. Not when shutting down: an attempt cut short by the
      * stop is retried at the next start, as if it had not begun. */
@@ -430,6 +441,42 @@ static void bounce_failed(tern_queue *q, qmsg *m, const uint8_t *msg, size_t len
     free(dr);
 }
 
+/* One "delayed" DSN to the sender for the recipients of m that became
+ * due for one in this attempt. */
+static void delay_notify(tern_queue *q, qmsg *m, const uint8_t *msg, size_t len)
+{
+    tern_dsn_rcpt *dr = calloc(m->n ? m->n : 1, sizeof(*dr));
+    char (*codes)[16] = calloc(m->n ? m->n : 1, 16);
+    size_t k = 0;
+    for (size_t i = 0; dr && codes && i < m->n; i++) {
+        qrcpt *r = &m->r[i];
+        if (!r->delay_pending)
+            continue;
+        r->delay_pending = false;
+        const tern_spool_rcpt *sr = &m->env->rcpts[r->idx];
+        /* The status of the last error when it has one ("451 4.4.1 ..."
+         * or "4.4.1 ..."), else 4.4.7 (delivery time... delayed). */
+        const char *e = r->last_error;
+        const char *enh = strstr(e, " 4.");
+        enh = strncmp(e, "4.", 2) == 0 ? e : enh ? enh + 1 : NULL;
+        snprintf(codes[k], 16, "4.4.7");
+        if (enh)
+            sscanf(enh, "%15s", codes[k]);
+        dr[k].addr = r->addr;
+        dr[k].orcpt = sr->orcpt;
+        dr[k].status = codes[k];
+        dr[k].diagnostic = r->last_error[0] ? r->last_error : "not delivered yet";
+        char qa[600];
+        TLOG_INFO(MOD, "event=delay_dsn qid=%s rcpt=%s attempts=%u", m->qid,
+                  tern_log_q(qa, sizeof(qa), r->addr), r->attempts);
+        k++;
+    }
+    if (k > 0)
+        q->env.delay(q->env.bounce_arg, m->env, dr, k, msg, len);
+    free(codes);
+    free(dr);
+}
+
 /* ---- one attempt ------------------------------------------------------- */
 
 static void attempt_free(attempt *a)
@@ -462,6 +509,7 @@ static void attempt_end(attempt *a)
      * every failure so far: one DSN, not one per domain. */
     if (m->busy == 1)
         bounce_failed(q, m, a->data, a->len);
+    delay_notify(q, m, a->data, a->len);
     dest *d = dest_get(q, a->domain);
     if (d && d->active)
         d->active--;

@@ -29,6 +29,11 @@ typedef struct tern_queue_env {
                    const uint8_t *msg, size_t len);
     void *bounce_arg;
     const char *state_dir;   /* MTA-STS cache and TLS-RPT files live under it; NULL: "." */
+    /* Recipients that asked NOTIFY=DELAY are still deferred after
+     * queue.delay_warning: send the sender a "delayed" DSN (bounce_arg).
+     * NULL: none are sent. */
+    void (*delay)(void *arg, const tern_envelope *env, const tern_dsn_rcpt *rcpts, size_t n,
+                  const uint8_t *msg, size_t len);
 } tern_queue_env;
 
 /* Creates the manager (and its resolver) and schedules a scan of the spool

@@ -600,10 +600,28 @@ static void server__bounce_spooled(void *arg, int status, const char *qid, const
 /* A DSN to the sender of a message whose remote delivery failed: spooled
  * like any message, from <>, and sent through the pipeline's transport so
  * a local sender gets it in a mailbox and a remote one through the queue. */
+static void server__queue_notice(tern_server *srv, const tern_envelope *orig,
+                                 const tern_dsn_rcpt *rcpts, size_t n, const uint8_t *msg,
+                                 size_t len, bool delayed);
+
 static void server__queue_bounce(void *arg, const tern_envelope *orig, const tern_dsn_rcpt *rcpts,
                                  size_t n, const uint8_t *msg, size_t len)
 {
-    tern_server *srv = arg;
+    server__queue_notice(arg, orig, rcpts, n, msg, len, false);
+}
+
+/* The same notice saying "delayed" (RFC 3464 Action: delayed), for
+ * recipients that asked NOTIFY=DELAY and are still waiting. */
+static void server__queue_delay(void *arg, const tern_envelope *orig, const tern_dsn_rcpt *rcpts,
+                                size_t n, const uint8_t *msg, size_t len)
+{
+    server__queue_notice(arg, orig, rcpts, n, msg, len, true);
+}
+
+static void server__queue_notice(tern_server *srv, const tern_envelope *orig,
+                                 const tern_dsn_rcpt *rcpts, size_t n, const uint8_t *msg,
+                                 size_t len, bool delayed)
+{
     char from[300], to[600];
     tern_dsn_from(srv->cfg, from, sizeof(from));
     snprintf(to, sizeof(to), "<%s>", orig->mail_from);
@@ -612,8 +630,11 @@ static void server__queue_bounce(void *arg, const tern_envelope *orig, const ter
         .reporting_mta = srv->cfg->server.hostname,
         .from = from,
         .to = to,
-        .subject = "Undelivered Mail Returned to Sender",
-        .intro = "Your message could not be delivered to one or more recipients.",
+        .subject = delayed ? "Delayed Mail (still being retried)" : "Undelivered Mail Returned to Sender",
+        .intro = delayed ? "Your message has not been delivered to one or more recipients yet. "
+                           "Delivery is still being attempted; you need not resend it."
+                         : "Your message could not be delivered to one or more recipients.",
+        .action = delayed ? "delayed" : NULL,
         .qid = orig->qid,
         .envid = orig->envid,
         .arrival = orig->received_at,
@@ -833,6 +854,7 @@ int tern_server_run(const char *config_path, tern_config *cfg)
             .bounce = server__queue_bounce,
             .bounce_arg = srv,
             .state_dir = srv->cfg->server.state_dir,
+            .delay = server__queue_delay,
         };
         char qerr[256];
         srv->queue = srv->spool_client ? tern_queue_new(&qenv, qerr, sizeof(qerr)) : NULL;

@@ -281,3 +281,49 @@ def test_circuit_closes_when_the_host_answers(tern_factory):
     assert re.search(rf"event=host_probe qid={qid} addr={re.escape(addr)}", t.log())
     assert re.search(rf"event=host_up addr={re.escape(addr)}", t.log())
     assert hosts(t)[addr]["state"] == "up"
+
+
+def maildir_notices(t, marker):
+    out = []
+    for f in (t.state_dir / "mail").rglob("*"):
+        s = str(f)
+        if f.is_file() and ("/new/" in s or "/cur/" in s) and "/alice/" in s:
+            data = f.read_bytes()
+            if marker.encode() in data and b"multipart/report" in data:
+                out.append(data.decode("utf-8", "replace"))
+    return out
+
+
+def test_delay_dsn_once_per_recipient(tern_factory):
+    t = make_tx(tern_factory, retry_min="1s", retry_max="1s", delay_warning="2s")
+    marker = uuid.uuid4().hex
+    c = t.connect()
+    try:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<alice@example.test>").code == 250
+        assert c.cmd("RCPT TO:<ivy@far.test> NOTIFY=DELAY,FAILURE "
+                     "ORCPT=rfc822;ivy@far.test").code == 250
+        assert c.cmd("RCPT TO:<jack@far.test> NOTIFY=FAILURE").code == 250
+        r = c.data(make_message(subject=marker))
+        assert r.code == 250
+        qid = r.qid
+    finally:
+        c.cmd("QUIT")
+    got = wait_for(lambda: maildir_notices(t, marker), timeout=20)
+    assert got, t.log_tail()
+    body = got[0]
+    assert "Action: delayed" in body and "Final-Recipient: rfc822; ivy@far.test" in body
+    assert "jack@far.test" not in body.split("Content-Type: message/delivery-status")[1] \
+        .split("--")[0]
+    assert "Status: 4." in body and "Delayed Mail" in body
+    assert re.search(rf"event=delay_dsn qid={qid} rcpt=ivy@far.test", t.log())
+    # More deferrals and a restart: no second notice.
+    n = len(re.findall(rf"event=deferred qid={qid} rcpt=ivy", t.log()))
+    assert wait_for(lambda: len(re.findall(rf"event=deferred qid={qid} rcpt=ivy", t.log())) >= n + 1)
+    time.sleep(0.3)
+    t.stop()
+    t.start()
+    assert wait_for(lambda: deferred(t, qid, r"\d+"))
+    time.sleep(2.5 * SLOW)
+    assert len(maildir_notices(t, marker)) == 1
+    assert "event=delay_dsn" not in t.log()
