@@ -25,6 +25,7 @@ typedef enum {
 typedef enum { TERN_TLS_NONE = 0, TERN_TLS_STARTTLS, TERN_TLS_IMPLICIT } tern_tls_mode;
 typedef enum { TERN_CLIENT_CERT_NONE = 0, TERN_CLIENT_CERT_OPTIONAL, TERN_CLIENT_CERT_REQUIRED } tern_client_cert;
 typedef enum { TERN_BARE_LF_REJECT = 0, TERN_BARE_LF_NORMALIZE } tern_bare_lf;
+typedef enum { TERN_AF_ANY = 0, TERN_AF_IPV4, TERN_AF_IPV6 } tern_addr_family;
 
 typedef struct tern_listener_conf {
     char *name;               /* required, unique */
@@ -356,6 +357,8 @@ typedef struct tern_queue_conf {
     uint32_t backend_connect_retries; /* the name for connect_retries (validate copies it) */
     uint64_t delay_warning_ms;     /* NOTIFY=DELAY recipients still deferred then: one "delayed"
                                       DSN; default 4h */
+    tern_addr_family address_family; /* which MX addresses to use; default any (AAAA and A,
+                                        interleaved, IPv6 first) */
 } tern_queue_conf;
 
 typedef struct tern_config {

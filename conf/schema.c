@@ -644,6 +644,7 @@ static const field source_address_fields[] = {
 };
 static const schema_map source_address_schema = {source_address_fields,
                                                  COUNT(source_address_fields), NULL};
+static const char *const address_family_names[] = {"any", "ipv4", "ipv6", NULL};
 
 static const field queue_fields[] = {
     F_BOOL("hold", tern_queue_conf, hold, false),
@@ -674,6 +675,7 @@ static const field queue_fields[] = {
     F_UINT("connect_retries", tern_queue_conf, connect_retries, 0, 10, 0, 0),
     F_UINT("backend_connect_retries", tern_queue_conf, backend_connect_retries, 0, 10, 0, 0),
     F_DURATION("delay_warning", tern_queue_conf, delay_warning_ms, SEC, 30 * DAY, 4 * HOUR, 1),
+    F_ENUM("address_family", tern_queue_conf, address_family, address_family_names, TERN_AF_ANY, 0),
 };
 static const schema_map queue_schema = {queue_fields, COUNT(queue_fields), NULL};
 

@@ -139,6 +139,13 @@ typedef struct attempt {
     qhost *cur_host;
     bool cur_probe;        /* this connection is the host's probe */
     unsigned conn_tries;   /* connects to cur_ss so far (connect_retries) */
+    /* The current host's addresses: AAAA in addrs6, A in addrs, tried in
+     * `order` (interleaved, IPv6 first), addr_i indexing it. */
+    tern_dns_result *addrs6;
+    const tern_dns_rr **order;
+    size_t n_order;
+    unsigned lookups;      /* address queries in flight */
+    char lookup_error[256];
 } attempt;
 
 static uint64_t now_ms(void)
@@ -485,6 +492,9 @@ static void attempt_free(attempt *a)
         tern_dns_result_free(a->mx);
     if (a->addrs)
         tern_dns_result_free(a->addrs);
+    if (a->addrs6)
+        tern_dns_result_free(a->addrs6);
+    free(a->order);
     if (a->cenv)
         tern_envelope_free(a->cenv);
     free(a->data);
@@ -613,7 +623,7 @@ static bool breaker_skip(attempt *a, const struct sockaddr_storage *ss)
     TLOG_INFO(MOD, "event=host_skipped qid=%s domain=%s addr=%s reason=\"circuit open\"", a->m->qid,
               a->domain, h->addr);
     a->cur_host = NULL;
-    if (a->addrs && a->addr_i < a->addrs->n_rrs)
+    if (a->order && a->addr_i < a->n_order)
         a->addr_i++;
     try_host(a);
     return true;
@@ -780,7 +790,7 @@ static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
 static void connect_addr(attempt *a)
 {
     struct sockaddr_storage ss;
-    const tern_dns_rr *rr = &a->addrs->rrs[a->addr_i];
+    const tern_dns_rr *rr = a->order[a->addr_i];
     if (tern_dns_rr_sockaddr(rr, a->port, &ss) == 0) {
         a->addr_i++;
         try_host(a);
@@ -789,24 +799,76 @@ static void connect_addr(attempt *a)
     connect_ss(a, &ss);
 }
 
-static void addrs_resolved(void *data, tern_dns_result *res)
+static void addrs_clear(attempt *a)
 {
-    attempt *a = data;
     if (a->addrs)
         tern_dns_result_free(a->addrs);
-    a->addrs = res;
-    a->addr_i = 0;
-    if (res->status != TERN_DNS_ANSWER || res->n_rrs == 0) {
+    if (a->addrs6)
+        tern_dns_result_free(a->addrs6);
+    free(a->order);
+    a->addrs = a->addrs6 = NULL;
+    a->order = NULL;
+    a->n_order = a->addr_i = 0;
+}
+
+/* Both lookups are in: the addresses in the order to try them, IPv6 and
+ * IPv4 alternating (RFC 8305 4: the first of each family early, so a
+ * broken family costs one failed connect, not all of them). */
+static void addrs_ready(attempt *a)
+{
+    size_t n6 = a->addrs6 ? a->addrs6->n_rrs : 0, n4 = a->addrs ? a->addrs->n_rrs : 0;
+    if (n6 + n4 == 0) {
         snprintf(a->last_error, sizeof(a->last_error), "4.4.3 no address for %s: %s",
                  a->plan.hosts[a->host - 1].host,
-                 res->status == TERN_DNS_ANSWER ? tern_dns_rcode_name(res->rcode)
-                                                : (res->error ? res->error : "lookup failed"));
-        tern_dns_result_free(res);
-        a->addrs = NULL;
+                 a->lookup_error[0] ? a->lookup_error : "no A or AAAA record");
+        addrs_clear(a);
         try_host(a);
         return;
     }
+    a->order = calloc(n6 + n4, sizeof(*a->order));
+    if (a->order == NULL) {
+        snprintf(a->last_error, sizeof(a->last_error), "4.3.0 out of memory");
+        addrs_clear(a);
+        try_host(a);
+        return;
+    }
+    for (size_t i6 = 0, i4 = 0; i6 < n6 || i4 < n4;) {
+        if (i6 < n6)
+            a->order[a->n_order++] = &a->addrs6->rrs[i6++];
+        if (i4 < n4)
+            a->order[a->n_order++] = &a->addrs->rrs[i4++];
+    }
+    a->addr_i = 0;
     connect_addr(a);
+}
+
+static void addr_answer(attempt *a, tern_dns_result *res, tern_dns_result **slot)
+{
+    if (res->status != TERN_DNS_ANSWER || res->n_rrs == 0) {
+        /* Kept for the error when the other family has nothing either. */
+        if (res->status != TERN_DNS_ANSWER || res->rcode != 0 || a->lookup_error[0] == '\0')
+            snprintf(a->lookup_error, sizeof(a->lookup_error), "%s",
+                     res->status == TERN_DNS_ANSWER ? (res->rcode ? tern_dns_rcode_name(res->rcode)
+                                                                  : "no address record")
+                                                    : (res->error ? res->error : "lookup failed"));
+        tern_dns_result_free(res);
+    } else {
+        *slot = res;
+    }
+    if (--a->lookups == 0)
+        addrs_ready(a);
+}
+
+static void addrs_resolved(void *data, tern_dns_result *res)
+{
+    attempt *a = data;
+    addr_answer(a, res, &a->addrs);
+}
+
+static void addrs6_resolved(void *data, tern_dns_result *res)
+{
+    attempt *a = data;
+    addr_answer(a, res, &a->addrs6);
 }
 
 /* The next address of the current host, else the next host, else the end. */
@@ -817,7 +879,7 @@ static void try_host(attempt *a)
         attempt_end(a);
         return;
     }
-    if (a->addrs && a->addr_i < a->addrs->n_rrs) {
+    if (a->order && a->addr_i < a->n_order) {
         connect_addr(a);
         return;
     }
@@ -857,12 +919,24 @@ static void try_host(attempt *a)
         connect_ss(a, &ss);
         return;
     }
-    /* IPv4 first: loopback test setups and most MX hosts have it; AAAA is
-     * a TODO with Happy Eyeballs-style fallback. */
-    if (tern_dns_resolve(a->q->dns, host, 1 /* A */, 0, addrs_resolved, a, NULL) != 0) {
-        snprintf(a->last_error, sizeof(a->last_error), "4.4.3 cannot look up %s", host);
-        try_host(a);
+    /* AAAA and A at once (queue.address_family may drop one); the
+     * count is set first: an answer may come before the second query is
+     * even sent. */
+    addrs_clear(a);
+    a->lookup_error[0] = '\0';
+    tern_addr_family fam = a->q->env.conf(a->q->env.conf_arg)->address_family;
+    bool want6 = fam != TERN_AF_IPV4, want4 = fam != TERN_AF_IPV6;
+    a->lookups = 1 + (want6 ? 1 : 0) + (want4 ? 1 : 0); /* +1: ours, until both are sent */
+    if (want6 && tern_dns_resolve(a->q->dns, host, 28 /* AAAA */, 0, addrs6_resolved, a, NULL) != 0) {
+        snprintf(a->lookup_error, sizeof(a->lookup_error), "cannot look up %s", host);
+        a->lookups--;
     }
+    if (want4 && tern_dns_resolve(a->q->dns, host, 1 /* A */, 0, addrs_resolved, a, NULL) != 0) {
+        snprintf(a->lookup_error, sizeof(a->lookup_error), "cannot look up %s", host);
+        a->lookups--;
+    }
+    if (--a->lookups == 0)
+        addrs_ready(a);
 }
 
 /* ---- MTA-STS policy step (server/queue_mtasts.c) ---- */

@@ -327,3 +327,87 @@ def test_delay_dsn_once_per_recipient(tern_factory):
     time.sleep(2.5 * SLOW)
     assert len(maildir_notices(t, marker)) == 1
     assert "event=delay_dsn" not in t.log()
+
+
+V6_ZONE = """$ORIGIN remote.test.
+$TTL 60
+@       IN SOA ns.remote.test. hostmaster.remote.test. 1 3600 600 86400 60
+@       IN NS  ns.remote.test.
+ns      IN A   127.0.0.1
+v6      IN MX  10 mx6.remote.test.
+mx6     IN AAAA ::1
+dual    IN MX  10 mxd.remote.test.
+mxd     IN AAAA ::1
+mxd     IN A   127.0.0.1
+"""
+
+
+@pytest.fixture
+def dns6(tmp_path):
+    import sys
+    from conftest import ROOT
+    zone = tmp_path / "remote.zone"
+    zone.write_text(V6_ZONE)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "dns" / "server.py"), str(zone),
+                             "--lifetime", str(120 * SLOW)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    port = int(proc.stdout.readline())
+    yield port
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def v6_pair(tern_factory, dns_port, family, rx_addr="::1"):
+    from conftest import have_ipv6
+    if not have_ipv6():
+        pytest.skip("no ::1 on this machine")
+    rx = tern_factory({"domains": ["v6.remote.test", "dual.remote.test"],
+                       "smtp": {"verify_recipients": False},
+                       "processors": {"root": [{"match": "All", "mailet": "LocalDelivery"}]}},
+                      start=False, subdir="rx")
+    port = free_ports(1, socket.AF_INET6, "::1")[0]
+    rx.config["listeners"] = [{"name": "mx", "protocol": "smtp", "address": rx_addr, "port": port}]
+    rx.write_config()
+    rx.start()
+    tx = tern_factory({
+        "dns": {"resolvers": [f"127.0.0.1@{dns_port}"], "dnssec": False, "unblock_zones": ["test"]},
+        "queue": {"hold": False, "port": port, "retry_min": "1s", "connect_timeout": "2s",
+                  "address_family": family},
+        "smtp": {"relay_networks": ["127.0.0.0/8"]},
+    }, start=True, subdir="tx")
+    return tx, rx
+
+
+def test_ipv6_mx(tern_factory, dns6):
+    tx, rx = v6_pair(tern_factory, dns6, "any")
+    q1 = send(tx, ["kim@v6.remote.test"], uuid.uuid4().hex)
+    q2 = send(tx, ["lou@dual.remote.test"], uuid.uuid4().hex)
+    for q in (q1, q2):
+        line = wait_for(lambda: re.search(rf"event=delivered qid={q} .*", tx.log()))
+        assert line and "::1" in line.group(0), tx.log_tail()
+
+
+def test_ipv4_only_skips_aaaa(tern_factory, dns6):
+    tx, rx = v6_pair(tern_factory, dns6, "ipv4")
+    q1 = send(tx, ["kim@v6.remote.test"], uuid.uuid4().hex)
+    q2 = send(tx, ["lou@dual.remote.test"], uuid.uuid4().hex)
+    assert wait_for(lambda: re.search(rf"event=deferred qid={q1} .*no address for mx6.remote.test",
+                                      tx.log())), tx.log_tail()
+    # dual: only its A record is tried, where nothing listens.
+    assert wait_for(lambda: re.search(rf"event=deferred qid={q2} .*127.0.0.1", tx.log())), \
+        tx.log_tail()
+    assert not re.search(rf"qid={q2} .*::1", tx.log())
+
+
+def test_next_address_when_ipv6_fails(tern_factory, dns6):
+    """dual's AAAA (::1) refuses: the interleaved A (127.0.0.1) takes it."""
+    tx, rx = v6_pair(tern_factory, dns6, "any", rx_addr="127.0.0.1")
+    q = send(tx, ["max@dual.remote.test"], uuid.uuid4().hex)
+    line = wait_for(lambda: re.search(rf"event=delivered qid={q} .*", tx.log()))
+    assert line and "127.0.0.1" in line.group(0), tx.log_tail()
+    assert re.search(rf"event=host_failed qid={q} domain=dual.remote.test peer=\S*::1\S* "
+                     r"stage=connect", tx.log()), tx.log_tail()
