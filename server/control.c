@@ -17,10 +17,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "lib/arena.h"
-#include "lib/json.h"
 #include "lib/json_write.h"
 #include "lib/log.h"
+#include "server/control_req.h"
 
 #define MOD "control"
 /* An answer is bounded too: the queue listing of a huge backlog is cut
@@ -70,6 +69,8 @@ static void answer_errno(tern_buf *out, int r, const char *qid)
         snprintf(msg, sizeof(msg), "%s: not in the queue", qid ? qid : "?");
     else if (r == -EBUSY)
         snprintf(msg, sizeof(msg), "%s: a delivery attempt is in flight; try again", qid);
+    else if (r == -ENOMEM)
+        snprintf(msg, sizeof(msg), "answer too large or out of memory");
     else
         snprintf(msg, sizeof(msg), "%s", strerror(-r));
     answer_error(out, msg);
@@ -77,76 +78,50 @@ static void answer_errno(tern_buf *out, int r, const char *qid)
 
 void tern_control_handle(tern_queue *q, const char *line, size_t len, tern_buf *out)
 {
-    tern_arena arena;
-    tern_arena_init(&arena, 1024);
-    tern_json_limits lim = {.max_input = TERN_CONTROL_MAX_LINE, .max_depth = 4, .max_nodes = 64,
-                            .max_string = 1024};
-    tern_json *req = NULL;
-    int pr = tern_json_parse(line, len, &lim, &arena, &req, NULL);
-    const char *cmd = pr == TERN_JSON_OK ? tern_json_str(tern_json_get(req, "cmd")) : NULL;
-    const char *qid = pr == TERN_JSON_OK ? tern_json_str(tern_json_get(req, "qid")) : NULL;
-    const tern_json *all = pr == TERN_JSON_OK ? tern_json_get(req, "all") : NULL;
-    bool want_all = all && all->type == TERN_JSON_BOOL && all->boolean;
-    if (pr != TERN_JSON_OK) {
-        char msg[96];
-        snprintf(msg, sizeof(msg), "request is not JSON: %s", tern_json_strerror(pr));
-        answer_error(out, msg);
-    } else if (cmd == NULL) {
-        answer_error(out, "request has no \"cmd\" string");
-    } else if (q == NULL) {
-        answer_error(out, "the queue manager is not running");
-    } else if (strcmp(cmd, "queue.list") == 0 || strcmp(cmd, "queue.hosts") == 0) {
-        tern_buf_append_str(out, "{\"ok\":true,\"result\":");
-        int r = cmd[6] == 'l' ? tern_queue_list(q, out) : tern_queue_hosts(q, out);
-        if (r == 0 && tern_buf_append_str(out, "}") == 0)
-            ; /* done */
-        else
-            answer_error(out, "answer too large or out of memory");
-    } else if (strcmp(cmd, "queue.show") == 0) {
-        if (qid == NULL) {
-            answer_error(out, "queue.show needs \"qid\"");
-        } else {
-            tern_buf_append_str(out, "{\"ok\":true,\"result\":");
-            int r = tern_queue_show(q, qid, out);
-            if (r != 0)
-                answer_errno(out, r, qid);
-            else if (tern_buf_append_str(out, "}") != 0)
-                answer_error(out, "out of memory");
-        }
-    } else if (strcmp(cmd, "queue.retry") == 0) {
-        if (qid == NULL && !want_all) {
-            answer_error(out, "queue.retry needs \"qid\" or \"all\":true");
-        } else {
-            int r = tern_queue_retry(q, want_all ? NULL : qid);
-            if (r < 0) {
-                answer_errno(out, r, qid);
-            } else {
-                tern_buf_append_str(out, "{\"ok\":true,\"result\":{\"recipients\":");
-                tern_json_write_int(out, r);
-                tern_buf_append_str(out, "}}");
-            }
-        }
-    } else if (strcmp(cmd, "queue.hold") == 0 || strcmp(cmd, "queue.release") == 0 ||
-               strcmp(cmd, "queue.delete") == 0) {
-        if (qid == NULL) {
-            char msg[64];
-            snprintf(msg, sizeof(msg), "%s needs \"qid\"", cmd);
-            answer_error(out, msg);
-        } else {
-            int r = cmd[6] == 'h'   ? tern_queue_hold(q, qid)
-                    : cmd[6] == 'r' ? tern_queue_release(q, qid)
-                                    : tern_queue_delete(q, qid);
-            if (r != 0)
-                answer_errno(out, r, qid);
-            else
-                tern_buf_append_str(out, "{\"ok\":true}");
-        }
-    } else {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "unknown command \"%.100s\"", cmd);
-        answer_error(out, msg);
+    tern_control_req req;
+    char err[160];
+    if (tern_control_req_parse(line, len, &req, err, sizeof(err)) != 0) {
+        answer_error(out, err);
+        return;
     }
-    tern_arena_free(&arena);
+    if (q == NULL) {
+        answer_error(out, "the queue manager is not running");
+        return;
+    }
+    const char *qid = req.qid[0] ? req.qid : NULL;
+    int r = 0;
+    switch (req.cmd) {
+    case TERN_CTL_QUEUE_LIST:
+    case TERN_CTL_QUEUE_HOSTS:
+    case TERN_CTL_QUEUE_SHOW:
+        tern_buf_append_str(out, "{\"ok\":true,\"result\":");
+        r = req.cmd == TERN_CTL_QUEUE_LIST    ? tern_queue_list(q, out)
+            : req.cmd == TERN_CTL_QUEUE_HOSTS ? tern_queue_hosts(q, out)
+                                              : tern_queue_show(q, qid, out);
+        if (r == 0 && tern_buf_append_str(out, "}") != 0)
+            r = -ENOMEM;
+        break;
+    case TERN_CTL_QUEUE_RETRY:
+        r = tern_queue_retry(q, req.all ? NULL : qid);
+        if (r >= 0) {
+            tern_buf_append_str(out, "{\"ok\":true,\"result\":{\"recipients\":");
+            tern_json_write_int(out, r);
+            tern_buf_append_str(out, "}}");
+            r = 0;
+        }
+        break;
+    case TERN_CTL_QUEUE_HOLD:
+    case TERN_CTL_QUEUE_RELEASE:
+    case TERN_CTL_QUEUE_DELETE:
+        r = req.cmd == TERN_CTL_QUEUE_HOLD      ? tern_queue_hold(q, qid)
+            : req.cmd == TERN_CTL_QUEUE_RELEASE ? tern_queue_release(q, qid)
+                                                : tern_queue_delete(q, qid);
+        if (r == 0)
+            tern_buf_append_str(out, "{\"ok\":true}");
+        break;
+    }
+    if (r != 0)
+        answer_errno(out, r, qid);
 }
 
 /* ---- connections -------------------------------------------------------- */
