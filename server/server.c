@@ -871,6 +871,8 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         srv->control = tern_control_new(srv->loop, cpath, srv->queue, cerr, sizeof(cerr));
         if (srv->control == NULL) {
             TLOG_ERR(MOD, "event=control_socket_failed error=\"%s\"", cerr);
+            free(fds);
+            free(counts);
             return 1;
         }
     }

@@ -327,6 +327,7 @@ def test_delay_dsn_once_per_recipient(tern_factory):
     time.sleep(2.5 * SLOW)
     assert len(maildir_notices(t, marker)) == 1
     assert "event=delay_dsn" not in t.log()
+    assert t.running()
 
 
 V6_ZONE = """$ORIGIN remote.test.
@@ -389,6 +390,7 @@ def test_ipv6_mx(tern_factory, dns6):
     for q in (q1, q2):
         line = wait_for(lambda: re.search(rf"event=delivered qid={q} .*", tx.log()))
         assert line and "::1" in line.group(0), tx.log_tail()
+    assert tx.running() and rx.running()
 
 
 def test_ipv4_only_skips_aaaa(tern_factory, dns6):
@@ -401,6 +403,7 @@ def test_ipv4_only_skips_aaaa(tern_factory, dns6):
     assert wait_for(lambda: re.search(rf"event=deferred qid={q2} .*127.0.0.1", tx.log())), \
         tx.log_tail()
     assert not re.search(rf"qid={q2} .*::1", tx.log())
+    assert tx.running()
 
 
 def test_next_address_when_ipv6_fails(tern_factory, dns6):
@@ -411,3 +414,4 @@ def test_next_address_when_ipv6_fails(tern_factory, dns6):
     assert line and "127.0.0.1" in line.group(0), tx.log_tail()
     assert re.search(rf"event=host_failed qid={q} domain=dual.remote.test peer=\S*::1\S* "
                      r"stage=connect", tx.log()), tx.log_tail()
+    assert tx.running()
