@@ -109,6 +109,11 @@ struct tern_queue {
     tern_mtasts *mtasts;   /* MTA-STS + TLS-RPT (server/queue_mtasts.c) */
     qhost *hosts;          /* circuit breakers, by address */
     size_t n_hosts;
+    /* The kick walks every queued recipient; an idle tick need not:
+     * nothing is due before next_due unless something changed (dirty). */
+    uint64_t next_due;     /* monotonic ms */
+    bool dirty;
+    bool kicking;          /* inside tern_queue_kick (an attempt may end in it) */
 };
 
 /* One delivery attempt: a message, the recipients of one domain. */
@@ -247,6 +252,7 @@ static void queue_take(tern_queue *q, const char *qid)
         tern_envelope_free(m->env);
     m->env = env;
     m->held = env->held;
+    q->dirty = true;
     for (size_t i = 0; i < env->n_rcpts; i++) {
         const tern_spool_rcpt *sr = &env->rcpts[i];
         if (sr->done || !(owned || sr->queued))
@@ -388,6 +394,7 @@ static void rcpt_defer(tern_queue *q, qmsg *m, qrcpt *r, const char *why)
     }
     r->st = QR_PENDING;
     r->next_try_ms = now_ms() + backoff(q, r->attempts);
+    q->dirty = true;
     /* RFC 3461 NOTIFY=DELAY: one "delayed" DSN per recipient once it has
      * waited delay_warning; the flag is persisted with the retry state so
      * a restart does not send it again. */
@@ -533,6 +540,7 @@ static void attempt_end(attempt *a)
         a->next->prev = a->prev;
     attempt_free(a);
     msg_maybe_done(q, m);
+    q->dirty = true; /* a slot is free */
     if (!q->closing)
         tern_queue_kick(q);
 }
@@ -1100,10 +1108,23 @@ void tern_queue_kick(tern_queue *q)
 {
     if (q->closing)
         return;
+    if (q->kicking) {
+        /* An attempt ended inside this walk: the outer walk goes on and
+         * the next kick looks again. */
+        q->dirty = true;
+        return;
+    }
     const tern_queue_conf *c = q->env.conf(q->env.conf_arg);
-    if (c->hold)
+    if (c->hold) {
+        q->dirty = true; /* look at everything once it is lifted */
         return; /* held: nothing leaves until the setting is lifted (SIGHUP) */
+    }
     uint64_t now = now_ms();
+    if (!q->dirty && now < q->next_due)
+        return;
+    q->dirty = false;
+    q->kicking = true;
+    uint64_t due = UINT64_MAX; /* the earliest future try seen */
     /* Round robin over messages, starting after where the last pass began,
      * so a large backlog to one domain does not hold the rest. */
     size_t skip = q->n_msgs ? q->rr++ % q->n_msgs : 0;
@@ -1114,23 +1135,37 @@ void tern_queue_kick(tern_queue *q)
         for (qmsg *m = pass == 0 ? start : q->msgs, *next; m && (pass == 0 || m != start);
              m = next) {
             next = m->next;
-            if (q->active >= c->max_concurrency)
-                return;
+            if (q->active >= c->max_concurrency) {
+                due = 0; /* not all seen: look again at the next kick */
+                goto out;
+            }
             if (m->held)
                 continue;
             for (size_t i = 0; i < m->n; i++) {
                 qrcpt *r = &m->r[i];
-                if (r->st != QR_PENDING || r->next_try_ms > now)
+                if (r->st != QR_PENDING)
                     continue;
+                if (r->next_try_ms > now) {
+                    if (r->next_try_ms < due)
+                        due = r->next_try_ms;
+                    continue;
+                }
                 dest *d = dest_get(q, r->domain);
-                if (d == NULL || d->active >= c->per_destination)
+                if (d == NULL || d->active >= c->per_destination ||
+                    !attempt_start(q, m, r->domain, now)) {
+                    due = 0; /* due but waiting for a slot */
                     continue;
-                attempt_start(q, m, r->domain, now);
-                if (q->active >= c->max_concurrency)
-                    return;
+                }
+                if (q->active >= c->max_concurrency) {
+                    due = 0;
+                    goto out;
+                }
             }
         }
     }
+out:
+    q->kicking = false;
+    q->next_due = due;
 }
 
 static void tick_cb(uv_timer_t *t)
@@ -1302,6 +1337,7 @@ static int retry_msg(tern_queue *q, qmsg *m)
         if (r->st != QR_PENDING)
             continue;
         r->next_try_ms = 0;
+        q->dirty = true;
         if (r->attempts > 0)
             tern_spool_rcpt_retry(q->env.spool, m->qid, r->idx, r->attempts, 0, r->qflags,
                                   r->last_error);
@@ -1336,6 +1372,7 @@ static int set_held(tern_queue *q, const char *qid, bool held)
     if (r != 0)
         return r;
     m->held = held;
+    q->dirty = true;
     TLOG_INFO(MOD, "event=%s qid=%s", held ? "held" : "released", m->qid);
     if (!held)
         tern_queue_kick(q);
