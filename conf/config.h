@@ -330,6 +330,7 @@ typedef struct tern_queue_conf {
     uint64_t max_lifetime_ms;   /* then bounced; default 5d */
     uint64_t connect_timeout_ms;/* default 30s */
     uint64_t command_timeout_ms;/* each reply; default 5m */
+    uint64_t data_timeout_ms;   /* the reply to the message's end; default 10m */
     /* The SMTP client's connection pool and extensions (smtp_pool.c). */
     uint32_t connection_reuse_limit;   /* messages per connection; 1: no reuse; default 100 */
     uint64_t connection_idle_timeout_ms; /* an idle kept connection QUITs; default 5s */

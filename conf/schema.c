@@ -657,6 +657,7 @@ static const field queue_fields[] = {
     F_DURATION("max_lifetime", tern_queue_conf, max_lifetime_ms, MIN, 30 * DAY, 5 * DAY, 1),
     F_DURATION("connect_timeout", tern_queue_conf, connect_timeout_ms, 100, 10 * MIN, 30 * SEC, 1),
     F_DURATION("command_timeout", tern_queue_conf, command_timeout_ms, 100, HOUR, 5 * MIN, 1),
+    F_DURATION("data_timeout", tern_queue_conf, data_timeout_ms, 100, HOUR, 10 * MIN, 1),
     F_UINT("connection_reuse_limit", tern_queue_conf, connection_reuse_limit, 1, 100000, 100, 0),
     F_DURATION("connection_idle_timeout", tern_queue_conf, connection_idle_timeout_ms, 100, 10 * MIN, 5 * SEC, 1),
     F_UINT("max_idle_connections", tern_queue_conf, max_idle_connections, 0, 100000, 50, 0),

@@ -151,6 +151,7 @@ typedef struct attempt {
     size_t n_order;
     unsigned lookups;      /* address queries in flight */
     char lookup_error[256];
+    tern_config *cfg;      /* held while a connection runs (env.config_ref) */
 } attempt;
 
 static uint64_t now_ms(void)
@@ -507,6 +508,8 @@ static void attempt_free(attempt *a)
     free(a->data);
     free(a->idx);
     free(a->sts);
+    if (a->cfg)
+        tern_config_unref(a->cfg);
     tern_arena_free(&a->arena);
     free(a);
 }
@@ -768,6 +771,14 @@ static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
 {
     if (breaker_skip(a, ss))
         return;
+    /* The client and the pool read the current snapshot now and keep
+     * pointers into it; hold it until the attempt ends. */
+    if (a->q->env.config_ref) {
+        tern_config *now = a->q->env.config_ref(a->q->env.conf_arg);
+        if (a->cfg)
+            tern_config_unref(a->cfg);
+        a->cfg = now;
+    }
     const tern_queue_conf *c = a->q->env.conf(a->q->env.conf_arg);
     tern_smtp_client_params p = {
         .loop = a->q->env.loop,
@@ -776,6 +787,7 @@ static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
         .helo = a->q->env.helo(a->q->env.conf_arg),
         .connect_timeout_ms = c->connect_timeout_ms,
         .command_timeout_ms = c->command_timeout_ms,
+        .data_timeout_ms = c->data_timeout_ms,
         .env = a->cenv,
         .data = a->data,
         .len = a->len,

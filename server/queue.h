@@ -34,6 +34,11 @@ typedef struct tern_queue_env {
      * NULL: none are sent. */
     void (*delay)(void *arg, const tern_envelope *env, const tern_dsn_rcpt *rcpts, size_t n,
                   const uint8_t *msg, size_t len);
+    /* A reference to the current config snapshot (conf_arg). A delivery
+     * holds one while its connection runs: the client keeps pointers into
+     * it (HELO name, smarthost login), and a SIGHUP must not free them
+     * under it. NULL: nothing is held (tests with a static config). */
+    tern_config *(*config_ref)(void *arg);
 } tern_queue_env;
 
 /* Creates the manager (and its resolver) and schedules a scan of the spool

@@ -578,6 +578,12 @@ static const tern_queue_conf *server__queue_conf(void *arg)
     return &srv->cfg->queue;
 }
 
+static tern_config *server__queue_config_ref(void *arg)
+{
+    tern_server *srv = arg;
+    return tern_config_ref(srv->cfg);
+}
+
 static const char *server__queue_helo(void *arg)
 {
     tern_server *srv = arg;
@@ -855,6 +861,7 @@ int tern_server_run(const char *config_path, tern_config *cfg)
             .bounce_arg = srv,
             .state_dir = srv->cfg->server.state_dir,
             .delay = server__queue_delay,
+            .config_ref = server__queue_config_ref,
         };
         char qerr[256];
         srv->queue = srv->spool_client ? tern_queue_new(&qenv, qerr, sizeof(qerr)) : NULL;

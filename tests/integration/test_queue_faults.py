@@ -380,6 +380,26 @@ def test_kill9_while_data_reply_is_held(sender, faults):
     assert not dsns(tx, marker)
 
 
+def test_sighup_while_a_delivery_runs(sender, faults):
+    """Two SIGHUPs that change the config while a delivery waits for its
+    DATA reply: the delivery holds its snapshot (the client keeps pointers
+    into it) and ends normally, once. The reply here comes late in the
+    exchange; the pointers matter most before it (EHLO, AUTH), which this
+    test does not stall."""
+    slow = faults(A, hold_data=True)
+    tx = sender(command_timeout="60s")
+    marker = uuid.uuid4().hex
+    qid = send(tx, ["bob@one.faults.test"], marker)
+    assert slow.holding.wait(20 * SLOW), slow.events
+    tx.reload({"server": {"hostname": "renamed.example.test"}})
+    tx.reload({"server": {"hostname": "again.example.test"}})
+    slow.release()
+    log_line(tx, rf"event=delivered qid={qid} rcpt=bob@one\.faults\.test ")
+    assert [t.rcpts for t in slow.delivered_with(marker)] == [["bob@one.faults.test"]]
+    assert tx.running()
+    assert drained(tx)
+
+
 # ------------------------------------------------------------- a real receiver
 
 @pytest.mark.skipif(not shutil.which(SMTP_SINK), reason="Postfix's smtp-sink is not installed")
