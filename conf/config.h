@@ -309,7 +309,11 @@ typedef struct tern_dns_conf {
     size_t n_unblock_zones;
 } tern_dns_conf;
 
-typedef enum { TERN_SMARTHOST_TLS_OPPORTUNISTIC = 0, TERN_SMARTHOST_TLS_REQUIRED } tern_smarthost_tls;
+typedef enum {
+    TERN_SMARTHOST_TLS_OPPORTUNISTIC = 0,
+    TERN_SMARTHOST_TLS_REQUIRED, /* encrypted, certificate not checked */
+    TERN_SMARTHOST_TLS_VERIFY,   /* encrypted, certificate verified for the smarthost's name */
+} tern_smarthost_tls;
 
 /* queue.source_addresses: a local address outbound connections come from,
  * and the HELO name that goes with it. */
@@ -351,6 +355,8 @@ typedef struct tern_queue_conf {
     bool mta_sts;               /* MTA-STS (RFC 8461) on MX delivery; default on */
     char *mta_sts_ca_file;      /* CAs for policy fetch and enforced MX; NULL: system bundle */
     uint16_t mta_sts_port;      /* of mta-sts.<domain>; default 443 (tests point it elsewhere) */
+    char *smarthost_ca_file;    /* smarthost_tls verify: the CAs; NULL: the system bundle */
+    char *smarthost_tls_name;   /* the name its certificate must carry; NULL: the smarthost host */
     /* Circuit breaker per destination address (server/queue.c). */
     uint32_t host_down_threshold;  /* consecutive connection failures; default 5 */
     uint64_t host_down_cooldown_ms;/* skipped that long, then one probe; default 30s */

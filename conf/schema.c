@@ -636,7 +636,7 @@ static const field smarthost_auth_fields[] = {
 };
 static const schema_map smarthost_auth_schema = {smarthost_auth_fields, COUNT(smarthost_auth_fields),
                                                  NULL};
-static const char *const smarthost_tls_names[] = {"opportunistic", "required", NULL};
+static const char *const smarthost_tls_names[] = {"opportunistic", "required", "verify", NULL};
 
 static const field source_address_fields[] = {
     F_STRING("address", tern_source_address_conf, address, NULL, FL_REQUIRED, check_address),
@@ -670,6 +670,9 @@ static const field queue_fields[] = {
      .elem_size = sizeof(tern_source_address_conf), .max_items = 256, .sub = &source_address_schema},
     F_BOOL("mta_sts", tern_queue_conf, mta_sts, true),
     F_STRING("mta_sts_ca_file", tern_queue_conf, mta_sts_ca_file, NULL, FL_FILE, NULL),
+    F_STRING("smarthost_ca_file", tern_queue_conf, smarthost_ca_file, NULL, FL_FILE, NULL),
+    F_STRING("smarthost_tls_name", tern_queue_conf, smarthost_tls_name, NULL, FL_LOWER,
+             conf__check_hostname),
     F_UINT("mta_sts_port", tern_queue_conf, mta_sts_port, 1, 65535, 443, 0),
     F_UINT("host_down_threshold", tern_queue_conf, host_down_threshold, 1, 1000, 5, 0),
     F_DURATION("host_down_cooldown", tern_queue_conf, host_down_cooldown_ms, SEC, DAY, 30 * SEC, 1),

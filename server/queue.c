@@ -109,6 +109,14 @@ struct tern_queue {
     tern_mtasts *mtasts;   /* MTA-STS + TLS-RPT (server/queue_mtasts.c) */
     qhost *hosts;          /* circuit breakers, by address */
     size_t n_hosts;
+    /* smarthost_tls verify: contexts loaded from queue.smarthost_ca_file,
+     * one per file named so far. Never freed before the queue: a kept
+     * connection may still use one after a SIGHUP names another file. */
+    struct sh_ca {
+        char *path;
+        tern_tls_client *tls;
+        struct sh_ca *next;
+    } *sh_cas;
     /* The kick walks every queued recipient; an idle tick need not:
      * nothing is due before next_due unless something changed (dirty). */
     uint64_t next_due;     /* monotonic ms */
@@ -767,8 +775,47 @@ static void delivered(void *arg, const tern_smtp_outcome *o)
     attempt_end(a);
 }
 
+/* The context that verifies the smarthost's certificate: the system
+ * bundle (the opportunistic context's) or queue.smarthost_ca_file, loaded
+ * the first time it is named (a small file, read once). NULL: it cannot
+ * be loaded (logged); the delivery then defers rather than go unverified. */
+static tern_tls_client *smarthost_ca(tern_queue *q, const char *path)
+{
+    if (path == NULL)
+        return q->tls;
+    for (struct sh_ca *x = q->sh_cas; x; x = x->next)
+        if (strcmp(x->path, path) == 0)
+            return x->tls;
+    char *err = NULL;
+    tern_tls_client *cl = tern_tls_client_new(path, &err);
+    struct sh_ca *x = cl ? calloc(1, sizeof(*x)) : NULL;
+    if (x == NULL || (x->path = strdup(path)) == NULL) {
+        TLOG_ERR(MOD, "event=smarthost_ca_failed file=\"%s\" error=\"%s\"", path,
+                 err ? err : "out of memory");
+        free(err);
+        free(x);
+        tern_tls_client_free(cl);
+        return NULL;
+    }
+    x->tls = cl;
+    x->next = q->sh_cas;
+    q->sh_cas = x;
+    return cl;
+}
+
 static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
 {
+    const tern_queue_conf *qc = a->q->env.conf(a->q->env.conf_arg);
+    bool sh_verify = qc->smarthost && qc->smarthost[0] &&
+                     qc->smarthost_tls == TERN_SMARTHOST_TLS_VERIFY;
+    tern_tls_client *sh_tls = sh_verify ? smarthost_ca(a->q, qc->smarthost_ca_file) : NULL;
+    if (sh_verify && sh_tls == NULL) {
+        /* Without the CAs nothing can be verified, so nothing is sent. */
+        snprintf(a->last_error, sizeof(a->last_error),
+                 "4.7.5 cannot load queue.smarthost_ca_file to verify the smarthost");
+        attempt_end(a);
+        return;
+    }
     if (breaker_skip(a, ss))
         return;
     /* The client and the pool read the current snapshot now and keep
@@ -796,6 +843,14 @@ static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
                                                               : a->domain,
     };
     tern_mtasts_params(a->q->mtasts, a->sts, &p); /* MTA-STS enforce: verified STARTTLS */
+    if (sh_verify) {
+        /* Verified for the smarthost's name, or the one configured for a
+         * smarthost given by address. */
+        p.tls = sh_tls;
+        p.tls_required = true;
+        if (c->smarthost_tls_name)
+            p.tls_name = c->smarthost_tls_name;
+    }
     a->client = tern_smtp_pool_start(a->q->pool, &p, delivered, a);
     if (a->client == NULL) {
         if (a->cur_host && a->cur_host->inflight)
@@ -1459,6 +1514,13 @@ void tern_queue_free(tern_queue *q)
         qhost *h = q->hosts;
         q->hosts = h->next;
         free(h);
+    }
+    while (q->sh_cas) {
+        struct sh_ca *x = q->sh_cas;
+        q->sh_cas = x->next;
+        tern_tls_client_free(x->tls);
+        free(x->path);
+        free(x);
     }
     free(q->cw.readbuf);
     tern_tls_client_free(q->tls);

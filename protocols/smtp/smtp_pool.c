@@ -144,7 +144,7 @@ tern_smtp_client *tern_smtp_pool_start(tern_smtp_pool *p, const tern_smtp_client
         pp.auth_username = qc->smarthost_auth.username;
         pp.auth_password = qc->smarthost_auth.password;
         pp.auth_allow_plaintext = qc->smarthost_auth.allow_plaintext;
-        pp.tls_encrypt_required = qc->smarthost_tls == TERN_SMARTHOST_TLS_REQUIRED;
+        pp.tls_encrypt_required = qc->smarthost_tls != TERN_SMARTHOST_TLS_OPPORTUNISTIC;
     }
     struct sockaddr_storage src;
     const char *src_text = "";

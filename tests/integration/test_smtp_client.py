@@ -267,6 +267,53 @@ def test_auth_to_smarthost_submission_over_tls(tern_factory, tmp_path):
     assert b"with ESMTPSA" in got[0].read_bytes()
 
 
+def test_smarthost_tls_verify(tern_factory, certs):
+    """smarthost_tls: verify delivers only when the smarthost's certificate
+    verifies against smarthost_ca_file for smarthost_tls_name (the
+    smarthost is given by address here); otherwise the mail is deferred
+    with 4.7.5 and nothing is sent."""
+    rx = tern_factory({"domains": ["remote.test", "example.test"], **LOCAL}, start=False,
+                      subdir="rx")
+    rx.write_config()
+    ctl(rx, "account", "add", "bob@remote.test")
+    rx.start()
+
+    made = []
+
+    def relay(**q):
+        made.append(q)
+        return tern_factory({
+            "queue": {"hold": False, "smarthost": f"[127.0.0.1]:{rx.port('mx')}",
+                      "retry_min": "1s", "connect_timeout": "2s", "smarthost_tls": "verify",
+                      **q},
+            "smtp": {"relay_networks": ["127.0.0.0/8"]},
+            "processors": {"root": [{"match": "All", "mailet": "RemoteDelivery"}]},
+        }, subdir=f"tx{len(made)}")
+
+    # The right CA and name: delivered, and the log says verified.
+    tx = relay(smarthost_ca_file=str(certs.path("main.crt")),
+               smarthost_tls_name="mail.example.test")
+    marker = uuid.uuid4().hex
+    r = submit(tx, "bob@remote.test", make_message(subject=marker))
+    assert wait_for(lambda: maildir_find(rx, "bob", "remote.test", marker)), tx.log_tail()
+    assert wait_for(lambda: f"event=delivered qid={r.qid} " in tx.log(0)), tx.log_tail()
+    assert re.search(rf"event=delivered qid={r.qid} .*TLSv1\.[23][^)]* verified", tx.log(0))
+    tx.stop()
+
+    # A CA that did not sign it, or a name it does not carry: deferred.
+    for q in ({"smarthost_ca_file": str(certs.path("other.crt")),
+               "smarthost_tls_name": "mail.example.test"},
+              {"smarthost_ca_file": str(certs.path("main.crt")),
+               "smarthost_tls_name": "wrong.example.test"}):
+        tx = relay(**q)
+        marker = uuid.uuid4().hex
+        r = submit(tx, "bob@remote.test", make_message(subject=marker))
+        assert wait_for(lambda: re.search(rf"event=deferred qid={r.qid} .*4\.7\.5",
+                                          tx.log(0))), tx.log_tail()
+        assert not maildir_find(rx, "bob", "remote.test", marker)
+        tx.stop()
+
+
 def test_smarthost_tls_required_defers_without_starttls(tern_factory, mini_factory):
     mini = mini_factory(extensions=["PIPELINING", "AUTH PLAIN LOGIN"])
     tx = to_mini(tern_factory, mini, {"smarthost_tls": "required",
