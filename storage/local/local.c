@@ -280,11 +280,10 @@ static void *sync_main(void *arg)
     }
 }
 
-/* fsyncs fds[0..n) on the helpers and this thread; fd -1 is skipped. */
-static void sync_all(local_store *L, int *fds, int *errs, size_t n)
+/* Hands fds[0..n) to the helpers (fd -1 is skipped); sync_wait() waits
+ * for them. Split so the caller can do other durable work in between. */
+static void sync_start(local_store *L, int *fds, int *errs, size_t n)
 {
-    if (n == 0)
-        return;
     pthread_mutex_lock(&L->sync_mu);
     L->sync_fds = fds;
     L->sync_errs = errs;
@@ -292,15 +291,29 @@ static void sync_all(local_store *L, int *fds, int *errs, size_t n)
     L->sync_next = 0;
     L->sync_finished = 0;
     L->sync_gen++;
-    if (n > 1)
+    if (n > 0)
         pthread_cond_broadcast(&L->sync_work);
     pthread_mutex_unlock(&L->sync_mu);
+}
+
+/* Takes its share of the job (all of it without helpers), then waits. */
+static void sync_wait(local_store *L)
+{
     sync_some(L);
     pthread_mutex_lock(&L->sync_mu);
-    while (L->sync_finished < n)
+    while (L->sync_finished < L->sync_n)
         pthread_cond_wait(&L->sync_done, &L->sync_mu);
     L->sync_n = 0;
     pthread_mutex_unlock(&L->sync_mu);
+}
+
+/* fsyncs fds[0..n) on the helpers and this thread; fd -1 is skipped. */
+static void sync_all(local_store *L, int *fds, int *errs, size_t n)
+{
+    if (n == 0)
+        return;
+    sync_start(L, fds, errs, n);
+    sync_wait(L);
 }
 
 int local_pending_flush(local_store *L)
@@ -334,37 +347,60 @@ int local_pending_flush(local_store *L)
     return err;
 }
 
-/* fsyncs every directory queued for this group, in parallel. Returns 0 or
- * an errno with the failing directory in *which_r. */
-static int sync_dirs(local_store *L, const char **which_r)
+/* The fsyncs of the directories queued for this group, in parallel on
+ * the helpers: dirs_begin() opens them and hands them out, dirs_end()
+ * waits (helping) and closes. The COMMIT may run in between. */
+typedef struct ldirjob {
+    size_t n;
+    int *fds, *errs, *open_errs;
+    int err;                /* set before any fsync: ENOMEM */
+} ldirjob;
+
+static void dirs_begin(local_store *L, ldirjob *j)
 {
+    memset(j, 0, sizeof *j);
+    size_t n = L->n_sync_dirs;
+    if (n == 0)
+        return;
+    j->fds = tern_arena_alloc(&L->batch, n * sizeof *j->fds);
+    j->errs = tern_arena_alloc(&L->batch, n * sizeof *j->errs);
+    j->open_errs = tern_arena_alloc(&L->batch, n * sizeof *j->open_errs);
+    if (j->fds == NULL || j->errs == NULL || j->open_errs == NULL) {
+        j->err = ENOMEM;
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        j->fds[i] = open(L->sync_dirs[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        j->open_errs[i] = j->fds[i] < 0 ? errno : 0;
+        j->errs[i] = 0;
+    }
+    j->n = n;
+    sync_start(L, j->fds, j->errs, n);
+}
+
+/* Returns 0 or an errno with the failing directory in *which_r. */
+static int dirs_end(local_store *L, ldirjob *j, const char **which_r)
+{
+    if (j->err != 0) {
+        *which_r = "directories";
+        return j->err;
+    }
+    if (j->n == 0)
+        return 0;
+    sync_wait(L);
     int rc = 0;
-    for (size_t base = 0; base < L->n_sync_dirs && rc == 0; base += LOCAL_PENDING_MAX) {
-        size_t n = L->n_sync_dirs - base;
-        if (n > LOCAL_PENDING_MAX)
-            n = LOCAL_PENDING_MAX;
-        int fds[LOCAL_PENDING_MAX], errs[LOCAL_PENDING_MAX];
-        for (size_t i = 0; i < n; i++) {
-            fds[i] = open(L->sync_dirs[base + i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-            errs[i] = fds[i] < 0 ? errno : 0;
-        }
-        int ofds[LOCAL_PENDING_MAX];
-        memcpy(ofds, fds, n * sizeof *fds);
-        int oerrs[LOCAL_PENDING_MAX];
-        memcpy(oerrs, errs, n * sizeof *errs);
-        sync_all(L, fds, errs, n);
-        for (size_t i = 0; i < n; i++) {
-            int e = ofds[i] < 0 ? oerrs[i] : errs[i];
-            if (ofds[i] >= 0)
-                close(ofds[i]);
-            /* A directory removed in this group (a rolled-back create) is
-             * not an error. */
-            if (e != 0 && e != ENOENT && rc == 0) {
-                rc = e;
-                *which_r = L->sync_dirs[base + i];
-            }
+    for (size_t i = 0; i < j->n; i++) {
+        int e = j->fds[i] < 0 ? j->open_errs[i] : j->errs[i];
+        if (j->fds[i] >= 0)
+            close(j->fds[i]);
+        /* A directory removed in this group (a rolled-back create) is
+         * not an error. */
+        if (e != 0 && e != ENOENT && rc == 0) {
+            rc = e;
+            *which_r = L->sync_dirs[i];
         }
     }
+    j->n = 0;
     return rc;
 }
 
@@ -466,6 +502,36 @@ static void pending_discard(local_store *L)
     L->n_pending = 0;
 }
 
+/* Whether the group's COMMIT may run while its directories are fsynced
+ * (one flush round trip instead of two, in series, per batch), rather than
+ * after. Only when every file change of the group is a new name in a
+ * cur/ (APPEND, COPY; the file itself is already fsynced): after a crash
+ * with the row durable and the entry not, reconciliation drops the row;
+ * with the entry durable and the row not, it indexes the file. Either way
+ * nothing reported done is lost, as with strict order (whose crash window
+ * between the two also leaves an indexed file). Renames (flags, mailbox
+ * rename, delete) and new folders keep strict order: a row naming a path
+ * that a crash undid is not something reconciliation is written for. */
+static bool commit_may_overlap(tern_store_req **reqs, lctx *ctxs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        switch (reqs[i]->op) {
+        case TERN_STORE_APPEND: case TERN_STORE_COPY: case TERN_STORE_FETCH:
+        case TERN_STORE_FETCH_BODY: case TERN_STORE_SEARCH: case TERN_STORE_CHANGES:
+        case TERN_STORE_QUOTA_GET: case TERN_STORE_MAILBOX_LIST: case TERN_STORE_MAILBOX_STATUS:
+        case TERN_STORE_RCPT_LOOKUP: case TERN_STORE_ACCOUNT_GET: case TERN_STORE_ACCOUNT_LIST:
+        case TERN_STORE_DOMAIN_LIST: case TERN_STORE_ALIAS_LIST:
+            break;
+        default:
+            return false;
+        }
+        for (leffect *e = ctxs[i].effects; e; e = e->next)
+            if (e->kind != LEFF_UNDO_UNLINK)
+                return false;
+    }
+    return true;
+}
+
 static void run_group(local_store *L, tern_store_req **reqs, lctx *ctxs, size_t n)
 {
     L->n_sync_dirs = 0;
@@ -530,22 +596,45 @@ static void run_group(local_store *L, tern_store_req **reqs, lctx *ctxs, size_t 
         return;
     }
     const char *which = NULL;
-    int derr = sync_dirs(L, &which);
-    if (derr != 0) {
-        local_exec(L, NULL, "ROLLBACK");
-        char why[200];
-        snprintf(why, sizeof why, "fsync %s: %s", which, strerror(derr));
-        fail_group(L, reqs, ctxs, n, local_errno_fail(NULL, derr, "fsync", which), why);
-        return;
+    ldirjob dj;
+    dirs_begin(L, &dj);
+    if (!commit_may_overlap(reqs, ctxs, n)) {
+        int derr = dirs_end(L, &dj, &which);
+        if (derr != 0) {
+            local_exec(L, NULL, "ROLLBACK");
+            char why[200];
+            snprintf(why, sizeof why, "fsync %s: %s", which, strerror(derr));
+            fail_group(L, reqs, ctxs, n, local_errno_fail(NULL, derr, "fsync", which), why);
+            return;
+        }
     }
+    /* Overlapped or not, the directories are durable (or known not to be)
+     * before any request of the group is reported done. */
     if (local_exec(L, NULL, "COMMIT") != TERN_STORE_OK) {
         int st = local_db_fail(L, NULL, sqlite3_extended_errcode(L->db), "commit");
         char why[200];
         snprintf(why, sizeof why, "commit: %s", sqlite3_errmsg(L->db));
         if (!sqlite3_get_autocommit(L->db))
             local_exec(L, NULL, "ROLLBACK");
+        dirs_end(L, &dj, &which);
         fail_group(L, reqs, ctxs, n, st, why);
         return;
+    }
+    int derr = dirs_end(L, &dj, &which);
+    if (derr != 0) {
+        /* Committed, but a new file's directory entry may not be on disk:
+         * not reported done, so the caller retries (a second copy after a
+         * crash is possible; a loss of an acknowledged message is not).
+         * The rows stay: the files are there until the next crash, and
+         * reconciliation drops a row whose file is gone. */
+        char why[200];
+        snprintf(why, sizeof why, "fsync %s: %s", which, strerror(derr));
+        int st = local_errno_fail(NULL, derr, "fsync", which);
+        TLOG_ERR("store", "event=dir_sync_failed_after_commit dir=\"%s\" error=\"%s\"", which,
+                 strerror(derr));
+        for (size_t i = 0; i < n; i++)
+            if (reqs[i]->status == TERN_STORE_OK)
+                tern_store__fail(reqs[i], st, "%s", why);
     }
     for (size_t i = 0; i < n; i++) {
         if (reqs[i]->status != TERN_STORE_OK)
@@ -582,6 +671,25 @@ static void run_batch(local_store *L, tern_store_req **reqs, size_t n)
     }
 }
 
+/* The reader's batch: every lookup queued while it was busy, in one read
+ * transaction (one snapshot, one WAL lock), completed together. */
+static void run_reads(local_store *R, tern_store_req **reqs, size_t n)
+{
+    bool txn = local_exec(R, NULL, "BEGIN") == TERN_STORE_OK;
+    for (size_t i = 0; i < n; i++) {
+        tern_store_req *req = reqs[i];
+        req->status = TERN_STORE_OK;
+        int st = local_op_directory(R, req);
+        reset_statements(R);
+        if (st != TERN_STORE_OK && req->status == TERN_STORE_OK)
+            req->status = st;
+    }
+    if (txn && !sqlite3_get_autocommit(R->db))
+        local_exec(R, NULL, "COMMIT");
+    for (size_t i = 0; i < n; i++)
+        tern_store__complete(reqs[i]);
+}
+
 static void *thread_main(void *arg)
 {
     local_store *L = arg;
@@ -601,7 +709,10 @@ static void *thread_main(void *arg)
         memmove(L->queue, L->queue + n, (L->n_queue - n) * sizeof *L->queue);
         L->n_queue -= n;
         pthread_mutex_unlock(&L->mu);
-        run_batch(L, batch, n);
+        if (L->is_reader)
+            run_reads(L, batch, n);
+        else
+            run_batch(L, batch, n);
     }
     free(batch);
     return NULL;
@@ -670,6 +781,60 @@ static int open_fail(local_store *L, char **error_r, const char *what, const cha
     }
     local_free(L);
     return -1;
+}
+
+static void local_close(void *impl);
+
+/* Ops the reader answers: read-only, and nothing a caller could expect to
+ * see its own not yet completed write in (a caller that waited for the
+ * completion of a write sees it: the write was committed first). */
+static bool reader_op(tern_store_op op)
+{
+    return op == TERN_STORE_RCPT_LOOKUP;
+}
+
+/* Opens the reader's connection and starts its thread; NULL (logged) when
+ * it cannot, and the writer thread keeps answering lookups. */
+static local_store *reader_open(local_store *L)
+{
+    local_store *R = calloc(1, sizeof *R);
+    if (R == NULL)
+        return NULL;
+    R->lock_fd = -1;
+    R->is_reader = true;
+    pthread_mutex_init(&R->mu, NULL);
+    pthread_cond_init(&R->cv, NULL);
+    pthread_mutex_init(&R->sync_mu, NULL);
+    pthread_cond_init(&R->sync_work, NULL);
+    pthread_cond_init(&R->sync_done, NULL);
+    tern_arena_init(&R->batch, 4096);
+    R->store = L->store;
+    R->root = strdup(L->root);
+    R->db_path = strdup(L->db_path);
+    const char *why = "out of memory";
+    if (R->root == NULL || R->db_path == NULL)
+        goto fail;
+    why = "open";
+    /* Read-write open (a read-only connection to a WAL database cannot
+     * always map the -shm file), query_only so it never writes. */
+    if (sqlite3_open_v2(R->db_path, &R->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK)
+        goto fail;
+    sqlite3_busy_timeout(R->db, 5000);
+    why = "pragmas";
+    if (sqlite3_exec(R->db, "PRAGMA query_only=1; PRAGMA temp_store=MEMORY;", NULL, NULL, NULL) !=
+        SQLITE_OK)
+        goto fail;
+    why = "thread";
+    if (pthread_create(&R->thread, NULL, thread_main, R) != 0)
+        goto fail;
+    R->started = true;
+    return R;
+fail:
+    TLOG_WARN("store", "event=reader_unavailable step=%s error=\"%s\" note=\"lookups run on the "
+              "writer thread\"", why, R->db ? sqlite3_errmsg(R->db) : "");
+    local_free(R);
+    return NULL;
 }
 
 static int local_open(const tern_config *cfg, tern_store *store, void **impl_r, char **error_r)
@@ -744,6 +909,7 @@ static int local_open(const tern_config *cfg, tern_store *store, void **impl_r, 
     if (pthread_create(&L->thread, NULL, thread_main, L) != 0)
         return open_fail(L, error_r, "cannot start the store thread", "");
     L->started = true;
+    L->reader = reader_open(L);
     TLOG_INFO("store", "event=store_open backend=local path=\"%s\" owner=%d", L->root, L->owner);
     *impl_r = L;
     return 0;
@@ -754,6 +920,11 @@ static void local_close(void *impl)
     local_store *L = impl;
     if (L == NULL)
         return;
+    /* The reader first: the lookups it still holds complete before the
+     * connection they need goes away. */
+    if (L->reader)
+        local_close(L->reader);
+    L->reader = NULL;
     pthread_mutex_lock(&L->mu);
     L->stopping = true;
     pthread_cond_signal(&L->cv);
@@ -766,6 +937,10 @@ static void local_close(void *impl)
 static void local_submit(void *impl, tern_store_req *req)
 {
     local_store *L = impl;
+    if (L->reader && reader_op(req->op)) {
+        local_submit(L->reader, req);
+        return;
+    }
     pthread_mutex_lock(&L->mu);
     if (L->n_queue == L->cap_queue) {
         size_t cap = L->cap_queue ? L->cap_queue * 2 : 64;

@@ -123,6 +123,16 @@ typedef struct local_store {
     int *sync_fds, *sync_errs;  /* the job: fsync each fd, errno or 0 out */
     size_t sync_n;
     bool sync_stop;
+
+    /* The reader: a second connection on its own thread that answers
+     * RCPT_LOOKUP (the SMTP RCPT check and the mailet runner's recipient
+     * resolution) without queueing behind delivery batches on this
+     * thread. WAL lets it read the last committed state while the writer
+     * commits. Its own local_store (db, statement cache, queue) so nothing
+     * is shared with the writer but the file. NULL when it could not
+     * start: lookups then run on the writer thread as before. */
+    struct local_store *reader;
+    bool is_reader;        /* this is one: run lookups, no transactions of writes */
 } local_store;
 
 typedef struct lacct {
