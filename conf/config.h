@@ -287,6 +287,7 @@ typedef struct tern_mailets_conf {
     uint64_t retry_max_ms;      /* longest wait between retries; default 1h */
     uint64_t max_lifetime_ms;   /* a mail still tempfailing after this is bounced; 5d */
     uint32_t max_steps;         /* steps one mail may run (loop guard); default 1000 */
+    uint32_t max_active;        /* mails in memory per worker loop; more wait; default 256 */
     char *repository_dir;       /* ToRepository's files; default STATE_DIR/repositories */
     bool default_processors;    /* set when `processors:` was absent (shipped chain) */
 } tern_mailets_conf;

@@ -623,6 +623,7 @@ static const field mailets_fields[] = {
     F_DURATION("retry_max", tern_mailets_conf, retry_max_ms, SEC, 7 * DAY, HOUR, 1),
     F_DURATION("max_lifetime", tern_mailets_conf, max_lifetime_ms, MIN, 30 * DAY, 5 * DAY, 1),
     F_UINT("max_steps", tern_mailets_conf, max_steps, 10, 100000, 1000, 0),
+    F_UINT("max_active", tern_mailets_conf, max_active, 1, 100000, 256, 0),
     F_STRING("repository_dir", tern_mailets_conf, repository_dir, NULL, 0, check_absolute),
 };
 static const schema_map mailets_schema = {mailets_fields, COUNT(mailets_fields), NULL};

@@ -32,6 +32,13 @@ struct tern_runner {
     post *head, *tail;
     tern_mail_job *jobs;        /* live jobs (list) */
     size_t inflight;
+    /* Jobs loaded or being loaded (their message in memory), at most
+     * mailets.max_active (enough to keep the store's delivery batches
+     * full; bounded so that clients faster than the disk cannot grow
+     * memory); the rest wait in arrival order, holding only their
+     * qid: their spool entries are durable, so waiting costs no safety. */
+    size_t active;
+    tern_mail_job *wait_head, *wait_tail;
     tern_auth_client *auth_client;
     struct tern_auth *auth_for;
     bool closing, inbox_closed, inbox_gone;
@@ -55,6 +62,9 @@ struct tern_mail_job {
     uv_timer_t deadline;
     bool deadline_init;
     uv_work_t work;
+    bool active;                /* counted in r->active */
+    tern_mail_job *wait_next;   /* in the runner's wait list */
+    bool waiting;
     uint8_t *msg;
     size_t msg_len;
     int load_status;
@@ -295,6 +305,8 @@ static void job_free_cb(uv_handle_t *h)
     free(j);
 }
 
+static void runner_admit(tern_runner *r);
+
 static void job_end(tern_mail_job *j)
 {
     tern_runner *r = j->r;
@@ -319,6 +331,8 @@ static void job_end(tern_mail_job *j)
     if (j->next)
         j->next->prev = j->prev;
     r->inflight--;
+    if (j->active)
+        r->active--;
     if (j->env)
         tern_envelope_free(j->env);
     free(j->msg);
@@ -335,6 +349,8 @@ static void job_end(tern_mail_job *j)
         free(j);
     if (r->closing)
         runner_maybe_free(r);
+    else
+        runner_admit(r);
 }
 
 static void job_maybe_end(tern_mail_job *j)
@@ -1070,6 +1086,24 @@ static void load_done(uv_work_t *w, int status)
     run(m);
 }
 
+/* The bound of the job's config snapshot (0 in a config built without
+ * the schema's defaults: unbounded). */
+static size_t runner_max_active(const tern_pipeline *p)
+{
+    uint32_t n = p && p->cfg ? p->cfg->mailets.max_active : 0;
+    return n ? n : SIZE_MAX;
+}
+
+/* Reads the job's spool entry on the pool; load_done() runs it. */
+static int job_load(tern_mail_job *j)
+{
+    if (uv_queue_work(j->r->env.loop, &j->work, load_work, load_done) != 0)
+        return -1;
+    j->active = true;
+    j->r->active++;
+    return 0;
+}
+
 tern_mail_job *tern_runner_start(tern_runner *r, const char *qid, uint64_t deadline_ms,
                                  tern_pipeline_outcome_cb cb, void *arg)
 {
@@ -1099,12 +1133,42 @@ tern_mail_job *tern_runner_start(tern_runner *r, const char *qid, uint64_t deadl
         r->jobs->prev = j;
     r->jobs = j;
     r->inflight++;
-    if (uv_queue_work(r->env.loop, &j->work, load_work, load_done) != 0) {
+    if (r->active >= runner_max_active(j->p)) {
+        /* Back-pressure: an in-session job waits here (its deadline still
+         * runs), so the SMTP client's 250 follows the delivery rate
+         * instead of piling mail up in memory. */
+        j->waiting = true;
+        if (r->wait_tail)
+            r->wait_tail->wait_next = j;
+        else
+            r->wait_head = j;
+        r->wait_tail = j;
+        return j;
+    }
+    if (job_load(j) != 0) {
         j->cb = NULL;
         job_end(j);
         return NULL;
     }
     return j;
+}
+
+/* Starts jobs that waited, while there is room. */
+static void runner_admit(tern_runner *r)
+{
+    while (r->wait_head && r->active < runner_max_active(r->wait_head->p) && !r->closing) {
+        tern_mail_job *j = r->wait_head;
+        r->wait_head = j->wait_next;
+        if (r->wait_head == NULL)
+            r->wait_tail = NULL;
+        j->wait_next = NULL;
+        j->waiting = false;
+        if (job_load(j) != 0) {
+            /* Not started: its spool entry stays for the next start. */
+            TLOG_ERR("mailet", "event=start_failed qid=%s", j->qid);
+            job_end(j);
+        }
+    }
 }
 
 void tern_mail_job_forget(tern_mail_job *j)
@@ -1241,6 +1305,15 @@ void tern_runner_close(tern_runner *r)
     for (size_t i = 0; i < n; i++)
         mail_end(v[i], "shutdown", false);
     free(v);
+    /* Jobs that never loaded end now; their entries stay in the spool. */
+    while (r->wait_head) {
+        tern_mail_job *j = r->wait_head;
+        r->wait_head = j->wait_next;
+        j->waiting = false;
+        j->cb = NULL;
+        job_end(j);
+    }
+    r->wait_tail = NULL;
     uv_close((uv_handle_t *)&r->inbox, inbox_closed_cb);
 }
 
