@@ -282,7 +282,7 @@ static void *sync_main(void *arg)
 
 /* Hands fds[0..n) to the helpers (fd -1 is skipped); sync_wait() waits
  * for them. Split so the caller can do other durable work in between. */
-static void sync_start(local_store *L, int *fds, int *errs, size_t n)
+static void sync_start(local_store *L, int *fds, int *errs, size_t n, bool caller_helps)
 {
     pthread_mutex_lock(&L->sync_mu);
     L->sync_fds = fds;
@@ -291,8 +291,14 @@ static void sync_start(local_store *L, int *fds, int *errs, size_t n)
     L->sync_next = 0;
     L->sync_finished = 0;
     L->sync_gen++;
-    if (n > 0)
-        pthread_cond_broadcast(&L->sync_work);
+    /* As many helpers as there are fsyncs (beyond the caller's own when it
+     * helps at once): a batch of three files should not wake sixteen
+     * threads. */
+    size_t wake = caller_helps && n > 0 ? n - 1 : n;
+    if (wake > L->n_sync_th)
+        wake = L->n_sync_th;
+    for (size_t i = 0; i < wake; i++)
+        pthread_cond_signal(&L->sync_work);
     pthread_mutex_unlock(&L->sync_mu);
 }
 
@@ -312,7 +318,7 @@ static void sync_all(local_store *L, int *fds, int *errs, size_t n)
 {
     if (n == 0)
         return;
-    sync_start(L, fds, errs, n);
+    sync_start(L, fds, errs, n, true);
     sync_wait(L);
 }
 
@@ -375,7 +381,7 @@ static void dirs_begin(local_store *L, ldirjob *j)
         j->errs[i] = 0;
     }
     j->n = n;
-    sync_start(L, j->fds, j->errs, n);
+    sync_start(L, j->fds, j->errs, n, false);
 }
 
 /* Returns 0 or an errno with the failing directory in *which_r. */
