@@ -1138,6 +1138,7 @@ tern_mail_job *tern_runner_start(tern_runner *r, const char *qid, uint64_t deadl
          * runs), so the SMTP client's 250 follows the delivery rate
          * instead of piling mail up in memory. */
         j->waiting = true;
+        TLOG_DEBUG("mailet", "event=wait qid=%s active=%zu", j->qid, r->active);
         if (r->wait_tail)
             r->wait_tail->wait_next = j;
         else

@@ -6,6 +6,10 @@ its 250 is in its recipient's INBOX (one file, bytes intact), every Maildir
 file has its index row and every row its file, and no message reached
 another account.
 
+With mailets.max_active at 1, a burst over several sessions still gets
+every message delivered once: jobs beyond the bound wait and are started
+as others end.
+
 Covers the store's batch commit (the COMMIT overlaps the directory fsyncs
 of a batch of new files, storage/local/local.c) and the runner's
 back-pressure (jobs beyond its in-memory bound wait as spool ids): a kill
@@ -20,7 +24,7 @@ import threading
 import time
 import uuid
 
-from conftest import SLOW, make_message
+from conftest import SLOW, make_message, merge
 from test_pipeline import ctl, spool_count, wait_for
 
 ACCOUNTS = [f"c{i}@example.test" for i in range(4)]
@@ -138,3 +142,34 @@ def test_kill9_mid_delivery_burst_then_replay(tern_factory):
         assert p in refs, f"Maildir file without an index row: {p}"
     assert len(rows) == len(files)
     print(f"acknowledged {len(sent)}, in the spool at the kill {left}, files {len(files)}")
+
+
+def test_max_active_one_still_delivers_everything(tern_factory):
+    over = merge(CHAIN, {"mailets": {"max_active": 1}, "server": {"log_level": "debug"}})
+    t = tern_factory(over, start=False)
+    t.write_config()
+    for a in ACCOUNTS:
+        ctl(t, "account", "add", a)
+    t.start()
+    acked, lock, stop = [], threading.Lock(), threading.Event()
+    threads = [threading.Thread(target=_sender, args=(t, i, acked, lock, stop), daemon=True)
+               for i in range(SESSIONS)]
+    for th in threads:
+        th.start()
+    assert wait_for(lambda: len(acked) >= 60, timeout=40 * SLOW), len(acked)
+    stop.set()
+    for th in threads:
+        th.join(20 * SLOW)
+    with lock:
+        sent = list(acked)
+    assert wait_for(lambda: spool_count(t) == 0, timeout=30 * SLOW), spool_count(t)
+    # The bound was reached: some jobs waited for a slot.
+    assert "event=wait " in t.log(), "no job waited with max_active 1"
+    t.stop()
+    counts = {}
+    for rel, data in _files(t):
+        for line in data.split(b"\r\n"):
+            if line.startswith(b"marker "):
+                counts[line[7:].decode()] = counts.get(line[7:].decode(), 0) + 1
+    for marker, rcpt in sent:
+        assert counts.get(marker) == 1, (marker, rcpt, counts.get(marker))
