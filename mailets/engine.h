@@ -104,6 +104,18 @@ typedef struct tern_mail_job tern_mail_job;
  * entry stays and is replayed at the next start). */
 tern_mail_job *tern_runner_start(tern_runner *r, const char *qid, uint64_t deadline_ms,
                                  tern_pipeline_outcome_cb cb, void *arg);
+/* The directory's answer the SMTP session already had for recipient i of
+ * the envelope (its RCPT check), so the runner does not ask again before
+ * the first step. addr NULL: no answer for that recipient. */
+typedef struct tern_rcpt_hint {
+    const char *addr;       /* the recipient it answers for, as spooled */
+    tern_rcpt_result res;
+} tern_rcpt_hint;
+/* tern_runner_start with hints[0..n) for the envelope's recipients (copied:
+ * the caller's may go away at once). */
+tern_mail_job *tern_runner_start_hinted(tern_runner *r, const char *qid, uint64_t deadline_ms,
+                                        tern_pipeline_outcome_cb cb, void *arg,
+                                        const tern_rcpt_hint *hints, size_t n_hints);
 void tern_mail_job_forget(tern_mail_job *j);
 /* Thread-safe: queue spool message qid for processing on runner r (its
  * loop picks it up). For replay at start-up and for mail made by mailets

@@ -63,6 +63,10 @@ struct tern_mail_job {
     bool deadline_init;
     uv_work_t work;
     bool active;                /* counted in r->active */
+    tern_rcpt_hint *hints;      /* the session's RCPT answers, in hint_arena */
+    size_t n_hints;
+    tern_arena hint_arena;
+    bool hints_init;
     tern_mail_job *wait_next;   /* in the runner's wait list */
     bool waiting;
     uint8_t *msg;
@@ -306,6 +310,7 @@ static void job_free_cb(uv_handle_t *h)
 }
 
 static void runner_admit(tern_runner *r);
+static void job_apply_hints(tern_mail_job *j, tern_mail *m);
 
 static void job_end(tern_mail_job *j)
 {
@@ -339,6 +344,8 @@ static void job_end(tern_mail_job *j)
     free(j->mails);
     free(j->parked);
     free(j->orig_remote);
+    if (j->hints_init)
+        tern_arena_free(&j->hint_arena);
     if (j->p)
         tern_pipeline_unref(j->p);
     if (j->deadline_init) {
@@ -553,6 +560,7 @@ static bool lookups_start(tern_mail *m)
             need++;
     if (need == 0)
         return false;
+    TLOG_DEBUG("mailet", "event=rcpt_lookup qid=%s n=%zu", tern_mail_qid(m), need);
     pv->lookups_out = 1; /* held until every submit is done */
     m->state = MS_LOOKUP;
     for (size_t i = 0; i < m->n_rcpts; i++) {
@@ -1069,6 +1077,13 @@ static void load_done(uv_work_t *w, int status)
     m->job = j;
     m->runner = r;
     m->pipeline = j->p;
+    if (j->hints_init) {
+        job_apply_hints(j, m);
+        tern_arena_free(&j->hint_arena);
+        j->hints_init = false;
+        j->hints = NULL;
+        j->n_hints = 0;
+    }
     const char *entry = j->env->pipeline && j->env->pipeline[0] ? j->env->pipeline : "root";
     j->entry = tern_pipeline_processor(j->p, entry);
     if (j->entry < 0) {
@@ -1104,8 +1119,87 @@ static int job_load(tern_mail_job *j)
     return 0;
 }
 
+/* Copies the hints into the job (all or none: a partial copy is simply
+ * not used, and the runner asks the store as before). */
+static void job_copy_hints(tern_mail_job *j, const tern_rcpt_hint *hints, size_t n)
+{
+    if (hints == NULL || n == 0)
+        return;
+    tern_arena_init(&j->hint_arena, 1024);
+    j->hints_init = true;
+    tern_arena *a = &j->hint_arena;
+    tern_rcpt_hint *h = tern_arena_alloc(a, n * sizeof(*h));
+    if (h == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        const tern_rcpt_hint *src = &hints[i];
+        memset(&h[i], 0, sizeof(h[i]));
+        if (src->addr == NULL)
+            continue;
+        h[i].res.kind = src->res.kind;
+        h[i].res.catch_all = src->res.catch_all;
+        h[i].addr = tern_arena_strdup(a, src->addr);
+        if (h[i].addr == NULL)
+            return;
+        if (src->res.detail && (h[i].res.detail = tern_arena_strdup(a, src->res.detail)) == NULL)
+            return;
+        size_t nt = src->res.n_targets;
+        if (nt) {
+            h[i].res.targets = tern_arena_alloc(a, nt * sizeof(char *));
+            if (h[i].res.targets == NULL)
+                return;
+            for (size_t k = 0; k < nt; k++)
+                if ((h[i].res.targets[k] = tern_arena_strdup(a, src->res.targets[k])) == NULL)
+                    return;
+            h[i].res.n_targets = nt;
+        }
+    }
+    j->hints = h;
+    j->n_hints = n;
+}
+
+/* Fills recipients from the session's answers where they are for the same
+ * address: an account, an alias or not ours. Anything else (unknown to the
+ * directory: auth may know it; no answer) is looked up as before. */
+static void job_apply_hints(tern_mail_job *j, tern_mail *m)
+{
+    for (size_t k = 0; k < m->n_rcpts; k++) {
+        tern_rcpt_entry *r = &m->rcpts[k];
+        if (r->orig < 0 || (size_t)r->orig >= j->n_hints || r->lookup != TERN_LOOKUP_PENDING)
+            continue;
+        const tern_rcpt_hint *h = &j->hints[r->orig];
+        if (h->addr == NULL || r->addr == NULL || strcmp(h->addr, r->addr) != 0)
+            continue;
+        const tern_rcpt_result *res = &h->res;
+        if (res->kind == TERN_RCPT_ACCOUNT && res->n_targets > 0) {
+            if ((r->account = strdup(res->targets[0])) == NULL)
+                continue;
+        } else if (res->kind == TERN_RCPT_ALIAS && res->n_targets > 0) {
+            r->targets = calloc(res->n_targets, sizeof(char *));
+            if (r->targets == NULL)
+                continue;
+            for (size_t i = 0; i < res->n_targets; i++)
+                if ((r->targets[r->n_targets] = strdup(res->targets[i])) != NULL)
+                    r->n_targets++;
+        } else if (res->kind != TERN_RCPT_NOT_LOCAL) {
+            continue;
+        }
+        r->kind = res->kind;
+        r->catch_all = res->catch_all;
+        r->detail = res->detail ? strdup(res->detail) : NULL;
+        r->lookup = TERN_LOOKUP_DONE;
+    }
+}
+
 tern_mail_job *tern_runner_start(tern_runner *r, const char *qid, uint64_t deadline_ms,
                                  tern_pipeline_outcome_cb cb, void *arg)
+{
+    return tern_runner_start_hinted(r, qid, deadline_ms, cb, arg, NULL, 0);
+}
+
+tern_mail_job *tern_runner_start_hinted(tern_runner *r, const char *qid, uint64_t deadline_ms,
+                                        tern_pipeline_outcome_cb cb, void *arg,
+                                        const tern_rcpt_hint *hints, size_t n_hints)
 {
     if (r == NULL || r->closing)
         return NULL;
@@ -1127,6 +1221,7 @@ tern_mail_job *tern_runner_start(tern_runner *r, const char *qid, uint64_t deadl
         j->deadline.data = j;
         uv_timer_start(&j->deadline, deadline_fired, deadline_ms, 0);
     }
+    job_copy_hints(j, hints, n_hints);
     j->work.data = j;
     j->next = r->jobs;
     if (r->jobs)

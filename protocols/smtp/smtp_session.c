@@ -405,6 +405,7 @@ static void cmd_rcpt(smtp_session *s, const tern_smtp_cmd *cmd)
     tx->pending_rcpt.addr = tern_arena_strdup(&tx->arena, addr);
     tx->pending_rcpt.orcpt = ra.orcpt.len ? tern_arena_strndup(&tx->arena, ra.orcpt.p, ra.orcpt.len) : NULL;
     tx->pending_rcpt.notify = ra.notify;
+    memset(&tx->pending_hint, 0, sizeof(tx->pending_hint));
     if (tx->pending_rcpt.addr == NULL) {
         smtp__reply(s, "452 4.3.1 Insufficient system resources");
         return;
@@ -483,6 +484,53 @@ static bool smtp__rcpt_ask_auth(smtp_session *s)
 }
 
 /* The outcome of a recipient lookup, then the relay rule. */
+/* Records the pending recipient's directory answer at index n_rcpts. */
+static void smtp__keep_hint(smtp_tx *tx)
+{
+    if (tx->hints_off)
+        return;
+    if (tx->n_rcpts >= tx->cap_hints) {
+        size_t nc = tx->cap_hints ? tx->cap_hints * 2 : 4;
+        tern_rcpt_hint *n = tern_arena_alloc(&tx->arena, nc * sizeof(*n));
+        if (n == NULL) {
+            tx->hints_off = true;
+            return;
+        }
+        if (tx->n_rcpts)
+            memcpy(n, tx->hints, tx->n_rcpts * sizeof(*n));
+        tx->hints = n;
+        tx->cap_hints = nc;
+    }
+    tx->hints[tx->n_rcpts] = tx->pending_hint;
+}
+
+/* Keeps the store's answer for the runner (strings into the tx arena);
+ * only the kinds the runner takes as they are. */
+static void smtp__save_hint(smtp_tx *tx, const tern_rcpt_result *res)
+{
+    tern_rcpt_hint *h = &tx->pending_hint;
+    memset(h, 0, sizeof(*h));
+    if (res->kind != TERN_RCPT_ACCOUNT && res->kind != TERN_RCPT_ALIAS &&
+        res->kind != TERN_RCPT_NOT_LOCAL)
+        return;
+    tern_arena *a = &tx->arena;
+    char **t = res->n_targets ? tern_arena_alloc(a, res->n_targets * sizeof(char *)) : NULL;
+    if (res->n_targets && t == NULL)
+        return;
+    for (size_t i = 0; i < res->n_targets; i++)
+        if ((t[i] = tern_arena_strdup(a, res->targets[i])) == NULL)
+            return;
+    char *detail = res->detail ? tern_arena_strdup(a, res->detail) : NULL;
+    if (res->detail && detail == NULL)
+        return;
+    h->res.kind = res->kind;
+    h->res.catch_all = res->catch_all;
+    h->res.targets = t;
+    h->res.n_targets = res->n_targets;
+    h->res.detail = detail;
+    h->addr = tx->pending_rcpt.addr; /* set last: the hint is whole */
+}
+
 static void smtp__rcpt_finish(smtp_session *s, rcpt_verdict v)
 {
     smtp_tx *tx = &s->tx;
@@ -522,6 +570,7 @@ static void smtp__rcpt_finish(smtp_session *s, rcpt_verdict v)
         tx->rcpts = n;
         tx->cap_rcpts = nc;
     }
+    smtp__keep_hint(tx);
     tx->rcpts[tx->n_rcpts++] = *pr;
     s->state = ST_RCPT;
     TLOG_INFO(MOD, "event=rcpt session=%s to=%s result=ok local=%d", s->base.id,
@@ -545,6 +594,7 @@ static void smtp__rcpt_looked_up(tern_store_req *r)
                   tern_store_strerror(r->status), r->error);
         v = RCPT_TEMPFAIL;
     } else {
+        smtp__save_hint(&s->tx, &r->out.rcpt);
         switch (r->out.rcpt.kind) {
         case TERN_RCPT_NOT_LOCAL:
             v = RCPT_REMOTE;
@@ -921,8 +971,9 @@ static void smtp__submitted(void *arg, int status, const char *qid, const char *
     if (status == 0 && s->base.host->runner != NULL && !s->conn_closed) {
         memcpy(tx->qid, qid, sizeof(tx->qid));
         s->pending++;
-        if (tern_runner_start(s->base.host->runner, qid, s->cfg->mailets.root_deadline_ms,
-                              smtp__processed, s) != NULL)
+        if (tern_runner_start_hinted(s->base.host->runner, qid, s->cfg->mailets.root_deadline_ms,
+                                     smtp__processed, s, tx->hints_off ? NULL : tx->hints,
+                                     tx->hints_off ? 0 : tx->n_rcpts) != NULL)
             return;
         s->pending--;
         /* Not started: the message stays in the spool and is processed at

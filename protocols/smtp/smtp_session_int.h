@@ -10,6 +10,7 @@
 #include "auth/auth.h"
 #include "auth/sasl/sasl.h"
 #include "lib/arena.h"
+#include "mailets/engine.h"
 #include "protocols/common/session.h"
 #include "protocols/smtp/smtp_parser.h"
 
@@ -57,6 +58,12 @@ typedef struct smtp_tx {
     char qid[TERN_QID_LEN];
     uint64_t started_ms;
     tern_spool_rcpt pending_rcpt; /* the RCPT being looked up */
+    /* The directory's answer per accepted recipient (parallel to rcpts),
+     * handed to the runner so it does not look them up again. */
+    tern_rcpt_hint *hints;
+    size_t cap_hints;
+    bool hints_off;               /* out of memory once: none for this transaction */
+    tern_rcpt_hint pending_hint;
 } smtp_tx;
 
 typedef struct smtp_session {

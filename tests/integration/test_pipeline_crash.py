@@ -6,6 +6,10 @@ its 250 is in its recipient's INBOX (one file, bytes intact), every Maildir
 file has its index row and every row its file, and no message reached
 another account.
 
+The SMTP session's RCPT answers go to the runner with the message: a
+recipient checked at RCPT is not looked up again before the first step
+(one that was not checked, added by a mailet, still is).
+
 With mailets.max_active at 1, a burst over several sessions still gets
 every message delivered once: jobs beyond the bound wait and are started
 as others end.
@@ -19,6 +23,7 @@ this checks the order of the steps and the replay, not power loss.
 Trusts: the SMTP replies it reads and the files and database ternd leaves
 under its state_dir (read after ternd is stopped)."""
 
+import re
 import sqlite3
 import threading
 import time
@@ -173,3 +178,35 @@ def test_max_active_one_still_delivers_everything(tern_factory):
                 counts[line[7:].decode()] = counts.get(line[7:].decode(), 0) + 1
     for marker, rcpt in sent:
         assert counts.get(marker) == 1, (marker, rcpt, counts.get(marker))
+
+
+def test_rcpt_answer_reaches_the_runner(tern_factory):
+    over = merge(CHAIN, {"server": {"log_level": "debug"}})
+    over["processors"] = dict(CHAIN["processors"])
+    over["processors"]["deliver"] = [{"match": "All", "mailet": "RecipientRewrite"},
+                                     {"match": "All", "mailet": "LocalDelivery"}]
+    t = tern_factory(over, start=False)
+    t.write_config()
+    ctl(t, "account", "add", ACCOUNTS[0])
+    ctl(t, "account", "add", ACCOUNTS[1])
+    ctl(t, "alias", "add", "team@example.test", ACCOUNTS[1])
+    t.start()
+    c = t.connect()
+    try:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<a@example.org>").code == 250
+        assert c.cmd(f"RCPT TO:<{ACCOUNTS[0]}>").code == 250
+        assert c.cmd("RCPT TO:<team@example.test>").code == 250
+        r = c.data(make_message(subject="hinted", body="marker hinted\r\n"))
+        assert r.code == 250, r
+    finally:
+        c.close()
+    assert wait_for(lambda: spool_count(t) == 0, timeout=15 * SLOW), spool_count(t)
+    log = t.log()
+    assert f"event=rcpt_done qid={r.qid}" in log
+    # Both answers came from the RCPT checks: the only lookup is for the
+    # alias's target that RecipientRewrite added (2 before the first step
+    # without the session's answers).
+    lookups = re.findall(rf"event=rcpt_lookup qid={r.qid} n=(\d+)", log)
+    assert lookups == ["1"], lookups
+    assert len(_files(t)) == 2
