@@ -2,7 +2,9 @@
 burst through the mailet chain into the local store (LocalDelivery: Maildir
 files + SQLite index, group-committed); ternd is killed with SIGKILL in the
 middle; after a restart the spool is replayed. Then every message that got
-its 250 is in its recipient's INBOX (one file, bytes intact), every Maildir
+its 250 is in its recipient's INBOX (one file, bytes intact; two only for
+a message the kill caught between its delivery and the spool's record of
+it, which the replay delivers again: docs/mailets.md), every Maildir
 file has its index row and every row its file, and no message reached
 another account.
 
@@ -124,9 +126,13 @@ def test_kill9_mid_delivery_burst_then_replay(tern_factory):
                 (marker, str(rel))
             assert f"Subject: crash {marker}".encode() in data
             assert data.endswith(f"marker {marker}\r\n".encode()), (marker, data[-80:])
-        # Exactly one copy: a delivery the store committed is marked done
-        # in the spool before its next replay could repeat it.
-        assert len(copies) == 1, (marker, [str(r) for r, _ in copies])
+        # One copy, or two when the kill fell between the store's commit
+        # and the spool's record of it (docs/mailets.md: the replay
+        # delivers again); never more.
+        assert len(copies) <= 2, (marker, [str(r) for r, _ in copies])
+    # Only messages still in the spool at the kill can have been replayed.
+    twice = [m for m, _ in sent if len(by_marker.get(m, [])) == 2]
+    assert len(twice) <= left, (twice, left)
 
     # The index and the Maildirs agree, both ways.
     db = sqlite3.connect(str(t.state_dir / "mail" / ".tern.sqlite"))
@@ -146,7 +152,8 @@ def test_kill9_mid_delivery_burst_then_replay(tern_factory):
     for p in paths:
         assert p in refs, f"Maildir file without an index row: {p}"
     assert len(rows) == len(files)
-    print(f"acknowledged {len(sent)}, in the spool at the kill {left}, files {len(files)}")
+    print(f"acknowledged {len(sent)}, in the spool at the kill {left}, files {len(files)}, "
+          f"delivered twice {len(twice)}")
 
 
 def test_max_active_one_still_delivers_everything(tern_factory):
