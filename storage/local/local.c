@@ -292,8 +292,7 @@ static void sync_start(local_store *L, int *fds, int *errs, size_t n, bool calle
     L->sync_finished = 0;
     L->sync_gen++;
     /* As many helpers as there are fsyncs (beyond the caller's own when it
-     * helps at once): a batch of three files should not wake sixteen
-     * threads. */
+     * helps at once): one directory should not wake every helper. */
     size_t wake = caller_helps && n > 0 ? n - 1 : n;
     if (wake > L->n_sync_th)
         wake = L->n_sync_th;
