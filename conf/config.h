@@ -367,6 +367,7 @@ typedef struct tern_queue_conf {
                                       DSN; default 4h */
     tern_addr_family address_family; /* which MX addresses to use; default any (AAAA and A,
                                         interleaved, IPv6 first) */
+    bool dane;                  /* DANE (RFC 7672) for hosts with secure TLSA; default on */
 } tern_queue_conf;
 
 typedef struct tern_config {

@@ -681,6 +681,7 @@ static const field queue_fields[] = {
     F_UINT("backend_connect_retries", tern_queue_conf, backend_connect_retries, 0, 10, 0, 0),
     F_DURATION("delay_warning", tern_queue_conf, delay_warning_ms, SEC, 30 * DAY, 4 * HOUR, 1),
     F_ENUM("address_family", tern_queue_conf, address_family, address_family_names, TERN_AF_ANY, 0),
+    F_BOOL("dane", tern_queue_conf, dane, true),
 };
 static const schema_map queue_schema = {queue_fields, COUNT(queue_fields), NULL};
 

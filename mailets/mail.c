@@ -168,6 +168,9 @@ tern_mail *tern_mail_from_message(const tern_envelope *env, const uint8_t *msg, 
     m->body = body_new(msg + boff, len - boff);
     if (m->body == NULL)
         goto fail;
+    /* RFC 8689: mailets (and matchers: HasMailAttribute) see REQUIRETLS. */
+    if (env->requiretls && tern_mail_attr_set_bool(m, "tern.requiretls", true) != 0)
+        goto fail;
     return m;
 fail:
     tern_mail_free(m);

@@ -218,6 +218,10 @@ char *tern_repository_meta_json(const tern_repo_meta *m)
     jb_str(&b, rets[(unsigned)m->ret <= 2 ? m->ret : 0]);
     jb_key(&b, "smtputf8", false);
     jb_s(&b, m->smtputf8 ? "true" : "false");
+    if (m->requiretls) {
+        jb_key(&b, "requiretls", false);
+        jb_s(&b, "true");
+    }
     jb_key(&b, "listener", false);
     jb_str(&b, m->listener);
     jb_key(&b, "remote_addr", false);
@@ -466,6 +470,8 @@ tern_envelope *tern_repository_envelope(const tern_repo_entry *e, const char *pr
                : ret && strcmp(ret, "hdrs") == 0 ? TERN_RET_HDRS
                                                  : TERN_RET_NONE;
     env->smtputf8 = u8 && u8->type == TERN_JSON_BOOL && u8->boolean;
+    const tern_json *rtls = tern_json_get(e->meta, "requiretls");
+    env->requiretls = rtls && rtls->type == TERN_JSON_BOOL && rtls->boolean;
     env->auth_user = auth ? strdup(auth) : NULL;
     env->helo = dupstr(tern_json_str(tern_json_get(e->meta, "helo")));
     env->client_addr = dupstr(tern_json_str(tern_json_get(e->meta, "remote_addr")));

@@ -52,6 +52,7 @@ typedef struct tern_repo_meta {
     size_t n_rcpts;
     int64_t error_code; /* 0: none */
     const char *error_enhanced, *error_text, *error_processor;
+    bool requiretls;    /* RFC 8689; written only when true */
 } tern_repo_meta;
 char *tern_repository_meta_json(const tern_repo_meta *m);
 

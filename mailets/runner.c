@@ -1654,6 +1654,7 @@ int tern_mail_queue_remote(tern_mail *m, const size_t *idx, size_t n, tern_mail_
     e->ret = pe->ret;
     e->body = pe->body;
     e->smtputf8 = pe->smtputf8;
+    e->requiretls = pe->requiretls;
     e->received_at = pe->received_at;
     e->rcpts = calloc(n, sizeof(*e->rcpts));
     bool ok = e->mail_from && e->pipeline && e->rcpts;

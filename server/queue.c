@@ -30,6 +30,7 @@
 #include "protocols/smtp/smtp_client.h"
 #include "protocols/smtp/smtp_pool.h"
 #include "server/queue_mtasts.h"
+#include "server/queue_dane.h"
 
 #define MOD "queue"
 #define TICK_MS 1000
@@ -160,6 +161,7 @@ typedef struct attempt {
     unsigned lookups;      /* address queries in flight */
     char lookup_error[256];
     tern_config *cfg;      /* held while a connection runs (env.config_ref) */
+    tern_queue_dane dane;       /* the current host's TLSA verdict (queue_dane.c) */
 } attempt;
 
 static uint64_t now_ms(void)
@@ -504,6 +506,7 @@ static void delay_notify(tern_queue *q, qmsg *m, const uint8_t *msg, size_t len)
 
 static void attempt_free(attempt *a)
 {
+    tern_queue_dane_clear(&a->dane);
     if (a->mx)
         tern_dns_result_free(a->mx);
     if (a->addrs)
@@ -712,6 +715,11 @@ static void delivered(void *arg, const tern_smtp_outcome *o)
     bool any_tried = false;
     if (a->sts && a->host > 0) /* MTA-STS: TLS-RPT data */
         tern_mtasts_outcome(q->mtasts, a->domain, a->sts, a->plan.hosts[a->host - 1].host, o);
+    tern_queue_dane_log_session(&a->dane, m->qid,
+                                a->host > 0 && a->host <= a->plan.n_hosts
+                                    ? a->plan.hosts[a->host - 1].host
+                                    : a->domain,
+                                o->peer, o->tls_dane, o->error);
     for (size_t i = 0; i < a->n; i++) {
         qrcpt *r = &m->r[a->idx[i]];
         const tern_smtp_rcpt_result *rr = &o->rcpts[r->idx];
@@ -740,7 +748,10 @@ static void delivered(void *arg, const tern_smtp_outcome *o)
             char said[700];
             snprintf(said, sizeof(said), "%s said: %s (%s%s%s)", o->peer, detail,
                      o->tls ? o->tls_version : "no TLS", o->tls ? " " : "",
-                     o->tls ? (o->tls_verified ? "verified" : "unverified") : "");
+                     o->tls ? (o->tls_dane       ? "dane-verified"
+                               : o->tls_verified ? "verified"
+                                                 : "unverified")
+                            : "");
             rcpt_delivered(q, m, r, said);
         } else if (rr->code / 100 == 5) {
             rcpt_fail(r, rr->enhanced[0] == '5' ? rr->enhanced : "5.0.0", o->peer, "%s", detail);
@@ -841,8 +852,19 @@ static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
         .tls = a->q->tls,
         .tls_name = a->host > 0 && a->host <= a->plan.n_hosts ? a->plan.hosts[a->host - 1].host
                                                               : a->domain,
+        /* DANE (queue_dane.c): the host's usable TLSA records. */
+        .dane_tlsa = a->dane.verdict == TERN_DANE_REQUIRED ? a->dane.tlsa : NULL,
+        .n_dane_tlsa = a->dane.verdict == TERN_DANE_REQUIRED ? a->dane.n_tlsa : 0,
+        .tls_required = a->dane.verdict == TERN_DANE_REQUIRED,
+        /* REQUIRETLS: PKIX counts for an MX name from a secure answer. */
+        .mx_authenticated = a->plan.secure || (c->smarthost && c->smarthost[0]) ||
+                            (a->sts && a->sts->mode == TERN_STS_ENFORCE),
     };
-    tern_mtasts_params(a->q->mtasts, a->sts, &p); /* MTA-STS enforce: verified STARTTLS */
+    /* RFC 8689 section 3: "TLS-Required: No" (without REQUIRETLS) sets
+     * MTA-STS aside as it does DANE (addrs_ready); our own smarthost
+     * settings below still apply. */
+    if (!tern_queue_tls_policy_waived(a->cenv->requiretls, a->data, a->len))
+        tern_mtasts_params(a->q->mtasts, a->sts, &p); /* MTA-STS enforce: verified STARTTLS */
     if (sh_verify) {
         /* Verified for the smarthost's name, or the one configured for a
          * smarthost given by address. */
@@ -872,6 +894,20 @@ static void connect_addr(attempt *a)
         return;
     }
     connect_ss(a, &ss);
+}
+
+/* DANE (RFC 7672 2.2): the TLSA verdict for the current host is in. */
+static void dane_done(void *data)
+{
+    attempt *a = data;
+    if (a->dane.verdict == TERN_DANE_DEFER) {
+        snprintf(a->last_error, sizeof(a->last_error), "4.7.5 %s: %s",
+                 a->plan.hosts[a->host - 1].host, a->dane.why);
+        a->addr_i = a->n_order; /* this host is out: the next */
+        try_host(a);
+        return;
+    }
+    connect_addr(a);
 }
 
 static void addrs_clear(attempt *a)
@@ -914,6 +950,18 @@ static void addrs_ready(attempt *a)
             a->order[a->n_order++] = &a->addrs->rrs[i4++];
     }
     a->addr_i = 0;
+    /* DANE only for a host reached through secure answers: the MX set
+     * (or the configured smarthost) and its address sets. */
+    const tern_queue_conf *c = a->q->env.conf(a->q->env.conf_arg);
+    bool addrs_secure = (a->addrs == NULL || a->addrs->security == TERN_DNS_SECURE) &&
+                        (a->addrs6 == NULL || a->addrs6->security == TERN_DNS_SECURE);
+    if (c->dane && addrs_secure && (a->plan.secure || (c->smarthost && c->smarthost[0])) &&
+        !tern_queue_tls_policy_waived(a->cenv->requiretls, a->data, a->len)) {
+        if (tern_queue_dane_lookup(&a->dane, a->q->dns, a->plan.hosts[a->host - 1].host, a->port,
+                                   dane_done, a) != 0)
+            dane_done(a);
+        return;
+    }
     connect_addr(a);
 }
 
@@ -966,6 +1014,7 @@ static void try_host(attempt *a)
         return;
     }
     const char *host = a->plan.hosts[a->host++].host;
+    tern_queue_dane_clear(&a->dane); /* the previous host's */
     /* MTA-STS: in enforce mode a host the policy does not list is skipped. */
     if (a->sts && tern_mtasts_check_host(a->q->mtasts, a->domain, a->sts, host, a->last_error,
                                          sizeof(a->last_error)) != 0) {

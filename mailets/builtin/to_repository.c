@@ -132,6 +132,7 @@ static tern_mailet_verdict tr_service(void *state, tern_mail *m, tern_mailet_res
         .envid = env ? env->envid : NULL,
         .ret = env ? env->ret : TERN_RET_NONE,
         .smtputf8 = env ? env->smtputf8 : false,
+        .requiretls = env ? env->requiretls : false,
         .time = (int64_t)time(NULL),
         .rcpts = rcpts,
         .orcpts = orcpts,

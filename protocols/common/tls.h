@@ -12,6 +12,7 @@
 
 #include "conf/config.h"
 #include "lib/buf.h"
+#include "protocols/common/tls_dane.h"
 
 #define TERN_TLS_OK 0
 #define TERN_TLS_AGAIN 1    /* needs more input from the peer (send output first) */
@@ -83,5 +84,17 @@ const char *tern_tls_conn_sni(const tern_tls_conn *c);      /* NULL when none */
 const char *tern_tls_conn_peer_subject(const tern_tls_conn *c);
 bool tern_tls_conn_peer_verified(const tern_tls_conn *c);
 const char *tern_tls_conn_error(const tern_tls_conn *c);
+
+/* DANE (RFC 7672), for SMTP to a host whose TLSA records validated: a
+ * client connection like the opportunistic one, except that the
+ * certificate must match one of the usable records (DANE-EE: the leaf,
+ * no name check; DANE-TA: a certificate of the chain, then the chain and
+ * server_name are checked up to it); otherwise the handshake fails and
+ * tern_tls_conn_error says why. The records are copied. Without a usable
+ * record it is the opportunistic connection. */
+tern_tls_conn *tern_tls_conn_new_client_dane(tern_tls_client *cl, const char *server_name,
+                                             const tern_tlsa *tlsa, size_t n);
+/* The handshake matched a TLSA record (then peer_verified is true too). */
+bool tern_tls_conn_dane_verified(const tern_tls_conn *c);
 
 #endif

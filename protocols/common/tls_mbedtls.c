@@ -119,6 +119,12 @@ struct tern_tls_conn {
     char cipher[64];
     char sni[TLS_NAME_MAX + 1];
     char err[TLS_ERR_MAX];
+    /* DANE (client, tern_tls_conn_new_client_dane): the usable TLSA
+     * records (copies), what the verify callback decided and why. */
+    tern_tlsa *dane;
+    size_t n_dane;
+    bool dane_verified;
+    char dane_err[TLS_ERR_MAX];
 };
 
 #define TLS_CONN_OF(ssl_ptr) \
@@ -571,6 +577,7 @@ void tern_tls_conn_free(tern_tls_conn *c)
     tern_buf_free(&c->in);
     tern_buf_free(&c->out);
     free(c->peer_subject);
+    free(c->dane); /* the records and their data are one block */
     if (c->server)
         tern_tls_server_unref(c->server);
     free(c);
@@ -670,6 +677,13 @@ tern_tls_conn *tern_tls_conn_new_client(tern_tls_client *cl, const char *server_
 
 static int tls__fail(tern_tls_conn *c, const char *what, int r)
 {
+    if (c->dane_err[0]) {
+        /* The verify callback said what it refused; the library's code
+         * for it ("fatal error") says less. */
+        snprintf(c->err, sizeof(c->err), "%s", c->dane_err);
+        c->failed = true;
+        return TERN_TLS_ERROR;
+    }
     char msg[128];
     mbedtls_strerror(r, msg, sizeof(msg));
     snprintf(c->err, sizeof(c->err), "%s: %s", what, msg);
@@ -850,4 +864,101 @@ bool tern_tls_conn_peer_verified(const tern_tls_conn *c)
 const char *tern_tls_conn_error(const tern_tls_conn *c)
 {
     return c->err[0] != '\0' ? c->err : NULL;
+}
+
+/* ---- DANE (RFC 7672) ---- */
+
+static bool tls__dane_ee(const tern_tls_conn *c, const mbedtls_x509_crt *leaf)
+{
+    for (size_t i = 0; i < c->n_dane; i++)
+        if (c->dane[i].usage == TERN_TLSA_DANE_EE &&
+            tern_tlsa_match_der(leaf->raw.p, leaf->raw.len, &c->dane[i]) == 1)
+            return true;
+    return false;
+}
+
+/* DANE-TA: a certificate the peer sent (or, for "2 0 0", the record
+ * itself) matches a record and the chain from the leaf verifies up to it
+ * for the name: RFC 7672 3.1.2 keeps the name check for this usage. */
+static bool tls__dane_ta(const tern_tls_conn *c, mbedtls_x509_crt *leaf, const char *name)
+{
+    for (size_t i = 0; i < c->n_dane; i++) {
+        const tern_tlsa *t = &c->dane[i];
+        if (t->usage != TERN_TLSA_DANE_TA)
+            continue;
+        mbedtls_x509_crt ta;
+        mbedtls_x509_crt_init(&ta);
+        bool have = false;
+        for (const mbedtls_x509_crt *p = leaf->next; p && p->version != 0 && !have; p = p->next)
+            if (tern_tlsa_match_der(p->raw.p, p->raw.len, t) == 1)
+                have = mbedtls_x509_crt_parse_der(&ta, p->raw.p, p->raw.len) == 0;
+        if (!have && t->selector == TERN_TLSA_SEL_CERT && t->mtype == TERN_TLSA_MATCH_FULL)
+            have = mbedtls_x509_crt_parse_der(&ta, t->data, t->len) == 0;
+        uint32_t flags = 0;
+        bool ok = have && mbedtls_x509_crt_verify(leaf, &ta, NULL, name, &flags, NULL, NULL) == 0 &&
+                  flags == 0;
+        mbedtls_x509_crt_free(&ta);
+        if (ok)
+            return true;
+    }
+    return false;
+}
+
+/* mbedTLS calls this for each certificate of the chain it built, the
+ * top first and the leaf (depth 0) last, with what PKIX found wrong.
+ * Under DANE the PKIX verdict does not count (the trust comes from
+ * DNSSEC): every depth is cleared and the leaf call decides, failing the
+ * handshake with an error the opportunistic mode cannot ignore. */
+static int tls__dane_verify(void *arg, mbedtls_x509_crt *crt, int depth, uint32_t *flags)
+{
+    tern_tls_conn *c = arg;
+    *flags = 0;
+    if (depth != 0)
+        return 0;
+    const char *name = c->ssl.hostname;
+    if (tls__dane_ee(c, crt) || tls__dane_ta(c, crt, name)) {
+        c->dane_verified = true;
+        return 0;
+    }
+    snprintf(c->dane_err, sizeof(c->dane_err),
+             "DANE: the certificate matches none of the %zu usable TLSA records", c->n_dane);
+    return MBEDTLS_ERR_X509_FATAL_ERROR;
+}
+
+tern_tls_conn *tern_tls_conn_new_client_dane(tern_tls_client *cl, const char *server_name,
+                                             const tern_tlsa *tlsa, size_t n)
+{
+    size_t usable = tern_tlsa_count_usable(tlsa, n), bytes = 0;
+    if (usable == 0)
+        return tern_tls_conn_new_client(cl, server_name, false);
+    for (size_t i = 0; i < n; i++)
+        if (tern_tlsa_usable(&tlsa[i]))
+            bytes += tlsa[i].len;
+    tern_tls_conn *c = tern_tls_conn_new_client(cl, server_name, false);
+    if (c == NULL)
+        return NULL;
+    c->dane = malloc(usable * sizeof(*c->dane) + bytes);
+    if (c->dane == NULL) {
+        tern_tls_conn_free(c);
+        return NULL;
+    }
+    uint8_t *data = (uint8_t *)(c->dane + usable);
+    for (size_t i = 0; i < n; i++) {
+        if (!tern_tlsa_usable(&tlsa[i]))
+            continue;
+        tern_tlsa *t = &c->dane[c->n_dane++];
+        *t = tlsa[i];
+        memcpy(data, tlsa[i].data, tlsa[i].len);
+        t->data = data;
+        data += tlsa[i].len;
+    }
+    /* The opportunistic config (verify optional) with our callback: a
+     * PKIX failure alone passes, a DANE mismatch is fatal (see above). */
+    mbedtls_ssl_set_verify(&c->ssl, tls__dane_verify, c);
+    return c;
+}
+
+bool tern_tls_conn_dane_verified(const tern_tls_conn *c)
+{
+    return c->dane_verified;
 }

@@ -555,6 +555,7 @@ static size_t skip_prefix(const char *p, size_t len, const char *word)
 enum {
     P_SIZE = 1 << 0, P_BODY = 1 << 1, P_SMTPUTF8 = 1 << 2, P_RET = 1 << 3,
     P_ENVID = 1 << 4, P_AUTH = 1 << 5, P_NOTIFY = 1 << 6, P_ORCPT = 1 << 7,
+    P_REQUIRETLS = 1 << 8,
 };
 
 static int mark_seen(unsigned *seen, unsigned bit)
@@ -618,6 +619,13 @@ static int mail_param(const param *pm, unsigned *seen, tern_smtp_mail_args *out)
             return TERN_SMTP_ESYNTAX;
         out->auth.p = v;
         out->auth.len = vl;
+    } else if (ieq(k, kl, "REQUIRETLS")) {
+        /* RFC 8689 3: a keyword without a value. */
+        if ((rc = mark_seen(seen, P_REQUIRETLS)) != 0)
+            return rc;
+        if (v != NULL)
+            return TERN_SMTP_ESYNTAX;
+        out->requiretls = true;
     } else
         return TERN_SMTP_EPARAM;
     return 0;

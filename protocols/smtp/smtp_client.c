@@ -144,6 +144,7 @@ static void fresh_connection(tern_smtp_client *c)
     memset(&c->caps, 0, sizeof(c->caps));
     tern_reply_parser_init(&c->rp);
     c->out.tls = c->out.tls_verified = false;
+    c->out.tls_dane = false;
     c->out.tls_version[0] = c->out.tls_cipher[0] = '\0';
     c->out.session_class = 0;
     c->out.stage[0] = c->out.error[0] = '\0';
@@ -233,6 +234,8 @@ static void send_mail(tern_smtp_client *c)
         at += (size_t)snprintf(params + at, sizeof(params) - at, " BODY=8BITMIME");
     if (e->smtputf8 && c->caps.smtputf8)
         at += (size_t)snprintf(params + at, sizeof(params) - at, " SMTPUTF8");
+    if (e->requiretls) /* RFC 8689 4.2.1; message_fits checked the peer offers it */
+        at += (size_t)snprintf(params + at, sizeof(params) - at, " REQUIRETLS");
     if (c->caps.dsn) {
         if (e->ret != TERN_RET_NONE)
             at += (size_t)snprintf(params + at, sizeof(params) - at, " RET=%s",
@@ -330,6 +333,26 @@ static void quit(tern_smtp_client *c)
 /* What this message needs of the server; false: refused (and QUIT sent). */
 static bool message_fits(tern_smtp_client *c)
 {
+    bool authenticated = c->out.tls_dane || (c->out.tls_verified && c->p.mx_authenticated);
+    if (c->p.env->requiretls && !(c->out.tls && authenticated && c->caps.requiretls)) {
+        /* RFC 8689 4.2.1: TLS, a verified certificate (PKIX for an MX
+         * name from an authenticated source, or DANE) and REQUIRETLS
+         * offered, or the message is not sent; section 5: it comes back
+         * with 5.7.10. Checked per message: a kept connection carries
+         * messages with and without. */
+        const char *name = c->p.tls_name ? c->p.tls_name : c->out.peer;
+        if (!c->out.tls)
+            set_error(c, 5, "5.7.10 REQUIRETLS: %s does not offer STARTTLS", name);
+        else if (!c->out.tls_verified)
+            set_error(c, 5, "5.7.10 REQUIRETLS: the certificate of %s does not verify", name);
+        else if (!authenticated)
+            set_error(c, 5, "5.7.10 REQUIRETLS: the MX host %s was not found through DNSSEC "
+                            "(or MTA-STS), so its certificate proves nothing", name);
+        else
+            set_error(c, 5, "5.7.10 REQUIRETLS: %s does not support REQUIRETLS", name);
+        quit(c);
+        return false;
+    }
     if (c->p.env->smtputf8 && !c->caps.smtputf8) {
         set_error(c, 5, "5.6.7 the server does not support SMTPUTF8, which this message needs");
         quit(c);
@@ -611,9 +634,11 @@ static void on_reply(tern_smtp_client *c, const tern_smtp_reply *r)
         after_ehlo(c);
         return;
     case CS_STARTTLS: {
-        tern_tls_conn *t = r->code == 220
-                               ? tern_tls_conn_new_client(c->p.tls, c->p.tls_name, false)
-                               : NULL;
+        tern_tls_conn *t = r->code != 220 ? NULL
+                           : c->p.n_dane_tlsa
+                               ? tern_tls_conn_new_client_dane(c->p.tls, c->p.tls_name,
+                                                               c->p.dane_tlsa, c->p.n_dane_tlsa)
+                               : tern_tls_conn_new_client(c->p.tls, c->p.tls_name, false);
         if (t == NULL) {
             /* Refused (or no memory): go on in the clear unless TLS is required. */
             c->p.tls = NULL;
@@ -811,7 +836,9 @@ static void conn_on_error(tern_conn *conn, const char *reason)
     tern_smtp_client *c = conn->data;
     if (c->st != CS_IDLE && retry_fresh(c, reason))
         return;
-    if (c->st != CS_QUIT && c->st != CS_DONE)
+    if (c->st == CS_HANDSHAKE && c->p.n_dane_tlsa) /* DANE: RFC 7672 2.2 */
+        set_error(c, 4, "4.7.5 %s", reason);
+    else if (c->st != CS_QUIT && c->st != CS_DONE)
         set_error(c, 4, "4.4.2 connection lost: %s", reason);
     finish(c, false);
 }
@@ -828,6 +855,7 @@ static void conn_on_tls(tern_conn *conn)
     tern_smtp_client *c = conn->data;
     c->out.tls = true;
     c->out.tls_verified = tern_tls_conn_peer_verified(conn->tls);
+    c->out.tls_dane = tern_tls_conn_dane_verified(conn->tls);
     snprintf(c->out.tls_version, sizeof(c->out.tls_version), "%s", tern_tls_conn_version(conn->tls));
     snprintf(c->out.tls_cipher, sizeof(c->out.tls_cipher), "%s", tern_tls_conn_cipher(conn->tls));
     /* RFC 3207 4.2: forget what the server said in the clear, ask again. */

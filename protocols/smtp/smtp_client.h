@@ -46,6 +46,7 @@ typedef struct tern_smtp_outcome {
     /* Connection reuse (smtp_pool.h): the message went over a connection
      * an earlier message had opened. */
     bool reused;
+    bool tls_dane;         /* the certificate matched a TLSA record (DANE) */
 } tern_smtp_outcome;
 
 typedef void (*tern_smtp_client_cb)(void *arg, const tern_smtp_outcome *o);
@@ -103,6 +104,17 @@ typedef struct tern_smtp_client_params {
     /* Bind the connection to this local address (port 0) first; NULL:
      * the kernel picks. A bind failure is a temporary failure (4.4.1). */
     const struct sockaddr *source;
+    /* DANE (RFC 7672): the host's validated TLSA records (borrowed);
+     * n_dane_tlsa 0: none (the opportunistic connection). With records
+     * the certificate must match one of them, else the session fails
+     * 4.7.5; set tls_required too so a missing STARTTLS fails as well. */
+    const tern_tlsa *dane_tlsa;
+    size_t n_dane_tlsa;
+    /* REQUIRETLS (RFC 8689 4.2.1): tls_name came from an authenticated
+     * source (a DNSSEC-secure MX answer, MTA-STS, the configured
+     * smarthost), so a PKIX-verified certificate for it counts; false:
+     * only DANE does. */
+    bool mx_authenticated;
 } tern_smtp_client_params;
 
 /* Starts a delivery; cb runs exactly once on params->loop with the outcome

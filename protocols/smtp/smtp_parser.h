@@ -72,6 +72,7 @@ typedef struct tern_smtp_mail_args {
     int ret;               /* 0 not given, 1 FULL, 2 HDRS */
     tern_smtp_slice envid; /* raw xtext, empty if not given */
     tern_smtp_slice auth;  /* AUTH= value, empty if not given */
+    bool requiretls;       /* REQUIRETLS (RFC 8689); the session checks it came over TLS */
 } tern_smtp_mail_args;
 
 typedef struct tern_smtp_rcpt_args {

@@ -100,9 +100,11 @@ static char *make_key(const tern_smtp_client_params *pp, const char *source)
                strlen(pp->tls_name ? pp->tls_name : "") + strlen(user) + strlen(pass) + strlen(source) + 128;
     char *k = malloc(n);
     if (k)
-        snprintf(k, n, "%s|%d|%s|%s|%p|%d%d%d|%s|%s|%s", ip, port, source, pp->tls_name ? pp->tls_name : "",
+        snprintf(k, n, "%s|%d|%s|%s|%p|%d%d%d|%s|%s|%s|%d", ip, port, source, pp->tls_name ? pp->tls_name : "",
                  (const void *)pp->tls, pp->tls_required ? 1 : 0, pp->tls_encrypt_required ? 1 : 0,
-                 pp->auth_allow_plaintext ? 1 : 0, pp->helo ? pp->helo : "", user, pass);
+                 pp->auth_allow_plaintext ? 1 : 0, pp->helo ? pp->helo : "", user, pass,
+                 /* DANE: only a connection that matched TLSA serves another DANE delivery */
+                 pp->n_dane_tlsa > 0 ? 1 : 0);
     return k;
 }
 

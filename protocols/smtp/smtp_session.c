@@ -145,7 +145,7 @@ static void cmd_ehlo(smtp_session *s, const tern_smtp_cmd *cmd)
     /* One write for the whole multi-line reply: it is one packet. */
     char mechs[256];
     smtp__auth_mechs(s, mechs, sizeof(mechs));
-    char buf[800];
+    char buf[1400]; /* hostname, helo, peer and mechanisms at their longest fit */
     int len = snprintf(buf, sizeof(buf),
                        "250-%s Hello %s [%s]\r\n"
                        "250-PIPELINING\r\n"
@@ -154,13 +154,15 @@ static void cmd_ehlo(smtp_session *s, const tern_smtp_cmd *cmd)
                        "250-SMTPUTF8\r\n"
                        "250-ENHANCEDSTATUSCODES\r\n"
                        "250-CHUNKING\r\n"
-                       "%s%s%s%s"
+                       "%s%s%s%s%s"
                        "250 DSN\r\n",
                        s->cfg->server.hostname, s->helo, s->conn.peer_ip,
                        (unsigned long long)s->max_size,
                        s->lc->tls == TERN_TLS_STARTTLS && !tern_conn_is_tls(&s->conn) && s->tls
                            ? "250-STARTTLS\r\n"
                            : "",
+                       /* RFC 8689 2: offered only over TLS. */
+                       tern_conn_is_tls(&s->conn) ? "250-REQUIRETLS\r\n" : "",
                        mechs[0] ? "250-AUTH " : "", mechs, mechs[0] ? "\r\n" : "");
     tern_conn_write(&s->conn, buf, (size_t)len);
 }
@@ -206,7 +208,8 @@ static void cmd_mail(smtp_session *s, const tern_smtp_cmd *cmd)
     tern_smtp_mail_args m;
     int r = tern_smtp_parse_mail(cmd->args.p, cmd->args.len, &m);
     if (r == 0 && !s->esmtp &&
-        (m.has_size || m.body >= 0 || m.smtputf8 || m.ret || m.envid.len || m.auth.len))
+        (m.has_size || m.body >= 0 || m.smtputf8 || m.ret || m.envid.len || m.auth.len ||
+         m.requiretls))
         r = TERN_SMTP_EPARAM; /* HELO clients get no extensions */
     if (r == 0 && m.body == 2)
         r = TERN_SMTP_EPARAM; /* BINARYMIME is not advertised */
@@ -227,6 +230,12 @@ static void cmd_mail(smtp_session *s, const tern_smtp_cmd *cmd)
         return;
     default:
         smtp__reply(s, "501 5.5.4 Syntax: MAIL FROM:<address>");
+        smtp__error(s);
+        return;
+    }
+    if (m.requiretls && !tern_conn_is_tls(&s->conn)) {
+        /* RFC 8689 4.1: only over TLS (it is not even advertised before). */
+        smtp__reply(s, "530 5.7.10 REQUIRETLS needs a TLS connection");
         smtp__error(s);
         return;
     }
@@ -1082,6 +1091,7 @@ static void smtp__end_of_message(smtp_session *s)
     env.ret = tx->mail.ret == 1 ? TERN_RET_FULL : tx->mail.ret == 2 ? TERN_RET_HDRS : TERN_RET_NONE;
     env.body = tx->mail.body == 1 ? TERN_BODY_8BITMIME : TERN_BODY_7BIT;
     env.smtputf8 = tx->mail.smtputf8;
+    env.requiretls = tx->mail.requiretls;
     env.helo = s->helo;
     env.auth_user = s->auth_user;
     env.client_addr = s->conn.peer_ip;

@@ -68,6 +68,7 @@ typedef struct tern_envelope {
     int64_t received_at;    /* unix seconds */
     uint64_t size;          /* message bytes as stored (with our Received header) */
     bool held;              /* the queue must not deliver it (a RCPT_RETRY record) */
+    bool requiretls;        /* MAIL FROM ... REQUIRETLS (RFC 8689): TLS all the way */
 } tern_envelope;
 
 /* A message body being received: in memory up to `mem_threshold`, then in

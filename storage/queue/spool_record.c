@@ -220,6 +220,9 @@ enum {
     T_RECEIVED_AT = 13,
     T_SIZE = 14,
     T_QID = 15,
+    /* RFC 8689 REQUIRETLS, written only when set. Numbered apart from the
+     * run above so fields added there in parallel do not collide. */
+    T_REQUIRETLS = 32,
     /* inside T_RCPT */
     T_R_ADDR = 1,
     T_R_ORCPT = 2,
@@ -320,6 +323,8 @@ uint8_t *spool_env_encode(const tern_envelope *env, size_t *len_r)
     enc__str(&e, T_PIPELINE, env->pipeline);
     enc__u64(&e, T_RECEIVED_AT, (uint64_t)env->received_at);
     enc__u64(&e, T_SIZE, env->size);
+    if (env->requiretls)
+        enc__u8(&e, T_REQUIRETLS, 1);
     if (e.fail) {
         free(e.p);
         return NULL;
@@ -497,6 +502,13 @@ tern_envelope *spool_env_decode(const uint8_t *data, size_t len, const char **wh
             } else {
                 env->smtputf8 = v[0] != 0;
             }
+            break;
+        case T_REQUIRETLS:
+            if (n != 1) {
+                why = "bad flag length";
+                goto fail;
+            }
+            env->requiretls = v[0] != 0;
             break;
         case T_RECEIVED_AT:
         case T_SIZE:

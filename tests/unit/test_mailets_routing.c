@@ -800,8 +800,9 @@ static void test_repository_release_scan(void **st)
     const char *rcpts[] = {"a@example.test", "b@example.test"};
     tern_repo_meta meta = {.id = "Q1-aaaa", .repository = "error", .qid = "Q1",
                            .sender = "s@example.org", .time = 1, .rcpts = rcpts, .n_rcpts = 2,
-                           .ret = TERN_RET_FULL};
+                           .ret = TERN_RET_FULL, .requiretls = true};
     char *json = tern_repository_meta_json(&meta);
+    assert_non_null(strstr(json, "\"requiretls\":true"));
     assert_int_equal(tern_repository_write(dir, "Q1-aaaa", json, (const uint8_t *)MSG,
                                            sizeof(MSG) - 1), 0);
     assert_int_equal(tern_repository_write(dir, "Q2-bbbb", json, (const uint8_t *)MSG,
@@ -842,6 +843,7 @@ static void test_repository_release_scan(void **st)
     assert_int_equal(env->n_rcpts, 2);
     assert_string_equal(env->rcpts[1].addr, "b@example.test");
     assert_int_equal(env->ret, TERN_RET_FULL);
+    assert_true(env->requiretls); /* RFC 8689: kept through the repository */
     tern_envelope_free(env);
     uint8_t *data = NULL;
     size_t dlen = 0;

@@ -551,6 +551,18 @@ static void test_mail_params(void **state)
     assert_int_equal(mail("FROM:<a@b> SMTPUTF8=yes", &m), TERN_SMTP_ESYNTAX);
     assert_int_equal(mail("FROM:<a@b> SMTPUTF8 SMTPUTF8", &m), TERN_SMTP_EPARAM);
 
+    /* RFC 8689 REQUIRETLS: a bare keyword, once. */
+    assert_int_equal(mail("FROM:<a@b> SMTPUTF8", &m), 0);
+    assert_false(m.requiretls);
+    assert_int_equal(mail("FROM:<a@b> REQUIRETLS", &m), 0);
+    assert_true(m.requiretls);
+    assert_int_equal(mail("FROM:<> SIZE=10 requiretls BODY=8BITMIME", &m), 0);
+    assert_true(m.requiretls);
+    assert_int_equal(m.size, 10);
+    assert_int_equal(mail("FROM:<a@b> REQUIRETLS=yes", &m), TERN_SMTP_ESYNTAX);
+    assert_int_equal(mail("FROM:<a@b> REQUIRETLS REQUIRETLS", &m), TERN_SMTP_EPARAM);
+    assert_int_equal(mail("FROM:<a@b> REQUIRETLSX", &m), TERN_SMTP_EPARAM);
+
     assert_int_equal(mail("FROM:<a@b> RET=FULL", &m), 0);
     assert_int_equal(m.ret, 1);
     assert_int_equal(mail("FROM:<a@b> ret=hdrs", &m), 0);

@@ -335,6 +335,7 @@ static void test_roundtrip(void **state)
         assert_int_equal(e->ret, TERN_RET_HDRS);
         assert_int_equal(e->body, TERN_BODY_8BITMIME);
         assert_false(e->smtputf8);
+        assert_false(e->requiretls); /* not written when unset, read as false */
         assert_null(e->auth_user);
         assert_string_equal(e->helo, want.helo);
         assert_string_equal(e->client_addr, want.client_addr);
@@ -785,6 +786,7 @@ static void test_envelope_odd(void **state)
         .ret = TERN_RET_FULL,
         .body = TERN_BODY_BINARYMIME,
         .smtputf8 = true,
+        .requiretls = true,
         .auth_user = "user\x01\x7f",
         .helo = "[IPv6:2001:db8::1]",
         .client_addr = "2001:db8::1",
@@ -823,6 +825,7 @@ static void test_envelope_odd(void **state)
     assert_int_equal(g->ret, TERN_RET_FULL);
     assert_int_equal(g->body, TERN_BODY_BINARYMIME);
     assert_true(g->smtputf8);
+    assert_true(g->requiretls);
     assert_string_equal(g->auth_user, e.auth_user);
     assert_string_equal(g->helo, e.helo);
     assert_string_equal(g->session_id, "");

@@ -1,0 +1,85 @@
+"""REQUIRETLS (RFC 8689). As a receiver: offered in EHLO only after
+STARTTLS, the MAIL parameter refused with 530 5.7.10 in the clear and taken
+over TLS. As a sender: a REQUIRETLS message goes only to a server with a
+verified certificate that offers REQUIRETLS; the test MX's certificate is
+for another name, so the message comes back to the sender as a 5.7.10
+bounce and the MX never sees it. (Delivery over DANE with REQUIRETLS is in
+test_dane.py.)"""
+
+import uuid
+
+from conftest import make_message
+# The sender/receiver pair on loopback DNS of the queue tests.
+from test_queue import dns, pair, maildir_find, spool_count, wait_for  # noqa: F401
+
+
+def test_not_offered_and_refused_in_the_clear(tern):
+    c = tern.connect()
+    try:
+        r = c.ehlo()
+        assert "REQUIRETLS" not in r.text
+        r = c.cmd("MAIL FROM:<a@example.org> REQUIRETLS")
+        assert r.code == 530 and r.enhanced == "5.7.10", r
+        # The session goes on: the same MAIL without it is fine.
+        r = c.cmd("MAIL FROM:<a@example.org>")
+        assert r.code == 250, r
+    finally:
+        c.close()
+
+
+def test_offered_and_taken_over_tls(tern):
+    c = tern.connect()
+    try:
+        c.ehlo()
+        c.starttls()
+        r = c.ehlo()
+        assert "REQUIRETLS" in r.lines, r
+        r = c.cmd("MAIL FROM:<a@example.org> REQUIRETLS")
+        assert r.code == 250, r
+        assert c.cmd("RCPT TO:<postmaster@example.test>").code == 250
+        r = c.data(make_message())
+        assert r.code == 250, r
+        # Syntax: no value, not twice.
+        r = c.cmd("MAIL FROM:<a@example.org> REQUIRETLS=YES")
+        assert r.code == 501, r
+        r = c.cmd("MAIL FROM:<a@example.org> REQUIRETLS REQUIRETLS")
+        assert r.code == 555, r
+    finally:
+        c.close()
+
+
+def test_helo_client_gets_no_requiretls(tern):
+    c = tern.connect()
+    try:
+        c.starttls()
+        assert c.cmd("HELO client.example.org").code == 250
+        r = c.cmd("MAIL FROM:<a@example.org> REQUIRETLS")
+        assert r.code == 555, r
+    finally:
+        c.close()
+
+
+def test_unverified_mx_bounces_with_5_7_10(pair):
+    tx, rx = pair
+    marker = uuid.uuid4().hex
+    c = tx.connect()
+    try:
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        r = c.cmd("MAIL FROM:<alice@example.test> REQUIRETLS")
+        assert r.code == 250, r
+        assert c.cmd("RCPT TO:<bob@remote.test>").code == 250
+        r = c.data(make_message(subject=marker, body=f"{marker}\r\n"))
+        assert r.code == 250, r
+    finally:
+        c.close()
+    dsn = wait_for(lambda: [f for f in maildir_find(tx, "alice", "example.test", marker)
+                            if b"multipart/report" in f.read_bytes()])
+    assert dsn, tx.log_tail()
+    body = dsn[0].read_bytes().decode()
+    assert "Final-Recipient: rfc822; bob@remote.test" in body
+    assert "Status: 5.7.10" in body, body
+    assert "REQUIRETLS" in body and "does not verify" in body, body
+    assert not maildir_find(rx, "bob", "remote.test", marker)
+    assert wait_for(lambda: spool_count(tx) == 0)
