@@ -122,6 +122,16 @@ static void search_modseq_done(imap_session *s, tern_store_req *r)
     search_answer(s, st->uids, st->n_uids, hi);
 }
 
+size_t imap__known_uids(const imap_session *s, uint32_t *v, size_t n)
+{
+    qsort(v, n, sizeof(*v), cmp_u32);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (imap__msn_of(s, v[i]))
+            v[k++] = v[i];
+    return k;
+}
+
 static void search_done(imap_session *s, tern_store_req *r)
 {
     search_state *st = s->cmd_state;
@@ -131,14 +141,7 @@ static void search_done(imap_session *s, tern_store_req *r)
         return;
     }
     uint32_t *v = r->out.uids;
-    size_t n = r->out.n_uids;
-    qsort(v, n, sizeof(*v), cmp_u32);
-    /* Only what this session has been told exists. */
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (imap__msn_of(s, v[i]))
-            v[k++] = v[i];
-    n = k;
+    size_t n = imap__known_uids(s, v, r->out.n_uids);
     if (!st->o.modseq || n == 0) {
         search_answer(s, v, n, 0);
         tern_store_req_free(r);

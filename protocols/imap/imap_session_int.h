@@ -110,6 +110,9 @@ void imap__put_flags(imap_session *s, unsigned flags, char **kw, size_t n_kw);
 void imap__put_uidset(imap_session *s, const uint32_t *uids, size_t n);
 /* Sequence numbers <-> UIDs of the selected mailbox. */
 size_t imap__msn_of(const imap_session *s, uint32_t uid); /* 0: not there */
+/* Sorts the UIDs of a store answer and keeps those this session has been
+ * told exist (SEARCH, SORT, THREAD); returns how many are left. */
+size_t imap__known_uids(const imap_session *s, uint32_t *v, size_t n);
 bool imap__seq_to_uids(imap_session *s, const tern_imap_seqset *set, bool uid,
                        tern_uid_set *out);
 extern const tern_imap_seqmap imap__seqmap_proto;

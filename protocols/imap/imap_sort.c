@@ -47,12 +47,6 @@ typedef struct sort_state {
     tern_header_parser *hp;
 } sort_state;
 
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 static sort_msg *find_msg(sort_state *st, uint32_t uid)
 {
     size_t lo = 0, hi = st->n;
@@ -327,13 +321,7 @@ static void search_done(imap_session *s, tern_store_req *r)
         return;
     }
     uint32_t *v = r->out.uids;
-    size_t n = r->out.n_uids;
-    qsort(v, n, sizeof(*v), cmp_u32);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) /* only what this session has been told exists */
-        if (imap__msn_of(s, v[i]))
-            v[k++] = v[i];
-    n = k;
+    size_t n = imap__known_uids(s, v, r->out.n_uids);
     st->m = tern_arena_alloc(&s->arena, (n ? n : 1) * sizeof(*st->m));
     tern_uid_range *ranges = tern_arena_alloc(&s->arena, (n ? n : 1) * sizeof(*ranges));
     if (!st->m || !ranges) {
