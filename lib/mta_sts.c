@@ -359,40 +359,37 @@ static int take_rua(void *arg, const char *k, size_t kl, const char *v, size_t v
     return 0;
 }
 
-int tern_sts_txt_parse(const char *txt, size_t len, char id_r[TERN_STS_ID_MAX + 1],
-                       const char **why_r)
+/* A record of version `v` whose one field of interest `take` copies. */
+static int one_field_parse(const char *txt, size_t len, const char *v,
+                           txt_field_fn take,
+                           one_field *f, const char *missing, const char **why_r)
 {
     const char *why = NULL;
-    one_field f = {id_r, TERN_STS_ID_MAX, "id", false};
-    if (txt_walk(txt, len, "STSv1", take_id, &f, &why) != 0) {
+    if (txt_walk(txt, len, v, take, f, &why) != 0) {
         if (why_r)
             *why_r = why;
         return -1;
     }
-    if (!f.seen) {
+    if (!f->seen) {
         if (why_r)
-            *why_r = "no id field";
+            *why_r = missing;
         return -1;
     }
     return 0;
 }
 
+int tern_sts_txt_parse(const char *txt, size_t len, char id_r[TERN_STS_ID_MAX + 1],
+                       const char **why_r)
+{
+    one_field f = {id_r, TERN_STS_ID_MAX, "id", false};
+    return one_field_parse(txt, len, "STSv1", take_id, &f, "no id field", why_r);
+}
+
 int tern_tlsrpt_txt_parse(const char *txt, size_t len, char rua_r[TERN_TLSRPT_RUA_MAX + 1],
                           const char **why_r)
 {
-    const char *why = NULL;
     one_field f = {rua_r, TERN_TLSRPT_RUA_MAX, "rua", false};
-    if (txt_walk(txt, len, "TLSRPTv1", take_rua, &f, &why) != 0) {
-        if (why_r)
-            *why_r = why;
-        return -1;
-    }
-    if (!f.seen) {
-        if (why_r)
-            *why_r = "no rua field";
-        return -1;
-    }
-    return 0;
+    return one_field_parse(txt, len, "TLSRPTv1", take_rua, &f, "no rua field", why_r);
 }
 
 /* ---- the response head -------------------------------------------------- */
