@@ -162,7 +162,18 @@ typedef struct attempt {
     char lookup_error[256];
     tern_config *cfg;      /* held while a connection runs (env.config_ref) */
     tern_queue_dane dane;       /* the current host's TLSA verdict (queue_dane.c) */
+    /* RFC 8689 4.2.1: a host that cannot take a REQUIRETLS message is
+     * passed over; the message fails (5.7.10) only when every host failed
+     * that way, and is deferred when one failed otherwise. */
+    char rtls_error[512];  /* the last such refusal, or "" */
+    bool other_fail;       /* a host failed for another reason */
 } attempt;
+
+/* The client's refusal to send a REQUIRETLS message to this host. */
+static bool is_requiretls_refusal(const char *e)
+{
+    return strncmp(e, "5.7.10 REQUIRETLS", 17) == 0;
+}
 
 static uint64_t now_ms(void)
 {
@@ -720,6 +731,18 @@ static void delivered(void *arg, const tern_smtp_outcome *o)
                                     ? a->plan.hosts[a->host - 1].host
                                     : a->domain,
                                 o->peer, o->tls_dane, o->error);
+    if (o->session_class == 5 && is_requiretls_refusal(o->error) && !q->closing) {
+        /* This host cannot take it; another MX of the domain may. */
+        breaker_result(a, false);
+        a->conn_tries = 0;
+        snprintf(a->rtls_error, sizeof(a->rtls_error), "%s", o->error);
+        snprintf(a->last_error, sizeof(a->last_error), "%s", o->error);
+        TLOG_INFO(MOD, "event=host_failed qid=%s domain=%s peer=%s stage=requiretls "
+                       "error=\"%.300s\"", m->qid, a->domain, o->peer, o->error);
+        a->addr_i++;
+        try_host(a);
+        return;
+    }
     for (size_t i = 0; i < a->n; i++) {
         qrcpt *r = &m->r[a->idx[i]];
         const tern_smtp_rcpt_result *rr = &o->rcpts[r->idx];
@@ -997,6 +1020,10 @@ static void addrs6_resolved(void *data, tern_dns_result *res)
 /* The next address of the current host, else the next host, else the end. */
 static void try_host(attempt *a)
 {
+    /* Every failure sets last_error and comes back here for the next
+     * host: note whether one was something else than REQUIRETLS. */
+    if (a->last_error[0] && !is_requiretls_refusal(a->last_error))
+        a->other_fail = true;
     if (a->q->closing) {
         snprintf(a->last_error, sizeof(a->last_error), "4.3.2 shutting down");
         attempt_end(a);
@@ -1007,9 +1034,21 @@ static void try_host(attempt *a)
         return;
     }
     if (a->host >= a->plan.n_hosts) {
-        if (a->last_error[0] == '\0')
+        if (a->rtls_error[0] && !a->other_fail) {
+            for (size_t i = 0; i < a->n; i++) {
+                qrcpt *r = &a->m->r[a->idx[i]];
+                if (r->st == QR_BUSY)
+                    rcpt_fail(r, "5.7.10", NULL, "%s", a->rtls_error);
+            }
+        } else if (a->rtls_error[0]) {
+            /* Some host could not be asked: deferred, not refused. */
+            snprintf(a->last_error, sizeof(a->last_error),
+                     "4.7.10 no host of %s took the REQUIRETLS message yet; last refusal: %.400s",
+                     a->domain, a->rtls_error);
+        } else if (a->last_error[0] == '\0') {
             snprintf(a->last_error, sizeof(a->last_error), "4.4.1 no host of %s could be reached",
                      a->domain);
+        }
         attempt_end(a);
         return;
     }

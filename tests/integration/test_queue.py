@@ -29,6 +29,11 @@ mx      IN A   127.0.0.1
 down    IN MX  10 mx.down.remote.test.
 mx.down IN A   127.0.0.9
 nullmx  IN MX  0 .
+two     IN MX  10 mx.remote.test.
+two     IN MX  20 mx2.remote.test.
+mx2     IN A   127.0.0.1
+twodown IN MX  10 mx.remote.test.
+twodown IN MX  20 mx.down.remote.test.
 """
 
 

@@ -83,3 +83,49 @@ def test_unverified_mx_bounces_with_5_7_10(pair):
     assert "REQUIRETLS" in body and "does not verify" in body, body
     assert not maildir_find(rx, "bob", "remote.test", marker)
     assert wait_for(lambda: spool_count(tx) == 0)
+
+
+def _send_requiretls(tx, rcpt, marker):
+    c = tx.connect()
+    try:
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<alice@example.test> REQUIRETLS").code == 250
+        assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
+        r = c.data(make_message(subject=marker, body=f"{marker}\r\n"))
+        assert r.code == 250, r
+        return r.qid
+    finally:
+        c.close()
+
+
+def test_every_mx_is_asked_before_the_5_7_10(pair):
+    """RFC 8689 4.2.1: a host that cannot take a REQUIRETLS message is
+    passed over for the next MX; the bounce comes only when every host
+    refused that way (two.remote.test: two MX, neither verifiable)."""
+    tx, rx = pair
+    marker = uuid.uuid4().hex
+    qid = _send_requiretls(tx, "bob@two.remote.test", marker)
+    dsn = wait_for(lambda: [f for f in maildir_find(tx, "alice", "example.test", marker)
+                            if b"multipart/report" in f.read_bytes()])
+    assert dsn, tx.log_tail()
+    assert "Status: 5.7.10" in dsn[0].read_bytes().decode()
+    log = tx.log(0)
+    assert log.count(f"event=host_failed qid={qid} domain=two.remote.test") == 2, log
+    assert log.count("stage=requiretls") >= 2, log
+
+
+def test_unreachable_mx_defers_instead_of_refusing(pair):
+    """twodown.remote.test: the first MX cannot take the message, the
+    second cannot be reached; it might have, so the message is deferred,
+    not bounced."""
+    tx, rx = pair
+    marker = uuid.uuid4().hex
+    qid = _send_requiretls(tx, "bob@twodown.remote.test", marker)
+    line = wait_for(lambda: [ln for ln in tx.log(0).splitlines()
+                             if f"event=deferred qid={qid} " in ln])
+    assert line, tx.log_tail()
+    assert "REQUIRETLS" in line[0], line
+    assert not [f for f in maildir_find(tx, "alice", "example.test", marker)
+                if b"multipart/report" in f.read_bytes()]
