@@ -647,8 +647,10 @@ static void server__queue_notice(tern_server *srv, const tern_envelope *orig,
         .now = (int64_t)time(NULL),
         .rcpts = rcpts,
         .n_rcpts = n,
-        /* RFC 3461 4.3: the whole message only when RET=FULL was asked. */
-        .attach = orig->ret == TERN_RET_FULL ? TERN_DSN_ATTACH_FULL : TERN_DSN_ATTACH_HEADERS,
+        /* RFC 3461 4.3: the whole message only when RET=FULL was asked;
+         * RFC 8689 5: never the body of a REQUIRETLS message. */
+        .attach = orig->ret == TERN_RET_FULL && !orig->requiretls ? TERN_DSN_ATTACH_FULL
+                                                                  : TERN_DSN_ATTACH_HEADERS,
         .orig = msg,
         .orig_len = len,
         .marker = "queue",
@@ -678,6 +680,9 @@ static void server__queue_notice(tern_server *srv, const tern_envelope *orig,
     env.received_at = (int64_t)time(NULL);
     env.body = TERN_BODY_8BITMIME;
     env.size = dlen;
+    /* RFC 8689 5: the notice of a REQUIRETLS message travels under the
+     * same requirement (its headers are the message's). */
+    env.requiretls = orig->requiretls;
     if (tern_spool_submit(srv->spool_client, &env, NULL, 0, b, server__bounce_spooled, srv) != 0) {
         tern_body_free(b);
         TLOG_ERR("queue", "event=bounce_failed error=\"spool refused\"");

@@ -85,15 +85,15 @@ def test_unverified_mx_bounces_with_5_7_10(pair):
     assert wait_for(lambda: spool_count(tx) == 0)
 
 
-def _send_requiretls(tx, rcpt, marker):
+def _send_requiretls(tx, rcpt, marker, params="", body=None):
     c = tx.connect()
     try:
         c.ehlo()
         c.starttls()
         c.ehlo()
-        assert c.cmd("MAIL FROM:<alice@example.test> REQUIRETLS").code == 250
+        assert c.cmd(f"MAIL FROM:<alice@example.test> REQUIRETLS{params}").code == 250
         assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
-        r = c.data(make_message(subject=marker, body=f"{marker}\r\n"))
+        r = c.data(make_message(subject=marker, body=body or f"{marker}\r\n"))
         assert r.code == 250, r
         return r.qid
     finally:
@@ -129,3 +129,19 @@ def test_unreachable_mx_defers_instead_of_refusing(pair):
     assert "REQUIRETLS" in line[0], line
     assert not [f for f in maildir_find(tx, "alice", "example.test", marker)
                 if b"multipart/report" in f.read_bytes()]
+
+
+def test_bounce_of_requiretls_mail_carries_headers_only(pair):
+    """RFC 8689 5: RET=FULL or not, the notice of a REQUIRETLS message
+    returns its headers, never its body."""
+    tx, rx = pair
+    marker = uuid.uuid4().hex
+    secret = "body-" + uuid.uuid4().hex
+    _send_requiretls(tx, "bob@remote.test", marker, params=" RET=FULL",
+                     body=f"{secret}\r\n")
+    dsn = wait_for(lambda: [f for f in maildir_find(tx, "alice", "example.test", marker)
+                            if b"multipart/report" in f.read_bytes()])
+    assert dsn, tx.log_tail()
+    text = dsn[0].read_bytes().decode()
+    assert "Status: 5.7.10" in text and marker in text
+    assert secret not in text, text
