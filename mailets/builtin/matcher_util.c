@@ -349,3 +349,42 @@ void tern_matcher_nets_free(tern_matcher_nets *n)
     n->nets = NULL;
     n->n = 0;
 }
+
+int tern_matcher_remote_nets_init(const tern_mailet_params *p, const char *name, void **state_r,
+                                  char *err, size_t size)
+{
+    const char *c = tern_matcher_condition(p, name, "127.0.0.0/8, ::1, 192.168.*", err, size);
+    if (c == NULL)
+        return -1;
+    tern_matcher_nets *n = calloc(1, sizeof(*n));
+    if (n == NULL)
+        return tern_builtin_fail(err, size, "out of memory");
+    if (tern_matcher_nets_parse(c, n, err, size) != 0) {
+        free(n);
+        return -1;
+    }
+    *state_r = n;
+    return 0;
+}
+
+void tern_matcher_remote_nets_deinit(void *state)
+{
+    tern_matcher_nets_free(state);
+    free(state);
+}
+
+int tern_matcher_remote_nets_match(void *state, tern_mail *m, const char *name, bool inside,
+                                   bool *matched)
+{
+    const char *a = tern_mail_remote_addr(m);
+    if (a == NULL || a[0] == '\0')
+        return 0; /* internal mail: no client */
+    int r = tern_matcher_nets_match(state, a);
+    if (r < 0) {
+        tern_mail_log(m, TERN_MAILET_LOG_WARN, "%s: client address \"%.64s\" is not an IP", name,
+                      a);
+        return -1;
+    }
+    tern_matcher_all(m, matched, (r == 1) == inside);
+    return 0;
+}

@@ -81,4 +81,15 @@ int tern_matcher_nets_parse(const char *cond, tern_matcher_nets *out, char *err,
 int tern_matcher_nets_match(const tern_matcher_nets *n, const char *addr);
 void tern_matcher_nets_free(tern_matcher_nets *n);
 
+/* RemoteAddrInNetwork and RemoteAddrNotInNetwork, which differ only in
+ * the answer they want: the condition's networks (default loopback and
+ * 192.168.*) as the state, and a match of every recipient when the client
+ * address is `inside` them (or not). Mail without a client (our own DSNs)
+ * matches neither. */
+int tern_matcher_remote_nets_init(const tern_mailet_params *p, const char *name, void **state_r,
+                                  char *err, size_t size);
+void tern_matcher_remote_nets_deinit(void *state);
+int tern_matcher_remote_nets_match(void *state, tern_mail *m, const char *name, bool inside,
+                                   bool *matched);
+
 #endif

@@ -7,47 +7,17 @@
  * RemoteAddrNotInNetwork, so a relay rule never catches our own DSNs.
  * Input: the condition (checked at init); the envelope's client address,
  * text the session wrote. */
-#include <stdlib.h>
-
 #include "mailets/builtin/matcher_util.h"
 
 static int rain_init(const tern_mailet_host *h, const tern_mailet_params *p, void **state_r,
                      char *err, size_t size)
 {
-    const char *c =
-        tern_matcher_condition(p, "RemoteAddrInNetwork", "127.0.0.0/8, ::1, 192.168.*", err, size);
-    if (c == NULL)
-        return -1;
-    tern_matcher_nets *n = calloc(1, sizeof(*n));
-    if (n == NULL)
-        return tern_builtin_fail(err, size, "out of memory");
-    if (tern_matcher_nets_parse(c, n, err, size) != 0) {
-        free(n);
-        return -1;
-    }
-    *state_r = n;
-    return 0;
-}
-
-static void rain_deinit(void *state)
-{
-    tern_matcher_nets_free(state);
-    free(state);
+    return tern_matcher_remote_nets_init(p, "RemoteAddrInNetwork", state_r, err, size);
 }
 
 static int rain_match(void *state, tern_mail *m, bool *matched)
 {
-    const char *a = tern_mail_remote_addr(m);
-    if (a == NULL || a[0] == '\0')
-        return 0; /* internal mail: no client */
-    int r = tern_matcher_nets_match(state, a);
-    if (r < 0) {
-        tern_mail_log(m, TERN_MAILET_LOG_WARN,
-                      "RemoteAddrInNetwork: client address \"%.64s\" is not an IP", a);
-        return -1;
-    }
-    tern_matcher_all(m, matched, r == 1);
-    return 0;
+    return tern_matcher_remote_nets_match(state, m, "RemoteAddrInNetwork", true, matched);
 }
 
 static const tern_mailet_module tern_mb_remote_addr_in_network = {
@@ -56,7 +26,7 @@ static const tern_mailet_module tern_mb_remote_addr_in_network = {
     .name = "RemoteAddrInNetwork",
     .kinds = TERN_MAILET_KIND_MATCHER,
     .init = rain_init,
-    .deinit = rain_deinit,
+    .deinit = tern_matcher_remote_nets_deinit,
     .match = rain_match,
 };
 TERN_BUILTIN(tern_mb_remote_addr_in_network)

@@ -7,47 +7,17 @@
  * RemoteAddrInNetwork, so a relay rule never catches our own DSNs.
  * Input: the condition (checked at init); the envelope's client address,
  * text the session wrote. */
-#include <stdlib.h>
-
 #include "mailets/builtin/matcher_util.h"
 
 static int rani_init(const tern_mailet_host *h, const tern_mailet_params *p, void **state_r,
                      char *err, size_t size)
 {
-    const char *c = tern_matcher_condition(p, "RemoteAddrNotInNetwork",
-                                           "127.0.0.0/8, ::1, 192.168.*", err, size);
-    if (c == NULL)
-        return -1;
-    tern_matcher_nets *n = calloc(1, sizeof(*n));
-    if (n == NULL)
-        return tern_builtin_fail(err, size, "out of memory");
-    if (tern_matcher_nets_parse(c, n, err, size) != 0) {
-        free(n);
-        return -1;
-    }
-    *state_r = n;
-    return 0;
-}
-
-static void rani_deinit(void *state)
-{
-    tern_matcher_nets_free(state);
-    free(state);
+    return tern_matcher_remote_nets_init(p, "RemoteAddrNotInNetwork", state_r, err, size);
 }
 
 static int rani_match(void *state, tern_mail *m, bool *matched)
 {
-    const char *a = tern_mail_remote_addr(m);
-    if (a == NULL || a[0] == '\0')
-        return 0; /* internal mail: no client */
-    int r = tern_matcher_nets_match(state, a);
-    if (r < 0) {
-        tern_mail_log(m, TERN_MAILET_LOG_WARN,
-                      "RemoteAddrNotInNetwork: client address \"%.64s\" is not an IP", a);
-        return -1;
-    }
-    tern_matcher_all(m, matched, r == 0);
-    return 0;
+    return tern_matcher_remote_nets_match(state, m, "RemoteAddrNotInNetwork", false, matched);
 }
 
 static const tern_mailet_module tern_mb_remote_addr_not_in_network = {
@@ -56,7 +26,7 @@ static const tern_mailet_module tern_mb_remote_addr_not_in_network = {
     .name = "RemoteAddrNotInNetwork",
     .kinds = TERN_MAILET_KIND_MATCHER,
     .init = rani_init,
-    .deinit = rani_deinit,
+    .deinit = tern_matcher_remote_nets_deinit,
     .match = rani_match,
 };
 TERN_BUILTIN(tern_mb_remote_addr_not_in_network)
