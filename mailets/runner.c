@@ -57,6 +57,7 @@ struct tern_mail_job {
     size_t n_parked, cap_parked;
     bool in_session, outcome_sent, aborted, keep, started;
     bool *orig_remote;
+    bool queued_pending;        /* recipients handed to the queue, not yet told */
     tern_pipeline_outcome_cb cb;
     void *arg;
     uv_timer_t deadline;
@@ -312,9 +313,24 @@ static void job_free_cb(uv_handle_t *h)
 static void runner_admit(tern_runner *r);
 static void job_apply_hints(tern_mail_job *j, tern_mail *m);
 
+/* Tells the queue manager about recipients handed over since the last
+ * call. Once per mailet step, not once per recipient: the queue runs on
+ * another loop and would otherwise start a delivery for the first
+ * recipient before the others of the same domain arrive, sending the
+ * message twice where one transaction would do. */
+static void job_flush_queued(tern_mail_job *j)
+{
+    if (!j->queued_pending)
+        return;
+    j->queued_pending = false;
+    if (j->r && j->r->env.queued)
+        j->r->env.queued(j->r->env.queued_arg, j->qid);
+}
+
 static void job_end(tern_mail_job *j)
 {
     tern_runner *r = j->r;
+    job_flush_queued(j);
     if (j->in_session && !j->outcome_sent) {
         /* Ended before anyone answered (everything finished in root):
          * the message was taken care of. */
@@ -392,8 +408,7 @@ static void rcpt_leave(tern_mail *m, size_t i, bool remote, const char *how)
         j->orig_remote[orig] = true;
         j->keep = true;
         tern_spool_rcpt_queued(j->r->env.spool, j->qid, (size_t)orig);
-        if (j->r->env.queued)
-            j->r->env.queued(j->r->env.queued_arg, j->qid);
+        j->queued_pending = true;
         return;
     }
     if (!j->orig_remote[orig] && !orig_alive(j, orig))
@@ -849,6 +864,7 @@ void tern_mail_resume(tern_mail *m, tern_mailet_verdict v, const tern_mailet_res
     mail_priv *pv = PRIV(m);
     if (pv == NULL || (m->state != MS_SERVICE && m->state != MS_WAIT))
         return; /* a second resume, or one without a pending service: ignored */
+    job_flush_queued(m->job);
     pv->rv = v;
     pv->r_proc[0] = pv->r_enh[0] = pv->r_text[0] = '\0';
     pv->r_code = 0;
@@ -982,6 +998,7 @@ static void run(tern_mail *m)
         pv->resumed = false;
         tern_mailet_result res = {0};
         tern_mailet_verdict v = st->mailet.mod->service(st->mailet.state, m, &res);
+        job_flush_queued(j);
         if ((unsigned)v > TERN_MAILET_PENDING)
             v = TERN_MAILET_ERROR;
         if (v == TERN_MAILET_PENDING) {
