@@ -4,8 +4,9 @@
  * the smarthost), delivers through the SMTP client, and records each
  * recipient's end in the spool: delivered, or failed permanently (a DSN
  * goes to the sender), or deferred with back-off until the lifetime runs
- * out. Concurrency is bounded globally and per destination, and domains
- * are served round robin so one huge backlog does not starve the others.
+ * out. Concurrency is bounded globally and per destination, and messages
+ * are served in turn (queue_sched.h) so one huge backlog does not starve
+ * the others; a kick costs what it starts, not what is queued.
  * Input: spool envelopes (ours), DNS answers and SMTP replies (untrusted,
  * parsed by lib/dns and the client). */
 #include "server/queue.h"
@@ -26,11 +27,13 @@
 #include "lib/dns_mx.h"
 #include "lib/json_write.h"
 #include "lib/log.h"
+#include "lib/strmap.h"
 #include "lib/util.h"
 #include "protocols/smtp/smtp_client.h"
 #include "protocols/smtp/smtp_pool.h"
 #include "server/queue_mtasts.h"
 #include "server/queue_dane.h"
+#include "server/queue_sched.h"
 
 #define MOD "queue"
 #define TICK_MS 1000
@@ -60,6 +63,7 @@ typedef struct qmsg {
     uint64_t added_ms;
     unsigned busy;         /* attempts in flight */
     struct qmsg *prev, *next;
+    tern_qs_node sn;       /* where the scheduler keeps it */
     bool held;             /* by the admin (tern_queue_hold); persisted */
 } qmsg;
 
@@ -71,8 +75,11 @@ typedef struct post {
 typedef struct dest {
     char domain[256];
     unsigned active;
+    tern_qs_wait wait;     /* messages due here, waiting for a slot */
     struct dest *next;
 } dest;
+
+#define MSG_OF(node) ((qmsg *)((char *)(node) - offsetof(qmsg, sn)))
 
 /* A destination address's circuit breaker: after host_down_threshold
  * connection failures in a row it is "down" (skipped without connecting,
@@ -96,7 +103,10 @@ struct tern_queue {
     post *posts;
     qmsg *msgs;
     size_t n_msgs;
+    tern_strmap by_qid;    /* qmsg by qid */
     dest *dests;
+    tern_strmap by_domain; /* dest by domain, case-insensitive */
+    tern_qs sched;
     unsigned active;
     tern_dns_resolver *dns;
     tern_tls_client *tls;  /* opportunistic STARTTLS */
@@ -104,7 +114,6 @@ struct tern_queue {
     bool closing;
     bool notify_closed;    /* under mu: the wake handle is gone */
     unsigned handles;
-    size_t rr;             /* round robin start */
     struct attempt *attempts;
     tern_smtp_pool *pool;  /* kept connections (smtp_pool.c) */
     tern_mtasts *mtasts;   /* MTA-STS + TLS-RPT (server/queue_mtasts.c) */
@@ -118,10 +127,6 @@ struct tern_queue {
         tern_tls_client *tls;
         struct sh_ca *next;
     } *sh_cas;
-    /* The kick walks every queued recipient; an idle tick need not:
-     * nothing is due before next_due unless something changed (dirty). */
-    uint64_t next_due;     /* monotonic ms */
-    bool dirty;
     bool kicking;          /* inside tern_queue_kick (an attempt may end in it) */
 };
 
@@ -204,13 +209,17 @@ static int64_t wall_of_mono(uint64_t mono)
 
 static dest *dest_get(tern_queue *q, const char *domain)
 {
-    for (dest *d = q->dests; d; d = d->next)
-        if (strcasecmp(d->domain, domain) == 0)
-            return d;
-    dest *d = calloc(1, sizeof(*d));
+    dest *d = tern_strmap_get(&q->by_domain, domain);
+    if (d)
+        return d;
+    d = calloc(1, sizeof(*d));
     if (d == NULL)
         return NULL;
     snprintf(d->domain, sizeof(d->domain), "%s", domain);
+    if (tern_strmap_put(&q->by_domain, d->domain, d) != 0) {
+        free(d);
+        return NULL;
+    }
     d->next = q->dests;
     q->dests = d;
     return d;
@@ -230,14 +239,13 @@ static void qmsg_free(qmsg *m)
 
 static qmsg *qmsg_find(tern_queue *q, const char *qid)
 {
-    for (qmsg *m = q->msgs; m; m = m->next)
-        if (strcmp(m->qid, qid) == 0)
-            return m;
-    return NULL;
+    return tern_strmap_get(&q->by_qid, qid);
 }
 
 static void qmsg_unlink(tern_queue *q, qmsg *m)
 {
+    tern_qs_remove(&q->sched, &m->sn);
+    tern_strmap_del(&q->by_qid, m->qid);
     if (m->prev)
         m->prev->next = m->next;
     else
@@ -245,6 +253,37 @@ static void qmsg_unlink(tern_queue *q, qmsg *m)
     if (m->next)
         m->next->prev = m->prev;
     q->n_msgs--;
+}
+
+/* Puts m where the scheduler should look for it: the ready list when a
+ * recipient is due now, the heap when the earliest is due later, nowhere
+ * when it is held or every recipient is in flight or finished. Called
+ * whenever something about m's recipients changed. */
+static void msg_resched(tern_queue *q, qmsg *m)
+{
+    if (q->closing || m->held) {
+        tern_qs_remove(&q->sched, &m->sn);
+        return;
+    }
+    uint64_t now = now_ms(), due = UINT64_MAX;
+    for (size_t i = 0; i < m->n; i++) {
+        const qrcpt *r = &m->r[i];
+        if (r->st != QR_PENDING)
+            continue;
+        if (r->next_try_ms <= now) {
+            /* Already ready or waiting for its destination: it keeps its
+             * place in line. */
+            if (m->sn.where != TERN_QS_READY && m->sn.where != TERN_QS_WAIT)
+                tern_qs_ready(&q->sched, &m->sn, false);
+            return;
+        }
+        if (r->next_try_ms < due)
+            due = r->next_try_ms;
+    }
+    if (due != UINT64_MAX)
+        tern_qs_defer(&q->sched, &m->sn, due);
+    else
+        tern_qs_remove(&q->sched, &m->sn);
 }
 
 /* Adds (or refreshes) qid: its recipients queued for remote delivery, or
@@ -263,6 +302,11 @@ static void queue_take(tern_queue *q, const char *qid)
             return;
         }
         snprintf(m->qid, sizeof(m->qid), "%s", qid);
+        if (tern_strmap_put(&q->by_qid, m->qid, m) != 0) {
+            free(m);
+            tern_envelope_free(env);
+            return; /* found again by the scan at the next start */
+        }
         m->added_ms = now_ms();
         m->next = q->msgs;
         if (q->msgs)
@@ -274,7 +318,6 @@ static void queue_take(tern_queue *q, const char *qid)
         tern_envelope_free(m->env);
     m->env = env;
     m->held = env->held;
-    q->dirty = true;
     for (size_t i = 0; i < env->n_rcpts; i++) {
         const tern_spool_rcpt *sr = &env->rcpts[i];
         if (sr->done || !(owned || sr->queued))
@@ -313,6 +356,7 @@ static void queue_take(tern_queue *q, const char *qid)
                       r->next_try_ms > n ? (r->next_try_ms - n) / 1000 : 0);
         }
     }
+    msg_resched(q, m);
 }
 
 static void wake_cb(uv_async_t *a)
@@ -416,7 +460,6 @@ static void rcpt_defer(tern_queue *q, qmsg *m, qrcpt *r, const char *why)
     }
     r->st = QR_PENDING;
     r->next_try_ms = now_ms() + backoff(q, r->attempts);
-    q->dirty = true;
     /* RFC 3461 NOTIFY=DELAY: one "delayed" DSN per recipient once it has
      * waited delay_warning; the flag is persisted with the retry state so
      * a restart does not send it again. */
@@ -557,6 +600,11 @@ static void attempt_end(attempt *a)
         d->active--;
     q->active--;
     m->busy--;
+    if (d) {
+        /* Its slot is free: the oldest waiters get their turn first. */
+        unsigned per = q->env.conf(q->env.conf_arg)->per_destination;
+        tern_qs_wake(&q->sched, &d->wait, per > d->active ? per - d->active : 0);
+    }
     if (a->prev)
         a->prev->next = a->next;
     else
@@ -564,8 +612,8 @@ static void attempt_end(attempt *a)
     if (a->next)
         a->next->prev = a->prev;
     attempt_free(a);
+    msg_resched(q, m);
     msg_maybe_done(q, m);
-    q->dirty = true; /* a slot is free */
     if (!q->closing)
         tern_queue_kick(q);
 }
@@ -1258,69 +1306,65 @@ static bool attempt_start(tern_queue *q, qmsg *m, const char *domain, uint64_t n
     return true;
 }
 
-/* Starts what is due, within the concurrency limits. */
+/* Starts what is due, within the concurrency limits: the messages the
+ * heap says are due join the ready list, and the ready list is served in
+ * order until the global limit is reached. A message whose destination is
+ * full waits on that destination's list instead of being looked at again
+ * at every kick. */
 void tern_queue_kick(tern_queue *q)
 {
-    if (q->closing)
-        return;
-    if (q->kicking) {
-        /* An attempt ended inside this walk: the outer walk goes on and
-         * the next kick looks again. */
-        q->dirty = true;
-        return;
-    }
+    if (q->closing || q->kicking)
+        return; /* inside a kick, an ended attempt's slot is used by the outer walk */
     const tern_queue_conf *c = q->env.conf(q->env.conf_arg);
-    if (c->hold) {
-        q->dirty = true; /* look at everything once it is lifted */
+    if (c->hold)
         return; /* held: nothing leaves until the setting is lifted (SIGHUP) */
-    }
     uint64_t now = now_ms();
-    if (!q->dirty && now < q->next_due)
-        return;
-    q->dirty = false;
+    tern_qs_release_due(&q->sched, now);
     q->kicking = true;
-    uint64_t due = UINT64_MAX; /* the earliest future try seen */
-    /* Round robin over messages, starting after where the last pass began,
-     * so a large backlog to one domain does not hold the rest. */
-    size_t skip = q->n_msgs ? q->rr++ % q->n_msgs : 0;
-    qmsg *start = q->msgs;
-    for (size_t i = 0; i < skip && start; i++)
-        start = start->next;
-    for (int pass = 0; pass < 2; pass++) {
-        for (qmsg *m = pass == 0 ? start : q->msgs, *next; m && (pass == 0 || m != start);
-             m = next) {
-            next = m->next;
-            if (q->active >= c->max_concurrency) {
-                due = 0; /* not all seen: look again at the next kick */
-                goto out;
-            }
-            if (m->held)
+    /* Each message at most once per kick: one that could not start
+     * (memory) goes back to the tail and waits for the next tick. */
+    size_t budget = q->sched.ready.n;
+    while (budget-- > 0 && q->active < c->max_concurrency) {
+        tern_qs_node *node = tern_qs_pop_ready(&q->sched);
+        if (node == NULL)
+            break;
+        qmsg *m = MSG_OF(node);
+        dest *blocked = NULL;
+        bool stalled = false, cut = false;
+        for (size_t i = 0; i < m->n; i++) {
+            qrcpt *r = &m->r[i];
+            if (r->st != QR_PENDING || r->next_try_ms > now)
                 continue;
-            for (size_t i = 0; i < m->n; i++) {
-                qrcpt *r = &m->r[i];
-                if (r->st != QR_PENDING)
-                    continue;
-                if (r->next_try_ms > now) {
-                    if (r->next_try_ms < due)
-                        due = r->next_try_ms;
-                    continue;
-                }
-                dest *d = dest_get(q, r->domain);
-                if (d == NULL || d->active >= c->per_destination ||
-                    !attempt_start(q, m, r->domain, now)) {
-                    due = 0; /* due but waiting for a slot */
-                    continue;
-                }
-                if (q->active >= c->max_concurrency) {
-                    due = 0;
-                    goto out;
-                }
+            if (q->active >= c->max_concurrency) {
+                cut = true;
+                break;
             }
+            dest *d = dest_get(q, r->domain);
+            if (d == NULL) {
+                stalled = true;
+                continue;
+            }
+            if (d->active >= c->per_destination) {
+                if (blocked == NULL)
+                    blocked = d;
+                continue;
+            }
+            /* Starts every due recipient of this domain in one attempt. */
+            if (!attempt_start(q, m, r->domain, now))
+                stalled = true;
         }
+        if (m->sn.where != TERN_QS_NONE)
+            continue; /* an attempt ended at once and placed it */
+        if (cut)
+            tern_qs_ready(&q->sched, &m->sn, true); /* its turn goes on next time */
+        else if (blocked)
+            tern_qs_wait_on(&q->sched, &blocked->wait, &m->sn);
+        else if (stalled)
+            tern_qs_ready(&q->sched, &m->sn, false);
+        else
+            msg_resched(q, m);
     }
-out:
     q->kicking = false;
-    q->next_due = due;
 }
 
 static void tick_cb(uv_timer_t *t)
@@ -1347,6 +1391,9 @@ tern_queue *tern_queue_new(const tern_queue_env *env, char *err, size_t err_size
         return NULL;
     }
     q->env = *env;
+    tern_strmap_init(&q->by_qid, false);
+    tern_strmap_init(&q->by_domain, true);
+    tern_qs_init(&q->sched);
     pthread_mutex_init(&q->mu, NULL);
     q->cw.readbuf_size = 65536;
     q->cw.readbuf = malloc(q->cw.readbuf_size);
@@ -1492,12 +1539,12 @@ static int retry_msg(tern_queue *q, qmsg *m)
         if (r->st != QR_PENDING)
             continue;
         r->next_try_ms = 0;
-        q->dirty = true;
         if (r->attempts > 0)
             tern_spool_rcpt_retry(q->env.spool, m->qid, r->idx, r->attempts, 0, r->qflags,
                                   r->last_error);
         n++;
     }
+    msg_resched(q, m);
     return n;
 }
 
@@ -1527,7 +1574,7 @@ static int set_held(tern_queue *q, const char *qid, bool held)
     if (r != 0)
         return r;
     m->held = held;
-    q->dirty = true;
+    msg_resched(q, m);
     TLOG_INFO(MOD, "event=%s qid=%s", held ? "held" : "released", m->qid);
     if (!held)
         tern_queue_kick(q);
@@ -1597,6 +1644,9 @@ void tern_queue_free(tern_queue *q)
         q->dests = d->next;
         free(d);
     }
+    tern_strmap_free(&q->by_qid);
+    tern_strmap_free(&q->by_domain);
+    tern_qs_free(&q->sched);
     tern_smtp_pool_free(q->pool);
     while (q->hosts) {
         qhost *h = q->hosts;

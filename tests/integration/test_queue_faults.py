@@ -400,6 +400,32 @@ def test_sighup_while_a_delivery_runs(sender, faults):
     assert drained(tx)
 
 
+def test_per_destination_limit_and_no_starvation(sender, faults):
+    """per_destination: 2 and a destination that holds every DATA reply:
+    of six messages to it only two connections are open at once, the
+    other four wait for a slot (no third connection), a message to another
+    domain is delivered meanwhile, and once the slow one answers all six
+    arrive, each once."""
+    fast = faults(A)
+    slow = faults(B, hold_data=True)
+    tx = sender(per_destination=2, command_timeout="60s")
+    marker = uuid.uuid4().hex
+    qids = [send(tx, [f"u{i}@other.faults.test"], f"{marker}-{i}") for i in range(6)]
+    assert slow.holding.wait(20 * SLOW), slow.events
+    assert slow.wait(lambda: slow.connections >= 2, 10 * SLOW), slow.events
+    time.sleep(1.0 * SLOW)
+    assert slow.connections == 2, slow.events
+    qfast = send(tx, ["bob@one.faults.test"], f"{marker}-fast")
+    log_line(tx, rf"event=delivered qid={qfast} rcpt=bob@one\.faults\.test ")
+    assert len(fast.delivered_with(f"{marker}-fast")) == 1
+    slow.release()
+    for i, qid in enumerate(qids):
+        log_line(tx, rf"event=delivered qid={qid} rcpt=u{i}@other\.faults\.test ", timeout=30)
+    for i in range(6):
+        assert len(slow.delivered_with(f"{marker}-{i}")) == 1, i
+    assert drained(tx)
+
+
 # ------------------------------------------------------------- a real receiver
 
 @pytest.mark.skipif(not shutil.which(SMTP_SINK), reason="Postfix's smtp-sink is not installed")
