@@ -76,6 +76,10 @@ typedef struct limiter {
     pthread_mutex_t mu;
     uint8_t key[crypto_shorthash_KEYBYTES];
     lim_entry slots[LIM_SLOTS];
+    /* Counters for the admin view (tern_auth_stats): here because the
+     * limiter is what a reload carries over. */
+    _Atomic uint64_t n_ok, n_failed, n_refused, n_errors;
+    uint64_t n_lockouts_ip, n_lockouts_account; /* under mu */
 } limiter;
 
 static limiter *limiter_new(void)
@@ -360,6 +364,8 @@ int tern_auth_limiter_check(tern_auth *a, const char *ip, const char *account, u
             rc = TERN_AUTH_ELOCKED;
     }
     pthread_mutex_unlock(&l->mu);
+    if (rc != 0)
+        atomic_fetch_add(&l->n_refused, 1);
     return rc;
 }
 
@@ -382,13 +388,23 @@ uint64_t tern_auth_limiter_failure(tern_auth *a, const char *ip, const char *acc
         e->last_ms = now_ms;
         if (e->failures >= lm->max_failures && e->locked_until <= now_ms) {
             e->locked_until = now_ms + lm->lockout_ms;
-            TLOG_WARN("auth", "event=auth_lockout kind=%s failures=%u lockout_ms=%llu", kinds[i],
-                      e->failures, (unsigned long long)lm->lockout_ms);
+            if (i == 0)
+                l->n_lockouts_ip++;
+            else
+                l->n_lockouts_account++;
+            /* A security event: alerting keys on event=security. The
+             * account is not named (it may be a guessed one); the address
+             * that caused it is. */
+            TLOG_WARN("auth", "event=security kind=auth_lockout scope=%s ip=%s failures=%u "
+                              "lockout_ms=%llu",
+                      i == 0 ? "ip" : "account", ip ? ip : "-", e->failures,
+                      (unsigned long long)lm->lockout_ms);
         }
         if (e->failures > worst)
             worst = e->failures;
     }
     pthread_mutex_unlock(&l->mu);
+    atomic_fetch_add(&l->n_failed, 1);
     if (worst == 0)
         return 0;
     uint64_t d = lm->delay_ms;
@@ -400,6 +416,7 @@ uint64_t tern_auth_limiter_failure(tern_auth *a, const char *ip, const char *acc
 void tern_auth_limiter_success(tern_auth *a, const char *ip, const char *account)
 {
     limiter *l = atomic_load(&a->lim);
+    atomic_fetch_add(&l->n_ok, 1);
     pthread_mutex_lock(&l->mu);
     const char *kinds[2] = {"ip", "acct"}, *names[2] = {ip, account};
     for (int i = 0; i < 2; i++) {
@@ -421,6 +438,31 @@ size_t tern_auth_limiter_entries(const tern_auth *a)
         n += l->slots[i].key != 0;
     pthread_mutex_unlock(&l->mu);
     return n;
+}
+
+static uint64_t now_ms(void);
+
+void tern_auth_stats_get(const tern_auth *a, tern_auth_stats *out)
+{
+    limiter *l = atomic_load(&((tern_auth *)a)->lim);
+    memset(out, 0, sizeof(*out));
+    out->ok = atomic_load(&l->n_ok);
+    out->failed = atomic_load(&l->n_failed);
+    out->refused = atomic_load(&l->n_refused);
+    out->errors = atomic_load(&l->n_errors);
+    uint64_t now = now_ms();
+    pthread_mutex_lock(&l->mu);
+    out->lockouts_ip = l->n_lockouts_ip;
+    out->lockouts_account = l->n_lockouts_account;
+    for (size_t i = 0; i < LIM_SLOTS; i++) {
+        const lim_entry *e = &l->slots[i];
+        if (e->key == 0)
+            continue;
+        out->tracked++;
+        if (e->locked_until > now)
+            out->locked_now++;
+    }
+    pthread_mutex_unlock(&l->mu);
 }
 
 /* ---- clients and requests ---------------------------------------------------- */
@@ -911,6 +953,7 @@ static void after_work(uv_work_t *w, int status)
             r->out.account = NULL;
             r->out.backend = NULL;
         } else {
+            atomic_fetch_add(&atomic_load(&a->lim)->n_errors, 1);
             TLOG_WARN("auth", "event=auth_error service=%s ip=%s status=%d error=\"%s\"", svc, ip,
                       r->status, r->error);
         }

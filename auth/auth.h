@@ -167,4 +167,17 @@ uint64_t tern_auth_limiter_failure(tern_auth *a, const char *ip, const char *acc
 void tern_auth_limiter_success(tern_auth *a, const char *ip, const char *account);
 size_t tern_auth_limiter_entries(const tern_auth *a);
 
+/* Counters since start (a reload keeps them), for the admin view
+ * (`ternctl auth stats`, the control socket's auth.stats). A login is
+ * counted once whatever the mechanism: ok and failed as the limiter saw
+ * them, refused when a lockout answered instead of a check, errors for
+ * temporary failures (a backend down). tracked: addresses and accounts
+ * with recent failures; locked_now: those locked out at this moment. */
+typedef struct tern_auth_stats {
+    uint64_t ok, failed, refused, errors;
+    uint64_t lockouts_ip, lockouts_account;
+    uint64_t tracked, locked_now;
+} tern_auth_stats;
+void tern_auth_stats_get(const tern_auth *a, tern_auth_stats *out);
+
 #endif

@@ -40,6 +40,7 @@ struct tern_control {
     uv_pipe_t listen;
     char *path;
     tern_queue *queue;
+    tern_auth *const *auth_slot;
     cclient *clients;
     unsigned n_clients;
     unsigned handles;
@@ -76,12 +77,46 @@ static void answer_errno(tern_buf *out, int r, const char *qid)
     answer_error(out, msg);
 }
 
-void tern_control_handle(tern_queue *q, const char *line, size_t len, tern_buf *out)
+static void answer_auth_stats(tern_auth *a, tern_buf *out)
+{
+    if (a == NULL) {
+        answer_error(out, "no authentication is configured");
+        return;
+    }
+    tern_auth_stats st;
+    tern_auth_stats_get(a, &st);
+    const struct {
+        const char *name;
+        uint64_t v;
+    } f[] = {{"ok", st.ok},
+             {"failed", st.failed},
+             {"refused", st.refused},
+             {"errors", st.errors},
+             {"lockouts_ip", st.lockouts_ip},
+             {"lockouts_account", st.lockouts_account},
+             {"tracked", st.tracked},
+             {"locked_now", st.locked_now}};
+    tern_buf_append_str(out, "{\"ok\":true,\"result\":{");
+    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+        if (i)
+            tern_buf_append_str(out, ",");
+        tern_json_write_key(out, f[i].name);
+        tern_json_write_uint(out, f[i].v);
+    }
+    tern_buf_append_str(out, "}}");
+}
+
+void tern_control_handle(tern_queue *q, tern_auth *auth, const char *line, size_t len,
+                         tern_buf *out)
 {
     tern_control_req req;
     char err[160];
     if (tern_control_req_parse(line, len, &req, err, sizeof(err)) != 0) {
         answer_error(out, err);
+        return;
+    }
+    if (req.cmd == TERN_CTL_AUTH_STATS) {
+        answer_auth_stats(auth, out);
         return;
     }
     if (q == NULL) {
@@ -119,6 +154,8 @@ void tern_control_handle(tern_queue *q, const char *line, size_t len, tern_buf *
         if (r == 0)
             tern_buf_append_str(out, "{\"ok\":true}");
         break;
+    case TERN_CTL_AUTH_STATS:
+        break; /* answered above */
     }
     if (r != 0)
         answer_errno(out, r, qid);
@@ -198,7 +235,8 @@ static void client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
             return;
         }
         tern_buf_init(&w->buf, MAX_ANSWER);
-        tern_control_handle(cl->ctl->queue, cl->line, ll > 0 && cl->line[ll - 1] == '\r' ? ll - 1 : ll,
+        tern_control_handle(cl->ctl->queue, cl->ctl->auth_slot ? *cl->ctl->auth_slot : NULL,
+                            cl->line, ll > 0 && cl->line[ll - 1] == '\r' ? ll - 1 : ll,
                             &w->buf);
         client_send(cl, w);
         memmove(cl->line, nl + 1, cl->len - ll - 1);
@@ -299,8 +337,8 @@ static void listen_closed(uv_handle_t *h)
     }
 }
 
-tern_control *tern_control_new(uv_loop_t *loop, const char *path, tern_queue *queue, char *err,
-                               size_t err_size)
+tern_control *tern_control_new(uv_loop_t *loop, const char *path, tern_queue *queue,
+                               tern_auth *const *auth_slot, char *err, size_t err_size)
 {
     if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
         snprintf(err, err_size, "%s: path too long for a Unix socket", path);
@@ -316,6 +354,7 @@ tern_control *tern_control_new(uv_loop_t *loop, const char *path, tern_queue *qu
     }
     c->loop = loop;
     c->queue = queue;
+    c->auth_slot = auth_slot;
     /* The socket is made by hand so that a failure leaves no libuv handle
      * to close, and so its mode is set before listen(): until then every
      * connect is refused, so no one gets in through the umask's mode. */

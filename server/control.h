@@ -1,6 +1,7 @@
 /* The control socket (server/control.c): a Unix stream socket on the main
  * loop through which `ternctl queue` (and any local admin tool) asks the
- * running ternd to list and act on its queue. One JSON object per line
+ * running ternd to list and act on its queue, and read its login
+ * counters (auth.stats). One JSON object per line
  * each way; see docs/queue.md for the requests. */
 #ifndef TERN_SERVER_CONTROL_H
 #define TERN_SERVER_CONTROL_H
@@ -8,6 +9,7 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "auth/auth.h"
 #include "server/queue.h"
 
 /* Longest request line, newline included; a longer one is answered with
@@ -22,8 +24,10 @@ typedef struct tern_control tern_control;
  * server answers on is refused (we would steal its clients); a stale one
  * (nobody listening) is unlinked first; a path that is not a socket is
  * refused. Returns NULL with err set. */
-tern_control *tern_control_new(uv_loop_t *loop, const char *path, tern_queue *queue, char *err,
-                               size_t err_size);
+/* auth_slot: where the server keeps its current auth snapshot (replaced on
+ * reload, read here on the same loop); may be NULL. */
+tern_control *tern_control_new(uv_loop_t *loop, const char *path, tern_queue *queue,
+                               tern_auth *const *auth_slot, char *err, size_t err_size);
 /* Stops listening, closes the clients and unlinks the path; the loop must
  * run on for the handles to close, then tern_control_free. */
 void tern_control_close(tern_control *c);
@@ -31,6 +35,7 @@ void tern_control_free(tern_control *c);
 
 /* Answers one request line (without the newline) into out: exported for
  * the unit test, which runs it without a socket. */
-void tern_control_handle(tern_queue *queue, const char *line, size_t len, tern_buf *out);
+void tern_control_handle(tern_queue *queue, tern_auth *auth, const char *line, size_t len,
+                         tern_buf *out);
 
 #endif

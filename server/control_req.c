@@ -21,6 +21,7 @@ static const struct {
     {"queue.release", TERN_CTL_QUEUE_RELEASE, true},
     {"queue.delete", TERN_CTL_QUEUE_DELETE, true},
     {"queue.hosts", TERN_CTL_QUEUE_HOSTS, false},
+    {"auth.stats", TERN_CTL_AUTH_STATS, false},
 };
 
 static bool qid_ok(const char *s, size_t len)

@@ -15,6 +15,7 @@ typedef enum {
     TERN_CTL_QUEUE_RELEASE,
     TERN_CTL_QUEUE_DELETE,
     TERN_CTL_QUEUE_HOSTS,
+    TERN_CTL_AUTH_STATS,
 } tern_control_cmd;
 
 /* Longest qid taken (ours are 16 characters; room for future forms). */

@@ -880,7 +880,8 @@ int tern_server_run(const char *config_path, tern_config *cfg)
     {
         char cerr[512];
         const char *cpath = cfg->server.control_socket;
-        srv->control = tern_control_new(srv->loop, cpath, srv->queue, cerr, sizeof(cerr));
+        srv->control = tern_control_new(srv->loop, cpath, srv->queue, &srv->auth, cerr,
+                                        sizeof(cerr));
         if (srv->control == NULL) {
             TLOG_ERR(MOD, "event=control_socket_failed error=\"%s\"", cerr);
             free(fds);

@@ -251,6 +251,7 @@ static const command top_cmds[] = {
     {"repository", ternctl_cmd_repository, "repository COMMAND", "list, show, delete and release kept mails"},
     {"message", ternctl_cmd_message, "message COMMAND", "append messages to a mailbox"},
     {"queue", ternctl_cmd_queue, "queue COMMAND", "list and act on a running ternd's remote queue"},
+    {"auth", ternctl_cmd_auth, "auth COMMAND", "a running ternd's login counters (auth stats)"},
     {NULL, NULL, NULL, NULL},
 };
 

@@ -30,6 +30,7 @@ int ternctl_cmd_alias(ctx *c, int argc, char **argv);
 int ternctl_cmd_repository(ctx *c, int argc, char **argv);
 int ternctl_cmd_message(ctx *c, int argc, char **argv);
 int ternctl_cmd_queue(ctx *c, int argc, char **argv);
+int ternctl_cmd_auth(ctx *c, int argc, char **argv);
 struct tern_config;
 struct tern_store;
 /* The store the config names (ternctl_store.c); NULL after printing why. */

@@ -1,6 +1,7 @@
-/* ternctl's queue commands: list, show, retry, hold, release, delete and
- * hosts on the remote queue of a running ternd, through its control
- * socket (server/control.c; one JSON request line, one JSON answer line).
+/* ternctl's commands for a running ternd, through its control socket
+ * (server/control.c; one JSON request line, one JSON answer line): queue
+ * list, show, retry, hold, release, delete and hosts on the remote queue,
+ * and auth stats (login counters).
  * Input: the command line and config (trusted); the answer comes from
  * ternd through a 0600 socket but is still parsed within bounds and
  * printed with control characters escaped. */
@@ -303,6 +304,50 @@ static int q_hosts(ctx *c, int argc, char **argv)
     return run(c, "queue.hosts", NULL, false, print_host, "hosts");
 }
 
+/* A flat object of counters, one "name value" line each (the names are
+ * ternd's own; values that are not whole numbers print as 0). */
+static void print_counters(const tern_json *o)
+{
+    for (const tern_json *x = o ? o->child : NULL; x; x = x->next)
+        printf("%-18.*s %" PRId64 "\n", (int)(x->key_len < 64 ? x->key_len : 64), x->key, num(x));
+}
+
+static int a_stats(ctx *c, int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 0) {
+        fprintf(stderr, "usage: %s auth stats\n", c->prog);
+        return EX_USAGE_;
+    }
+    return run(c, "auth.stats", NULL, false, print_counters, NULL);
+}
+
+static const command auth_cmds[] = {
+    {"stats", a_stats, "stats", "logins succeeded, failed, refused by a lockout; lockouts; addresses and accounts locked now"},
+    {NULL, NULL, NULL, NULL},
+};
+
+/* Options of our own, anywhere after the command word; returns the rest. */
+static int own_options(int argc, char **argv)
+{
+    int n = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            json_out = 1;
+        } else if ((strcmp(argv[i], "-s") == 0 || strcmp(argv[i], "--socket") == 0) && i + 1 < argc) {
+            socket_override = argv[++i];
+        } else {
+            argv[n++] = argv[i];
+        }
+    }
+    return n;
+}
+
+int ternctl_cmd_auth(ctx *c, int argc, char **argv)
+{
+    return ternctl_dispatch(c, "auth", auth_cmds, own_options(argc, argv), argv);
+}
+
 static const command queue_cmds[] = {
     {"list", q_list, "list", "one line per message, then one per recipient: state, attempts, next try, last error"},
     {"show", q_show, "show QID", "the same for one message"},
@@ -316,16 +361,5 @@ static const command queue_cmds[] = {
 
 int ternctl_cmd_queue(ctx *c, int argc, char **argv)
 {
-    /* Options of our own, anywhere after `queue`. */
-    int n = 0;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) {
-            json_out = 1;
-        } else if ((strcmp(argv[i], "-s") == 0 || strcmp(argv[i], "--socket") == 0) && i + 1 < argc) {
-            socket_override = argv[++i];
-        } else {
-            argv[n++] = argv[i];
-        }
-    }
-    return ternctl_dispatch(c, "queue", queue_cmds, n, argv);
+    return ternctl_dispatch(c, "queue", queue_cmds, own_options(argc, argv), argv);
 }

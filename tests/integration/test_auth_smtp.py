@@ -531,3 +531,41 @@ def test_static_login_on_one_listener(tern_factory):
     with pytest.raises(smtplib.SMTPAuthenticationError):
         s2.login("ingest", "s3cret")
     s2.close()
+
+
+def test_lockout_counters_and_security_event(tern_factory):
+    """Three wrong passwords from one address with max_failures 3: the
+    third locks the address out (a security event in the log naming the
+    address, not the account), the right password is then refused too, and
+    `ternctl auth stats` counts all of it; a SIGHUP keeps the counters."""
+    t = tern_factory({"auth": {"failure_delay": "10ms", "max_delay": "50ms", "max_failures": 3,
+                               "lockout": "1h"}}, start=False)
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test", "--password-stdin", stdin=b"correct horse\n")
+    t.start()
+    def plain(password):
+        s = smtplib_tls(t)
+        cred = base64.b64encode(b"\0alice@example.test\0" + password).decode()
+        code, _ = s.docmd("AUTH", "PLAIN " + cred)
+        s.close()
+        return code
+
+    assert plain(b"correct horse") == 235
+    assert [plain(b"wrong") for _ in range(3)] == [535, 535, 535]
+    assert plain(b"correct horse") == 454
+    log = t.log(0)
+    ev = [ln for ln in log.splitlines() if "event=security kind=auth_lockout" in ln]
+    assert ev and "ip=127.0.0.1" in ev[0] and "alice" not in ev[0], ev
+
+    def stats():
+        p = ctl(t, "auth", "stats")
+        return dict((k, int(v)) for k, v in (ln.split() for ln in p.stdout.decode().splitlines()))
+
+    st = stats()
+    assert st["ok"] == 1 and st["failed"] == 3 and st["refused"] >= 1, st
+    assert st["lockouts_ip"] == 1 and st["lockouts_account"] == 1, st
+    assert st["locked_now"] == 2 and st["tracked"] == 2, st
+    t.reload({"server": {"hostname": "renamed.example.test"}})
+    assert stats()["failed"] == 3
+    p = ctl(t, "auth", "stats", "--json")
+    assert b'"ok":true' in p.stdout and b'"failed":3' in p.stdout, p.stdout

@@ -22,6 +22,8 @@ static void test_good(void **state)
     (void)state;
     tern_control_req r;
     char err[160];
+    assert_int_equal(parse("{\"cmd\":\"auth.stats\"}", &r, err), 0);
+    assert_int_equal(r.cmd, TERN_CTL_AUTH_STATS);
     assert_int_equal(parse("{\"cmd\":\"queue.list\"}", &r, err), 0);
     assert_int_equal(r.cmd, TERN_CTL_QUEUE_LIST);
     assert_string_equal(r.qid, "");
