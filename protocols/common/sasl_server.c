@@ -78,6 +78,11 @@ bool tern_sasl_srv_cert_account(const tern_conn *c, char *out, size_t size)
     return strchr(out, '@') != NULL;
 }
 
+void tern_sasl_srv_channel_binding(const tern_conn *c, tern_sasl_srv_params *p)
+{
+    p->cb_len = tern_conn_is_tls(c) ? tern_tls_conn_tls_unique(c->tls, p->cb, sizeof(p->cb)) : 0;
+}
+
 int tern_sasl_srv_mechs(const tern_auth *auth, const tern_sasl_srv_params *p, char *buf,
                         size_t size)
 {
@@ -101,7 +106,8 @@ int tern_sasl_srv_mechs(const tern_auth *auth, const tern_sasl_srv_params *p, ch
         caps |= TERN_SASL_CAP_CRAM;
     if (p->cert_account && p->cert_account[0])
         caps |= TERN_SASL_CAP_EXTERNAL;
-    return tern_sasl_mechanisms(caps, p->tls_active, p->allow_plaintext, false, buf, size);
+    return tern_sasl_mechanisms(caps, p->tls_active, p->allow_plaintext, p->cb_len > 0, buf,
+                                size);
 }
 
 bool tern_sasl_srv_password_allowed(const tern_auth *auth, const tern_sasl_srv_params *p)
@@ -648,6 +654,9 @@ static int srv_start(tern_sasl_srv *s, const tern_sasl_srv_params *p, const char
         .hostname = p->hostname,
         .external_available = s->has_cert,
         .success_data = p->success_data,
+        .cb_type = p->cb_len ? "tls-unique" : NULL,
+        .cb_data = p->cb_len ? p->cb : NULL,
+        .cb_len = p->cb_len,
     };
     s->sasl = tern_sasl_new(s->mech, &sp);
     if (s->sasl == NULL) {

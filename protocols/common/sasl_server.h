@@ -67,7 +67,14 @@ typedef struct tern_sasl_srv_params {
     /* The account a verified client certificate names (tern_sasl_srv_cert_account),
      * or NULL: EXTERNAL is offered only with one. */
     const char *cert_account;
+    /* The connection's tls-unique (tern_sasl_srv_channel_binding); cb_len
+     * 0: none, and SCRAM-SHA-256-PLUS is not offered. */
+    uint8_t cb[TERN_SASL_CB_MAX];
+    size_t cb_len;
 } tern_sasl_srv_params;
+
+/* Fills p->cb/cb_len from the connection's TLS (tern_tls_conn_tls_unique). */
+void tern_sasl_srv_channel_binding(const tern_conn *c, tern_sasl_srv_params *p);
 
 /* The account a verified client certificate names: the subject's CN,
  * lowercased, when it looks like an address and the listener verified the

@@ -85,6 +85,14 @@ const char *tern_tls_conn_peer_subject(const tern_tls_conn *c);
 bool tern_tls_conn_peer_verified(const tern_tls_conn *c);
 const char *tern_tls_conn_error(const tern_tls_conn *c);
 
+/* The tls-unique channel binding (RFC 5929) of an established connection,
+ * for SCRAM-SHA-256-PLUS: the first Finished message's verify_data (12
+ * bytes in TLS 1.2). Only when the handshake negotiated the extended master
+ * secret (RFC 7627): without it an attacker in the middle can make two
+ * connections share a tls-unique (the triple handshake attack). Returns its
+ * length, or 0 when there is none to give (then -PLUS is not offered). */
+size_t tern_tls_conn_tls_unique(const tern_tls_conn *c, uint8_t *out, size_t cap);
+
 /* DANE (RFC 7672), for SMTP to a host whose TLSA records validated: a
  * client connection like the opportunistic one, except that the
  * certificate must match one of the usable records (DANE-EE: the leaf,

@@ -39,6 +39,7 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_internal.h> /* the handshake's resume and extended_ms flags (tls-unique) */
 #include <mbedtls/ssl_ticket.h>
 #include <mbedtls/x509_crt.h>
 
@@ -125,6 +126,9 @@ struct tern_tls_conn {
     size_t n_dane;
     bool dane_verified;
     char dane_err[TLS_ERR_MAX];
+    /* Noted while the handshake ran (its parameters are freed at the end):
+     * tern_tls_conn_tls_unique needs them. */
+    bool hs_resumed, hs_ems;
 };
 
 #define TLS_CONN_OF(ssl_ptr) \
@@ -754,7 +758,18 @@ int tern_tls_conn_handshake(tern_tls_conn *c)
         return TERN_TLS_ERROR;
     if (c->established)
         return TERN_TLS_OK;
-    int r = mbedtls_ssl_handshake(&c->ssl);
+    /* mbedtls_ssl_handshake() is this loop over the steps; doing it here
+     * lets us note whether the session was resumed and the extended master
+     * secret negotiated while mbedTLS still holds that state. */
+    int r = 0;
+    while (c->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
+        if (c->ssl.handshake) {
+            c->hs_resumed = c->ssl.handshake->resume != 0;
+            c->hs_ems = c->ssl.handshake->extended_ms == MBEDTLS_SSL_EXTENDED_MS_ENABLED;
+        }
+        if ((r = mbedtls_ssl_handshake_step(&c->ssl)) != 0)
+            break;
+    }
     if (r == 0) {
         tls__established(c);
         return TERN_TLS_OK;
@@ -762,6 +777,25 @@ int tern_tls_conn_handshake(tern_tls_conn *c)
     if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE)
         return tls__again(c);
     return tls__fail(c, "handshake", r);
+}
+
+size_t tern_tls_conn_tls_unique(const tern_tls_conn *c, uint8_t *out, size_t cap)
+{
+#if defined(MBEDTLS_SSL_RENEGOTIATION)
+    size_t n = c->ssl.verify_data_len;
+    if (!c->established || !c->hs_ems || n == 0 || n > cap || n > sizeof(c->ssl.own_verify_data))
+        return 0;
+    /* RFC 5929 3.1: the first Finished message of the handshake: the
+     * client's in a full handshake, the server's in a resumed one. */
+    bool ours = c->client ? !c->hs_resumed : c->hs_resumed;
+    memcpy(out, ours ? c->ssl.own_verify_data : c->ssl.peer_verify_data, n);
+    return n;
+#else
+    (void)c;
+    (void)out;
+    (void)cap;
+    return 0;
+#endif
 }
 
 bool tern_tls_conn_established(const tern_tls_conn *c)

@@ -793,6 +793,7 @@ static void imap__sasl_params(imap_session *s, tern_sasl_srv_params *p)
                                                  sizeof(s->cert_account))
                           ? s->cert_account
                           : NULL;
+    tern_sasl_srv_channel_binding(&s->conn, p);
 }
 
 static void imap__logged_in(imap_session *s, const char *account, const char *mech)

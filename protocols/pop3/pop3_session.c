@@ -180,6 +180,7 @@ static void pop3__params(const pop3_session *s, tern_sasl_srv_params *p, char *c
     p->allow_plaintext = s->lc->allow_plaintext_auth;
     p->success_data = false; /* RFC 5034: SCRAM's final data comes as one more "+" */
     p->cert_account = tern_sasl_srv_cert_account(&s->conn, cert, size) ? cert : NULL;
+    tern_sasl_srv_channel_binding(&s->conn, p);
 }
 
 static bool pop3__may_stls(const pop3_session *s)

@@ -39,6 +39,7 @@ int smtp__auth_mechs(const struct smtp_session *s, char *buf, size_t size)
         .allow_plaintext = s->lc->allow_plaintext_auth,
         .cert_account = smtp__cert_account(s, acct, sizeof(acct)) ? acct : NULL,
     };
+    tern_sasl_srv_channel_binding(&s->conn, &p);
     return tern_sasl_srv_mechs(s->auth, &p, buf, size);
 }
 
@@ -406,11 +407,18 @@ void smtp__cmd_auth(smtp_session *s, const tern_smtp_cmd *cmd)
         return;
     }
     char cert_acct[TERN_AUTH_MAX_USER + 1];
+    uint8_t cb[TERN_SASL_CB_MAX];
+    size_t cb_len = tern_conn_is_tls(&s->conn) ? tern_tls_conn_tls_unique(s->conn.tls, cb,
+                                                                          sizeof(cb))
+                                               : 0;
     tern_sasl_params sp = {
         .service = "smtp",
         .hostname = s->cfg->server.hostname,
         .external_available = smtp__cert_account(s, cert_acct, sizeof(cert_acct)),
         .success_data = false, /* SMTP has no data with 235: SCRAM's v= comes as a 334 */
+        .cb_type = cb_len ? "tls-unique" : NULL,
+        .cb_data = cb_len ? cb : NULL,
+        .cb_len = cb_len,
     };
     s->sasl = tern_sasl_new(s->auth_mech, &sp);
     s->auth_line = malloc(AUTH_LINE_MAX);

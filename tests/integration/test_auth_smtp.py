@@ -139,10 +139,18 @@ def test_long_response_line(authed):
     assert c.cmd("NOOP").code == 250
 
 
-def _scram(c, user, password, tamper=False):
+def _scram(c, user, password, tamper=False, plus=False, gs2="n,,", cb=b""):
+    """plus: SCRAM-SHA-256-PLUS with tls-unique (cb: the channel binding
+    data to send, normally the connection's); gs2: the header otherwise
+    ("y,," says the client could bind but thinks the server cannot)."""
     nonce = base64.b64encode(os.urandom(18)).decode()
     first_bare = f"n={user},r={nonce}"
-    r = c.cmd("AUTH SCRAM-SHA-256 " + base64.b64encode(("n,," + first_bare).encode()).decode())
+    if plus:
+        gs2 = "p=tls-unique,,"
+    mech = "SCRAM-SHA-256-PLUS" if plus else "SCRAM-SHA-256"
+    r = c.cmd(f"AUTH {mech} " + base64.b64encode((gs2 + first_bare).encode()).decode())
+    if r.code != 334:
+        return r, None
     assert r.code == 334, r
     server_first = base64.b64decode(r.text.strip()).decode()
     attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
@@ -152,7 +160,7 @@ def _scram(c, user, password, tamper=False):
     salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, it)
     client_key = hmac.new(salted, b"Client Key", "sha256").digest()
     stored = hashlib.sha256(client_key).digest()
-    final_bare = "c=biws,r=" + attrs["r"]
+    final_bare = "c=" + base64.b64encode(gs2.encode() + cb).decode() + ",r=" + attrs["r"]
     auth_msg = ",".join([first_bare, server_first, final_bare]).encode()
     sig = hmac.new(stored, auth_msg, "sha256").digest()
     proof = bytes(a ^ b for a, b in zip(client_key, sig))
@@ -177,6 +185,81 @@ def test_scram_sha_256(authed):
     assert r.code == 235, r
     assert server_ok, "the server's signature did not verify"
     assert c.cmd("MAIL FROM:<alice@example.test>").code == 250
+
+
+def test_scram_sha_256_plus_tls_unique(authed):
+    """SCRAM-SHA-256-PLUS with tls-unique (RFC 5929; TLS 1.2 with the
+    extended master secret): offered after STARTTLS, accepted with the
+    connection's binding, refused with another one; a client that could
+    bind but says "y" (it did not see -PLUS) is refused as a downgrade."""
+    c = authed.connect("submission")
+    c.starttls(client_context())
+    r = c.ehlo()
+    auth = [ln for ln in r.lines if ln.upper().startswith("AUTH ")]
+    assert auth and "SCRAM-SHA-256-PLUS" in auth[0].split(), r
+    cb = c.sock.get_channel_binding("tls-unique")
+    assert cb and len(cb) == 12
+    r, server_ok = _scram(c, "alice@example.test", "correct horse", plus=True, cb=cb)
+    assert r.code == 235, r
+    assert server_ok
+    # Another connection's binding (a man in the middle relaying SCRAM).
+    c2 = authed.connect("submission")
+    c2.starttls(client_context())
+    c2.ehlo()
+    r, _ = _scram(c2, "alice@example.test", "correct horse", plus=True, cb=cb)
+    assert r.code == 535, r
+    c3 = authed.connect("submission")
+    c3.starttls(client_context())
+    c3.ehlo()
+    r, _ = _scram(c3, "alice@example.test", "correct horse", gs2="y,,")
+    assert r.code == 535, r
+    assert "reason=channel_binding_downgrade" in authed.log(0) or \
+        "channel_binding_downgrade" in authed.log(0) or \
+        "server-does-support-channel-binding" in authed.log(0), authed.log_tail()
+
+
+def test_scram_plus_over_imap(tern_factory):
+    """The same over IMAP AUTHENTICATE (imaplib), after STARTTLS."""
+    import imaplib
+    t = tern_factory({"auth_internal": {"scram": True}}, start=False)
+    t.config["listeners"].append({"name": "imap", "protocol": "imap", "address": "127.0.0.1",
+                                  "port": free_ports(1)[0], "tls": "starttls"})
+    t.write_config()
+    ctl(t, "account", "add", "alice@example.test", "--password-stdin", stdin=b"correct horse\n")
+    t.start()
+    m = imaplib.IMAP4("127.0.0.1", t.port("imap"), timeout=20)
+    m.starttls(ssl_context=client_context())
+    assert "AUTH=SCRAM-SHA-256-PLUS" in m.capabilities, m.capabilities
+    cb = m.sock.get_channel_binding("tls-unique")
+    nonce = base64.b64encode(os.urandom(18)).decode()
+    gs2 = "p=tls-unique,,"
+    first_bare = f"n=alice@example.test,r={nonce}"
+    st = {}
+
+    def step(challenge):
+        if not st:
+            st["sent"] = True
+            return (gs2 + first_bare).encode()
+        text = challenge.decode()
+        if text.startswith("v="):
+            st["v"] = text
+            return b""
+        attrs = dict(kv.split("=", 1) for kv in text.split(","))
+        salted = hashlib.pbkdf2_hmac("sha256", b"correct horse", base64.b64decode(attrs["s"]),
+                                     int(attrs["i"]))
+        ck = hmac.new(salted, b"Client Key", "sha256").digest()
+        final_bare = "c=" + base64.b64encode(gs2.encode() + cb).decode() + ",r=" + attrs["r"]
+        msg = ",".join([first_bare, text, final_bare]).encode()
+        sig = hmac.new(hashlib.sha256(ck).digest(), msg, "sha256").digest()
+        sk = hmac.new(salted, b"Server Key", "sha256").digest()
+        st["expect"] = "v=" + base64.b64encode(hmac.new(sk, msg, "sha256").digest()).decode()
+        proof = bytes(a ^ b for a, b in zip(ck, sig))
+        return (final_bare + ",p=" + base64.b64encode(proof).decode()).encode()
+
+    typ, _ = m.authenticate("SCRAM-SHA-256-PLUS", step)
+    assert typ == "OK"
+    assert st.get("v") == st["expect"]
+    m.logout()
 
 
 def test_scram_wrong_password_and_unknown_user(authed):

@@ -925,6 +925,11 @@ static void test_session_resumption(void **state)
     pair_init(&p, s, L_STARTTLS, "mail.example.test", NULL, 0);
     assert_int_equal(pair_handshake(&p), 0);
     size_t full = p.to_client_n;
+    /* tls-unique (RFC 5929): in a full handshake the client's Finished. */
+    uint8_t tu[64];
+    assert_int_equal(tern_tls_conn_tls_unique(p.sc, tu, sizeof(tu)), 12);
+    assert_memory_equal(tu, p.cl.ssl.own_verify_data, 12);
+    assert_int_equal(tern_tls_conn_tls_unique(p.sc, tu, 11), 0); /* too small: none */
     mbedtls_ssl_session sess;
     mbedtls_ssl_session_init(&sess);
     assert_int_equal(mbedtls_ssl_get_session(&p.cl.ssl, &sess), 0);
@@ -935,7 +940,19 @@ static void test_session_resumption(void **state)
     assert_int_equal(mbedtls_ssl_set_session(&p.cl.ssl, &sess), 0);
     assert_int_equal(pair_handshake(&p), 0);
     assert_true(p.to_client_n < full / 2);
+    /* Resumed: the server's Finished comes first, and is the binding. */
+    assert_int_equal(tern_tls_conn_tls_unique(p.sc, tu, sizeof(tu)), 12);
+    assert_memory_equal(tu, p.cl.ssl.peer_verify_data, 12);
+    assert_memory_not_equal(tu, p.cl.ssl.own_verify_data, 12);
     exchange(&p, 100);
+    pair_free(&p);
+
+    /* Without the extended master secret there is no binding to give. */
+    pair_init(&p, s, L_STARTTLS, "mail.example.test", NULL, 0);
+    mbedtls_ssl_conf_extended_master_secret(&p.cl.conf,
+                                            MBEDTLS_SSL_EXTENDED_MS_DISABLED);
+    assert_int_equal(pair_handshake(&p), 0);
+    assert_int_equal(tern_tls_conn_tls_unique(p.sc, tu, sizeof(tu)), 0);
     pair_free(&p);
 
     /* A ticket from one listener is worthless on another (which may check
