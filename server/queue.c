@@ -772,7 +772,10 @@ static void delivered(void *arg, const tern_smtp_outcome *o)
     tern_queue *q = a->q;
     qmsg *m = a->m;
     bool any_tried = false;
-    if (a->sts && a->host > 0) /* MTA-STS: TLS-RPT data */
+    if (a->host > 0 && a->dane.verdict == TERN_DANE_REQUIRED) /* TLS-RPT data */
+        tern_mtasts_outcome_dane(q->mtasts, a->domain, a->sts, a->plan.hosts[a->host - 1].host,
+                                 a->dane.tlsa, a->dane.n_tlsa, o);
+    else if (a->sts && a->host > 0)
         tern_mtasts_outcome(q->mtasts, a->domain, a->sts, a->plan.hosts[a->host - 1].host, o);
     tern_queue_dane_log_session(&a->dane, m->qid,
                                 a->host > 0 && a->host <= a->plan.n_hosts
@@ -974,6 +977,9 @@ static void dane_done(void *data)
     if (a->dane.verdict == TERN_DANE_DEFER) {
         snprintf(a->last_error, sizeof(a->last_error), "4.7.5 %s: %s",
                  a->plan.hosts[a->host - 1].host, a->dane.why);
+        if (!a->q->closing)
+            tern_mtasts_dane_unusable(a->q->mtasts, a->domain, a->sts,
+                                      a->plan.hosts[a->host - 1].host, a->dane.why);
         a->addr_i = a->n_order; /* this host is out: the next */
         try_host(a);
         return;

@@ -474,14 +474,17 @@ void tern_mtasts_params(tern_mtasts *m, const tern_sts_applied *s, tern_smtp_cli
         p->tls_required = true;
 }
 
+/* Sessions that ended before EHLO never got to TLS: not counted. */
+static bool before_tls(const tern_smtp_outcome *o)
+{
+    return !o->tls && (strcmp(o->stage, "connect") == 0 || strcmp(o->stage, "banner") == 0 ||
+                       strstr(o->error, "shutdown") != NULL);
+}
+
 void tern_mtasts_outcome(tern_mtasts *m, const char *domain, const tern_sts_applied *s,
                          const char *host, const tern_smtp_outcome *o)
 {
-    if (m == NULL || o == NULL)
-        return;
-    /* Sessions that ended before EHLO never got to TLS: not counted. */
-    if (!o->tls && (strcmp(o->stage, "connect") == 0 || strcmp(o->stage, "banner") == 0 ||
-                    strstr(o->error, "shutdown") != NULL))
+    if (m == NULL || o == NULL || before_tls(o))
         return;
     bool sts = s && s->mode != TERN_STS_MODE_UNSET;
     const char *ptype = sts ? TERN_TLSRPT_STS : TERN_TLSRPT_NO_POLICY;
@@ -508,6 +511,39 @@ void tern_mtasts_outcome(tern_mtasts *m, const char *domain, const tern_sts_appl
             type = "validation-failure"; /* a certificate that does not verify for host */
     }
     tern_tlsrpt_session(m->rpt, domain, ptype, pol, rua, ok, type, host, ip, ok ? NULL : why);
+}
+
+
+void tern_mtasts_outcome_dane(tern_mtasts *m, const char *domain, const tern_sts_applied *s,
+                              const char *host, const tern_tlsa *recs, size_t n,
+                              const tern_smtp_outcome *o)
+{
+    if (m == NULL || o == NULL || before_tls(o))
+        return;
+    char ip[80];
+    snprintf(ip, sizeof(ip), "%s", o->peer);
+    char *colon = strrchr(ip, ':');
+    if (colon)
+        *colon = '\0';
+    bool ok = o->tls && o->tls_dane;
+    /* The client ends the handshake when no record matches the
+     * certificate: RFC 8460's tlsa-invalid ("none of the records in the
+     * RRset were found to be valid"). */
+    const char *type = ok ? NULL : o->tls ? "validation-failure"
+                           : (strcmp(o->stage, "starttls") == 0 || strcmp(o->stage, "handshake") == 0)
+                               ? "tlsa-invalid"
+                               : "starttls-not-supported";
+    tern_tlsrpt_session_tlsa(m->rpt, domain, host, recs, n, s && s->rua[0] ? s->rua : NULL, ok,
+                             type, ip, ok ? NULL : o->error);
+}
+
+void tern_mtasts_dane_unusable(tern_mtasts *m, const char *domain, const tern_sts_applied *s,
+                               const char *host, const char *why)
+{
+    if (m == NULL)
+        return;
+    tern_tlsrpt_session_tlsa(m->rpt, domain, host, NULL, 0, s && s->rua[0] ? s->rua : NULL, false,
+                             "dnssec-invalid", "", why);
 }
 
 /* ---- life --------------------------------------------------------------- */

@@ -73,5 +73,15 @@ void tern_mtasts_params(tern_mtasts *m, const tern_sts_applied *s, tern_smtp_cli
 /* Records the outcome of one session with `host` for TLS-RPT. */
 void tern_mtasts_outcome(tern_mtasts *m, const char *domain, const tern_sts_applied *s,
                          const char *host, const tern_smtp_outcome *o);
+/* The same for a session under DANE (the host's usable TLSA records
+ * recs[0..n)): a "tlsa" policy in TLS-RPT instead of the MTA-STS one
+ * (RFC 8461 2: DANE takes precedence). s may be NULL (then no rua). */
+void tern_mtasts_outcome_dane(tern_mtasts *m, const char *domain, const tern_sts_applied *s,
+                              const char *host, const tern_tlsa *recs, size_t n,
+                              const tern_smtp_outcome *o);
+/* A host left out because its TLSA lookup failed or was bogus: a failed
+ * "tlsa" session of type dnssec-invalid. */
+void tern_mtasts_dane_unusable(tern_mtasts *m, const char *domain, const tern_sts_applied *s,
+                               const char *host, const char *why);
 
 #endif

@@ -23,6 +23,7 @@
 #include "lib/json.h"
 #include "lib/json_write.h"
 #include "lib/log.h"
+#include "protocols/common/tls_dane.h"
 
 #define MOD "tlsrpt"
 #define FILE_MAX (64u * 1024 * 1024)
@@ -42,6 +43,10 @@ typedef struct entry {
     tern_sts_policy pol;
     bool have_pol;
     char rua[TERN_TLSRPT_RUA_MAX + 1];
+    /* "tlsa" policies are per MX host: the host and its records. */
+    char mx[256];
+    char tlsa[TERN_TLSRPT_MAX_TLSA][160];
+    size_t n_tlsa;
     uint64_t ok, failed;
     detail *d;
     size_t nd;
@@ -82,11 +87,12 @@ static void entry_free(entry *e)
     free(e);
 }
 
-static entry *entry_get(tern_tlsrpt *t, const char *day, const char *domain, const char *ptype)
+static entry *entry_get(tern_tlsrpt *t, const char *day, const char *domain, const char *ptype,
+                        const char *mx)
 {
     for (entry *e = t->list; e; e = e->next)
         if (strcmp(e->day, day) == 0 && strcasecmp(e->domain, domain) == 0 &&
-            strcmp(e->ptype, ptype) == 0)
+            strcmp(e->ptype, ptype) == 0 && strcasecmp(e->mx, mx) == 0)
             return e;
     if (t->n >= TERN_TLSRPT_MAX_DOMAINS)
         return NULL;
@@ -96,6 +102,7 @@ static entry *entry_get(tern_tlsrpt *t, const char *day, const char *domain, con
     snprintf(e->day, sizeof(e->day), "%s", day);
     snprintf(e->domain, sizeof(e->domain), "%s", domain);
     snprintf(e->ptype, sizeof(e->ptype), "%s", ptype);
+    snprintf(e->mx, sizeof(e->mx), "%s", mx);
     e->next = t->list;
     t->list = e;
     t->n++;
@@ -152,6 +159,20 @@ static void write_policy(tern_buf *b, const entry *e)
                 tern_buf_append_str(b, ",");
             tern_json_write_cstr(b, e->pol.mx[i]);
         }
+        tern_buf_append_str(b, "]");
+    } else if (e->mx[0]) {
+        tern_buf_append_str(b, ",");
+        tern_json_write_key(b, "policy-string");
+        tern_buf_append_str(b, "[");
+        for (size_t i = 0; i < e->n_tlsa; i++) {
+            if (i)
+                tern_buf_append_str(b, ",");
+            tern_json_write_cstr(b, e->tlsa[i]);
+        }
+        tern_buf_append_str(b, "],");
+        tern_json_write_key(b, "mx-host");
+        tern_buf_append_str(b, "[");
+        tern_json_write_cstr(b, e->mx);
         tern_buf_append_str(b, "]");
     }
     tern_buf_append_str(b, ",");
@@ -385,13 +406,27 @@ static void load_policy(tern_tlsrpt *t, const char *day, const tern_json *pol, c
     const char *domain = tern_json_str(tern_json_get(p, "policy-domain"));
     if (ptype == NULL || domain == NULL || strlen(ptype) >= 20 || strlen(domain) >= 256)
         return;
-    entry *e = entry_get(t, day, domain, ptype);
+    const char *pmx = "";
+    if (strcmp(ptype, TERN_TLSRPT_TLSA) == 0) {
+        const tern_json *mh = tern_json_get(p, "mx-host");
+        pmx = mh && mh->type == TERN_JSON_ARRAY ? tern_json_str(mh->child) : NULL;
+        if (pmx == NULL || pmx[0] == '\0' || strlen(pmx) >= 256)
+            return;
+    }
+    entry *e = entry_get(t, day, domain, ptype, pmx);
     if (e == NULL)
         return;
     if (rua && strlen(rua) <= TERN_TLSRPT_RUA_MAX)
         snprintf(e->rua, sizeof(e->rua), "%s", rua);
     const tern_json *ps = tern_json_get(p, "policy-string");
-    if (ps && ps->type == TERN_JSON_ARRAY) {
+    if (ps && ps->type == TERN_JSON_ARRAY && e->mx[0]) {
+        e->n_tlsa = 0;
+        for (const tern_json *l = ps->child; l && e->n_tlsa < TERN_TLSRPT_MAX_TLSA; l = l->next) {
+            const char *s = tern_json_str(l);
+            if (s && strlen(s) < sizeof(e->tlsa[0]))
+                snprintf(e->tlsa[e->n_tlsa++], sizeof(e->tlsa[0]), "%s", s);
+        }
+    } else if (ps && ps->type == TERN_JSON_ARRAY) {
         static tern_sts_parser sp;
         tern_sts_parser_init(&sp);
         for (const tern_json *l = ps->child; l; l = l->next) {
@@ -491,6 +526,9 @@ tern_tlsrpt *tern_tlsrpt_new(uv_loop_t *loop, const char *state_dir, const char 
     return t;
 }
 
+static void record(tern_tlsrpt *t, entry *e, const char *rua, bool ok, const char *result_type,
+                   const char *mx_host, const char *ip, const char *why);
+
 void tern_tlsrpt_session(tern_tlsrpt *t, const char *domain, const char *policy_type,
                          const tern_sts_policy *pol, const char *rua, bool ok,
                          const char *result_type, const char *mx_host, const char *ip,
@@ -500,13 +538,49 @@ void tern_tlsrpt_session(tern_tlsrpt *t, const char *domain, const char *policy_
         return;
     char day[11];
     today(day);
-    entry *e = entry_get(t, day, domain, policy_type);
+    entry *e = entry_get(t, day, domain, policy_type, "");
     if (e == NULL)
         return;
     if (pol) {
         e->pol = *pol;
         e->have_pol = true;
     }
+    record(t, e, rua, ok, result_type, mx_host, ip, why);
+}
+
+void tern_tlsrpt_session_tlsa(tern_tlsrpt *t, const char *domain, const char *mx_host,
+                              const tern_tlsa *recs, size_t n, const char *rua, bool ok,
+                              const char *result_type, const char *ip, const char *why)
+{
+    if (t == NULL || t->closed || mx_host == NULL || mx_host[0] == '\0')
+        return;
+    char day[11];
+    today(day);
+    entry *e = entry_get(t, day, domain, TERN_TLSRPT_TLSA, mx_host);
+    if (e == NULL)
+        return;
+    if (n > 0) { /* the records of the latest lookup */
+        e->n_tlsa = 0;
+        for (size_t i = 0; i < n && e->n_tlsa < TERN_TLSRPT_MAX_TLSA; i++) {
+            char *line = e->tlsa[e->n_tlsa++];
+            int k = snprintf(line, sizeof(e->tlsa[0]), "%u %u %u ", recs[i].usage,
+                             recs[i].selector, recs[i].mtype);
+            if (recs[i].len > 64) {
+                /* A whole certificate (matching type 0) would not fit a line. */
+                snprintf(line + k, sizeof(e->tlsa[0]) - (size_t)k, "(%zu bytes)", recs[i].len);
+                continue;
+            }
+            for (size_t j = 0; j < recs[i].len; j++)
+                k += snprintf(line + k, sizeof(e->tlsa[0]) - (size_t)k, "%02X", recs[i].data[j]);
+        }
+    }
+    record(t, e, rua, ok, result_type, mx_host, ip, why);
+}
+
+/* Counts one session of e's policy. */
+static void record(tern_tlsrpt *t, entry *e, const char *rua, bool ok, const char *result_type,
+                   const char *mx_host, const char *ip, const char *why)
+{
     if (rua)
         snprintf(e->rua, sizeof(e->rua), "%s", rua);
     if (ok) {

@@ -26,6 +26,9 @@
 /* RFC 8460 4.3 policy types this module writes. */
 #define TERN_TLSRPT_STS "sts"
 #define TERN_TLSRPT_NO_POLICY "no-policy-found"
+#define TERN_TLSRPT_TLSA "tlsa"
+/* TLSA records kept per policy (a policy-string line each). */
+#define TERN_TLSRPT_MAX_TLSA 8
 
 typedef struct tern_tlsrpt tern_tlsrpt;
 
@@ -43,6 +46,16 @@ void tern_tlsrpt_session(tern_tlsrpt *t, const char *domain, const char *policy_
                          const tern_sts_policy *pol, const char *rua, bool ok,
                          const char *result_type, const char *mx_host, const char *ip,
                          const char *why);
+
+/* One session with mx_host of `domain` under DANE (RFC 7672): the policy
+ * is "tlsa", one per MX host, its policy-string the host's usable TLSA
+ * records in presentation form (at most TERN_TLSRPT_MAX_TLSA; association
+ * data past 64 bytes shown by its length). Failures as above, plus the
+ * DANE ones of RFC 8460 4.3.2.2 ("tlsa-invalid", "dnssec-invalid"). */
+struct tern_tlsa;
+void tern_tlsrpt_session_tlsa(tern_tlsrpt *t, const char *domain, const char *mx_host,
+                              const struct tern_tlsa *recs, size_t n, const char *rua, bool ok,
+                              const char *result_type, const char *ip, const char *why);
 
 /* Writes what is pending now (synchronously: for shutdown) and stops the
  * timer; the loop must run on for the handle to close, then free. */

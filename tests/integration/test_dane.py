@@ -7,7 +7,9 @@ openssl) is pinned by TLSA records: a matching DANE-EE record delivers
 nothing, a DANE-TA record for the CA that signed it delivers, and the same
 TLSA in an unsigned zone is not used (opportunistic TLS as before)."""
 
+import datetime
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -204,6 +206,20 @@ def delivered_line(tx, qid, rcpt):
     return m.group(0) if m else None
 
 
+def tlsa_policy(tx, domain):
+    """The "tlsa" policy of `domain` in today's TLS-RPT file, or None."""
+    day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    try:
+        rep = json.loads((tx.state_dir / "tlsrpt" / f"{day}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for r in rep.get("reports", []):
+        for pol in r["policies"]:
+            if pol["policy"]["policy-domain"] == domain and pol["policy"]["policy-type"] == "tlsa":
+                return pol
+    return None
+
+
 def test_dane_ee_match_delivers_verified(dane_pair):
     tx, rx = dane_pair
     marker = uuid.uuid4().hex
@@ -215,6 +231,13 @@ def test_dane_ee_match_delivers_verified(dane_pair):
     assert re.search(r"event=dane qname=_\d+\._tcp\.mx\.dane\.test verdict=required", tx.log(0))
     assert re.search(rf"event=dane_session qid={r.qid} host=mx.dane.test .*tls=dane-verified",
                      tx.log(0))
+    # TLS-RPT (RFC 8460): a "tlsa" policy for the MX host, its records.
+    pol = wait_for(lambda: tlsa_policy(tx, "dane.test"))
+    assert pol, tx.log_tail()
+    assert pol["policy"]["mx-host"] == ["mx.dane.test"]
+    assert pol["policy"]["policy-string"] and \
+        pol["policy"]["policy-string"][0].startswith("3 1 1 "), pol
+    assert pol["summary"]["total-successful-session-count"] >= 1, pol
 
 
 def test_requiretls_over_dane(dane_pair):
@@ -258,6 +281,9 @@ def test_dane_mismatch_defers_with_4_7_5(dane_pair):
                      tx.log(0))
     assert not maildir_find(rx, "bob", "bad.dane.test", marker)
     assert f"event=delivered qid={r.qid}" not in tx.log(0)
+    pol = wait_for(lambda: tlsa_policy(tx, "bad.dane.test"))
+    assert pol and pol["summary"]["total-failure-session-count"] >= 1, pol
+    assert [d["result-type"] for d in pol["failure-details"]] == ["tlsa-invalid"], pol
 
 
 def test_bogus_tlsa_defers(dane_pair):
@@ -272,6 +298,9 @@ def test_bogus_tlsa_defers(dane_pair):
     assert m, tx.log_tail()
     assert "4.7.5" in m.group(0) and "bogus" in m.group(0), m.group(0)
     assert not maildir_find(rx, "bob", "bogus.dane.test", marker)
+    pol = wait_for(lambda: tlsa_policy(tx, "bogus.dane.test"))
+    assert pol and pol["failure-details"][0]["result-type"] == "dnssec-invalid", pol
+    assert pol["policy"]["mx-host"] == ["mxbogus.dane.test"] or pol["policy"]["mx-host"], pol
 
 
 def test_dane_ta_delivers(dane_pair):
