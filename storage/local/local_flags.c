@@ -328,3 +328,56 @@ int local_set_flags(local_store *L, tern_store_req *req)
     req->out.highest_modseq = m.highest_modseq;
     return TERN_STORE_OK;
 }
+
+static int cmp_u32(const void *x, const void *y)
+{
+    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* RECENT_CLAIM. The backend thread runs one request at a time inside its
+ * batch transaction, so the UPDATE and what it returns cannot interleave
+ * with another session's claim: each message is handed out once. The
+ * modseq is left alone (RFC 3501 2.3.2: \Recent is per session, not a flag
+ * other sessions are told about). */
+int local_recent_claim(local_store *L, tern_store_req *req)
+{
+    lacct a;
+    lmbox m;
+    int r = local_target(L, req, &a, &m);
+    if (r != TERN_STORE_OK)
+        return r;
+    sqlite3_stmt *st = local_stmt(
+        L, req->in.recent_peek
+               ? "SELECT uid FROM messages WHERE mailbox_id = ? AND recent <> 0"
+               : "UPDATE messages SET recent = 0 WHERE mailbox_id = ? AND recent <> 0"
+                 " RETURNING uid");
+    if (st == NULL)
+        return TERN_STORE_EIO;
+    sqlite3_bind_int64(st, 1, m.id);
+    size_t n = 0, cap = 0;
+    uint32_t *v = NULL;
+    while ((r = local_step(L, req, st)) == 1) {
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            uint32_t *nv = tern_arena_alloc(&req->arena, nc * sizeof *nv);
+            if (nv == NULL) {
+                r = tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+                break;
+            }
+            if (n)
+                memcpy(nv, v, n * sizeof *nv);
+            v = nv;
+            cap = nc;
+        }
+        v[n++] = (uint32_t)sqlite3_column_int64(st, 0);
+    }
+    sqlite3_reset(st);
+    if (r < 0)
+        return r;
+    if (n > 1)
+        qsort(v, n, sizeof *v, cmp_u32);
+    req->out.uids = v;
+    req->out.n_uids = n;
+    return TERN_STORE_OK;
+}

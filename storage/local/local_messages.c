@@ -11,9 +11,8 @@
  * accounts.highest_modseq: one per APPEND, one per COPY/MOVE/EXPUNGE call.
  *
  * \Recent: every APPEND and COPY sets messages.recent = 1 and STATUS counts
- * them. Nothing clears it yet: the IMAP SELECT that claims recent messages
- * (RFC 3501; gone in RFC 9051) needs a store op that reads and clears them
- * in one step, to be added with IMAP. */
+ * them; RECENT_CLAIM (local_flags.c) reads and clears them in one step for
+ * the IMAP session that sees them first (RFC 3501; gone in RFC 9051). */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -1077,6 +1076,7 @@ int local_op_message(local_store *L, tern_store_req *req)
     case TERN_STORE_EXPUNGE: return expunge(L, req);
     case TERN_STORE_CHANGES: return changes(L, req);
     case TERN_STORE_QUOTA_GET: return quota_get(L, req);
+    case TERN_STORE_RECENT_CLAIM: return local_recent_claim(L, req);
     default: return tern_store__fail(req, TERN_STORE_EINVAL, "not a message op");
     }
 }

@@ -1002,7 +1002,7 @@ static int copy_or_move(pg_job *j, bool move)
         j->uidset_sql = tern_arena_printf(&j->a,
             "WITH s AS (SELECT m.id, m.uid, row_number() OVER (ORDER BY m.uid) AS rn "
             "FROM messages m WHERE m.mailbox_id = $1 AND %s), "
-            "mv AS (UPDATE messages m SET mailbox_id = $2, uid = $3 + s.rn - 1, modseq = $4 "
+            "mv AS (UPDATE messages m SET mailbox_id = $2, uid = $3 + s.rn - 1, modseq = $4, recent = 1 "
             "FROM s WHERE m.id = s.id RETURNING s.uid AS old_uid, m.uid AS new_uid), "
             "e AS (INSERT INTO expunged (mailbox_id, uid, modseq, at) "
             "SELECT $1, old_uid, $4, $5 FROM mv) "
@@ -1063,4 +1063,60 @@ int pg_op_copy(pg_job *j)
 int pg_op_move(pg_job *j)
 {
     return copy_or_move(j, true);
+}
+
+/* RECENT_CLAIM. The account's row lock (taken, like every writer takes it,
+ * first) orders claims with the account's writers, so row locks on the
+ * messages cannot deadlock with theirs; the UPDATE ... RETURNING is what
+ * hands each message out once: a second claim waiting on the same rows
+ * sees recent = 0 when it gets them and skips them. No modseq is taken:
+ * \Recent is per session (RFC 3501 2.3.2), not a change others see. */
+int pg_op_recent_claim(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    j->acct = pg_norm_account(&j->a, r->in.account);
+    if (r->in.recent_peek) {
+        pg_p_str(j, j->acct);
+        pg_p_str(j, canon(j, r->in.name));
+        PG_QUERY(j, "SELECT b.id, m.uid FROM mailboxes b JOIN accounts a ON a.id = b.account_id "
+                    "LEFT JOIN messages m ON m.mailbox_id = b.id AND m.recent <> 0 "
+                    "WHERE a.name = $1 AND b.name = $2 ORDER BY m.uid");
+        if (PQntuples(j->res) == 0)
+            return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+        {
+            int n = PQntuples(j->res), k = 0;
+            r->out.uids = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.uids);
+            if (r->out.uids == NULL)
+                return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+            for (int i = 0; i < n; i++)
+                if (!PQgetisnull(j->res, i, 1))
+                    r->out.uids[k++] = (uint32_t)pg_u64(j->res, i, 1);
+            r->out.n_uids = (size_t)k;
+        }
+        return PG_DONE;
+    }
+    PG_TX(j);
+    pg_p_str(j, j->acct);
+    pg_p_str(j, canon(j, r->in.name));
+    PG_QUERY(j, "SELECT b.id FROM accounts a JOIN mailboxes b ON b.account_id = a.id "
+                "AND b.name = $2 WHERE a.name = $1 FOR NO KEY UPDATE OF a");
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    j->mailbox_id = pg_u64(j->res, 0, 0);
+    pg_p_u64(j, j->mailbox_id);
+    PG_QUERY(j, "WITH c AS (UPDATE messages SET recent = 0 WHERE mailbox_id = $1 AND recent <> 0 "
+                "RETURNING uid) SELECT uid FROM c ORDER BY uid");
+    {
+        int n = PQntuples(j->res);
+        r->out.uids = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.uids);
+        if (r->out.uids == NULL)
+            return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        for (int i = 0; i < n; i++)
+            r->out.uids[i] = (uint32_t)pg_u64(j->res, i, 0);
+        r->out.n_uids = (size_t)n;
+    }
+    PG_END(j);
 }
