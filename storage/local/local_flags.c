@@ -2,8 +2,10 @@
  * CONDSTORE UNCHANGEDSINCE condition, one new modseq per changed message,
  * and the Maildir file renamed so its ":2,<letters>" suffix follows the
  * system flags. Runs on the backend thread inside the batch transaction.
- * Input trusted: keywords are IMAP atoms checked by the protocol layer;
- * they are stored lowercased (schema.md). */
+ * Input trusted: keywords are IMAP atoms checked by the protocol layer
+ * (and again here). A keyword is stored as first written in the mailbox
+ * and compared without case (schema.md): a new one takes the spelling a
+ * message of the mailbox already carries. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -52,11 +54,29 @@ static int kw_add(tern_arena *a, kwset *s, const char *k)
     char *c = tern_arena_strdup(a, k);
     if (c == NULL)
         return -1;
-    for (char *p = c; *p; p++)
-        if (*p >= 'A' && *p <= 'Z')
-            *p = (char)(*p - 'A' + 'a');
     s->v[s->n++] = c;
     return 0;
+}
+
+/* The spelling keyword `k` takes in the mailbox; NULL after failing req. */
+static const char *spelling(local_store *L, tern_store_req *req, int64_t mailbox_id,
+                            const char *k)
+{
+    sqlite3_stmt *st = local_stmt(L, "SELECT " LOCAL_KW_SPELLING);
+    if (st == NULL) {
+        tern_store__fail(req, TERN_STORE_EIO, "statement");
+        return NULL;
+    }
+    sqlite3_bind_text(st, 2, k, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, mailbox_id);
+    int r = local_step(L, req, st);
+    char *out = r == 1 ? local_col_text(&L->batch, st, 0) : NULL;
+    sqlite3_reset(st);
+    if (r == 1 && out == NULL)
+        tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+    else if (r == 0)
+        tern_store__fail(req, TERN_STORE_EIO, "keyword spelling: no row");
+    return out;
 }
 
 static void kw_remove(kwset *s, const char *k)
@@ -268,11 +288,13 @@ int local_set_flags(local_store *L, tern_store_req *req)
         return tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
     }
     kwset in = {0};
-    for (size_t i = 0; i < req->in.keywords.n; i++)
-        if (kw_add(&L->batch, &in, req->in.keywords.names[i]) != 0) {
+    for (size_t i = 0; i < req->in.keywords.n; i++) {
+        const char *k = spelling(L, req, m.id, req->in.keywords.names[i]);
+        if (k == NULL || kw_add(&L->batch, &in, k) != 0) {
             free(v);
-            return tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+            return k == NULL ? req->status : tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
         }
+    }
     unsigned want = req->in.flags & 0x1f;
     uint64_t last = 0;
     for (size_t i = 0; i < n && r == TERN_STORE_OK; i++) {

@@ -399,7 +399,9 @@ static const char *opt_text(pg_job *j, const char *s)
     "1, $9, $10, $11, $12, $13, $14, $15, $8, $16, $17, bd.id FROM a, b, bd "                   \
     "RETURNING id, mailbox_id, uid, modseq, email_id, thread_id), "                            \
     "kw AS (INSERT INTO keywords (message, keyword) "                                          \
-    "SELECT DISTINCT msg.id, k FROM msg, unnest($18::text[]) k), "                             \
+    "SELECT DISTINCT ON (lower(k)) msg.id, coalesce((SELECT x.keyword FROM keywords x "         \
+    "JOIN messages y ON y.id = x.message WHERE y.mailbox_id = msg.mailbox_id "                 \
+    "AND lower(x.keyword) = lower(k) LIMIT 1), k) FROM msg, unnest($18::text[]) k), "          \
     "hd AS (INSERT INTO headers (message, name, value) "                                       \
     "SELECT msg.id, t.n, t.v FROM msg, unnest($19::text[], $20::text[]) AS t(n, v)), "         \
     "chk AS (INSERT INTO meta (key, value) SELECT 'never', tern_retry('mailbox renamed') "     \
@@ -471,7 +473,7 @@ static int append_prepare(pg_job *m)
     pg_p_str(m, opt_text(m, idx.bcc));      /* $15 */
     pg_p_str(m, opt_text(m, idx.in_reply_to));
     pg_p_str(m, o ? pg_clean_text(m, refs) : NULL); /* $17 */
-    pg_p_strarray(m, r->in.keywords.names, r->in.keywords.n, true); /* $18 */
+    pg_p_strarray(m, r->in.keywords.names, r->in.keywords.n, false); /* $18: as written */
     pg_p_strarray(m, names, idx.n_fields, true);
     pg_p_strarray(m, values, idx.n_fields, false); /* $20 */
     return 0;
@@ -839,16 +841,25 @@ int pg_op_set_flags(pg_job *j)
         pg_p_u64(j, j->modseq);                     /* $2 */
         pg_p_u64(j, r->in.flags & 0x1f);            /* $3 */
         pg_p_u64(j, r->in.unchanged_since ? r->in.unchanged_since : UINT64_MAX >> 1); /* $4 */
-        pg_p_strarray(j, r->in.keywords.names, r->in.keywords.n, true); /* $5 */
+        /* Keywords as written ($5); matched without case, and a new one
+         * takes the spelling the mailbox already uses (schema.md). */
+        pg_p_strarray(j, r->in.keywords.names, r->in.keywords.n, false); /* $5 */
         if (r->in.flags_mode == TERN_FLAGS_REPLACE)
             kd = ", kd AS (DELETE FROM keywords k USING t WHERE k.message = t.id "
-                 "AND NOT (k.keyword = ANY ($5::text[])) RETURNING k.message)";
+                 "AND NOT (lower(k.keyword) = ANY (SELECT lower(w) FROM unnest($5::text[]) w)) "
+                 "RETURNING k.message)";
         else if (r->in.flags_mode == TERN_FLAGS_REMOVE && kw)
             kd = ", kd AS (DELETE FROM keywords k USING t WHERE k.message = t.id "
-                 "AND k.keyword = ANY ($5::text[]) RETURNING k.message)";
+                 "AND lower(k.keyword) = ANY (SELECT lower(w) FROM unnest($5::text[]) w) "
+                 "RETURNING k.message)";
         if (r->in.flags_mode != TERN_FLAGS_REMOVE && kw)
-            ki = ", ki AS (INSERT INTO keywords (message, keyword) SELECT DISTINCT t.id, kw "
-                 "FROM t, unnest($5::text[]) kw ON CONFLICT DO NOTHING RETURNING message)";
+            ki = ", sp AS (SELECT DISTINCT ON (lower(w)) coalesce((SELECT k.keyword FROM keywords k "
+                 "JOIN messages mm ON mm.id = k.message WHERE mm.mailbox_id = $1 "
+                 "AND lower(k.keyword) = lower(w) LIMIT 1), w) AS kw "
+                 "FROM unnest($5::text[]) WITH ORDINALITY u(w, i) ORDER BY lower(w), i), "
+                 "ki AS (INSERT INTO keywords (message, keyword) SELECT DISTINCT t.id, sp.kw "
+                 "FROM t, sp WHERE NOT EXISTS (SELECT 1 FROM keywords x WHERE x.message = t.id "
+                 "AND lower(x.keyword) = lower(sp.kw)) ON CONFLICT DO NOTHING RETURNING message)";
         if (*kd && *ki)
             kchanged = " OR m.id IN (SELECT message FROM kd) OR m.id IN (SELECT message FROM ki)";
         else if (*kd)
@@ -1004,6 +1015,10 @@ static int copy_or_move(pg_job *j, bool move)
             "FROM messages m WHERE m.mailbox_id = $1 AND %s), "
             "mv AS (UPDATE messages m SET mailbox_id = $2, uid = $3 + s.rn - 1, modseq = $4, recent = 1 "
             "FROM s WHERE m.id = s.id RETURNING s.uid AS old_uid, m.uid AS new_uid), "
+            "kf AS (UPDATE keywords k SET keyword = coalesce((SELECT k2.keyword FROM keywords k2 "
+            "JOIN messages m2 ON m2.id = k2.message WHERE m2.mailbox_id = $2 "
+            "AND lower(k2.keyword) = lower(k.keyword) LIMIT 1), k.keyword) FROM s "
+            "WHERE k.message = s.id), "
             "e AS (INSERT INTO expunged (mailbox_id, uid, modseq, at) "
             "SELECT $1, old_uid, $4, $5 FROM mv) "
             "SELECT old_uid, new_uid FROM mv ORDER BY old_uid", j->uidset_sql);
@@ -1019,8 +1034,10 @@ static int copy_or_move(pg_job *j, bool move)
             "in_reply_to, refs, body_ref FROM s RETURNING id, uid), "
             "map AS (SELECT s.id AS old_id, s.uid AS old_uid, ins.id AS new_id, ins.uid AS new_uid "
             "FROM s JOIN ins ON ins.uid = $3 + s.rn - 1), "
-            "kw AS (INSERT INTO keywords (message, keyword) SELECT map.new_id, k.keyword "
-            "FROM map JOIN keywords k ON k.message = map.old_id), "
+            "kw AS (INSERT INTO keywords (message, keyword) SELECT map.new_id, "
+            "coalesce((SELECT k2.keyword FROM keywords k2 JOIN messages m2 ON m2.id = k2.message "
+            "WHERE m2.mailbox_id = $2 AND lower(k2.keyword) = lower(k.keyword) LIMIT 1), k.keyword) "
+            "FROM map JOIN keywords k ON k.message = map.old_id ON CONFLICT DO NOTHING), "
             "hd AS (INSERT INTO headers (message, name, value) SELECT map.new_id, h.name, h.value "
             "FROM map JOIN headers h ON h.message = map.old_id), "
             "bu AS (UPDATE bodies b SET refcount = b.refcount + c.n FROM "

@@ -71,9 +71,15 @@ def untagged(c, name):
 
 
 def flags(c, n):
+    """The FLAGS of message n (imaplib also hands back unsolicited FETCHes)."""
     typ, data = c.fetch(str(n), "(FLAGS)")
     assert typ == "OK", data
-    return re.search(rb"FLAGS \(([^)]*)\)", data[0]).group(1).split()
+    for d in data:
+        d = d if isinstance(d, bytes) else d[0]
+        m = re.match(rb"%d \(.*FLAGS \(([^)]*)\)" % n, d)
+        if m:
+            return m.group(1).split()
+    raise AssertionError(f"no FETCH for {n}: {data}")
 
 
 def search(c, *keys):

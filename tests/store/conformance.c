@@ -2264,6 +2264,128 @@ static void t_concurrent_appends(void **state)
             free(workers[k].msgs[i]);
 }
 
+/* ---- keyword case ------------------------------------------------------ */
+
+/* The keywords of a message must be exactly `want`, spelling included. */
+static void expect_keywords_(const tern_message_info *m, const char *const *want, size_t n,
+                             int line)
+{
+    char got[256] = "";
+    for (size_t i = 0; i < m->n_keywords; i++)
+        snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s ",
+                 m->keywords[i] ? m->keywords[i] : "(null)");
+    bool ok = m->n_keywords == n;
+    for (size_t i = 0; ok && i < n; i++) {
+        bool found = false;
+        for (size_t k = 0; k < m->n_keywords; k++)
+            found |= m->keywords[k] && strcmp(m->keywords[k], want[i]) == 0;
+        ok = found;
+    }
+    if (!ok) {
+        char ws[256] = "";
+        for (size_t i = 0; i < n; i++)
+            snprintf(ws + strlen(ws), sizeof(ws) - strlen(ws), "%s ", want[i]);
+        fail_msg("line %d: uid %u keywords { %s} want { %s}", line, m->uid, got, ws);
+    }
+}
+#define expect_keywords(m, ...)                                                            \
+    do {                                                                                   \
+        const char *const w_[] = {"", __VA_ARGS__};                                        \
+        expect_keywords_((m), w_ + 1, sizeof(w_) / sizeof(w_[0]) - 1, __LINE__);          \
+    } while (0)
+
+static tern_store_req *search_in(const char *mbox, const tern_search *q)
+{
+    tern_store_req *r = R(TERN_STORE_SEARCH);
+    r->in.account = tacct;
+    r->in.name = mbox;
+    r->in.search = q;
+    run_ok(r);
+    return r;
+}
+
+static void t_keyword_case(void **state)
+{
+    (void)state;
+    /* Kept as written. */
+    const char *k0[] = {"$Forwarded", "Custom1"};
+    append_full(tacct, "INBOX", MSG_SIMPLE, 0, k0, 2, 0, TERN_STORE_OK);
+    append("INBOX", MSG_SIMPLE, 0);
+    append("INBOX", MSG_SIMPLE, 0);
+    expect_keywords(fetch_one("INBOX", 1), "$Forwarded", "Custom1");
+
+    const char *foo[] = {"Foo"}, *FOO[] = {"FOO"}, *lfoo[] = {"foo"}, *mix[] = {"fOO"};
+    tern_store_req *r = set_flags("INBOX", one_range(1, 1), TERN_FLAGS_ADD, 0, foo, 1, 0,
+                                  TERN_STORE_OK);
+    assert_int_equal(r->out.n_messages, 1);
+    expect_keywords(&r->out.messages[0], "$Forwarded", "Custom1", "Foo");
+    expect_keywords(fetch_one("INBOX", 1), "$Forwarded", "Custom1", "Foo");
+
+    /* Another spelling in the same mailbox takes the one already there. */
+    r = set_flags("INBOX", one_range(2, 2), TERN_FLAGS_ADD, 0, FOO, 1, 0, TERN_STORE_OK);
+    assert_int_equal(r->out.n_messages, 1);
+    expect_keywords(fetch_one("INBOX", 2), "Foo");
+    const char *k1[] = {"CUSTOM1"};
+    append_full(tacct, "INBOX", MSG_SIMPLE, 0, k1, 1, 0, TERN_STORE_OK);
+    expect_keywords(fetch_one("INBOX", 4), "Custom1");
+
+    /* Matching ignores case: adding what is there changes nothing (no
+     * modseq), removing in another case removes. */
+    uint64_t ms1 = fetch_one("INBOX", 1)->modseq;
+    r = set_flags("INBOX", one_range(1, 1), TERN_FLAGS_ADD, 0, lfoo, 1, 0, TERN_STORE_OK);
+    assert_int_equal(r->out.n_messages, 0);
+    assert_int_equal(fetch_one("INBOX", 1)->modseq, ms1);
+    r = set_flags("INBOX", one_range(1, 1), TERN_FLAGS_REMOVE, 0, mix, 1, 0, TERN_STORE_OK);
+    assert_int_equal(r->out.n_messages, 1);
+    expect_keywords(fetch_one("INBOX", 1), "$Forwarded", "Custom1");
+    const char *rep[] = {"FOO", "Bar", "BAR"};
+    set_flags("INBOX", one_range(3, 3), TERN_FLAGS_REPLACE, 0, rep, 3, 0, TERN_STORE_OK);
+    expect_keywords(fetch_one("INBOX", 3), "Foo", "Bar");
+    /* REPLACE with the same set in another case is no change. */
+    const char *rep2[] = {"foo", "bar"};
+    r = set_flags("INBOX", one_range(3, 3), TERN_FLAGS_REPLACE, 0, rep2, 2, 0, TERN_STORE_OK);
+    assert_int_equal(r->out.n_messages, 0);
+    expect_keywords(fetch_one("INBOX", 3), "Foo", "Bar");
+
+    /* SEARCH KEYWORD / UNKEYWORD without case, in SQL and with a body
+     * criterion (evaluated row by row). */
+    tern_search q = S_STR(TERN_SEARCH_KEYWORD, "foo");
+    expect_uids(search_in("INBOX", &q), "KEYWORD foo", 0, 2, 3);
+    q = S_STR(TERN_SEARCH_UNKEYWORD, "FOO");
+    expect_uids(search_in("INBOX", &q), "UNKEYWORD FOO", 0, 1, 4);
+    q = S_STR(TERN_SEARCH_KEYWORD, "$FORWARDED");
+    expect_uids(search_in("INBOX", &q), "KEYWORD $FORWARDED", 0, 1);
+    tern_search both[] = {S_STR(TERN_SEARCH_KEYWORD, "bAr"),
+                          {.kind = TERN_SEARCH_BODY, .str = "hello"}};
+    q = (tern_search){.kind = TERN_SEARCH_AND, .children = both, .n_children = 2};
+    expect_uids(search_in("INBOX", &q), "KEYWORD bAr BODY hello", 0, 3);
+
+    /* The spelling is the mailbox's: another mailbox has its own, and a
+     * copy or move takes the target's. */
+    mb_create("Other");
+    append_full(tacct, "Other", MSG_SIMPLE, 0, lfoo, 1, 0, TERN_STORE_OK);
+    expect_keywords(fetch_one("Other", 1), "foo");
+    tern_store_req *cp = R(TERN_STORE_COPY);
+    cp->in.account = tacct;
+    cp->in.name = "INBOX";
+    cp->in.new_name = "Other";
+    cp->in.uids = one_range(2, 2);
+    run_ok(cp);
+    assert_int_equal(cp->out.n_copied, 1);
+    expect_keywords(fetch_one("Other", cp->out.dst_uids[0]), "foo");
+    expect_keywords(fetch_one("INBOX", 2), "Foo");
+    tern_store_req *mv = R(TERN_STORE_MOVE);
+    mv->in.account = tacct;
+    mv->in.name = "INBOX";
+    mv->in.new_name = "Other";
+    mv->in.uids = one_range(3, 3);
+    run_ok(mv);
+    assert_int_equal(mv->out.n_copied, 1);
+    expect_keywords(fetch_one("Other", mv->out.dst_uids[0]), "foo", "Bar");
+    q = S_STR(TERN_SEARCH_KEYWORD, "FOO");
+    expect_uids(search_in("Other", &q), "Other KEYWORD FOO", 0, 1, 2, 3);
+}
+
 /* ---- \Recent ------------------------------------------------------------ */
 
 static tern_store_req *claim_recent(const char *mbox, bool peek, int want)
@@ -2596,6 +2718,7 @@ int main(int argc, char **argv)
         T(t_change_events),
         T(t_client_close_completes),
         T(t_concurrent_appends),
+        T(t_keyword_case),
         T(t_recent_claim),
         T(t_recent_claim_concurrent),
         T(t_pg_cross_node_events),
