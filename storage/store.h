@@ -81,7 +81,9 @@ typedef struct tern_uid_set {
 } tern_uid_set;
 
 typedef struct tern_keywords {
-    const char **names;    /* IMAP atoms, compared case-insensitively */
+    const char **names;    /* IMAP atoms, compared case-insensitively; stored as
+                              first written in the mailbox (a later spelling
+                              takes the one already there) */
     size_t n;
 } tern_keywords;
 

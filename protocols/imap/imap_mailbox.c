@@ -94,10 +94,10 @@ static void select_uids(imap_session *s, tern_store_req *r)
     s->readonly = st->examine;
     imap__recent_reset(s);
     imap__selected(s);
-    if (imap__recent_on(s)) {
-        imap__submit(s, imap__recent_req(s), select_claimed);
+    /* A claim that cannot even be queued leaves nothing recent for us,
+     * which is no reason to refuse the SELECT. */
+    if (imap__recent_on(s) && imap__try_submit(s, imap__recent_req(s), select_claimed))
         return;
-    }
     select_report(s);
 }
 

@@ -382,6 +382,21 @@ void imap__submit(imap_session *s, tern_store_req *r, imap_step step)
     }
 }
 
+bool imap__try_submit(imap_session *s, tern_store_req *r, imap_step step)
+{
+    if (!r)
+        return false;
+    s->step = step;
+    s->pending++;
+    if (tern_store_submit(s->base.host->store_client, r) != 0) {
+        s->pending--;
+        s->step = NULL;
+        tern_store_req_free(r);
+        return false;
+    }
+    return true;
+}
+
 void imap__store_fail(imap_session *s, tern_store_req *r, const char *what)
 {
     const char *code;
@@ -483,21 +498,6 @@ static void imap__sync_end(imap_session *s)
         imap__sync(s);
 }
 
-static bool imap__sync_submit(imap_session *s, tern_store_req *r, imap_step step)
-{
-    if (!r)
-        return false;
-    s->step = step;
-    s->pending++;
-    if (tern_store_submit(s->base.host->store_client, r) != 0) {
-        s->pending--;
-        s->step = NULL;
-        tern_store_req_free(r);
-        return false;
-    }
-    return true;
-}
-
 /* New messages were reported: those nobody claimed yet are ours. */
 static void imap__sync_claimed(imap_session *s, tern_store_req *r)
 {
@@ -557,7 +557,7 @@ static void imap__sync_done(imap_session *s, tern_store_req *r)
                   tern_store_strerror(r->status), r->error);
     }
     tern_store_req_free(r);
-    if (claim && imap__sync_submit(s, imap__recent_req(s), imap__sync_claimed))
+    if (claim && imap__try_submit(s, imap__recent_req(s), imap__sync_claimed))
         return;
     imap__sync_end(s);
 }

@@ -108,6 +108,9 @@ void imap__bad(imap_session *s, tern_imap_parser *ps, const char *fallback);
 void imap__store_fail(imap_session *s, tern_store_req *r, const char *what);
 tern_store_req *imap__req(imap_session *s, tern_store_op op);
 void imap__submit(imap_session *s, tern_store_req *r, imap_step step);
+/* The same for a request the command can do without: false (r freed, no
+ * reply sent) when r is NULL or could not be queued. */
+bool imap__try_submit(imap_session *s, tern_store_req *r, imap_step step);
 void imap__put_flags(imap_session *s, unsigned flags, char **kw, size_t n_kw);
 /* A message's FLAGS: the same, with \Recent when it is recent for us. */
 void imap__put_msg_flags(imap_session *s, uint32_t uid, unsigned flags, char **kw, size_t n_kw);

@@ -10,7 +10,7 @@
  * reference with the new one (thread_refs), else new. Modseqs come from
  * accounts.highest_modseq: one per APPEND, one per COPY/MOVE/EXPUNGE call.
  *
- * \Recent: every APPEND and COPY sets messages.recent = 1 and STATUS counts
+ * \Recent: every APPEND, COPY and MOVE sets messages.recent = 1 and STATUS counts
  * them; RECENT_CLAIM (local_flags.c) reads and clears them in one step for
  * the IMAP session that sees them first (RFC 3501; gone in RFC 9051). */
 #include <errno.h>
