@@ -231,8 +231,14 @@ typedef enum {
      * to exactly one. Not a flag change: no modseq, no change log, no
      * event. in.recent_peek: only list them, clear nothing (EXAMINE). */
     TERN_STORE_RECENT_CLAIM,
+    /* The keywords the mailbox's messages carry (IMAP FLAGS), one spelling
+     * each, sorted without case, at most TERN_STORE_MAILBOX_KEYWORDS_MAX of
+     * them, in out.names. */
+    TERN_STORE_MAILBOX_KEYWORDS,
     TERN_STORE__OP_COUNT
 } tern_store_op;
+
+#define TERN_STORE_MAILBOX_KEYWORDS_MAX 256
 
 typedef enum { TERN_FLAGS_REPLACE = 0, TERN_FLAGS_ADD, TERN_FLAGS_REMOVE } tern_flags_mode;
 
@@ -289,7 +295,8 @@ struct tern_store_req {
     struct {
         tern_account_info account;
         tern_account_info *accounts;    size_t n_accounts;
-        char **names;                   size_t n_names;  /* domain list, alias list ("addr target,target") */
+        char **names;                   size_t n_names;  /* domain list, alias list ("addr target,target"),
+                                                            MAILBOX_KEYWORDS */
         tern_rcpt_result rcpt;
         tern_mailbox_info mailbox;
         tern_mailbox_info *mailboxes;   size_t n_mailboxes;

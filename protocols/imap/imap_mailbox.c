@@ -63,6 +63,8 @@ static void select_qresync(imap_session *s, tern_store_req *r)
 }
 
 static void select_claimed(imap_session *s, tern_store_req *r);
+static void select_keywords(imap_session *s);
+static void select_keywords_done(imap_session *s, tern_store_req *r);
 static void select_report(imap_session *s);
 
 static void select_uids(imap_session *s, tern_store_req *r)
@@ -95,10 +97,10 @@ static void select_uids(imap_session *s, tern_store_req *r)
     imap__recent_reset(s);
     imap__selected(s);
     /* A claim that cannot even be queued leaves nothing recent for us,
-     * which is no reason to refuse the SELECT. */
+     * which is no reason to refuse the SELECT; the same for the keywords. */
     if (imap__recent_on(s) && imap__try_submit(s, imap__recent_req(s), select_claimed))
         return;
-    select_report(s);
+    select_keywords(s);
 }
 
 /* RFC 3501 6.3.1: SELECT takes the mailbox's recent messages for this
@@ -107,18 +109,29 @@ static void select_claimed(imap_session *s, tern_store_req *r)
 {
     imap__recent_take(s, r);
     tern_store_req_free(r);
+    select_keywords(s);
+}
+
+static void select_keywords(imap_session *s)
+{
+    tern_store_req *q = imap__req(s, TERN_STORE_MAILBOX_KEYWORDS);
+    if (q)
+        q->in.name = s->mbox;
+    if (!imap__try_submit(s, q, select_keywords_done))
+        select_report(s);
+}
+
+static void select_keywords_done(imap_session *s, tern_store_req *r)
+{
+    imap__kw_take(s, r);
+    tern_store_req_free(r);
     select_report(s);
 }
 
 static void select_report(imap_session *s)
 {
     select_state *st = s->cmd_state;
-    imap__printf(s, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n");
-    if (st->examine)
-        imap__printf(s, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
-    else
-        imap__printf(s, "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft "
-                        "\\*)] Flags permitted\r\n");
+    imap__put_flag_lists(s);
     imap__printf(s, "* %zu EXISTS\r\n", s->n_uids);
     if (imap__recent_on(s))
         imap__printf(s, "* %zu RECENT\r\n", imap__recent_count(s));

@@ -99,6 +99,7 @@ void imap__put_flags(imap_session *s, unsigned flags, char **kw, size_t n_kw)
 
 void imap__put_msg_flags(imap_session *s, uint32_t uid, unsigned flags, char **kw, size_t n_kw)
 {
+    imap__kw_note(s, kw, n_kw);
     put_flags(s, flags, kw, n_kw, imap__recent_on(s) && imap__recent_has(s, uid));
 }
 
@@ -439,6 +440,7 @@ static void imap__end_command(imap_session *s)
 static void imap__send_final(imap_session *s)
 {
     s->final_pending = false;
+    imap__kw_report(s);
     imap__printf(s, "%s\r\n", s->final);
     imap__flush(s);
     imap__end_command(s);
@@ -493,6 +495,7 @@ static void imap__sync_end(imap_session *s)
         imap__send_final(s);
         return;
     }
+    imap__kw_report(s);
     imap__flush(s);
     if (s->state == IS_IDLE && s->changed)
         imap__sync(s);
@@ -617,6 +620,7 @@ void imap__unselect(imap_session *s)
     s->saved = NULL;
     s->n_saved = 0;
     imap__recent_free(s);
+    imap__kw_free(s);
     s->changed = false;
     s->own_lo = s->own_hi = 0;
     if (s->state == IS_SELECTED)

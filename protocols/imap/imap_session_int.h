@@ -72,6 +72,9 @@ struct imap_session {
     tern_uid_range *saved;   /* SEARCHRES '$' */
     size_t n_saved;
     tern_imap_uidlist recent; /* \Recent for this session: claimed (SELECT) or seen (EXAMINE) */
+    char **kw;               /* keywords listed in FLAGS (malloc'd), imap_kwlist.c */
+    size_t n_kw;
+    bool kw_changed;         /* a keyword not listed yet was shown: FLAGS again */
     tern_store_watch *watch;
     bool changed;            /* an event came for the selected mailbox */
     bool syncing;
@@ -137,6 +140,13 @@ tern_store_req *imap__recent_req(imap_session *s);
 void imap__recent_take(imap_session *s, const tern_store_req *r); /* its answer */
 size_t imap__recent_count(const imap_session *s);  /* of the messages the client knows */
 bool imap__recent_has(const imap_session *s, uint32_t uid);
+
+/* imap_kwlist.c */
+void imap__kw_free(imap_session *s);
+void imap__kw_take(imap_session *s, const tern_store_req *r); /* MAILBOX_KEYWORDS' answer */
+void imap__kw_note(imap_session *s, char **kw, size_t n);     /* keywords just shown */
+void imap__put_flag_lists(imap_session *s);                    /* FLAGS, PERMANENTFLAGS */
+void imap__kw_report(imap_session *s);                         /* them again if grown */
 
 /* imap_mailbox.c */
 void imap__cmd_select(imap_session *s, tern_imap_parser *ps);

@@ -403,3 +403,37 @@ int local_recent_claim(local_store *L, tern_store_req *req)
     req->out.n_uids = n;
     return TERN_STORE_OK;
 }
+
+/* MAILBOX_KEYWORDS: one spelling per keyword (there is only one per
+ * mailbox, see the top of this file), sorted without case, bounded. */
+int local_mailbox_keywords(local_store *L, tern_store_req *req)
+{
+    lacct a;
+    lmbox m;
+    int r = local_target(L, req, &a, &m);
+    if (r != TERN_STORE_OK)
+        return r;
+    sqlite3_stmt *st = local_stmt(
+        L, "SELECT min(k.keyword) FROM keywords k JOIN messages m ON m.id = k.message"
+           " WHERE m.mailbox_id = ? GROUP BY lower(k.keyword) ORDER BY lower(k.keyword) LIMIT ?");
+    if (st == NULL)
+        return TERN_STORE_EIO;
+    sqlite3_bind_int64(st, 1, m.id);
+    sqlite3_bind_int(st, 2, TERN_STORE_MAILBOX_KEYWORDS_MAX);
+    req->out.names = tern_arena_alloc(&req->arena,
+                                      TERN_STORE_MAILBOX_KEYWORDS_MAX * sizeof(*req->out.names));
+    if (req->out.names == NULL) {
+        sqlite3_reset(st);
+        return tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+    }
+    while ((r = local_step(L, req, st)) == 1 && req->out.n_names < TERN_STORE_MAILBOX_KEYWORDS_MAX) {
+        char *k = local_col_text(&req->arena, st, 0);
+        if (k == NULL) {
+            r = tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+            break;
+        }
+        req->out.names[req->out.n_names++] = k;
+    }
+    sqlite3_reset(st);
+    return r < 0 ? r : TERN_STORE_OK;
+}

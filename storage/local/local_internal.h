@@ -247,6 +247,7 @@ int local_mailbox_touch(local_store *L, tern_store_req *req, lmbox *m, uint64_t 
     " WHERE m.mailbox_id = ?3 AND lower(k.keyword) = lower(?2) LIMIT 1), ?2)"
 int local_set_flags(local_store *L, tern_store_req *req);
 int local_recent_claim(local_store *L, tern_store_req *req);
+int local_mailbox_keywords(local_store *L, tern_store_req *req);
 /* IMAP atoms only (RFC 9051 flag-keyword): 1..255 printable ASCII without
  * atom-specials, not starting with '\\'. */
 bool local_valid_keywords(const tern_keywords *kw);

@@ -1076,6 +1076,7 @@ int local_op_message(local_store *L, tern_store_req *req)
     case TERN_STORE_CHANGES: return changes(L, req);
     case TERN_STORE_QUOTA_GET: return quota_get(L, req);
     case TERN_STORE_RECENT_CLAIM: return local_recent_claim(L, req);
+    case TERN_STORE_MAILBOX_KEYWORDS: return local_mailbox_keywords(L, req);
     default: return tern_store__fail(req, TERN_STORE_EINVAL, "not a message op");
     }
 }

@@ -1137,3 +1137,35 @@ int pg_op_recent_claim(pg_job *j)
     }
     PG_END(j);
 }
+
+/* MAILBOX_KEYWORDS: one spelling per keyword, sorted without case. */
+int pg_op_mailbox_keywords(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    pg_p_str(j, pg_norm_account(&j->a, r->in.account));
+    pg_p_str(j, canon(j, r->in.name));
+    PG_QUERY_PREPARED(j, PG_STMT_LOOKUP_MAILBOX, PG_LOOKUP_MAILBOX);
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    pg_p_u64(j, pg_u64(j->res, 0, 0));
+    pg_p_u64(j, TERN_STORE_MAILBOX_KEYWORDS_MAX);
+    PG_QUERY(j, "SELECT DISTINCT ON (lower(k.keyword)) k.keyword FROM keywords k "
+                "JOIN messages m ON m.id = k.message WHERE m.mailbox_id = $1 "
+                "ORDER BY lower(k.keyword), k.keyword LIMIT $2");
+    {
+        int n = PQntuples(j->res);
+        r->out.names = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.names);
+        if (r->out.names == NULL)
+            return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        for (int i = 0; i < n; i++) {
+            r->out.names[i] = tern_arena_strdup(&r->arena, PQgetvalue(j->res, i, 0));
+            if (r->out.names[i] == NULL)
+                return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        }
+        r->out.n_names = (size_t)n;
+    }
+    PG_END(j);
+}

@@ -32,8 +32,13 @@ def test_keyword_keeps_its_case(imap):  # noqa: F811
     c = connect(imap)
     seed(c, 3)
     c.select("INBOX")
+    assert c.untagged_responses.get("FLAGS") == [
+        b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft)"], c.untagged_responses
+    c.untagged_responses.clear()
     typ, data = c.store("1", "+FLAGS", "(Foo)")
     assert typ == "OK" and b"Foo" in data[0], data
+    # A keyword new to the mailbox: FLAGS and PERMANENTFLAGS again (RFC 9051 7.3.5).
+    assert c.untagged_responses.get("FLAGS", [])[-1].endswith(b"\\Draft Foo)"), c.untagged_responses
     assert b"Foo" in flags(c, 1) and b"foo" not in flags(c, 1)
 
     # Another spelling in the same mailbox is the same keyword, shown as first written.
@@ -67,7 +72,17 @@ def test_keyword_keeps_its_case(imap):  # noqa: F811
     assert typ == "OK"
     fetches = b" ".join(x for x in other.untagged_responses.get("FETCH", []) if isinstance(x, bytes))
     assert b"MyTag" in fetches, other.untagged_responses
+    assert b"MyTag" in other.untagged_responses.get("FLAGS", [b""])[-1], other.untagged_responses
     assert search(other, "KEYWORD", "$label1") == [b"4"]
     assert search(other, "KEYWORD", "mytag") == [b"3"]
     other.logout()
     c.logout()
+
+    # SELECT lists the mailbox's keywords, one spelling each.
+    d = connect(imap)
+    d.select("INBOX")
+    fl = d.untagged_responses["FLAGS"][-1]
+    assert fl == b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 Foo MyTag)", fl
+    perm = b" ".join(x for x in d.untagged_responses.get("OK", []) if isinstance(x, bytes))
+    assert b"[PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 Foo MyTag \\*)]" in perm, perm
+    d.logout()

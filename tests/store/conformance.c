@@ -2384,6 +2384,33 @@ static void t_keyword_case(void **state)
     expect_keywords(fetch_one("Other", mv->out.dst_uids[0]), "foo", "Bar");
     q = S_STR(TERN_SEARCH_KEYWORD, "FOO");
     expect_uids(search_in("Other", &q), "Other KEYWORD FOO", 0, 1, 2, 3);
+
+    /* The mailbox's keywords: one spelling each, sorted without case. */
+    tern_store_req *kl = R(TERN_STORE_MAILBOX_KEYWORDS);
+    kl->in.account = tacct;
+    kl->in.name = "INBOX";
+    run_ok(kl);
+    const char *want_inbox[] = {"$Forwarded", "Custom1", "Foo"};
+    assert_int_equal(kl->out.n_names, 3);
+    for (size_t i = 0; i < 3; i++)
+        assert_string_equal(kl->out.names[i], want_inbox[i]);
+    kl = R(TERN_STORE_MAILBOX_KEYWORDS);
+    kl->in.account = tacct;
+    kl->in.name = "Other";
+    run_ok(kl);
+    assert_int_equal(kl->out.n_names, 2);
+    assert_string_equal(kl->out.names[0], "Bar");
+    assert_string_equal(kl->out.names[1], "foo");
+    mb_create("Empty");
+    kl = R(TERN_STORE_MAILBOX_KEYWORDS);
+    kl->in.account = tacct;
+    kl->in.name = "Empty";
+    run_ok(kl);
+    assert_int_equal(kl->out.n_names, 0);
+    kl = R(TERN_STORE_MAILBOX_KEYWORDS);
+    kl->in.account = tacct;
+    kl->in.name = "Missing";
+    run_st(kl, TERN_STORE_ENOTFOUND);
 }
 
 /* ---- \Recent ------------------------------------------------------------ */
