@@ -399,6 +399,8 @@ int local_recent_claim(local_store *L, tern_store_req *req)
         return r;
     if (n > 1)
         qsort(v, n, sizeof *v, cmp_u32);
+    if (v == NULL && (v = tern_arena_alloc(&req->arena, sizeof *v)) == NULL)
+        return tern_store__fail(req, TERN_STORE_ETEMP, "out of memory"); /* callers may copy from it */
     req->out.uids = v;
     req->out.n_uids = n;
     return TERN_STORE_OK;
