@@ -1,7 +1,8 @@
 /* What the IMAP session's files share: imap_session.c (the state machine,
  * command table, connection callbacks, LOGIN, mailbox synchronisation),
  * imap_mailbox.c (mailbox commands, APPEND, QUOTA), imap_message.c
- * (SEARCH, STORE, COPY/MOVE, EXPUNGE), imap_fetch.c (FETCH, streamed).
+ * (SEARCH, STORE, COPY/MOVE, EXPUNGE), imap_fetch.c (FETCH, streamed),
+ * imap_recent.c (\Recent) and imap_kwlist.c (the keywords in FLAGS).
  * Private to protocols/imap/. */
 #ifndef TERN_IMAP_SESSION_INT_H
 #define TERN_IMAP_SESSION_INT_H
