@@ -202,3 +202,38 @@ def test_idle_reports_recent(imap):
         pass
     assert b"\\Recent" in flags(c, 1)
     c.logout()
+
+
+def test_racing_selects_split_the_recent_messages(imap):
+    """Two SELECTs sent at once: every message is recent for exactly one."""
+    from test_imap import Raw, seed
+    w = connect(imap)
+    seed(w, 30)
+    assert status(w)["RECENT"] == 30
+    login = f'l LOGIN {USER} "{PASSWORD}"\r\n'.encode()
+    raws = [Raw(imap), Raw(imap)]
+    for r in raws:
+        r.send(login)
+        r.until_tagged("l")
+    for r in raws:
+        r.send(b"s SELECT INBOX\r\n")
+    counts = []
+    for r in raws:
+        out = r.until_tagged("s")
+        assert out[-1].startswith(b"s OK"), out
+        counts.append(int(next(re.match(rb"\* (\d+) RECENT", ln).group(1)
+                               for ln in out if re.match(rb"\* \d+ RECENT", ln))))
+    assert sum(counts) == 30, counts
+    mine = []
+    for r in raws:
+        r.send(b"f FETCH 1:* (UID FLAGS)\r\n")
+        out = r.until_tagged("f")
+        mine.append({int(re.search(rb"UID (\d+)", ln).group(1))
+                     for ln in out if b"FETCH" in ln and b"\\Recent" in ln})
+    assert len(mine[0]) == counts[0] and len(mine[1]) == counts[1], (mine, counts)
+    assert not (mine[0] & mine[1])
+    assert mine[0] | mine[1] == set(range(1, 31))
+    assert status(w)["RECENT"] == 0
+    for r in raws:
+        r.close()
+    w.logout()
