@@ -207,7 +207,8 @@ static void comp(compiler *c, const tern_search *s, bool neg, bool branchy, int 
     case TERN_SEARCH_KEYWORD:
     case TERN_SEARCH_UNKEYWORD:
         emit(c, s->kind == TERN_SEARCH_KEYWORD ? "EXISTS" : "NOT EXISTS");
-        emit(c, " (SELECT 1 FROM keywords k WHERE k.message = m.id AND k.keyword = ");
+        /* Stored as first written (schema.md); matched without case. */
+        emit(c, " (SELECT 1 FROM keywords k WHERE k.message = m.id AND lower(k.keyword) = ");
         param_str(c, lowercase(c->a, s->str));
         emit(c, ")");
         break;

@@ -81,7 +81,9 @@ typedef struct tern_uid_set {
 } tern_uid_set;
 
 typedef struct tern_keywords {
-    const char **names;    /* IMAP atoms, compared case-insensitively */
+    const char **names;    /* IMAP atoms, compared case-insensitively; stored as
+                              first written in the mailbox (a later spelling
+                              takes the one already there) */
     size_t n;
 } tern_keywords;
 
@@ -223,8 +225,20 @@ typedef enum {
     TERN_STORE_APPEND, TERN_STORE_FETCH, TERN_STORE_FETCH_BODY, TERN_STORE_SET_FLAGS,
     TERN_STORE_COPY, TERN_STORE_MOVE, TERN_STORE_EXPUNGE, TERN_STORE_SEARCH,
     TERN_STORE_CHANGES, TERN_STORE_QUOTA_GET,
+    /* \Recent (RFC 3501 2.3.2): clears `recent` on the mailbox's messages
+     * that still have it and returns their uids (out.uids, ascending), in
+     * one step, so that of two sessions claiming at once each message goes
+     * to exactly one. Not a flag change: no modseq, no change log, no
+     * event. in.recent_peek: only list them, clear nothing (EXAMINE). */
+    TERN_STORE_RECENT_CLAIM,
+    /* The keywords the mailbox's messages carry (IMAP FLAGS), one spelling
+     * each, sorted without case, at most TERN_STORE_MAILBOX_KEYWORDS_MAX of
+     * them, in out.names. */
+    TERN_STORE_MAILBOX_KEYWORDS,
     TERN_STORE__OP_COUNT
 } tern_store_op;
+
+#define TERN_STORE_MAILBOX_KEYWORDS_MAX 256
 
 typedef enum { TERN_FLAGS_REPLACE = 0, TERN_FLAGS_ADD, TERN_FLAGS_REMOVE } tern_flags_mode;
 
@@ -274,20 +288,23 @@ struct tern_store_req {
         size_t max_len;         /* FETCH_BODY: at most this many bytes (bounded by the backend) */
         const tern_search *search;
         uint64_t since_modseq;  /* CHANGES */
+        bool recent_peek;       /* RECENT_CLAIM: list without clearing */
     } in;
 
     /* Results (in arena). */
     struct {
         tern_account_info account;
         tern_account_info *accounts;    size_t n_accounts;
-        char **names;                   size_t n_names;  /* domain list, alias list ("addr target,target") */
+        char **names;                   size_t n_names;  /* domain list, alias list ("addr target,target"),
+                                                            MAILBOX_KEYWORDS */
         tern_rcpt_result rcpt;
         tern_mailbox_info mailbox;
         tern_mailbox_info *mailboxes;   size_t n_mailboxes;
         tern_append_result append;
         tern_message_info *messages;    size_t n_messages;  /* FETCH, SET_FLAGS (changed ones) */
         uint32_t *uids;                 size_t n_uids;      /* SEARCH, EXPUNGE (expunged),
-                                                               SET_FLAGS (failed UNCHANGEDSINCE) */
+                                                               SET_FLAGS (failed UNCHANGEDSINCE),
+                                                               RECENT_CLAIM (claimed) */
         uint32_t *src_uids, *dst_uids;  size_t n_copied;    /* COPY/MOVE: the UIDPLUS map */
         uint32_t dst_uidvalidity;
         uint8_t *body;                  size_t body_len;    /* FETCH_BODY chunk */

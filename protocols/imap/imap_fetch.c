@@ -703,7 +703,7 @@ static void fetch_write(imap_session *s)
             case TERN_IMAP_FA_FLAGS:
                 put_item_sep(s, j);
                 imap__printf(s, "FLAGS ");
-                imap__put_flags(s, m->flags, m->keywords, m->n_keywords);
+                imap__put_msg_flags(s, m->uid, m->flags, m->keywords, m->n_keywords);
                 break;
             case TERN_IMAP_FA_INTERNALDATE:
                 put_item_sep(s, j);
@@ -761,7 +761,7 @@ static void fetch_write(imap_session *s)
             if (!has_flags) {
                 put_item_sep(s, j);
                 imap__printf(s, "FLAGS ");
-                imap__put_flags(s, m->flags, m->keywords, m->n_keywords);
+                imap__put_msg_flags(s, m->uid, m->flags, m->keywords, m->n_keywords);
             }
         }
         imap__printf(s, ")\r\n");

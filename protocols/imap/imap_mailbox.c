@@ -51,8 +51,8 @@ static void select_qresync(imap_session *s, tern_store_req *r)
             if (!msn)
                 continue;
             imap__printf(s, "* %zu FETCH (UID %u FLAGS ", msn, c->changed[i].uid);
-            imap__put_flags(s, c->changed[i].flags, c->changed[i].keywords,
-                            c->changed[i].n_keywords);
+            imap__put_msg_flags(s, c->changed[i].uid, c->changed[i].flags,
+                                c->changed[i].keywords, c->changed[i].n_keywords);
             imap__printf(s, " MODSEQ (%llu))\r\n", (unsigned long long)c->changed[i].modseq);
         }
     }
@@ -61,6 +61,11 @@ static void select_qresync(imap_session *s, tern_store_req *r)
     imap__finish(s, "OK", "[%s] %s completed", s->readonly ? "READ-ONLY" : "READ-WRITE",
                  s->readonly ? "EXAMINE" : "SELECT");
 }
+
+static void select_claimed(imap_session *s, tern_store_req *r);
+static void select_keywords(imap_session *s);
+static void select_keywords_done(imap_session *s, tern_store_req *r);
+static void select_report(imap_session *s);
 
 static void select_uids(imap_session *s, tern_store_req *r)
 {
@@ -89,16 +94,47 @@ static void select_uids(imap_session *s, tern_store_req *r)
     s->uidnext = st->info.uidnext;
     s->modseq = st->info.highest_modseq;
     s->readonly = st->examine;
+    imap__recent_reset(s);
     imap__selected(s);
-    imap__printf(s, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n");
-    if (st->examine)
-        imap__printf(s, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
-    else
-        imap__printf(s, "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft "
-                        "\\*)] Flags permitted\r\n");
+    /* A claim that cannot even be queued leaves nothing recent for us,
+     * which is no reason to refuse the SELECT; the same for the keywords. */
+    if (imap__recent_on(s) && imap__try_submit(s, imap__recent_req(s), select_claimed))
+        return;
+    select_keywords(s);
+}
+
+/* RFC 3501 6.3.1: SELECT takes the mailbox's recent messages for this
+ * session; EXAMINE (a peek) only sees which they are. */
+static void select_claimed(imap_session *s, tern_store_req *r)
+{
+    imap__recent_take(s, r);
+    tern_store_req_free(r);
+    select_keywords(s);
+}
+
+static void select_keywords(imap_session *s)
+{
+    tern_store_req *q = imap__req(s, TERN_STORE_MAILBOX_KEYWORDS);
+    if (q)
+        q->in.name = s->mbox;
+    if (!imap__try_submit(s, q, select_keywords_done))
+        select_report(s);
+}
+
+static void select_keywords_done(imap_session *s, tern_store_req *r)
+{
+    imap__kw_take(s, r);
+    tern_store_req_free(r);
+    select_report(s);
+}
+
+static void select_report(imap_session *s)
+{
+    select_state *st = s->cmd_state;
+    imap__put_flag_lists(s);
     imap__printf(s, "* %zu EXISTS\r\n", s->n_uids);
-    if (!s->rev2)
-        imap__printf(s, "* 0 RECENT\r\n");
+    if (imap__recent_on(s))
+        imap__printf(s, "* %zu RECENT\r\n", imap__recent_count(s));
     imap__printf(s, "* OK [UIDVALIDITY %u] UIDs valid\r\n", s->uidvalidity);
     imap__printf(s, "* OK [UIDNEXT %u] Predicted next UID\r\n", s->uidnext);
     if (s->condstore)

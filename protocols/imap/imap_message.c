@@ -242,7 +242,7 @@ static void store_flags_done(imap_session *s, tern_store_req *r)
             if (s->uid_cmd || s->qresync)
                 imap__printf(s, "UID %u ", m->uid);
             imap__printf(s, "FLAGS ");
-            imap__put_flags(s, m->flags, m->keywords, m->n_keywords);
+            imap__put_msg_flags(s, m->uid, m->flags, m->keywords, m->n_keywords);
             if (s->condstore)
                 imap__printf(s, " MODSEQ (%llu)", (unsigned long long)m->modseq);
             imap__printf(s, ")\r\n");
@@ -277,7 +277,7 @@ static void store_done(imap_session *s, tern_store_req *r)
             imap__printf(s, "UID %u ", m->uid);
         if (!st->silent) {
             imap__printf(s, "FLAGS ");
-            imap__put_flags(s, m->flags, m->keywords, m->n_keywords);
+            imap__put_msg_flags(s, m->uid, m->flags, m->keywords, m->n_keywords);
         }
         if (s->condstore)
             imap__printf(s, "%sMODSEQ (%llu)", st->silent ? "" : " ",

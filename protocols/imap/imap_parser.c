@@ -964,14 +964,30 @@ static bool search_key(tern_imap_parser *ps, const tern_imap_seqmap *map,
             k->date = d;
             return true;
         }
-    if (strcmp(kw, "ALL") == 0 || strcmp(kw, "OLD") == 0) {
+    if (strcmp(kw, "ALL") == 0) {
         k->kind = TERN_SEARCH_ALL;
         return true;
     }
-    if (strcmp(kw, "NEW") == 0 || strcmp(kw, "RECENT") == 0) {
-        /* No session here claims \Recent (RFC 9051 dropped it): nothing is recent. */
-        k->kind = TERN_SEARCH_UID;
-        k->uids.n = 0;
+    if (strcmp(kw, "NEW") == 0 || strcmp(kw, "RECENT") == 0 || strcmp(kw, "OLD") == 0) {
+        /* \Recent is the session's (RFC 3501 2.3.2), not the store's: the
+         * map gives its UIDs. NEW is RECENT UNSEEN, OLD is NOT RECENT. */
+        tern_search r = {.kind = TERN_SEARCH_UID};
+        if (map && map->recent_uids && !map->recent_uids(map->ctx, ps->arena, &r.uids))
+            return tern_imap_fail(ps, "out of memory");
+        if (kw[0] == 'R') {
+            *k = r;
+            return true;
+        }
+        tern_search *c = tern_arena_alloc(ps->arena, 2 * sizeof(*c));
+        if (!c)
+            return tern_imap_fail(ps, "out of memory");
+        c[0] = r;
+        memset(&c[1], 0, sizeof(c[1]));
+        c[1].kind = TERN_SEARCH_FLAGS_UNSET;
+        c[1].flags = TERN_FLAG_SEEN;
+        k->kind = kw[0] == 'N' ? TERN_SEARCH_AND : TERN_SEARCH_NOT;
+        k->children = c;
+        k->n_children = kw[0] == 'N' ? 2 : 1;
         return true;
     }
     if (strcmp(kw, "BODY") == 0 || strcmp(kw, "TEXT") == 0) {

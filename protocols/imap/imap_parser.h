@@ -173,6 +173,9 @@ typedef struct tern_imap_seqmap {
                         tern_uid_set *out);
     bool (*saved_uids)(void *ctx, tern_arena *a, tern_uid_set *out);
     void *ctx;
+    /* The UIDs that are \Recent for the session (SEARCH RECENT, NEW, OLD);
+     * NULL: none are. */
+    bool (*recent_uids)(void *ctx, tern_arena *a, tern_uid_set *out);
 } tern_imap_seqmap;
 
 /* Converts a UID set as parsed ('$' resolved through the map). */

@@ -90,7 +90,20 @@ void imap__put_mailbox(imap_session *s, const char *name)
     imap__put_string(s, name, strlen(name));
 }
 
+static void put_flags(imap_session *s, unsigned flags, char **kw, size_t n_kw, bool recent);
+
 void imap__put_flags(imap_session *s, unsigned flags, char **kw, size_t n_kw)
+{
+    put_flags(s, flags, kw, n_kw, false);
+}
+
+void imap__put_msg_flags(imap_session *s, uint32_t uid, unsigned flags, char **kw, size_t n_kw)
+{
+    imap__kw_note(s, kw, n_kw);
+    put_flags(s, flags, kw, n_kw, imap__recent_on(s) && imap__recent_has(s, uid));
+}
+
+static void put_flags(imap_session *s, unsigned flags, char **kw, size_t n_kw, bool recent)
 {
     static const struct {
         unsigned bit;
@@ -105,6 +118,10 @@ void imap__put_flags(imap_session *s, unsigned flags, char **kw, size_t n_kw)
             imap__printf(s, "%s%s", first ? "" : " ", names[i].name);
             first = false;
         }
+    if (recent) {
+        imap__printf(s, "%s\\Recent", first ? "" : " ");
+        first = false;
+    }
     for (size_t i = 0; i < n_kw; i++) {
         imap__printf(s, "%s%s", first ? "" : " ", kw[i]);
         first = false;
@@ -261,7 +278,24 @@ static bool seqmap_saved(void *ctx, tern_arena *a, tern_uid_set *out)
     return true;
 }
 
-const tern_imap_seqmap imap__seqmap_proto = {seqmap_msn, seqmap_saved, NULL};
+/* A copy: a sync may add to the set while the search is still in use. */
+static bool seqmap_recent(void *ctx, tern_arena *a, tern_uid_set *out)
+{
+    imap_session *s = ctx;
+    out->ranges = NULL;
+    out->n = 0;
+    if (!imap__recent_on(s) || s->recent.n == 0)
+        return true;
+    tern_uid_range *r = tern_arena_alloc(a, s->recent.n * sizeof(*r));
+    if (r == NULL)
+        return false;
+    memcpy(r, s->recent.r, s->recent.n * sizeof(*r));
+    out->ranges = r;
+    out->n = s->recent.n;
+    return true;
+}
+
+const tern_imap_seqmap imap__seqmap_proto = {seqmap_msn, seqmap_saved, NULL, seqmap_recent};
 
 void imap__remove_uid(imap_session *s, size_t idx)
 {
@@ -349,6 +383,21 @@ void imap__submit(imap_session *s, tern_store_req *r, imap_step step)
     }
 }
 
+bool imap__try_submit(imap_session *s, tern_store_req *r, imap_step step)
+{
+    if (!r)
+        return false;
+    s->step = step;
+    s->pending++;
+    if (tern_store_submit(s->base.host->store_client, r) != 0) {
+        s->pending--;
+        s->step = NULL;
+        tern_store_req_free(r);
+        return false;
+    }
+    return true;
+}
+
 void imap__store_fail(imap_session *s, tern_store_req *r, const char *what)
 {
     const char *code;
@@ -391,6 +440,7 @@ static void imap__end_command(imap_session *s)
 static void imap__send_final(imap_session *s)
 {
     s->final_pending = false;
+    imap__kw_report(s);
     imap__printf(s, "%s\r\n", s->final);
     imap__flush(s);
     imap__end_command(s);
@@ -436,9 +486,35 @@ void imap__bad(imap_session *s, tern_imap_parser *ps, const char *fallback)
 
 /* ---- mailbox synchronisation --------------------------------------------- */
 
-static void imap__sync_done(imap_session *s, tern_store_req *r)
+/* The end of a sync: the tagged reply that waited for it, or in IDLE the
+ * next sync if more came meanwhile. */
+static void imap__sync_end(imap_session *s)
 {
     s->syncing = false;
+    if (s->final_pending) {
+        imap__send_final(s);
+        return;
+    }
+    imap__kw_report(s);
+    imap__flush(s);
+    if (s->state == IS_IDLE && s->changed)
+        imap__sync(s);
+}
+
+/* New messages were reported: those nobody claimed yet are ours. */
+static void imap__sync_claimed(imap_session *s, tern_store_req *r)
+{
+    if (s->mbox && s->state & (IS_SELECTED | IS_IDLE)) {
+        imap__recent_take(s, r);
+        imap__printf(s, "* %zu RECENT\r\n", imap__recent_count(s));
+    }
+    tern_store_req_free(r);
+    imap__sync_end(s);
+}
+
+static void imap__sync_done(imap_session *s, tern_store_req *r)
+{
+    bool claim = false;
     if (r->status == TERN_STORE_OK && s->state & (IS_SELECTED | IS_IDLE) && s->mbox) {
         const tern_changes *c = &r->out.changes;
         imap__report_expunged(s, c->vanished, c->n_vanished);
@@ -465,13 +541,15 @@ static void imap__sync_done(imap_session *s, tern_store_req *r)
             if (msn == 0 || msn > before)
                 continue;
             imap__printf(s, "* %zu FETCH (UID %u FLAGS ", msn, ch->uid);
-            imap__put_flags(s, ch->flags, ch->keywords, ch->n_keywords);
+            imap__put_msg_flags(s, ch->uid, ch->flags, ch->keywords, ch->n_keywords);
             if (s->condstore)
                 imap__printf(s, " MODSEQ (%llu)", (unsigned long long)ch->modseq);
             imap__printf(s, ")\r\n");
         }
-        if (s->n_uids != before)
+        if (s->n_uids != before) {
             imap__printf(s, "* %zu EXISTS\r\n", s->n_uids);
+            claim = imap__recent_on(s);
+        }
         if (c->highest_modseq > s->modseq)
             s->modseq = c->highest_modseq;
     } else if (r->status == TERN_STORE_ETOOOLD) {
@@ -482,13 +560,9 @@ static void imap__sync_done(imap_session *s, tern_store_req *r)
                   tern_store_strerror(r->status), r->error);
     }
     tern_store_req_free(r);
-    if (s->final_pending) {
-        imap__send_final(s);
+    if (claim && imap__try_submit(s, imap__recent_req(s), imap__sync_claimed))
         return;
-    }
-    imap__flush(s);
-    if (s->state == IS_IDLE && s->changed)
-        imap__sync(s);
+    imap__sync_end(s);
 }
 
 static void imap__sync(imap_session *s)
@@ -545,6 +619,8 @@ void imap__unselect(imap_session *s)
     free(s->saved);
     s->saved = NULL;
     s->n_saved = 0;
+    imap__recent_free(s);
+    imap__kw_free(s);
     s->changed = false;
     s->own_lo = s->own_hi = 0;
     if (s->state == IS_SELECTED)

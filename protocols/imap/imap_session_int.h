@@ -1,7 +1,8 @@
 /* What the IMAP session's files share: imap_session.c (the state machine,
  * command table, connection callbacks, LOGIN, mailbox synchronisation),
  * imap_mailbox.c (mailbox commands, APPEND, QUOTA), imap_message.c
- * (SEARCH, STORE, COPY/MOVE, EXPUNGE), imap_fetch.c (FETCH, streamed).
+ * (SEARCH, STORE, COPY/MOVE, EXPUNGE), imap_fetch.c (FETCH, streamed),
+ * imap_recent.c (\Recent) and imap_kwlist.c (the keywords in FLAGS).
  * Private to protocols/imap/. */
 #ifndef TERN_IMAP_SESSION_INT_H
 #define TERN_IMAP_SESSION_INT_H
@@ -16,6 +17,7 @@
 #include "lib/mime.h"
 #include "protocols/common/session.h"
 #include "protocols/imap/imap_parser.h"
+#include "protocols/imap/imap_uidlist.h"
 
 #define MOD "imap"
 #define OUT_HIGH_WATER (128 * 1024) /* stop producing while this much is unsent */
@@ -70,6 +72,10 @@ struct imap_session {
     uint64_t own_lo, own_hi; /* modseqs of our own last STORE: not echoed again by a sync */
     tern_uid_range *saved;   /* SEARCHRES '$' */
     size_t n_saved;
+    tern_imap_uidlist recent; /* \Recent for this session: claimed (SELECT) or seen (EXAMINE) */
+    char **kw;               /* keywords listed in FLAGS (malloc'd), imap_kwlist.c */
+    size_t n_kw;
+    bool kw_changed;         /* a keyword not listed yet was shown: FLAGS again */
     tern_store_watch *watch;
     bool changed;            /* an event came for the selected mailbox */
     bool syncing;
@@ -106,7 +112,12 @@ void imap__bad(imap_session *s, tern_imap_parser *ps, const char *fallback);
 void imap__store_fail(imap_session *s, tern_store_req *r, const char *what);
 tern_store_req *imap__req(imap_session *s, tern_store_op op);
 void imap__submit(imap_session *s, tern_store_req *r, imap_step step);
+/* The same for a request the command can do without: false (r freed, no
+ * reply sent) when r is NULL or could not be queued. */
+bool imap__try_submit(imap_session *s, tern_store_req *r, imap_step step);
 void imap__put_flags(imap_session *s, unsigned flags, char **kw, size_t n_kw);
+/* A message's FLAGS: the same, with \Recent when it is recent for us. */
+void imap__put_msg_flags(imap_session *s, uint32_t uid, unsigned flags, char **kw, size_t n_kw);
 void imap__put_uidset(imap_session *s, const uint32_t *uids, size_t n);
 /* Sequence numbers <-> UIDs of the selected mailbox. */
 size_t imap__msn_of(const imap_session *s, uint32_t uid); /* 0: not there */
@@ -120,6 +131,23 @@ void imap__remove_uid(imap_session *s, size_t idx);
 /* Untagged EXPUNGE or VANISHED for uids just expunged (ascending). */
 void imap__report_expunged(imap_session *s, const uint32_t *uids, size_t n);
 void imap__unselect(imap_session *s);
+
+/* imap_recent.c */
+bool imap__recent_on(const imap_session *s);       /* not after ENABLE IMAP4rev2 */
+void imap__recent_reset(imap_session *s);          /* empty, ready for a mailbox */
+void imap__recent_free(imap_session *s);
+/* RECENT_CLAIM for the selected mailbox (a peek when read-only), or NULL. */
+tern_store_req *imap__recent_req(imap_session *s);
+void imap__recent_take(imap_session *s, const tern_store_req *r); /* its answer */
+size_t imap__recent_count(const imap_session *s);  /* of the messages the client knows */
+bool imap__recent_has(const imap_session *s, uint32_t uid);
+
+/* imap_kwlist.c */
+void imap__kw_free(imap_session *s);
+void imap__kw_take(imap_session *s, const tern_store_req *r); /* MAILBOX_KEYWORDS' answer */
+void imap__kw_note(imap_session *s, char **kw, size_t n);     /* keywords just shown */
+void imap__put_flag_lists(imap_session *s);                    /* FLAGS, PERMANENTFLAGS */
+void imap__kw_report(imap_session *s);                         /* them again if grown */
 
 /* imap_mailbox.c */
 void imap__cmd_select(imap_session *s, tern_imap_parser *ps);

@@ -474,6 +474,7 @@ static int dispatch(local_store *L, tern_store_req *req)
     case TERN_STORE_APPEND: case TERN_STORE_FETCH: case TERN_STORE_FETCH_BODY:
     case TERN_STORE_SET_FLAGS: case TERN_STORE_COPY: case TERN_STORE_MOVE:
     case TERN_STORE_EXPUNGE: case TERN_STORE_CHANGES: case TERN_STORE_QUOTA_GET:
+    case TERN_STORE_RECENT_CLAIM: case TERN_STORE_MAILBOX_KEYWORDS:
         return local_op_message(L, req);
     default:
         return tern_store__fail(req, TERN_STORE_EINVAL, "unknown operation %d", (int)req->op);

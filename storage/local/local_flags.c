@@ -2,8 +2,10 @@
  * CONDSTORE UNCHANGEDSINCE condition, one new modseq per changed message,
  * and the Maildir file renamed so its ":2,<letters>" suffix follows the
  * system flags. Runs on the backend thread inside the batch transaction.
- * Input trusted: keywords are IMAP atoms checked by the protocol layer;
- * they are stored lowercased (schema.md). */
+ * Input trusted: keywords are IMAP atoms checked by the protocol layer
+ * (and again here). A keyword is stored as first written in the mailbox
+ * and compared without case (schema.md): a new one takes the spelling a
+ * message of the mailbox already carries. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -52,11 +54,29 @@ static int kw_add(tern_arena *a, kwset *s, const char *k)
     char *c = tern_arena_strdup(a, k);
     if (c == NULL)
         return -1;
-    for (char *p = c; *p; p++)
-        if (*p >= 'A' && *p <= 'Z')
-            *p = (char)(*p - 'A' + 'a');
     s->v[s->n++] = c;
     return 0;
+}
+
+/* The spelling keyword `k` takes in the mailbox; NULL after failing req. */
+static const char *spelling(local_store *L, tern_store_req *req, int64_t mailbox_id,
+                            const char *k)
+{
+    sqlite3_stmt *st = local_stmt(L, "SELECT " LOCAL_KW_SPELLING);
+    if (st == NULL) {
+        tern_store__fail(req, TERN_STORE_EIO, "statement");
+        return NULL;
+    }
+    sqlite3_bind_text(st, 2, k, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, mailbox_id);
+    int r = local_step(L, req, st);
+    char *out = r == 1 ? local_col_text(&L->batch, st, 0) : NULL;
+    sqlite3_reset(st);
+    if (r == 1 && out == NULL)
+        tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+    else if (r == 0)
+        tern_store__fail(req, TERN_STORE_EIO, "keyword spelling: no row");
+    return out;
 }
 
 static void kw_remove(kwset *s, const char *k)
@@ -268,11 +288,13 @@ int local_set_flags(local_store *L, tern_store_req *req)
         return tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
     }
     kwset in = {0};
-    for (size_t i = 0; i < req->in.keywords.n; i++)
-        if (kw_add(&L->batch, &in, req->in.keywords.names[i]) != 0) {
+    for (size_t i = 0; i < req->in.keywords.n; i++) {
+        const char *k = spelling(L, req, m.id, req->in.keywords.names[i]);
+        if (k == NULL || kw_add(&L->batch, &in, k) != 0) {
             free(v);
-            return tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+            return k == NULL ? req->status : tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
         }
+    }
     unsigned want = req->in.flags & 0x1f;
     uint64_t last = 0;
     for (size_t i = 0; i < n && r == TERN_STORE_OK; i++) {
@@ -327,4 +349,93 @@ int local_set_flags(local_store *L, tern_store_req *req)
     }
     req->out.highest_modseq = m.highest_modseq;
     return TERN_STORE_OK;
+}
+
+static int cmp_u32(const void *x, const void *y)
+{
+    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* RECENT_CLAIM. The backend thread runs one request at a time inside its
+ * batch transaction, so the UPDATE and what it returns cannot interleave
+ * with another session's claim: each message is handed out once. The
+ * modseq is left alone (RFC 3501 2.3.2: \Recent is per session, not a flag
+ * other sessions are told about). */
+int local_recent_claim(local_store *L, tern_store_req *req)
+{
+    lacct a;
+    lmbox m;
+    int r = local_target(L, req, &a, &m);
+    if (r != TERN_STORE_OK)
+        return r;
+    sqlite3_stmt *st = local_stmt(
+        L, req->in.recent_peek
+               ? "SELECT uid FROM messages WHERE mailbox_id = ? AND recent <> 0"
+               : "UPDATE messages SET recent = 0 WHERE mailbox_id = ? AND recent <> 0"
+                 " RETURNING uid");
+    if (st == NULL)
+        return TERN_STORE_EIO;
+    sqlite3_bind_int64(st, 1, m.id);
+    size_t n = 0, cap = 0;
+    uint32_t *v = NULL;
+    while ((r = local_step(L, req, st)) == 1) {
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            uint32_t *nv = tern_arena_alloc(&req->arena, nc * sizeof *nv);
+            if (nv == NULL) {
+                r = tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+                break;
+            }
+            if (n)
+                memcpy(nv, v, n * sizeof *nv);
+            v = nv;
+            cap = nc;
+        }
+        v[n++] = (uint32_t)sqlite3_column_int64(st, 0);
+    }
+    sqlite3_reset(st);
+    if (r < 0)
+        return r;
+    if (n > 1)
+        qsort(v, n, sizeof *v, cmp_u32);
+    if (v == NULL && (v = tern_arena_alloc(&req->arena, sizeof *v)) == NULL)
+        return tern_store__fail(req, TERN_STORE_ETEMP, "out of memory"); /* callers may copy from it */
+    req->out.uids = v;
+    req->out.n_uids = n;
+    return TERN_STORE_OK;
+}
+
+/* MAILBOX_KEYWORDS: one spelling per keyword (there is only one per
+ * mailbox, see the top of this file), sorted without case, bounded. */
+int local_mailbox_keywords(local_store *L, tern_store_req *req)
+{
+    lacct a;
+    lmbox m;
+    int r = local_target(L, req, &a, &m);
+    if (r != TERN_STORE_OK)
+        return r;
+    sqlite3_stmt *st = local_stmt(
+        L, "SELECT min(k.keyword) FROM keywords k JOIN messages m ON m.id = k.message"
+           " WHERE m.mailbox_id = ? GROUP BY lower(k.keyword) ORDER BY lower(k.keyword) LIMIT ?");
+    if (st == NULL)
+        return TERN_STORE_EIO;
+    sqlite3_bind_int64(st, 1, m.id);
+    sqlite3_bind_int(st, 2, TERN_STORE_MAILBOX_KEYWORDS_MAX);
+    req->out.names = tern_arena_alloc(&req->arena,
+                                      TERN_STORE_MAILBOX_KEYWORDS_MAX * sizeof(*req->out.names));
+    if (req->out.names == NULL) {
+        sqlite3_reset(st);
+        return tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+    }
+    while ((r = local_step(L, req, st)) == 1 && req->out.n_names < TERN_STORE_MAILBOX_KEYWORDS_MAX) {
+        char *k = local_col_text(&req->arena, st, 0);
+        if (k == NULL) {
+            r = tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+            break;
+        }
+        req->out.names[req->out.n_names++] = k;
+    }
+    sqlite3_reset(st);
+    return r < 0 ? r : TERN_STORE_OK;
 }

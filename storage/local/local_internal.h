@@ -240,7 +240,14 @@ int local_unlink_later(local_store *L, tern_store_req *req, const char *abs_path
 int local_mailbox_touch(local_store *L, tern_store_req *req, lmbox *m, uint64_t modseq,
                         uint32_t uidnext);
 /* local_flags.c */
+/* The spelling a keyword (?2) takes in mailbox ?3: the one a message of the
+ * mailbox already carries, whatever its case, else ?2 as given. */
+#define LOCAL_KW_SPELLING                                                          \
+    "coalesce((SELECT k.keyword FROM keywords k JOIN messages m ON m.id = k.message" \
+    " WHERE m.mailbox_id = ?3 AND lower(k.keyword) = lower(?2) LIMIT 1), ?2)"
 int local_set_flags(local_store *L, tern_store_req *req);
+int local_recent_claim(local_store *L, tern_store_req *req);
+int local_mailbox_keywords(local_store *L, tern_store_req *req);
 /* IMAP atoms only (RFC 9051 flag-keyword): 1..255 printable ASCII without
  * atom-specials, not starting with '\\'. */
 bool local_valid_keywords(const tern_keywords *kw);

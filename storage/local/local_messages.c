@@ -10,10 +10,9 @@
  * reference with the new one (thread_refs), else new. Modseqs come from
  * accounts.highest_modseq: one per APPEND, one per COPY/MOVE/EXPUNGE call.
  *
- * \Recent: every APPEND and COPY sets messages.recent = 1 and STATUS counts
- * them. Nothing clears it yet: the IMAP SELECT that claims recent messages
- * (RFC 3501; gone in RFC 9051) needs a store op that reads and clears them
- * in one step, to be added with IMAP. */
+ * \Recent: every APPEND, COPY and MOVE sets messages.recent = 1 and STATUS counts
+ * them; RECENT_CLAIM (local_flags.c) reads and clears them in one step for
+ * the IMAP session that sees them first (RFC 3501; gone in RFC 9051). */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -227,15 +226,6 @@ static int add_thread_ref(local_store *L, tern_store_req *req, int64_t account_i
     return local_run(L, req, st);
 }
 
-static char *lower_dup(tern_arena *a, const char *s)
-{
-    char *c = tern_arena_strdup(a, s);
-    for (char *p = c; p && *p; p++)
-        if (*p >= 'A' && *p <= 'Z')
-            *p = (char)(*p - 'A' + 'a');
-    return c;
-}
-
 static void bind_opt(sqlite3_stmt *st, int col, const char *v)
 {
     if (v)
@@ -316,14 +306,17 @@ int local_insert_message(local_store *L, tern_store_req *req, lacct *a, lmbox *m
         goto out;
     int64_t id = sqlite3_last_insert_rowid(L->db);
     for (size_t i = 0; kw && i < kw->n; i++) {
-        st = local_stmt(L, "INSERT INTO keywords(message, keyword) SELECT ?1, ?2 WHERE NOT EXISTS"
-                           " (SELECT 1 FROM keywords WHERE message = ?1 AND keyword = ?2)");
+        /* As first written in this mailbox (schema.md), once per message. */
+        st = local_stmt(L, "INSERT INTO keywords(message, keyword) SELECT ?1, " LOCAL_KW_SPELLING
+                           " WHERE NOT EXISTS (SELECT 1 FROM keywords WHERE message = ?1"
+                           " AND lower(keyword) = lower(?2))");
         if (st == NULL) {
             r = TERN_STORE_EIO;
             goto out;
         }
         sqlite3_bind_int64(st, 1, id);
-        sqlite3_bind_text(st, 2, lower_dup(&ia, kw->names[i]), -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, kw->names[i], -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, m->id);
         if ((r = local_run(L, req, st)) != TERN_STORE_OK)
             goto out;
     }
@@ -881,9 +874,12 @@ static int copy_move(local_store *L, tern_store_req *req, bool move)
         if ((r = local_run(L, req, st)) != TERN_STORE_OK)
             goto out;
         int64_t nid = sqlite3_last_insert_rowid(L->db);
+        /* Keywords take the spelling the target mailbox already uses. */
         static const char *const copies[] = {
-            "INSERT INTO keywords(message, keyword) SELECT ?, keyword FROM keywords"
-            " WHERE message = ?",
+            "INSERT INTO keywords(message, keyword) SELECT ?1, coalesce((SELECT k2.keyword"
+            " FROM keywords k2 JOIN messages m2 ON m2.id = k2.message WHERE m2.mailbox_id = ?3"
+            " AND m2.id <> ?1 AND lower(k2.keyword) = lower(k.keyword) LIMIT 1), k.keyword)"
+            " FROM keywords k WHERE k.message = ?2",
             "INSERT INTO headers(message, name, value) SELECT ?, name, value FROM headers"
             " WHERE message = ?",
         };
@@ -895,6 +891,8 @@ static int copy_move(local_store *L, tern_store_req *req, bool move)
             }
             sqlite3_bind_int64(st, 1, nid);
             sqlite3_bind_int64(st, 2, v[i].id);
+            if (k == 0)
+                sqlite3_bind_int64(st, 3, dst.id);
             if ((r = local_run(L, req, st)) != TERN_STORE_OK)
                 goto out;
         }
@@ -1077,6 +1075,8 @@ int local_op_message(local_store *L, tern_store_req *req)
     case TERN_STORE_EXPUNGE: return expunge(L, req);
     case TERN_STORE_CHANGES: return changes(L, req);
     case TERN_STORE_QUOTA_GET: return quota_get(L, req);
+    case TERN_STORE_RECENT_CLAIM: return local_recent_claim(L, req);
+    case TERN_STORE_MAILBOX_KEYWORDS: return local_mailbox_keywords(L, req);
     default: return tern_store__fail(req, TERN_STORE_EINVAL, "not a message op");
     }
 }

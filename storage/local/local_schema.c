@@ -48,6 +48,12 @@ static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS keywords(message INTEGER NOT NULL, keyword TEXT NOT NULL);"
     "CREATE INDEX IF NOT EXISTS keywords_message ON keywords(message);"
     "CREATE INDEX IF NOT EXISTS keywords_keyword ON keywords(keyword);"
+    /* Keywords keep the case they were first written in and match without
+     * it (the mailbox's spelling is looked up this way); RECENT_CLAIM
+     * finds the few recent rows without a scan of the mailbox. Both are
+     * created on open, so older databases get them too. */
+    "CREATE INDEX IF NOT EXISTS keywords_lower ON keywords(lower(keyword));"
+    "CREATE INDEX IF NOT EXISTS messages_recent ON messages(mailbox_id) WHERE recent <> 0;"
     "CREATE TABLE IF NOT EXISTS headers(message INTEGER NOT NULL, name TEXT NOT NULL, value TEXT);"
     "CREATE INDEX IF NOT EXISTS headers_message ON headers(message, name);"
     "CREATE TABLE IF NOT EXISTS expunged(mailbox_id INTEGER NOT NULL, uid INTEGER NOT NULL,"

@@ -54,6 +54,8 @@ static const pg_op_fn pg_ops[TERN_STORE__OP_COUNT] = {
     [TERN_STORE_SEARCH] = pg_op_search,
     [TERN_STORE_CHANGES] = pg_op_changes,
     [TERN_STORE_QUOTA_GET] = pg_op_quota_get,
+    [TERN_STORE_RECENT_CLAIM] = pg_op_recent_claim,
+    [TERN_STORE_MAILBOX_KEYWORDS] = pg_op_mailbox_keywords,
 };
 
 /* ---- job helpers -------------------------------------------------------- */

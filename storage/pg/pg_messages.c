@@ -399,7 +399,9 @@ static const char *opt_text(pg_job *j, const char *s)
     "1, $9, $10, $11, $12, $13, $14, $15, $8, $16, $17, bd.id FROM a, b, bd "                   \
     "RETURNING id, mailbox_id, uid, modseq, email_id, thread_id), "                            \
     "kw AS (INSERT INTO keywords (message, keyword) "                                          \
-    "SELECT DISTINCT msg.id, k FROM msg, unnest($18::text[]) k), "                             \
+    "SELECT DISTINCT ON (lower(k)) msg.id, coalesce((SELECT x.keyword FROM keywords x "         \
+    "JOIN messages y ON y.id = x.message WHERE y.mailbox_id = msg.mailbox_id "                 \
+    "AND lower(x.keyword) = lower(k) LIMIT 1), k) FROM msg, unnest($18::text[]) k), "          \
     "hd AS (INSERT INTO headers (message, name, value) "                                       \
     "SELECT msg.id, t.n, t.v FROM msg, unnest($19::text[], $20::text[]) AS t(n, v)), "         \
     "chk AS (INSERT INTO meta (key, value) SELECT 'never', tern_retry('mailbox renamed') "     \
@@ -471,7 +473,7 @@ static int append_prepare(pg_job *m)
     pg_p_str(m, opt_text(m, idx.bcc));      /* $15 */
     pg_p_str(m, opt_text(m, idx.in_reply_to));
     pg_p_str(m, o ? pg_clean_text(m, refs) : NULL); /* $17 */
-    pg_p_strarray(m, r->in.keywords.names, r->in.keywords.n, true); /* $18 */
+    pg_p_strarray(m, r->in.keywords.names, r->in.keywords.n, false); /* $18: as written */
     pg_p_strarray(m, names, idx.n_fields, true);
     pg_p_strarray(m, values, idx.n_fields, false); /* $20 */
     return 0;
@@ -839,16 +841,25 @@ int pg_op_set_flags(pg_job *j)
         pg_p_u64(j, j->modseq);                     /* $2 */
         pg_p_u64(j, r->in.flags & 0x1f);            /* $3 */
         pg_p_u64(j, r->in.unchanged_since ? r->in.unchanged_since : UINT64_MAX >> 1); /* $4 */
-        pg_p_strarray(j, r->in.keywords.names, r->in.keywords.n, true); /* $5 */
+        /* Keywords as written ($5); matched without case, and a new one
+         * takes the spelling the mailbox already uses (schema.md). */
+        pg_p_strarray(j, r->in.keywords.names, r->in.keywords.n, false); /* $5 */
         if (r->in.flags_mode == TERN_FLAGS_REPLACE)
             kd = ", kd AS (DELETE FROM keywords k USING t WHERE k.message = t.id "
-                 "AND NOT (k.keyword = ANY ($5::text[])) RETURNING k.message)";
+                 "AND NOT (lower(k.keyword) = ANY (SELECT lower(w) FROM unnest($5::text[]) w)) "
+                 "RETURNING k.message)";
         else if (r->in.flags_mode == TERN_FLAGS_REMOVE && kw)
             kd = ", kd AS (DELETE FROM keywords k USING t WHERE k.message = t.id "
-                 "AND k.keyword = ANY ($5::text[]) RETURNING k.message)";
+                 "AND lower(k.keyword) = ANY (SELECT lower(w) FROM unnest($5::text[]) w) "
+                 "RETURNING k.message)";
         if (r->in.flags_mode != TERN_FLAGS_REMOVE && kw)
-            ki = ", ki AS (INSERT INTO keywords (message, keyword) SELECT DISTINCT t.id, kw "
-                 "FROM t, unnest($5::text[]) kw ON CONFLICT DO NOTHING RETURNING message)";
+            ki = ", sp AS (SELECT DISTINCT ON (lower(w)) coalesce((SELECT k.keyword FROM keywords k "
+                 "JOIN messages mm ON mm.id = k.message WHERE mm.mailbox_id = $1 "
+                 "AND lower(k.keyword) = lower(w) LIMIT 1), w) AS kw "
+                 "FROM unnest($5::text[]) WITH ORDINALITY u(w, i) ORDER BY lower(w), i), "
+                 "ki AS (INSERT INTO keywords (message, keyword) SELECT DISTINCT t.id, sp.kw "
+                 "FROM t, sp WHERE NOT EXISTS (SELECT 1 FROM keywords x WHERE x.message = t.id "
+                 "AND lower(x.keyword) = lower(sp.kw)) ON CONFLICT DO NOTHING RETURNING message)";
         if (*kd && *ki)
             kchanged = " OR m.id IN (SELECT message FROM kd) OR m.id IN (SELECT message FROM ki)";
         else if (*kd)
@@ -1002,8 +1013,12 @@ static int copy_or_move(pg_job *j, bool move)
         j->uidset_sql = tern_arena_printf(&j->a,
             "WITH s AS (SELECT m.id, m.uid, row_number() OVER (ORDER BY m.uid) AS rn "
             "FROM messages m WHERE m.mailbox_id = $1 AND %s), "
-            "mv AS (UPDATE messages m SET mailbox_id = $2, uid = $3 + s.rn - 1, modseq = $4 "
+            "mv AS (UPDATE messages m SET mailbox_id = $2, uid = $3 + s.rn - 1, modseq = $4, recent = 1 "
             "FROM s WHERE m.id = s.id RETURNING s.uid AS old_uid, m.uid AS new_uid), "
+            "kf AS (UPDATE keywords k SET keyword = coalesce((SELECT k2.keyword FROM keywords k2 "
+            "JOIN messages m2 ON m2.id = k2.message WHERE m2.mailbox_id = $2 "
+            "AND lower(k2.keyword) = lower(k.keyword) LIMIT 1), k.keyword) FROM s "
+            "WHERE k.message = s.id), "
             "e AS (INSERT INTO expunged (mailbox_id, uid, modseq, at) "
             "SELECT $1, old_uid, $4, $5 FROM mv) "
             "SELECT old_uid, new_uid FROM mv ORDER BY old_uid", j->uidset_sql);
@@ -1019,8 +1034,10 @@ static int copy_or_move(pg_job *j, bool move)
             "in_reply_to, refs, body_ref FROM s RETURNING id, uid), "
             "map AS (SELECT s.id AS old_id, s.uid AS old_uid, ins.id AS new_id, ins.uid AS new_uid "
             "FROM s JOIN ins ON ins.uid = $3 + s.rn - 1), "
-            "kw AS (INSERT INTO keywords (message, keyword) SELECT map.new_id, k.keyword "
-            "FROM map JOIN keywords k ON k.message = map.old_id), "
+            "kw AS (INSERT INTO keywords (message, keyword) SELECT map.new_id, "
+            "coalesce((SELECT k2.keyword FROM keywords k2 JOIN messages m2 ON m2.id = k2.message "
+            "WHERE m2.mailbox_id = $2 AND lower(k2.keyword) = lower(k.keyword) LIMIT 1), k.keyword) "
+            "FROM map JOIN keywords k ON k.message = map.old_id ON CONFLICT DO NOTHING), "
             "hd AS (INSERT INTO headers (message, name, value) SELECT map.new_id, h.name, h.value "
             "FROM map JOIN headers h ON h.message = map.old_id), "
             "bu AS (UPDATE bodies b SET refcount = b.refcount + c.n FROM "
@@ -1063,4 +1080,92 @@ int pg_op_copy(pg_job *j)
 int pg_op_move(pg_job *j)
 {
     return copy_or_move(j, true);
+}
+
+/* RECENT_CLAIM. The account's row lock (taken, like every writer takes it,
+ * first) orders claims with the account's writers, so row locks on the
+ * messages cannot deadlock with theirs; the UPDATE ... RETURNING is what
+ * hands each message out once: a second claim waiting on the same rows
+ * sees recent = 0 when it gets them and skips them. No modseq is taken:
+ * \Recent is per session (RFC 3501 2.3.2), not a change others see. */
+int pg_op_recent_claim(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    j->acct = pg_norm_account(&j->a, r->in.account);
+    if (r->in.recent_peek) {
+        pg_p_str(j, j->acct);
+        pg_p_str(j, canon(j, r->in.name));
+        PG_QUERY(j, "SELECT b.id, m.uid FROM mailboxes b JOIN accounts a ON a.id = b.account_id "
+                    "LEFT JOIN messages m ON m.mailbox_id = b.id AND m.recent <> 0 "
+                    "WHERE a.name = $1 AND b.name = $2 ORDER BY m.uid");
+        if (PQntuples(j->res) == 0)
+            return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+        {
+            int n = PQntuples(j->res), k = 0;
+            r->out.uids = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.uids);
+            if (r->out.uids == NULL)
+                return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+            for (int i = 0; i < n; i++)
+                if (!PQgetisnull(j->res, i, 1))
+                    r->out.uids[k++] = (uint32_t)pg_u64(j->res, i, 1);
+            r->out.n_uids = (size_t)k;
+        }
+        return PG_DONE;
+    }
+    PG_TX(j);
+    pg_p_str(j, j->acct);
+    pg_p_str(j, canon(j, r->in.name));
+    PG_QUERY(j, "SELECT b.id FROM accounts a JOIN mailboxes b ON b.account_id = a.id "
+                "AND b.name = $2 WHERE a.name = $1 FOR NO KEY UPDATE OF a");
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    j->mailbox_id = pg_u64(j->res, 0, 0);
+    pg_p_u64(j, j->mailbox_id);
+    PG_QUERY(j, "WITH c AS (UPDATE messages SET recent = 0 WHERE mailbox_id = $1 AND recent <> 0 "
+                "RETURNING uid) SELECT uid FROM c ORDER BY uid");
+    {
+        int n = PQntuples(j->res);
+        r->out.uids = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.uids);
+        if (r->out.uids == NULL)
+            return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        for (int i = 0; i < n; i++)
+            r->out.uids[i] = (uint32_t)pg_u64(j->res, i, 0);
+        r->out.n_uids = (size_t)n;
+    }
+    PG_END(j);
+}
+
+/* MAILBOX_KEYWORDS: one spelling per keyword, sorted without case. */
+int pg_op_mailbox_keywords(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    PG_BEGIN(j);
+    if (!r->in.account || !r->in.name)
+        return pg_done(j, TERN_STORE_EINVAL, "no mailbox");
+    pg_p_str(j, pg_norm_account(&j->a, r->in.account));
+    pg_p_str(j, canon(j, r->in.name));
+    PG_QUERY_PREPARED(j, PG_STMT_LOOKUP_MAILBOX, PG_LOOKUP_MAILBOX);
+    if (PQntuples(j->res) == 0)
+        return pg_done(j, TERN_STORE_ENOTFOUND, "no such mailbox");
+    pg_p_u64(j, pg_u64(j->res, 0, 0));
+    pg_p_u64(j, TERN_STORE_MAILBOX_KEYWORDS_MAX);
+    PG_QUERY(j, "SELECT DISTINCT ON (lower(k.keyword)) k.keyword FROM keywords k "
+                "JOIN messages m ON m.id = k.message WHERE m.mailbox_id = $1 "
+                "ORDER BY lower(k.keyword), k.keyword LIMIT $2");
+    {
+        int n = PQntuples(j->res);
+        r->out.names = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.names);
+        if (r->out.names == NULL)
+            return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        for (int i = 0; i < n; i++) {
+            r->out.names[i] = tern_arena_strdup(&r->arena, PQgetvalue(j->res, i, 0));
+            if (r->out.names[i] == NULL)
+                return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        }
+        r->out.n_names = (size_t)n;
+    }
+    PG_END(j);
 }

@@ -16,7 +16,7 @@
 #include "lib/log.h"
 #include "storage/pg/pg_internal.h"
 
-#define PG_SCHEMA_VERSION 1
+#define PG_SCHEMA_VERSION 2
 #define PG_SCHEMA_LOCK "7367230117"  /* advisory lock key: "tern schema" */
 
 /* Version 1. `body_ref` is BIGINT here: in this backend it is bodies.id. */
@@ -77,10 +77,20 @@ static const char *const schema_v1[] = {
     NULL,
 };
 
+/* Version 2. Keywords keep the case they were first written in and match
+ * without it: the spelling a mailbox already uses is found through
+ * lower(keyword). RECENT_CLAIM finds the few recent rows of a mailbox
+ * without reading the others. */
+static const char *const schema_v2[] = {
+    "CREATE INDEX IF NOT EXISTS keywords_lower ON keywords (lower(keyword))",
+    "CREATE INDEX IF NOT EXISTS messages_recent ON messages (mailbox_id) WHERE recent <> 0",
+    NULL,
+};
+
 /* Migrations: migrations[v - 1] takes a database from version v - 1 to v.
  * A new version appends an array here and bumps PG_SCHEMA_VERSION; a
  * released array is never edited. */
-static const char *const *const migrations[PG_SCHEMA_VERSION] = {schema_v1};
+static const char *const *const migrations[PG_SCHEMA_VERSION] = {schema_v1, schema_v2};
 
 static int exec(PGconn *c, const char *sql, char **error_r)
 {

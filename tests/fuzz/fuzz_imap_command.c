@@ -16,11 +16,21 @@ static bool msn_map(void *ctx, const tern_imap_seqset *m, tern_arena *a, tern_ui
     return true;
 }
 
+static bool recent_map(void *ctx, tern_arena *a, tern_uid_set *out)
+{
+    static const tern_uid_range r[] = {{3, 5}, {9, 9}};
+    (void)ctx;
+    (void)a;
+    out->ranges = r;
+    out->n = 2;
+    return true;
+}
+
 static void parse_args(const uint8_t *cmd, size_t len)
 {
     tern_arena a;
     tern_arena_init(&a, 4096);
-    tern_imap_seqmap map = {msn_map, NULL, NULL};
+    tern_imap_seqmap map = {msn_map, NULL, NULL, recent_map};
     tern_imap_parser ps;
     tern_imap_slice tag, name;
     tern_imap_parser_init(&ps, cmd, len, &a, 16);

@@ -2264,6 +2264,362 @@ static void t_concurrent_appends(void **state)
             free(workers[k].msgs[i]);
 }
 
+/* ---- keyword case ------------------------------------------------------ */
+
+/* The keywords of a message must be exactly `want`, spelling included. */
+static void expect_keywords_(const tern_message_info *m, const char *const *want, size_t n,
+                             int line)
+{
+    char got[256] = "";
+    for (size_t i = 0; i < m->n_keywords; i++)
+        snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s ",
+                 m->keywords[i] ? m->keywords[i] : "(null)");
+    bool ok = m->n_keywords == n;
+    for (size_t i = 0; ok && i < n; i++) {
+        bool found = false;
+        for (size_t k = 0; k < m->n_keywords; k++)
+            found |= m->keywords[k] && strcmp(m->keywords[k], want[i]) == 0;
+        ok = found;
+    }
+    if (!ok) {
+        char ws[256] = "";
+        for (size_t i = 0; i < n; i++)
+            snprintf(ws + strlen(ws), sizeof(ws) - strlen(ws), "%s ", want[i]);
+        fail_msg("line %d: uid %u keywords { %s} want { %s}", line, m->uid, got, ws);
+    }
+}
+#define expect_keywords(m, ...)                                                            \
+    do {                                                                                   \
+        const char *const w_[] = {"", __VA_ARGS__};                                        \
+        expect_keywords_((m), w_ + 1, sizeof(w_) / sizeof(w_[0]) - 1, __LINE__);          \
+    } while (0)
+
+static tern_store_req *search_in(const char *mbox, const tern_search *q)
+{
+    tern_store_req *r = R(TERN_STORE_SEARCH);
+    r->in.account = tacct;
+    r->in.name = mbox;
+    r->in.search = q;
+    run_ok(r);
+    return r;
+}
+
+static void t_keyword_case(void **state)
+{
+    (void)state;
+    /* Kept as written. */
+    const char *k0[] = {"$Forwarded", "Custom1"};
+    append_full(tacct, "INBOX", MSG_SIMPLE, 0, k0, 2, 0, TERN_STORE_OK);
+    append("INBOX", MSG_SIMPLE, 0);
+    append("INBOX", MSG_SIMPLE, 0);
+    expect_keywords(fetch_one("INBOX", 1), "$Forwarded", "Custom1");
+
+    const char *foo[] = {"Foo"}, *FOO[] = {"FOO"}, *lfoo[] = {"foo"}, *mix[] = {"fOO"};
+    tern_store_req *r = set_flags("INBOX", one_range(1, 1), TERN_FLAGS_ADD, 0, foo, 1, 0,
+                                  TERN_STORE_OK);
+    assert_int_equal(r->out.n_messages, 1);
+    expect_keywords(&r->out.messages[0], "$Forwarded", "Custom1", "Foo");
+    expect_keywords(fetch_one("INBOX", 1), "$Forwarded", "Custom1", "Foo");
+
+    /* Another spelling in the same mailbox takes the one already there. */
+    r = set_flags("INBOX", one_range(2, 2), TERN_FLAGS_ADD, 0, FOO, 1, 0, TERN_STORE_OK);
+    assert_int_equal(r->out.n_messages, 1);
+    expect_keywords(fetch_one("INBOX", 2), "Foo");
+    const char *k1[] = {"CUSTOM1"};
+    append_full(tacct, "INBOX", MSG_SIMPLE, 0, k1, 1, 0, TERN_STORE_OK);
+    expect_keywords(fetch_one("INBOX", 4), "Custom1");
+
+    /* Matching ignores case: adding what is there changes nothing (no
+     * modseq), removing in another case removes. */
+    uint64_t ms1 = fetch_one("INBOX", 1)->modseq;
+    r = set_flags("INBOX", one_range(1, 1), TERN_FLAGS_ADD, 0, lfoo, 1, 0, TERN_STORE_OK);
+    assert_int_equal(r->out.n_messages, 0);
+    assert_int_equal(fetch_one("INBOX", 1)->modseq, ms1);
+    r = set_flags("INBOX", one_range(1, 1), TERN_FLAGS_REMOVE, 0, mix, 1, 0, TERN_STORE_OK);
+    assert_int_equal(r->out.n_messages, 1);
+    expect_keywords(fetch_one("INBOX", 1), "$Forwarded", "Custom1");
+    const char *rep[] = {"FOO", "Bar", "BAR"};
+    set_flags("INBOX", one_range(3, 3), TERN_FLAGS_REPLACE, 0, rep, 3, 0, TERN_STORE_OK);
+    expect_keywords(fetch_one("INBOX", 3), "Foo", "Bar");
+    /* REPLACE with the same set in another case is no change. */
+    const char *rep2[] = {"foo", "bar"};
+    r = set_flags("INBOX", one_range(3, 3), TERN_FLAGS_REPLACE, 0, rep2, 2, 0, TERN_STORE_OK);
+    assert_int_equal(r->out.n_messages, 0);
+    expect_keywords(fetch_one("INBOX", 3), "Foo", "Bar");
+
+    /* SEARCH KEYWORD / UNKEYWORD without case, in SQL and with a body
+     * criterion (evaluated row by row). */
+    tern_search q = S_STR(TERN_SEARCH_KEYWORD, "foo");
+    expect_uids(search_in("INBOX", &q), "KEYWORD foo", 0, 2, 3);
+    q = S_STR(TERN_SEARCH_UNKEYWORD, "FOO");
+    expect_uids(search_in("INBOX", &q), "UNKEYWORD FOO", 0, 1, 4);
+    q = S_STR(TERN_SEARCH_KEYWORD, "$FORWARDED");
+    expect_uids(search_in("INBOX", &q), "KEYWORD $FORWARDED", 0, 1);
+    tern_search both[] = {S_STR(TERN_SEARCH_KEYWORD, "bAr"),
+                          {.kind = TERN_SEARCH_BODY, .str = "hello"}};
+    q = (tern_search){.kind = TERN_SEARCH_AND, .children = both, .n_children = 2};
+    expect_uids(search_in("INBOX", &q), "KEYWORD bAr BODY hello", 0, 3);
+
+    /* The spelling is the mailbox's: another mailbox has its own, and a
+     * copy or move takes the target's. */
+    mb_create("Other");
+    append_full(tacct, "Other", MSG_SIMPLE, 0, lfoo, 1, 0, TERN_STORE_OK);
+    expect_keywords(fetch_one("Other", 1), "foo");
+    tern_store_req *cp = R(TERN_STORE_COPY);
+    cp->in.account = tacct;
+    cp->in.name = "INBOX";
+    cp->in.new_name = "Other";
+    cp->in.uids = one_range(2, 2);
+    run_ok(cp);
+    assert_int_equal(cp->out.n_copied, 1);
+    expect_keywords(fetch_one("Other", cp->out.dst_uids[0]), "foo");
+    expect_keywords(fetch_one("INBOX", 2), "Foo");
+    tern_store_req *mv = R(TERN_STORE_MOVE);
+    mv->in.account = tacct;
+    mv->in.name = "INBOX";
+    mv->in.new_name = "Other";
+    mv->in.uids = one_range(3, 3);
+    run_ok(mv);
+    assert_int_equal(mv->out.n_copied, 1);
+    expect_keywords(fetch_one("Other", mv->out.dst_uids[0]), "foo", "Bar");
+    q = S_STR(TERN_SEARCH_KEYWORD, "FOO");
+    expect_uids(search_in("Other", &q), "Other KEYWORD FOO", 0, 1, 2, 3);
+
+    /* The mailbox's keywords: one spelling each, sorted without case. */
+    tern_store_req *kl = R(TERN_STORE_MAILBOX_KEYWORDS);
+    kl->in.account = tacct;
+    kl->in.name = "INBOX";
+    run_ok(kl);
+    const char *want_inbox[] = {"$Forwarded", "Custom1", "Foo"};
+    assert_int_equal(kl->out.n_names, 3);
+    for (size_t i = 0; i < 3; i++)
+        assert_string_equal(kl->out.names[i], want_inbox[i]);
+    kl = R(TERN_STORE_MAILBOX_KEYWORDS);
+    kl->in.account = tacct;
+    kl->in.name = "Other";
+    run_ok(kl);
+    assert_int_equal(kl->out.n_names, 2);
+    assert_string_equal(kl->out.names[0], "Bar");
+    assert_string_equal(kl->out.names[1], "foo");
+    mb_create("Empty");
+    kl = R(TERN_STORE_MAILBOX_KEYWORDS);
+    kl->in.account = tacct;
+    kl->in.name = "Empty";
+    run_ok(kl);
+    assert_int_equal(kl->out.n_names, 0);
+    kl = R(TERN_STORE_MAILBOX_KEYWORDS);
+    kl->in.account = tacct;
+    kl->in.name = "Missing";
+    run_st(kl, TERN_STORE_ENOTFOUND);
+}
+
+/* ---- \Recent ------------------------------------------------------------ */
+
+static tern_store_req *claim_recent(const char *mbox, bool peek, int want)
+{
+    tern_store_req *r = R(TERN_STORE_RECENT_CLAIM);
+    r->in.account = tacct;
+    r->in.name = mbox;
+    r->in.recent_peek = peek;
+    run_st(r, want);
+    if (r->out.n_uids)
+        assert_non_null(r->out.uids);
+    for (size_t i = 1; i < r->out.n_uids; i++)
+        if (r->out.uids[i - 1] >= r->out.uids[i])
+            fail_msg("RECENT_CLAIM %s: uids not ascending at %zu", mbox, i);
+    return r;
+}
+
+static void t_recent_claim(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 3; i++)
+        append("INBOX", MSG_SIMPLE, 0);
+    tern_mailbox_info *s0 = mb_status("INBOX");
+    assert_int_equal(s0->recent, 3);
+    uint64_t ms0 = s0->highest_modseq;
+
+    /* A peek (EXAMINE) lists them and leaves them recent. */
+    expect_uids(claim_recent("INBOX", true, TERN_STORE_OK), "peek", 0, 1, 2, 3);
+    assert_int_equal(mb_status("INBOX")->recent, 3);
+
+    /* The first claim gets them all, the second nothing. */
+    expect_uids(claim_recent("INBOX", false, TERN_STORE_OK), "first claim", 0, 1, 2, 3);
+    expect_uids(claim_recent("INBOX", false, TERN_STORE_OK), "second claim", 0);
+    expect_uids(claim_recent("INBOX", true, TERN_STORE_OK), "peek after claim", 0);
+    tern_mailbox_info *s1 = mb_status("INBOX");
+    assert_int_equal(s1->recent, 0);
+    assert_int_equal(s1->messages, 3);
+
+    /* Not a change anyone is told about: no modseq, nothing in the log. */
+    assert_int_equal(s1->highest_modseq, ms0);
+    tern_store_req *c = R(TERN_STORE_CHANGES);
+    c->in.account = tacct;
+    c->in.name = "INBOX";
+    c->in.since_modseq = ms0;
+    run_ok(c);
+    assert_int_equal(c->out.changes.n_changed, 0);
+    assert_int_equal(c->out.changes.n_vanished, 0);
+    for (uint32_t u = 1; u <= 3; u++)
+        assert_true(fetch_one("INBOX", u)->modseq <= ms0);
+
+    /* New mail is recent again, and only the new mail. */
+    append("INBOX", MSG_SIMPLE, TERN_FLAG_SEEN);
+    assert_int_equal(mb_status("INBOX")->recent, 1);
+    expect_uids(claim_recent("INBOX", false, TERN_STORE_OK), "after delivery", 0, 4);
+
+    /* COPY and MOVE make the target's copies recent (RFC 3501 6.4.7);
+     * the source keeps its state. */
+    mb_create("Other");
+    tern_store_req *cp = R(TERN_STORE_COPY);
+    cp->in.account = tacct;
+    cp->in.name = "INBOX";
+    cp->in.new_name = "Other";
+    cp->in.uids = one_range(1, 2);
+    run_ok(cp);
+    expect_uids(claim_recent("INBOX", true, TERN_STORE_OK), "source after copy", 0);
+    expect_uids(claim_recent("Other", false, TERN_STORE_OK), "copy target", 0, 1, 2);
+    tern_store_req *mv = R(TERN_STORE_MOVE);
+    mv->in.account = tacct;
+    mv->in.name = "INBOX";
+    mv->in.new_name = "Other";
+    mv->in.uids = one_range(3, 3);
+    run_ok(mv);
+    expect_uids(claim_recent("Other", false, TERN_STORE_OK), "move target", 0, 3);
+    assert_int_equal(mb_status("Other")->recent, 0);
+
+    /* A claim in one mailbox leaves the others alone. */
+    append("INBOX", MSG_SIMPLE, 0);
+    append("Other", MSG_SIMPLE, 0);
+    expect_uids(claim_recent("Other", false, TERN_STORE_OK), "other only", 0, 4);
+    assert_int_equal(mb_status("INBOX")->recent, 1);
+
+    claim_recent("Missing", false, TERN_STORE_ENOTFOUND);
+    claim_recent("Missing", true, TERN_STORE_ENOTFOUND);
+    tern_store_req *bad = R(TERN_STORE_RECENT_CLAIM);
+    bad->in.account = "nobody@example.test";
+    bad->in.name = "INBOX";
+    run_st(bad, TERN_STORE_ENOTFOUND);
+}
+
+/* Sessions claiming at once while mail arrives: every message is handed
+ * to exactly one claim. */
+enum { RC_CLAIMERS = 4, RC_CLAIMS = 25, RC_FIRST = 120, RC_LATER = 120, RC_MAX_UIDS = 512 };
+
+typedef struct rc_worker {
+    uv_loop_t loop;
+    tern_store_client *client;
+    bool appender;
+    int next, done, failed;
+    uint32_t uids[RC_MAX_UIDS];
+    size_t n_uids;
+    bool overflow;
+} rc_worker;
+
+static void rc_submit(rc_worker *w);
+
+static void rc_done(tern_store_req *r)
+{
+    rc_worker *w = r->data;
+    if (r->status != TERN_STORE_OK)
+        w->failed++;
+    else if (!w->appender)
+        for (size_t i = 0; i < r->out.n_uids; i++) {
+            if (w->n_uids == RC_MAX_UIDS) {
+                w->overflow = true;
+                break;
+            }
+            w->uids[w->n_uids++] = r->out.uids[i];
+        }
+    w->done++;
+    tern_store_req_free(r);
+    rc_submit(w);
+}
+
+static void rc_submit(rc_worker *w)
+{
+    int total = w->appender ? RC_LATER : RC_CLAIMS;
+    if (w->next >= total || w->next > w->done)
+        return; /* one request in flight per worker, in order */
+    w->next++;
+    tern_store_req *r = tern_store_req_new(w->appender ? TERN_STORE_APPEND : TERN_STORE_RECENT_CLAIM,
+                                           rc_done, w);
+    r->in.account = tacct;
+    r->in.name = "INBOX";
+    if (w->appender) {
+        r->in.data = (const uint8_t *)MSG_SIMPLE;
+        r->in.len = strlen(MSG_SIMPLE);
+    }
+    if (tern_store_submit(w->client, r) != 0) {
+        w->failed++;
+        w->done++;
+        tern_store_req_free(r);
+    }
+}
+
+static void *rc_thread(void *arg)
+{
+    rc_worker *w = arg;
+    int total = w->appender ? RC_LATER : RC_CLAIMS;
+    uv_loop_init(&w->loop);
+    w->client = tern_store_client_new(H.store, &w->loop);
+    if (w->client == NULL) {
+        w->failed = total;
+        return NULL;
+    }
+    rc_submit(w);
+    while (w->done < total) {
+        uv_run(&w->loop, UV_RUN_ONCE);
+        rc_submit(w);
+    }
+    tern_store_client_close(w->client);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&w->loop);
+    return NULL;
+}
+
+static void t_recent_claim_concurrent(void **state)
+{
+    (void)state;
+    for (int i = 0; i < RC_FIRST; i++)
+        append("INBOX", MSG_SIMPLE, 0);
+    static rc_worker w[RC_CLAIMERS + 1];
+    memset(w, 0, sizeof(w));
+    w[RC_CLAIMERS].appender = true;
+    pthread_t th[RC_CLAIMERS + 1];
+    for (int k = 0; k <= RC_CLAIMERS; k++)
+        assert_int_equal(pthread_create(&th[k], NULL, rc_thread, &w[k]), 0);
+    for (int k = 0; k <= RC_CLAIMERS; k++)
+        pthread_join(th[k], NULL);
+    static uint8_t seen[RC_FIRST + RC_LATER + 1];
+    memset(seen, 0, sizeof(seen));
+    size_t claimed = 0, claimers_with_some = 0;
+    for (int k = 0; k <= RC_CLAIMERS; k++) {
+        assert_int_equal(w[k].failed, 0);
+        assert_false(w[k].overflow);
+        claimers_with_some += w[k].n_uids > 0;
+        for (size_t i = 0; i < w[k].n_uids; i++) {
+            uint32_t u = w[k].uids[i];
+            if (u < 1 || u > RC_FIRST + RC_LATER)
+                fail_msg("claimer %d: uid %u out of range", k, u);
+            if (seen[u]++)
+                fail_msg("uid %u claimed twice", u);
+            claimed++;
+        }
+    }
+    assert_true(claimers_with_some >= 1);
+    /* What nobody claimed yet goes to one last claim; then all are out. */
+    tern_store_req *last = claim_recent("INBOX", false, TERN_STORE_OK);
+    for (size_t i = 0; i < last->out.n_uids; i++) {
+        uint32_t u = last->out.uids[i];
+        if (u < 1 || u > RC_FIRST + RC_LATER || seen[u]++)
+            fail_msg("last claim: uid %u out of range or claimed twice", u);
+        claimed++;
+    }
+    assert_int_equal(claimed, RC_FIRST + RC_LATER);
+    assert_int_equal(mb_status("INBOX")->recent, 0);
+}
+
 /* pg only: two stores on one database are two ternd nodes; a change made
  * through one wakes a watcher of the other (LISTEN/NOTIFY). */
 static void t_pg_cross_node_events(void **state)
@@ -2389,6 +2745,9 @@ int main(int argc, char **argv)
         T(t_change_events),
         T(t_client_close_completes),
         T(t_concurrent_appends),
+        T(t_keyword_case),
+        T(t_recent_claim),
+        T(t_recent_claim_concurrent),
         T(t_pg_cross_node_events),
         T(t_reopen),
         T(t_invalid_requests),

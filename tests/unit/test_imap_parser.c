@@ -157,7 +157,7 @@ static void test_search(void **st)
                     "UID 5,7:* ON 1-Feb-2024 HEADER X-Foo {3}\r\nbar MODSEQ 7";
     tern_imap_parser ps;
     tern_imap_parser_init(&ps, (const uint8_t *)q, strlen(q), &a, 8);
-    tern_imap_seqmap map = {msn_map, NULL, NULL};
+    tern_imap_seqmap map = {msn_map, NULL, NULL, NULL};
     tern_imap_search_opts o;
     tern_search *s;
     assert_true(tern_imap_search(&ps, &map, &o, &s));
@@ -187,6 +187,73 @@ static void test_search(void **st)
     const char *bad = "FROB 1";
     tern_imap_parser_init(&ps, (const uint8_t *)bad, strlen(bad), &a, 8);
     assert_false(tern_imap_search(&ps, &map, &o, &s));
+    tern_arena_free(&a);
+}
+
+static bool recent_map(void *ctx, tern_arena *a, tern_uid_set *out)
+{
+    tern_uid_range *r = tern_arena_alloc(a, 2 * sizeof(*r));
+    (void)ctx;
+    r[0].first = 3;
+    r[0].last = 5;
+    r[1].first = r[1].last = 9;
+    out->ranges = r;
+    out->n = 2;
+    return true;
+}
+
+/* RECENT, NEW and OLD take the session's \Recent UIDs from the map, fed
+ * one byte more at a time (the parser must not read past what it has). */
+static void test_search_recent(void **st)
+{
+    (void)st;
+    tern_arena a;
+    tern_arena_init(&a, 4096);
+    tern_imap_seqmap map = {msn_map, NULL, NULL, recent_map};
+    tern_imap_seqmap none = {msn_map, NULL, NULL, NULL};
+    tern_imap_parser ps;
+    tern_imap_search_opts o;
+    tern_search *s;
+    const char *q = "RECENT NEW OLD";
+    for (size_t n = 0; n < strlen(q); n++) {
+        tern_imap_parser_init(&ps, (const uint8_t *)q, n, &a, 8);
+        tern_search *part = NULL;
+        /* A prefix is either a shorter valid search or an error, never a read past n. */
+        if (tern_imap_search(&ps, &map, &o, &part))
+            assert_true(ps.p <= (const char *)q + n);
+    }
+    tern_imap_parser_init(&ps, (const uint8_t *)q, strlen(q), &a, 8);
+    assert_true(tern_imap_search(&ps, &map, &o, &s));
+    assert_int_equal(s->kind, TERN_SEARCH_AND);
+    assert_int_equal(s->n_children, 3);
+    const tern_search *r = &s->children[0];
+    assert_int_equal(r->kind, TERN_SEARCH_UID);
+    assert_int_equal(r->uids.n, 2);
+    assert_int_equal(r->uids.ranges[0].first, 3);
+    assert_int_equal(r->uids.ranges[0].last, 5);
+    assert_int_equal(r->uids.ranges[1].first, 9);
+    const tern_search *nw = &s->children[1];
+    assert_int_equal(nw->kind, TERN_SEARCH_AND);
+    assert_int_equal(nw->n_children, 2);
+    assert_int_equal(nw->children[0].kind, TERN_SEARCH_UID);
+    assert_int_equal(nw->children[0].uids.n, 2);
+    assert_int_equal(nw->children[1].kind, TERN_SEARCH_FLAGS_UNSET);
+    assert_int_equal(nw->children[1].flags, TERN_FLAG_SEEN);
+    const tern_search *old = &s->children[2];
+    assert_int_equal(old->kind, TERN_SEARCH_NOT);
+    assert_int_equal(old->n_children, 1);
+    assert_int_equal(old->children[0].kind, TERN_SEARCH_UID);
+    assert_int_equal(old->children[0].uids.n, 2);
+
+    /* Without a map nothing is recent: RECENT is the empty set, OLD all. */
+    tern_imap_parser_init(&ps, (const uint8_t *)"recent", 6, &a, 8);
+    assert_true(tern_imap_search(&ps, &none, &o, &s));
+    assert_int_equal(s->kind, TERN_SEARCH_UID);
+    assert_int_equal(s->uids.n, 0);
+    tern_imap_parser_init(&ps, (const uint8_t *)"OLD", 3, &a, 8);
+    assert_true(tern_imap_search(&ps, &none, &o, &s));
+    assert_int_equal(s->kind, TERN_SEARCH_NOT);
+    assert_int_equal(s->children[0].uids.n, 0);
     tern_arena_free(&a);
 }
 
@@ -306,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_reader_simple),      cmocka_unit_test(test_reader_literals),
         cmocka_unit_test(test_reader_refuse_sync), cmocka_unit_test(test_reader_nonsync_too_big),
         cmocka_unit_test(test_reader_too_long),    cmocka_unit_test(test_search),
+        cmocka_unit_test(test_search_recent),
         cmocka_unit_test(test_fetch),              cmocka_unit_test(test_tokens),
         cmocka_unit_test(test_mutf7),
     };

@@ -681,7 +681,7 @@ static void test_search_sql_text(void **state)
     assert_string_equal(sql.where,
         "(EXISTS (SELECT 1 FROM headers h WHERE h.message = m.id AND h.name = $2 AND h.value"
         " ILIKE $3 ESCAPE '\\') AND EXISTS (SELECT 1 FROM keywords k WHERE k.message = m.id"
-        " AND k.keyword = $4) AND m.size > $5::bigint)");
+        " AND lower(k.keyword) = $4) AND m.size > $5::bigint)");
     assert_int_equal(sql.n_params, 4);
     assert_string_equal(sql.params[0], "x-list");
     assert_string_equal(sql.params[1], "%50\\%%");
