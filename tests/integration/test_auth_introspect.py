@@ -12,6 +12,7 @@ checked locally, unless `always` is set."""
 import base64
 import imaplib
 import json
+import poplib
 import subprocess
 import threading
 import time
@@ -150,7 +151,7 @@ def ctl(t, *args):
     assert p.returncode == 0, (args, p.stdout, p.stderr)
 
 
-def start(tern_factory, idp_pki, url, oauth2=None, **intro):
+def start(tern_factory, idp_pki, url, oauth2=None, listeners=(), **intro):
     ports = free_ports(1)
     cfg = {
         "auth": {"backends": ["internal", "oauth2"], "failure_delay": "50ms",
@@ -164,6 +165,7 @@ def start(tern_factory, idp_pki, url, oauth2=None, **intro):
     t.config["listeners"].append({"name": "imap", "protocol": "imap", "address": "127.0.0.1",
                                   "port": ports[0], "tls": "starttls",
                                   "allow_plaintext_auth": True})
+    t.config["listeners"].extend(listeners)
     t.write_config()
     ctl(t, "account", "add", USER)
     t.start()
@@ -334,6 +336,36 @@ def test_imap_temporary_failure(tern_factory, idp_pki, endpoint):
     with pytest.raises(imaplib.IMAP4.error) as e:
         go()
     assert "UNAVAILABLE" in str(e.value), e.value
+
+
+# ---- POP3 -------------------------------------------------------------------
+
+def test_pop3_auth(tern_factory, idp_pki, endpoint):
+    endpoint.tokens["opaque-alice"] = active()
+    port = free_ports(1)[0]
+    start(tern_factory, idp_pki, endpoint.url,
+          listeners=[{"name": "pop3s", "protocol": "pop3", "address": "127.0.0.1",
+                      "port": port, "tls": "implicit"}])
+
+    def pop(tok):
+        p = poplib.POP3_SSL("127.0.0.1", port, timeout=20 * SLOW, context=client_context())
+        assert p._shortcmd("AUTH XOAUTH2").startswith(b"+")
+        ir = base64.b64encode(f"user={USER}\x01auth=Bearer {tok}\x01\x01".encode())
+        return p, ir
+
+    p, ir = pop("opaque-alice")
+    assert p._shortcmd(ir.decode()).startswith(b"+OK")
+    assert p.stat()[0] == 0
+    p.quit()
+    p, ir = pop("not-active")
+    r = p._shortcmd(ir.decode())      # the error challenge
+    assert r.startswith(b"+ ") and b"status" in base64.b64decode(r[2:])
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        p._shortcmd(base64.b64encode(b"\x01").decode())
+    endpoint.mode = "500"
+    p, ir = pop("another-token")
+    with pytest.raises(poplib.error_proto, match=r"\[SYS/TEMP\]"):
+        p._shortcmd(ir.decode())
 
 
 # ---- JWTs and introspection together -------------------------------------------
