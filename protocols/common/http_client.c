@@ -475,11 +475,11 @@ static int build_request(tern_http_request *r, const tern_http_request_params *p
     }
     if ((r->req = malloc(need)) == NULL)
         return -2;
-    char hostport[TERN_HTTP_MAX_HOST + 16];
-    bool default_port = r->u.port == (r->u.tls ? 443 : 80);
-    snprintf(hostport, sizeof(hostport), "%s%s%s%s%.0u", r->u.host_is_ipv6 ? "[" : "", r->u.host,
-             r->u.host_is_ipv6 ? "]" : "", default_port ? "" : ":",
-             default_port ? 0u : (unsigned)r->u.port);
+    char hostport[TERN_HTTP_MAX_HOST + 16], port[8] = "";
+    if (r->u.port != (r->u.tls ? 443 : 80))
+        snprintf(port, sizeof(port), ":%u", r->u.port);
+    snprintf(hostport, sizeof(hostport), "%s%s%s%s", r->u.host_is_ipv6 ? "[" : "", r->u.host,
+             r->u.host_is_ipv6 ? "]" : "", port);
     int n = snprintf(r->req, need, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: ternd\r\n"
                                    "Connection: close\r\n",
                      method, r->u.path, hostport);
