@@ -126,7 +126,9 @@ static void finish(tern_http_request *r)
         r->fd = -1;
     }
     if (r->conn_init) {
-        tern_conn_close(&r->conn, false); /* reports from on_close */
+        /* After a whole answer, a TLS close_notify (bounded by conn.c's
+         * linger timer); after a failure, at once. Reports from on_close. */
+        tern_conn_close(&r->conn, r->ok == 0);
         return;
     }
     report(r);

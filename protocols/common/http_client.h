@@ -10,9 +10,9 @@
  * What it does: GET or POST (a body and extra header fields), http:// and
  * https:// (the certificate verified against the tern_tls_client's CAs
  * and the URL's host name checked, TLS 1.2), the host name resolved off
- * the loop (lib/dns when a resolver is given, else getaddrinfo on libuv's
- * thread pool; IPv4 addresses are tried first, then IPv6, each in turn
- * until one connects), "Connection: close", one overall deadline, the
+ * the loop (lib/dns when a resolver is given: A records only; else
+ * getaddrinfo on libuv's thread pool, IPv4 addresses first, then IPv6),
+ * each address tried in turn until one connects, "Connection: close", one overall deadline, the
  * response head and body capped (Content-Length, chunked, or to the end
  * of the connection). Redirects are not followed: a 3xx is an answer.
  *
