@@ -28,6 +28,18 @@ const char *tern_auth_strerror(int status)
     }
 }
 
+static _Atomic(const tern_auth_http *) auth_http;
+
+void tern_auth_set_http(const tern_auth_http *h)
+{
+    atomic_store(&auth_http, h);
+}
+
+const tern_auth_http *tern_auth_get_http(void)
+{
+    return atomic_load(&auth_http);
+}
+
 int tern_auth__normalise(const char *in, const char *default_domain, char *out, size_t size)
 {
     size_t n = strlen(in);
@@ -694,6 +706,15 @@ static void token_work(tern_auth_req *r)
         char *account = NULL;
         r->error[0] = '\0';
         r->status = b->ops->verify_token(b->state, r, &account);
+        if (r->status == TERN_AUTH__ASYNC) {
+            if (b->ops->verify_token_async == NULL) {
+                r->status = TERN_AUTH_ETEMP;
+                snprintf(r->error, sizeof(r->error), "backend %s cannot decide", b->ops->name);
+                return;
+            }
+            r->priv_.backend = i; /* after_work asks it on the loop */
+            return;
+        }
         if (r->status == TERN_AUTH_OK) {
             r->priv_.found = true;
             r->out.account = account;
@@ -920,13 +941,41 @@ static bool ensure_account(tern_auth_req *r)
     return true;
 }
 
+static void answer(tern_auth_req *r);
+
+/* A backend asked a server about the token (verify_token_async). */
+static void token_async_done(tern_auth_req *r, char *account)
+{
+    tern_auth *a = r->priv_.client->auth;
+    if (r->status == TERN_AUTH_OK && account != NULL) {
+        r->priv_.found = true;
+        r->out.account = account;
+        r->out.backend = a->backends[r->priv_.backend].ops->name;
+    } else if (r->status == TERN_AUTH_OK || r->status == TERN_AUTH__ASYNC) {
+        r->status = TERN_AUTH_ETEMP;
+    }
+    answer(r);
+}
+
 static void after_work(uv_work_t *w, int status)
 {
     tern_auth_req *r = w->data;
+    if (status != 0 && (r->status == TERN_AUTH_OK || r->status == TERN_AUTH__ASYNC))
+        r->status = TERN_AUTH_ETEMP;
+    if (r->op == TERN_AUTH_VERIFY_TOKEN && r->status == TERN_AUTH__ASYNC) {
+        tern_auth_client *c = r->priv_.client;
+        const backend *b = &c->auth->backends[r->priv_.backend];
+        b->ops->verify_token_async(b->state, c->loop, r, token_async_done);
+        return;
+    }
+    answer(r);
+}
+
+/* Logs the outcome, feeds the limiter, provisions, and calls back. */
+static void answer(tern_auth_req *r)
+{
     tern_auth_client *c = r->priv_.client;
     tern_auth *a = c->auth;
-    if (status != 0 && r->status == TERN_AUTH_OK)
-        r->status = TERN_AUTH_ETEMP;
     if (r->op == TERN_AUTH_VERIFY_PASSWORD || r->op == TERN_AUTH_VERIFY_TOKEN) {
         char qu[128];
         const char *svc = r->in.service ? r->in.service : "-";

@@ -130,6 +130,38 @@ struct tern_auth_req {
     } priv_;
 };
 
+/* ---- HTTP for token introspection ---------------------------------------
+ * The oauth2 backend's introspection (RFC 7662) posts to an HTTP endpoint.
+ * The HTTP client lives in protocols/common (auth/ knows nothing of
+ * protocols), so a program that wants introspection hands it in once,
+ * before building a tern_auth (ternd does: tern_http_auth_transport).
+ * Without one, an introspection config still loads (tools such as ternctl
+ * never verify tokens) and a token that needs it fails as ETEMP. */
+typedef struct tern_auth_http_answer {
+    int ok;                 /* 0: a complete response came; status is set */
+    int status;             /* HTTP status */
+    const char *body;       /* NUL-terminated */
+    size_t body_len;
+    bool timed_out;
+    const char *why;        /* ok != 0: one line */
+} tern_auth_http_answer;
+typedef void (*tern_auth_http_cb)(void *arg, const tern_auth_http_answer *a);
+typedef struct tern_auth_http {
+    /* Blocking (start-up, reload): the trusted CAs from ca_file, or the
+     * system bundle when NULL. Shared by every loop's requests. NULL with
+     * *error_r (malloc'd). */
+    void *(*tls_new)(const char *ca_file, char **error_r);
+    void (*tls_free)(void *tls);
+    /* A POST on `loop`; cb runs once, on that loop, never inside this
+     * call. Returns -1 (cb will not run) when it could not start. */
+    int (*post)(uv_loop_t *loop, void *tls, const char *url, const char *const *headers,
+                size_t n_headers, const char *body, size_t body_len, uint64_t timeout_ms,
+                size_t max_body, tern_auth_http_cb cb, void *arg);
+} tern_auth_http;
+/* Process-wide; call before the first tern_auth_new. NULL: none. */
+void tern_auth_set_http(const tern_auth_http *h);
+const tern_auth_http *tern_auth_get_http(void);
+
 /* Builds the backends of cfg->auth (the file backend reads and parses its
  * file here: blocking, call at start-up or reload). `store` may be NULL when
  * no backend needs it (internal does); it must outlive the tern_auth.

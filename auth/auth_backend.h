@@ -43,7 +43,17 @@ typedef struct tern_auth_backend_ops {
      * TERN_AUTH_OK with *account_r in r->arena, TERN_AUTH_EFAIL with why in
      * r->error, or TERN_AUTH_ETEMP. */
     int (*verify_token)(void *b, tern_auth_req *r, char **account_r);
+    /* Optional: when verify_token answers TERN_AUTH__ASYNC (the token must
+     * be asked of a server: RFC 7662 introspection), this runs on the
+     * request's loop and calls done exactly once, from that loop, with
+     * r->status (and r->error) set and the account (in r->arena) when OK. */
+    void (*verify_token_async)(void *b, uv_loop_t *loop, tern_auth_req *r,
+                               void (*done)(tern_auth_req *r, char *account));
 } tern_auth_backend_ops;
+
+/* verify_token: "cannot decide here, call verify_token_async on the loop".
+ * Never seen outside auth/. */
+#define TERN_AUTH__ASYNC (-100)
 
 extern const tern_auth_backend_ops tern_auth_file_backend;
 extern const tern_auth_backend_ops tern_auth_oauth2_backend;

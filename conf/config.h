@@ -231,6 +231,20 @@ typedef struct tern_auth_oauth2_conf {
     uint64_t leeway_ms;        /* clock skew allowed on exp, nbf, iat; default 60s */
     char **algorithms;         /* of RS256, ES256, EdDSA; default all three */
     size_t n_algorithms;
+    /* auth_oauth2.introspection: RFC 7662, for tokens not checked locally. */
+    struct tern_auth_introspection_conf {
+        bool present;              /* the `introspection:` mapping exists */
+        char *url;                 /* the endpoint; https unless the host is loopback */
+        char *client_id;           /* HTTP Basic client authentication (RFC 7662 2.1) */
+        char *client_secret;       /* given, or read from client_secret_file by validate.c */
+        char *client_secret_file;
+        char *ca_file;             /* CAs for https; NULL: the system bundle */
+        uint64_t timeout_ms;       /* one request, lookup to last byte; default 10s */
+        uint64_t cache_ttl_ms;     /* positive answers, capped by the token's exp; default 5m */
+        uint64_t negative_cache_ttl_ms; /* inactive answers; default 30s */
+        char *account_claim;       /* member naming the account; default "username" */
+        bool always;               /* introspect JWTs too; default false */
+    } introspection;
 } tern_auth_oauth2_conf;
 
 /* ---- mailets: processors and plugins (conf/processors.c) ---------------- */

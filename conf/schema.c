@@ -426,6 +426,33 @@ static const char *check_oauth2_alg(const char *s)
     return "is not a supported JWS algorithm (RS256, ES256, EdDSA)";
 }
 
+static void introspection_post(conf_walk *w, const cnode *n, void *base, const char *path)
+{
+    (void)w;
+    (void)path;
+    ((struct tern_auth_introspection_conf *)base)->present = n != NULL;
+}
+
+/* url, client_id and a secret are required when the mapping exists;
+ * validate.c says so. */
+static const field introspection_fields[] = {
+    F_STRING("url", struct tern_auth_introspection_conf, url, NULL, 0, NULL),
+    F_STRING("client_id", struct tern_auth_introspection_conf, client_id, NULL, 0, NULL),
+    F_STRING("client_secret", struct tern_auth_introspection_conf, client_secret, NULL, 0, NULL),
+    F_STRING("client_secret_file", struct tern_auth_introspection_conf, client_secret_file, NULL,
+             FL_FILE, NULL),
+    F_STRING("ca_file", struct tern_auth_introspection_conf, ca_file, NULL, FL_FILE, NULL),
+    F_DURATION("timeout", struct tern_auth_introspection_conf, timeout_ms, 100, MIN, 10 * SEC, 1),
+    F_DURATION("cache_ttl", struct tern_auth_introspection_conf, cache_ttl_ms, 0, DAY, 5 * MIN, 1),
+    F_DURATION("negative_cache_ttl", struct tern_auth_introspection_conf, negative_cache_ttl_ms,
+               0, HOUR, 30 * SEC, 1),
+    F_STRING("account_claim", struct tern_auth_introspection_conf, account_claim, "username", 0,
+             NULL),
+    F_BOOL("always", struct tern_auth_introspection_conf, always, false),
+};
+static const schema_map introspection_schema = {introspection_fields,
+                                                COUNT(introspection_fields), introspection_post};
+
 /* jwks_file, issuer and audience are required only when the section
  * exists; validate.c says so. */
 static const field auth_oauth2_fields[] = {
@@ -435,6 +462,7 @@ static const field auth_oauth2_fields[] = {
     F_STRING("account_claim", tern_auth_oauth2_conf, account_claim, "email", 0, NULL),
     F_DURATION("leeway", tern_auth_oauth2_conf, leeway_ms, 0, HOUR, 60 * SEC, 1),
     F_STRLIST("algorithms", tern_auth_oauth2_conf, algorithms, n_algorithms, 0, check_oauth2_alg),
+    F_MAP("introspection", tern_auth_oauth2_conf, introspection, introspection_schema),
 };
 static const schema_map auth_oauth2_schema = {auth_oauth2_fields, COUNT(auth_oauth2_fields), NULL};
 

@@ -16,6 +16,7 @@
 #include <arpa/inet.h>
 
 #include "conf/conf_internal.h"
+#include "lib/http_response.h"
 #include "lib/json.h"
 
 static void validate__hostname(conf_walk *w)
@@ -69,18 +70,97 @@ static void validate__storage(conf_walk *w)
 /* The JWKS is fully decoded (keys imported) by auth/ when the snapshot is
  * built; here it must at least be a JSON key set, so a broken file fails
  * the reload with a config error rather than a login later. */
+/* Introspection (RFC 7662): the client secret must never cross the
+ * network in clear text, so the URL is https unless its host is this
+ * machine; the secret is read from its file here (as the smarthost's),
+ * and error messages name keys and files, never the secret. */
+static void validate__introspection(conf_walk *w)
+{
+    struct tern_auth_introspection_conf *in = &w->cfg->auth_oauth2.introspection;
+    unsigned line = conf__line(w, &in->url);
+    if (in->url == NULL) {
+        conf__err(w, 0, "auth_oauth2.introspection.url", "required");
+    } else {
+        tern_http_url u;
+        const char *why = NULL;
+        if (tern_http_url_parse(in->url, &u, &why) != 0)
+            conf__err(w, line, "auth_oauth2.introspection.url", "\"%s\": %s", in->url, why);
+        else if (!u.tls && !tern_http_host_is_loopback(u.host))
+            conf__err(w, line, "auth_oauth2.introspection.url",
+                      "must be https:// (the client secret would cross the network in clear "
+                      "text); http:// is allowed only to a loopback host");
+    }
+    if (in->client_id == NULL || in->client_id[0] == '\0' || strlen(in->client_id) > 255)
+        conf__err(w, conf__line(w, &in->client_id), "auth_oauth2.introspection.client_id",
+                  "required, 1 to 255 characters");
+    if ((in->client_secret == NULL) == (in->client_secret_file == NULL)) {
+        conf__err(w, line, "auth_oauth2.introspection",
+                  "needs exactly one of client_secret and client_secret_file");
+        return;
+    }
+    if (in->client_secret_file != NULL) {
+        const char *f = in->client_secret_file;
+        unsigned fl = conf__line(w, &in->client_secret_file);
+        struct stat st;
+        if (stat(f, &st) != 0) {
+            conf__err(w, fl, "auth_oauth2.introspection.client_secret_file", "\"%s\": %s", f,
+                      strerror(errno));
+            return;
+        }
+        if (st.st_mode & (S_IROTH | S_IWOTH)) {
+            conf__err(w, fl, "auth_oauth2.introspection.client_secret_file",
+                      "\"%s\" is readable or writable by everyone (chmod o-rw)", f);
+            return;
+        }
+        FILE *fp = fopen(f, "rb");
+        if (fp == NULL) {
+            conf__err(w, fl, "auth_oauth2.introspection.client_secret_file", "\"%s\": %s", f,
+                      strerror(errno));
+            return;
+        }
+        char buf[512];
+        size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+        fclose(fp);
+        buf[n] = '\0';
+        buf[strcspn(buf, "\r\n")] = '\0';
+        in->client_secret = conf__strdup(w, buf);
+        explicit_bzero(buf, sizeof(buf));
+    }
+    size_t sl = in->client_secret ? strlen(in->client_secret) : 0;
+    if (sl == 0 || sl > 255)
+        conf__err(w, line, "auth_oauth2.introspection", "the client secret must be 1 to 255 "
+                                                        "characters");
+    if (in->ca_file != NULL && access(in->ca_file, R_OK) != 0)
+        conf__err(w, conf__line(w, &in->ca_file), "auth_oauth2.introspection.ca_file",
+                  "\"%s\": %s", in->ca_file, strerror(errno));
+    if (in->account_claim == NULL || in->account_claim[0] == '\0')
+        conf__err(w, conf__line(w, &in->account_claim),
+                  "auth_oauth2.introspection.account_claim", "is empty");
+    if (in->always && w->cfg->auth_oauth2.jwks_file == NULL)
+        conf__err(w, conf__line(w, &in->always), "auth_oauth2.introspection.always",
+                  "is only meaningful with jwks_file (without it every token is introspected)");
+}
+
 static void validate__auth_oauth2(conf_walk *w)
 {
     const tern_auth_oauth2_conf *o = &w->cfg->auth_oauth2;
     if (!o->present)
         return;
+    if (o->introspection.present)
+        validate__introspection(w);
+    /* Local JWT checks need the keys, the issuer and the audience; with
+     * introspection alone, issuer and audience are optional checks of
+     * its answers. */
     const char *const names[] = {"auth_oauth2.jwks_file", "auth_oauth2.issuer",
                                  "auth_oauth2.audience"};
     char *const *vals[] = {(char *const *)&o->jwks_file, (char *const *)&o->issuer,
                            (char *const *)&o->audience};
-    for (size_t i = 0; i < 3; i++)
+    bool local = o->jwks_file != NULL || conf__line(w, &o->jwks_file) != 0 ||
+                 !o->introspection.present;
+    for (size_t i = 0; i < 3 && local; i++)
         if (*vals[i] == NULL && conf__line(w, vals[i]) == 0)
-            conf__err(w, 0, names[i], "required when an auth_oauth2: section is present");
+            conf__err(w, 0, names[i], "required when an auth_oauth2: section is present%s",
+                      o->introspection.present && i > 0 ? " with jwks_file" : "");
     if (o->audience != NULL && o->audience[0] == '\0')
         conf__err(w, conf__line(w, &o->audience), "auth_oauth2.audience", "is empty");
     if (o->issuer != NULL && o->issuer[0] == '\0')

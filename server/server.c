@@ -21,6 +21,7 @@
 #include "server/queue.h"
 #include "server/control.h"
 #include "mailets/repository.h"
+#include "protocols/common/http_client.h"
 
 #define MOD "server"
 #define FD_RESERVE 64 /* descriptors kept for spool, logs, listeners */
@@ -818,6 +819,8 @@ int tern_server_run(const char *config_path, tern_config *cfg)
         free(err);
         return 1;
     }
+    /* Token introspection (auth_oauth2.introspection) posts through it. */
+    tern_auth_set_http(&tern_http_auth_transport);
     srv->auth = tern_auth_new(cfg, srv->store, &err);
     if (srv->auth == NULL) {
         TLOG_ERR(MOD, "event=auth_setup_failed error=\"%s\"", err ? err : "?");

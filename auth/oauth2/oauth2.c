@@ -1,8 +1,8 @@
 /* oauth2.c: the `oauth2` auth backend: JWT access tokens checked locally
  * against a JWKS file read when the auth snapshot is built (so SIGHUP
  * reloads it). RS256 and ES256 through mbedTLS, EdDSA (Ed25519) through
- * libsodium. Token introspection (RFC 7662) is not done: it needs an HTTP
- * client.
+ * libsodium. Other tokens (opaque ones, JWTs of keys we do not hold) go
+ * to RFC 7662 introspection when it is configured (introspect.c).
  *
  * Trusted: the config and the JWKS file. Untrusted: tokens and SASL user
  * names; every length is bounded before decoding, the header's alg is
@@ -27,6 +27,7 @@
 #include <sodium.h>
 
 #include "auth/auth_backend.h"
+#include "auth/oauth2/introspect.h"
 #include "auth/oauth2/oauth2.h"
 #include "lib/base64.h"
 #include "lib/json.h"
@@ -566,31 +567,110 @@ out:
     return rc;
 }
 
+bool tern_oauth2_can_verify(const tern_oauth2 *o, const char *token, size_t token_len)
+{
+    if (o == NULL || token == NULL || token_len == 0 || token_len > TERN_OAUTH2_MAX_TOKEN)
+        return false;
+    const char *d1 = memchr(token, '.', token_len);
+    const char *d2 = d1 ? memchr(d1 + 1, '.', token_len - (size_t)(d1 + 1 - token)) : NULL;
+    if (d2 == NULL || memchr(d2 + 1, '.', token_len - (size_t)(d2 + 1 - token)) != NULL)
+        return false;
+    static _Thread_local uint8_t hbuf[TERN_OAUTH2_MAX_TOKEN];
+    size_t hl;
+    if (b64url_decode(token, (size_t)(d1 - token), hbuf, sizeof(hbuf), &hl) != 0)
+        return false;
+    static const tern_json_limits lim = {.max_depth = 4, .max_nodes = 64, .max_string = 1024};
+    tern_arena a;
+    tern_arena_init(&a, 1024);
+    tern_json *hdr;
+    bool ok = false;
+    if (tern_json_parse((const char *)hbuf, hl, &lim, &a, &hdr, NULL) == 0 &&
+        hdr->type == TERN_JSON_OBJECT) {
+        const char *alg_name = tern_json_str(tern_json_get(hdr, "alg"));
+        unsigned alg = alg_name ? tern_oauth2_alg(alg_name) : 0;
+        const tern_json *kidv = tern_json_get(hdr, "kid");
+        const char *kid = tern_json_str(kidv);
+        ok = alg != 0 && (alg & o->algorithms) != 0 && (kidv == NULL || kid != NULL) &&
+             pick_key(o, alg, kid) != NULL;
+    }
+    tern_arena_free(&a);
+    return ok;
+}
+
 /* ---- the backend -------------------------------------------------------------- */
+
+/* The backend's state: local JWT checks (when jwks_file is set) and
+ * introspection (when auth_oauth2.introspection is), either or both. */
+typedef struct oauth2_backend {
+    tern_oauth2 *jwt;
+    tern_introspect *in;
+    bool always;
+} oauth2_backend;
+
+static void oauth2_destroy(void *b)
+{
+    oauth2_backend *ob = b;
+    if (ob == NULL)
+        return;
+    tern_oauth2_free(ob->jwt);
+    tern_introspect_free(ob->in);
+    free(ob);
+}
 
 static void *oauth2_create(const tern_config *cfg, tern_store *store, char **error_r)
 {
     (void)store;
     const tern_auth_oauth2_conf *c = &cfg->auth_oauth2;
-    tern_oauth2_params p = {
-        .jwks_file = c->jwks_file,
-        .issuer = c->issuer,
-        .audience = c->audience,
-        .account_claim = c->account_claim,
-        .leeway_s = (int64_t)(c->leeway_ms / 1000),
-    };
-    for (size_t i = 0; i < c->n_algorithms; i++)
-        p.algorithms |= tern_oauth2_alg(c->algorithms[i]);
-    if (c->issuer == NULL || c->audience == NULL) {
+    const struct tern_auth_introspection_conf *ic = &c->introspection;
+    if (c->jwks_file == NULL && !ic->present) {
+        *error_r = strdup("auth backend oauth2 needs auth_oauth2.jwks_file or introspection");
+        return NULL;
+    }
+    if (c->jwks_file != NULL && (c->issuer == NULL || c->audience == NULL)) {
         *error_r = strdup("auth backend oauth2 needs auth_oauth2.issuer and audience");
         return NULL;
     }
-    return tern_oauth2_new(&p, error_r);
-}
-
-static void oauth2_destroy(void *b)
-{
-    tern_oauth2_free(b);
+    oauth2_backend *ob = calloc(1, sizeof(*ob));
+    if (ob == NULL) {
+        *error_r = strdup("out of memory");
+        return NULL;
+    }
+    if (c->jwks_file != NULL) {
+        tern_oauth2_params p = {
+            .jwks_file = c->jwks_file,
+            .issuer = c->issuer,
+            .audience = c->audience,
+            .account_claim = c->account_claim,
+            .leeway_s = (int64_t)(c->leeway_ms / 1000),
+        };
+        for (size_t i = 0; i < c->n_algorithms; i++)
+            p.algorithms |= tern_oauth2_alg(c->algorithms[i]);
+        if ((ob->jwt = tern_oauth2_new(&p, error_r)) == NULL) {
+            oauth2_destroy(ob);
+            return NULL;
+        }
+    }
+    if (ic->present) {
+        tern_introspect_params ip = {
+            .url = ic->url,
+            .client_id = ic->client_id,
+            .client_secret = ic->client_secret,
+            .ca_file = ic->ca_file,
+            .account_claim = ic->account_claim,
+            .issuer = c->issuer,
+            .audience = c->audience,
+            .leeway_s = (int64_t)(c->leeway_ms / 1000),
+            .timeout_ms = ic->timeout_ms,
+            .cache_ttl_ms = ic->cache_ttl_ms,
+            .negative_ttl_ms = ic->negative_cache_ttl_ms,
+        };
+        if ((ob->in = tern_introspect_new(&ip, error_r)) == NULL) {
+            oauth2_destroy(ob);
+            return NULL;
+        }
+        ob->always = ic->always;
+    }
+    return ob;
 }
 
 static unsigned oauth2_caps(void *b)
@@ -608,11 +688,45 @@ static void oauth2_lookup(void *b, tern_auth_lookup *lk)
     lk->done(lk);
 }
 
+/* On the pool. A JWT that our keys can check is decided here; any other
+ * token (opaque, or a JWT of keys we do not hold), or every token with
+ * `always`, goes to introspection: from the cache when it has the answer,
+ * else on the loop (TERN_AUTH__ASYNC). */
 static int oauth2_verify_token(void *b, tern_auth_req *r, char **account_r)
 {
-    int rc = tern_oauth2_verify(b, r->in.token, r->in.token_len, r->in.user, (int64_t)time(NULL),
-                                &r->arena, account_r, r->error, sizeof(r->error));
-    return rc == 0 ? TERN_AUTH_OK : TERN_AUTH_EFAIL;
+    oauth2_backend *ob = b;
+    if (ob->jwt != NULL &&
+        (ob->in == NULL ||
+         (!ob->always && tern_oauth2_can_verify(ob->jwt, r->in.token, r->in.token_len)))) {
+        int rc = tern_oauth2_verify(ob->jwt, r->in.token, r->in.token_len, r->in.user,
+                                    (int64_t)time(NULL), &r->arena, account_r, r->error,
+                                    sizeof(r->error));
+        return rc == 0 ? TERN_AUTH_OK : TERN_AUTH_EFAIL;
+    }
+    if (ob->in == NULL) {
+        snprintf(r->error, sizeof(r->error), "not a token our keys can check");
+        return TERN_AUTH_EFAIL;
+    }
+    int status;
+    char *account = NULL;
+    if (tern_introspect_cached(ob->in, r->in.token, r->in.token_len, uv_hrtime() / 1000000u,
+                               &r->arena, &status, &account, r->error, sizeof(r->error))) {
+        if (status == TERN_AUTH_OK && r->in.user != NULL && r->in.user[0] != '\0' &&
+            strcasecmp(r->in.user, account) != 0) {
+            snprintf(r->error, sizeof(r->error), "user does not match the token's account");
+            return TERN_AUTH_EFAIL;
+        }
+        *account_r = account;
+        return status;
+    }
+    return TERN_AUTH__ASYNC;
+}
+
+static void oauth2_verify_token_async(void *b, uv_loop_t *loop, tern_auth_req *r,
+                                      void (*done)(tern_auth_req *r, char *account))
+{
+    oauth2_backend *ob = b;
+    tern_introspect_ask(ob->in, loop, r, done);
 }
 
 const tern_auth_backend_ops tern_auth_oauth2_backend = {
@@ -622,4 +736,5 @@ const tern_auth_backend_ops tern_auth_oauth2_backend = {
     .caps = oauth2_caps,
     .lookup = oauth2_lookup,
     .verify_token = oauth2_verify_token,
+    .verify_token_async = oauth2_verify_token_async,
 };

@@ -8,6 +8,7 @@
 #ifndef TERN_AUTH_OAUTH2_H
 #define TERN_AUTH_OAUTH2_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,5 +46,9 @@ unsigned tern_oauth2_alg(const char *name);
 int tern_oauth2_verify(const tern_oauth2 *o, const char *token, size_t token_len,
                        const char *user, int64_t now, tern_arena *arena, char **account_r,
                        char *why, size_t why_size);
+
+/* Whether token is a compact JWS whose header names an allowed alg and a
+ * key we hold (so tern_oauth2_verify can decide it). o may be NULL. */
+bool tern_oauth2_can_verify(const tern_oauth2 *o, const char *token, size_t token_len);
 
 #endif
