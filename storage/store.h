@@ -275,6 +275,14 @@ struct tern_store_req {
         const uint8_t *data;    /* APPEND: the message (CRLF line endings expected) */
         size_t len;
         const char *data_path;  /* APPEND alternative: a file to take the bytes from */
+        const uint8_t *prefix;  /* APPEND: bytes of this copy only, stored in front of
+                                   data / data_path (LocalDelivery's Return-Path and
+                                   Delivered-To). The message is prefix + data; keeping the
+                                   copies' common part in data lets a backend store it once:
+                                   pg keeps one bodies row for equal data (refcounted), local
+                                   hard-links appends of one unchanged data_path without a
+                                   prefix (a Maildir file must hold the whole message). */
+        size_t prefix_len;
         unsigned flags;
         tern_keywords keywords;
         int64_t internal_date;  /* APPEND: 0 = now */

@@ -1,7 +1,9 @@
 /* Mailet LocalDelivery: appends the mail to each recipient account's
  * mailbox through store.h (INBOX, or the folder named by the `folder`
  * parameter or by a mail attribute), with Return-Path and Delivered-To
- * added, one store request per recipient, all in flight at once. An
+ * added, one store request per recipient, all in flight at once. Those two
+ * lines go as each request's prefix and the message itself is one buffer
+ * shared by all, so a store can keep one copy of it (pg does). An
  * account that a backend knows but the store does not yet (LDAP, SQL) gets
  * its mailboxes at its first delivery. Recipients delivered are finished;
  * the others go on: a full mailbox (552 5.2.2) to `bounces`, a store that
@@ -27,8 +29,8 @@ typedef struct ld_rcpt {
     ld_state st;
     const char *account;
     const char *mailbox;
-    uint8_t *data;
-    size_t len;
+    uint8_t *prefix;          /* this copy's Return-Path and Delivered-To */
+    size_t prefix_len;
     bool created, fell_back;
     char error[600];
 } ld_rcpt;
@@ -38,6 +40,8 @@ typedef struct ld_run {
     const ld_conf *conf;
     ld_rcpt *r;
     size_t n;
+    uint8_t *base;            /* the message, shared by every request */
+    size_t blen;
     size_t out;
     size_t others; /* recipients that are not accounts: left in the mail */
 } ld_run;
@@ -109,8 +113,9 @@ static void ld_finish(ld_run *run)
                 why = r->error;
             break;
         }
-        free(r->data);
+        free(r->prefix);
     }
+    free(run->base);
     size_t others = run->others;
     free(run->r);
     free(run);
@@ -235,8 +240,10 @@ static void ld_submit(ld_rcpt *r)
     }
     q->in.account = r->account;
     q->in.name = r->mailbox;
-    q->in.data = r->data;
-    q->in.len = r->len;
+    q->in.prefix = r->prefix;
+    q->in.prefix_len = r->prefix_len;
+    q->in.data = r->run->base;
+    q->in.len = r->run->blen;
     if (tern_store_submit(tern_mail_store(r->run->m), q) != 0) {
         tern_store_req_free(q);
         r->st = LD_TEMP;
@@ -248,20 +255,18 @@ static void ld_submit(ld_rcpt *r)
 /* Return-Path (RFC 5321 4.4) and Delivered-To (the address this copy was
  * delivered for, the loop guard other MDAs use) go on top of this copy
  * only. */
-static uint8_t *ld_copy(const tern_mail *m, const char *rcpt, const uint8_t *base, size_t blen,
-                        size_t *len_r)
+static uint8_t *ld_prefix(const tern_mail *m, const char *rcpt, size_t *len_r)
 {
     char top[1200];
     int n = snprintf(top, sizeof(top), "Return-Path: <%s>\r\nDelivered-To: %s\r\n",
                      tern_mail_sender(m), rcpt);
     if (n < 0 || (size_t)n >= sizeof(top))
         return NULL;
-    uint8_t *out = malloc((size_t)n + blen);
+    uint8_t *out = malloc((size_t)n);
     if (out == NULL)
         return NULL;
     memcpy(out, top, (size_t)n);
-    memcpy(out + n, base, blen);
-    *len_r = (size_t)n + blen;
+    *len_r = (size_t)n;
     return out;
 }
 
@@ -295,15 +300,16 @@ static tern_mailet_verdict ld_service(void *state, tern_mail *m, tern_mailet_res
         r->idx = i;
         r->account = e->account;
         r->mailbox = folder;
-        r->data = ld_copy(m, e->addr, base, blen, &r->len);
-        if (r->data == NULL) {
+        r->prefix = ld_prefix(m, e->addr, &r->prefix_len);
+        if (r->prefix == NULL) {
             r->st = LD_TEMP;
             snprintf(r->error, sizeof(r->error), "out of memory");
         }
         run->n++;
         deliverable++;
     }
-    free(base);
+    run->base = base;
+    run->blen = blen;
     run->others = n - deliverable;
     run->out = 1; /* held until every request is submitted */
     for (size_t i = 0; i < run->n; i++) {

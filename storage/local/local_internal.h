@@ -207,10 +207,12 @@ int local_rmtree(const char *path);
 /* Writes a message into dir/tmp, without fsync: the caller hands the open
  * fd to local_pending_add, which fsyncs (in parallel with the rest of the
  * batch) and renames it into cur/ as *name_r before the COMMIT. Either
- * `data`/`len` or `src_path` gives the bytes. Returns 0 or -errno; on
- * success *size_r is its size and `head` holds up to LOCAL_HEADER_MAX first
- * bytes when read from src_path (malloc'd, caller frees). */
-int local_write_message(local_store *L, tern_arena *a, const char *dir, const uint8_t *data,
+ * `data`/`len` or `src_path` gives the bytes, after `prefix` (may be
+ * empty). Returns 0 or -errno; on success *size_r is its size and `head`
+ * holds up to LOCAL_HEADER_MAX first bytes when read from src_path or
+ * behind a prefix (malloc'd, caller frees). */
+int local_write_message(local_store *L, tern_arena *a, const char *dir, const uint8_t *prefix,
+                        size_t prefix_len, const uint8_t *data,
                         size_t len, const char *src_path, unsigned flags, int64_t mtime,
                         char **name_r, uint64_t *size_r, uint8_t **head_r, size_t *head_len_r,
                         int *fd_r, char **tmp_r);

@@ -340,7 +340,8 @@ int local_read_head(const char *path, uint8_t **head_r, size_t *len_r)
     return 0;
 }
 
-int local_write_message(local_store *L, tern_arena *a, const char *dir, const uint8_t *data,
+int local_write_message(local_store *L, tern_arena *a, const char *dir, const uint8_t *prefix,
+                        size_t prefix_len, const uint8_t *data,
                         size_t len, const char *src_path, unsigned flags, int64_t mtime,
                         char **name_r, uint64_t *size_r, uint8_t **head_r, size_t *head_len_r,
                         int *fd_r, char **tmp_r)
@@ -368,13 +369,37 @@ int local_write_message(local_store *L, tern_arena *a, const char *dir, const ui
     }
     uint64_t size = 0;
     int err = 0;
-    if (src < 0) {
+    if (prefix_len > 0) {
+        /* The index is built from the head of the whole message, prefix
+         * first. */
+        head = malloc(LOCAL_HEADER_MAX);
+        if (head == NULL)
+            err = ENOMEM;
+        else if (write_all(fd, prefix, prefix_len) != 0)
+            err = errno;
+        if (err == 0) {
+            head_len = prefix_len < LOCAL_HEADER_MAX ? prefix_len : LOCAL_HEADER_MAX;
+            memcpy(head, prefix, head_len);
+            size = prefix_len;
+        }
+    }
+    if (err != 0) {
+        if (src >= 0)
+            close(src);
+    } else if (src < 0) {
         if (write_all(fd, data, len) != 0)
             err = errno;
-        size = len;
+        size += len;
+        if (head != NULL && head_len < LOCAL_HEADER_MAX) {
+            size_t take = len < LOCAL_HEADER_MAX - head_len ? len : LOCAL_HEADER_MAX - head_len;
+            if (take)
+                memcpy(head + head_len, data, take);
+            head_len += take;
+        }
     } else {
         uint8_t *buf = malloc(COPY_CHUNK);
-        head = malloc(LOCAL_HEADER_MAX);
+        if (head == NULL)
+            head = malloc(LOCAL_HEADER_MAX);
         if (buf == NULL || head == NULL)
             err = ENOMEM;
         while (err == 0) {

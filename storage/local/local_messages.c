@@ -463,10 +463,15 @@ static int append(local_store *L, tern_store_req *req)
     } else if (req->in.data == NULL && req->in.len > 0) {
         return tern_store__fail(req, TERN_STORE_EINVAL, "no message data");
     }
+    if (req->in.prefix == NULL && req->in.prefix_len > 0)
+        return tern_store__fail(req, TERN_STORE_EINVAL, "no prefix data");
+    /* A prefix makes this copy's file differ from the others: no link. */
+    bool linkable = req->in.data_path && req->in.prefix_len == 0;
+    want += req->in.prefix_len;
     if ((r = quota_check(req, &a, want, 1)) != TERN_STORE_OK)
         return r;
     int64_t idate = req->in.internal_date ? req->in.internal_date : local_now();
-    lshared_body *shared = req->in.data_path ? shared_find(L, req->in.data_path, &sb) : NULL;
+    lshared_body *shared = linkable ? shared_find(L, req->in.data_path, &sb) : NULL;
     if (shared && (r = append_linked(L, req, &a, &m, shared, idate)) != 0)
         return r < 0 ? r : TERN_STORE_OK;
     char *name, *tmp;
@@ -474,7 +479,8 @@ static int append(local_store *L, tern_store_req *req)
     uint8_t *head = NULL;
     size_t head_len = 0;
     int fd;
-    int err = local_write_message(L, &L->batch, m.dir, req->in.data_path ? NULL : req->in.data,
+    int err = local_write_message(L, &L->batch, m.dir, req->in.prefix, req->in.prefix_len,
+                                  req->in.data_path ? NULL : req->in.data,
                                   req->in.len, req->in.data_path, req->in.flags, idate, &name,
                                   &size, &head, &head_len, &fd, &tmp);
     if (err != 0)
@@ -494,7 +500,7 @@ static int append(local_store *L, tern_store_req *req)
     }
     local_effect(L, LEFF_UNDO_UNLINK, tmp, NULL);
     local_effect(L, LEFF_UNDO_UNLINK, abs, NULL);
-    if (req->in.data_path && size == want)
+    if (linkable && size == want)
         shared_remember(L, req->in.data_path, &sb, abs);
     if (size != want && (r = quota_check(req, &a, size, 1)) != TERN_STORE_OK) {
         free(head);

@@ -159,13 +159,17 @@ int pg_op_account_delete(pg_job *j)
         return pg_done(j, TERN_STORE_ENOTFOUND, "no such account");
     j->account_id = pg_u64(j->res, 0, 0);
     pg_p_u64(j, j->account_id);
-    /* Bodies are shared only inside an account, so every reference this
-     * account holds goes; a body other rows still use is kept. */
+    /* Every reference this account holds goes; a body other accounts
+     * still use (a delivery to several) is kept. */
     PG_QUERY(j, "WITH c AS (SELECT body_ref, count(*) AS n FROM messages "
                 "WHERE account_id = $1 GROUP BY body_ref), "
-                "d AS (DELETE FROM bodies b USING c WHERE b.id = c.body_ref AND b.refcount <= c.n) "
-                "UPDATE bodies b SET refcount = b.refcount - c.n FROM c "
-                "WHERE b.id = c.body_ref AND b.refcount > c.n");
+                PG_BODY_UNREF
+                "SELECT " PG_BODY_DEAD);
+    j->p = PQgetisnull(j->res, 0, 0) ? NULL : tern_arena_strdup(&j->a, PQgetvalue(j->res, 0, 0));
+    if (j->p) {
+        pg_p_str(j, j->p);
+        PG_QUERY(j, PG_BODY_DELETE);
+    }
     pg_p_u64(j, j->account_id);
     PG_QUERY(j, "WITH e AS (DELETE FROM expunged WHERE mailbox_id IN "
                 "(SELECT id FROM mailboxes WHERE account_id = $1)) "

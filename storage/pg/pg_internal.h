@@ -303,6 +303,22 @@ void pg_message_row(pg_job *j, const PGresult *r, int row, tern_message_info *ou
     "m.uid, m.email_id, m.thread_id, m.flags, m.modseq, m.internal_date, m.size, " \
     "(SELECT string_agg(k.keyword, ' ' ORDER BY k.keyword) FROM keywords k WHERE k.message = m.id)"
 
+/* Dropping references to bodies, which other accounts may share (so the
+ * account's lock does not cover them): a CTE `c (body_ref, n)` of the
+ * references going, PG_BODY_UNREF as a further CTE takes them off under
+ * the rows' own locks, PG_BODY_DEAD (in the final SELECT) lists the rows
+ * left at 0 as a text[] literal or NULL, and PG_BODY_DELETE ($1: that
+ * list) removes them as a second statement of the same transaction: one
+ * statement cannot both update and delete a row, and deciding from the
+ * snapshot's refcount instead would let two accounts each keep the last
+ * reference. An append of equal bytes waits on the locked row and, once
+ * it is deleted, inserts a new one. */
+#define PG_BODY_UNREF                                                      \
+    "bu AS (UPDATE bodies b SET refcount = b.refcount - c.n FROM c "       \
+    "WHERE b.id = c.body_ref RETURNING b.id, b.refcount)"
+#define PG_BODY_DEAD "(SELECT array_agg(id)::text FROM bu WHERE refcount <= 0)"
+#define PG_BODY_DELETE "DELETE FROM bodies WHERE id = ANY ($1::bigint[]) AND refcount <= 0"
+
 /* BEGIN leaves parameters already bound for the next statement alone. */
 #define PG_TX(j)                                                           \
     do {                                                                   \

@@ -24,6 +24,7 @@
 #include "storage/pg/pg_internal.h"
 
 #define PG_APPEND_MAX (1024ULL * 1024 * 1024)
+#define PG_INDEX_HEAD_MAX (256u * 1024u) /* of the shared part, indexed behind a prefix */
 
 static uint64_t affected(const PGresult *r)
 {
@@ -236,11 +237,15 @@ int pg_op_mailbox_delete(pg_job *j)
     pg_p_u64(j, j->account_id);
     PG_QUERY(j, "WITH c AS (SELECT body_ref, count(*) AS n, sum(size) AS s FROM messages "
                 "WHERE mailbox_id = $1 GROUP BY body_ref), "
-                "d AS (DELETE FROM bodies b USING c WHERE b.id = c.body_ref AND b.refcount <= c.n), "
-                "u AS (UPDATE bodies b SET refcount = b.refcount - c.n FROM c "
-                "WHERE b.id = c.body_ref AND b.refcount > c.n) "
-                "UPDATE accounts SET used_bytes = used_bytes - (SELECT coalesce(sum(s), 0) FROM c), "
-                "used_messages = used_messages - (SELECT coalesce(sum(n), 0) FROM c) WHERE id = $2");
+                PG_BODY_UNREF ", "
+                "u AS (UPDATE accounts SET used_bytes = used_bytes - (SELECT coalesce(sum(s), 0) FROM c), "
+                "used_messages = used_messages - (SELECT coalesce(sum(n), 0) FROM c) WHERE id = $2) "
+                "SELECT " PG_BODY_DEAD);
+    j->p = PQgetisnull(j->res, 0, 0) ? NULL : tern_arena_strdup(&j->a, PQgetvalue(j->res, 0, 0));
+    if (j->p) {
+        pg_p_str(j, j->p);
+        PG_QUERY(j, PG_BODY_DELETE);
+    }
     pg_p_u64(j, j->mailbox_id);
     PG_QUERY(j, "WITH e AS (DELETE FROM expunged WHERE mailbox_id = $1) "
                 "DELETE FROM mailboxes WHERE id = $1");
@@ -371,9 +376,16 @@ static const char *opt_text(pg_job *j, const char *s)
 /* An append is one statement in a transaction, so the account's lock is
  * held for one statement and the COMMIT: it takes the account's next modseq
  * (which row-locks the account and charges the quota, refused inside the
- * WHERE), the mailbox's next uid, finds the thread, writes the body, the
- * message, its keywords and header index, and queues the NOTIFY that goes
- * out with the commit. It returns no row only when it changed nothing (no
+ * WHERE), the mailbox's next uid, finds the thread, writes the body (or,
+ * when a row with the same bytes exists, takes a reference to it: the
+ * copies of one delivery to several accounts share it; the per-copy
+ * prefix $21 goes in the message row), the message, its keywords and
+ * header index, and queues the NOTIFY that goes out with the commit. The
+ * Email and Thread ids come from the bodies' sequence, not the body row,
+ * which may be shared; the sequence also made the ids of older rows, so
+ * they stay unique. Two transactions appending equal bytes wait for each
+ * other on the body row, after their account locks, so no cycle forms
+ * between single appends. It returns no row only when it changed nothing (no
  * account, no mailbox, over quota); a rename committed while it waited for
  * the account's lock empties `b` after `a` charged the account, and `chk`
  * then fails the statement with a retryable error rather than keep half. */
@@ -387,16 +399,18 @@ static const char *opt_text(pg_job *j, const char *s)
     "b AS (UPDATE mailboxes b SET uidnext = b.uidnext + 1, highest_modseq = a.highest_modseq " \
     "FROM a WHERE b.account_id = a.id AND b.name = $2 "                                        \
     "RETURNING b.id, b.uidvalidity, b.uidnext - 1 AS uid), "                                   \
-    "bd AS (INSERT INTO bodies (data, refcount) SELECT $4, 1 FROM b RETURNING id), "           \
+    "bd AS (INSERT INTO bodies (data, refcount, hash) SELECT $4, 1, sha256($4) FROM b "         \
+    "ON CONFLICT (hash) DO UPDATE SET refcount = bodies.refcount + 1 RETURNING id), "          \
+    "e AS (SELECT nextval('bodies_id_seq') AS n FROM b), "                                     \
     "msg AS (INSERT INTO messages (account_id, mailbox_id, uid, modseq, flags, internal_date, " \
     "size, email_id, thread_id, recent, hdr_date, subject, base_subject, from_addr, to_addr, "  \
-    "cc_addr, bcc_addr, message_id, in_reply_to, refs, body_ref) "                             \
-    "SELECT a.id, b.id, b.uid, a.highest_modseq, $5, $6, $3, 'M' || bd.id, "                   \
+    "cc_addr, bcc_addr, message_id, in_reply_to, refs, body_ref, prefix) "                     \
+    "SELECT a.id, b.id, b.uid, a.highest_modseq, $5, $6, $3, 'M' || e.n, "                     \
     "coalesce((SELECT t.thread_id FROM messages t WHERE t.account_id = a.id "                  \
     "AND t.message_id = ANY ($7::text[]) LIMIT 1), "                                           \
     "(SELECT t.thread_id FROM messages t WHERE t.account_id = a.id "                           \
-    "AND t.in_reply_to = $8 LIMIT 1), 'T' || bd.id), "                                         \
-    "1, $9, $10, $11, $12, $13, $14, $15, $8, $16, $17, bd.id FROM a, b, bd "                   \
+    "AND t.in_reply_to = $8 LIMIT 1), 'T' || e.n), "                                           \
+    "1, $9, $10, $11, $12, $13, $14, $15, $8, $16, $17, bd.id, $21 FROM a, b, bd, e "          \
     "RETURNING id, mailbox_id, uid, modseq, email_id, thread_id), "                            \
     "kw AS (INSERT INTO keywords (message, keyword) "                                          \
     "SELECT DISTINCT ON (lower(k)) msg.id, coalesce((SELECT x.keyword FROM keywords x "         \
@@ -427,10 +441,28 @@ static int append_prepare(pg_job *m)
         m->data = r->in.data ? r->in.data : (const uint8_t *)"";
         m->len = r->in.data ? r->in.len : 0;
     }
-    if (m->len > PG_APPEND_MAX)
+    size_t plen = r->in.prefix ? r->in.prefix_len : 0;
+    if (!r->in.prefix && r->in.prefix_len)
+        return pg_done(m, TERN_STORE_EINVAL, "no prefix data"), -1;
+    if (m->len > PG_APPEND_MAX || plen > PG_APPEND_MAX - m->len)
         return pg_done(m, TERN_STORE_EINVAL, "message too large"), -1;
+    /* The header index is of the whole message: prefix, then the head of
+     * the shared part. */
+    const uint8_t *head = m->data;
+    size_t head_len = m->len;
+    if (plen) {
+        size_t take = m->len < PG_INDEX_HEAD_MAX ? m->len : PG_INDEX_HEAD_MAX;
+        uint8_t *h = tern_arena_alloc(&m->a, plen + take + 1);
+        if (!h)
+            return pg_done(m, TERN_STORE_ETEMP, "out of memory"), -1;
+        memcpy(h, r->in.prefix, plen);
+        if (take)
+            memcpy(h + plen, m->data, take);
+        head = h;
+        head_len = plen + take;
+    }
     tern_msg_index idx;
-    if (tern_msg_index_build(&m->a, m->data, m->len, &idx) != 0)
+    if (tern_msg_index_build(&m->a, head, head_len, &idx) != 0)
         return pg_done(m, TERN_STORE_ETEMP, "out of memory indexing the message"), -1;
     size_t refs_len = 1;
     for (size_t i = 0; i < idx.n_references; i++)
@@ -455,7 +487,7 @@ static int append_prepare(pg_job *m)
     m->np = 0;
     pg_p_str(m, m->acct);                   /* $1 */
     pg_p_str(m, m->mbox);                   /* $2 */
-    pg_p_u64(m, m->len);                    /* $3 */
+    pg_p_u64(m, plen + m->len);             /* $3 */
     pg_p_bin(m, m->data, m->len);           /* $4 */
     pg_p_u64(m, r->in.flags & 0x1f);        /* $5 */
     pg_p_i64(m, idate);                     /* $6 */
@@ -476,6 +508,7 @@ static int append_prepare(pg_job *m)
     pg_p_strarray(m, r->in.keywords.names, r->in.keywords.n, false); /* $18: as written */
     pg_p_strarray(m, names, idx.n_fields, true);
     pg_p_strarray(m, values, idx.n_fields, false); /* $20 */
+    pg_p_bin(m, plen ? r->in.prefix : NULL, plen); /* $21: NULL when none */
     return 0;
 }
 
@@ -499,7 +532,7 @@ int pg_op_append(pg_job *j)
     if (PQntuples(j->res) == 0) {
         pg_p_str(j, j->acct);
         pg_p_str(j, j->mbox);
-        pg_p_u64(j, j->len);
+        pg_p_u64(j, j->len + (j->req->in.prefix ? j->req->in.prefix_len : 0));
         PG_QUERY(j, "SELECT EXISTS (SELECT 1 FROM mailboxes b WHERE b.account_id = a.id "
                     "AND b.name = $2), (quota_bytes = 0 OR used_bytes + $3 <= quota_bytes) "
                     "AND (quota_messages = 0 OR used_messages + 1 <= quota_messages) "
@@ -767,10 +800,18 @@ int pg_op_fetch_body(pg_job *j)
         pg_p_u64(j, max);
     }
     j->binary_result = true;
-    PG_QUERY(j, "SELECT length(bd.data)::int4, substring(bd.data FROM $4::int FOR $5::int) "
+    /* The message is the row's prefix, then the (maybe shared) body: the
+     * slice takes what it needs of each, so only the body's chunks in
+     * range are read ($4 is 1-based). */
+    PG_QUERY(j, "SELECT (x.pl + length(x.data))::int4, substring(x.p FROM $4::int FOR $5::int) || "
+                "CASE WHEN $4::int - 1 + $5::int > x.pl THEN substring(x.data FROM "
+                "greatest($4::int - x.pl, 1) FOR $5::int - greatest(least(x.pl - $4::int + 1, "
+                "$5::int), 0)) ELSE ''::bytea END "
+                "FROM (SELECT coalesce(m.prefix, ''::bytea) AS p, "
+                "coalesce(length(m.prefix), 0) AS pl, bd.data "
                 "FROM accounts a JOIN mailboxes b ON b.account_id = a.id "
                 "JOIN messages m ON m.mailbox_id = b.id JOIN bodies bd ON bd.id = m.body_ref "
-                "WHERE a.name = $1 AND b.name = $2 AND m.uid = $3");
+                "WHERE a.name = $1 AND b.name = $2 AND m.uid = $3) x");
     if (PQntuples(j->res) == 0)
         return pg_done(j, TERN_STORE_ENOTFOUND, "no such message");
     {
@@ -924,13 +965,11 @@ int pg_op_expunge(pg_job *j)
         "WITH d AS (DELETE FROM messages m WHERE m.mailbox_id = $1 AND m.flags & 8 <> 0 AND %s "
         "RETURNING m.uid, m.size, m.body_ref), "
         "c AS (SELECT body_ref, count(*) AS n FROM d GROUP BY body_ref), "
-        "bd AS (DELETE FROM bodies b USING c WHERE b.id = c.body_ref AND b.refcount <= c.n), "
-        "bu AS (UPDATE bodies b SET refcount = b.refcount - c.n FROM c "
-        "WHERE b.id = c.body_ref AND b.refcount > c.n), "
+        PG_BODY_UNREF ", "
         "e AS (INSERT INTO expunged (mailbox_id, uid, modseq, at) SELECT $1, uid, $2, $3 FROM d), "
         "au AS (UPDATE accounts SET used_bytes = used_bytes - (SELECT coalesce(sum(size), 0) FROM d), "
         "used_messages = used_messages - (SELECT count(*) FROM d) WHERE id = $4) "
-        "SELECT uid FROM d ORDER BY uid", j->uidset_sql));
+        "SELECT uid, " PG_BODY_DEAD " FROM d ORDER BY uid", j->uidset_sql));
     {
         int n = PQntuples(j->res);
         r->out.uids = tern_arena_alloc(&r->arena, (size_t)(n + 1) * sizeof *r->out.uids);
@@ -938,6 +977,11 @@ int pg_op_expunge(pg_job *j)
             r->out.uids[i] = (uint32_t)pg_u64(j->res, i, 0);
         r->out.n_uids = (size_t)n;
         j->n = n;
+        j->p = n > 0 && !PQgetisnull(j->res, 0, 1) ? tern_arena_strdup(&j->a, PQgetvalue(j->res, 0, 1)) : NULL;
+    }
+    if (j->p) {
+        pg_p_str(j, j->p);
+        PG_QUERY(j, PG_BODY_DELETE);
     }
     {
         /* Expunge records older than the retention bound go; the mailbox
@@ -1028,10 +1072,10 @@ static int copy_or_move(pg_job *j, bool move)
             "FROM messages m WHERE m.mailbox_id = $1 AND %s AND $5::bigint IS NOT NULL), "
             "ins AS (INSERT INTO messages (account_id, mailbox_id, uid, modseq, flags, internal_date, "
             "size, email_id, thread_id, recent, hdr_date, subject, base_subject, from_addr, to_addr, "
-            "cc_addr, bcc_addr, message_id, in_reply_to, refs, body_ref) "
+            "cc_addr, bcc_addr, message_id, in_reply_to, refs, body_ref, prefix) "
             "SELECT account_id, $2, $3 + rn - 1, $4, flags, internal_date, size, email_id, thread_id, "
             "1, hdr_date, subject, base_subject, from_addr, to_addr, cc_addr, bcc_addr, message_id, "
-            "in_reply_to, refs, body_ref FROM s RETURNING id, uid), "
+            "in_reply_to, refs, body_ref, prefix FROM s RETURNING id, uid), "
             "map AS (SELECT s.id AS old_id, s.uid AS old_uid, ins.id AS new_id, ins.uid AS new_uid "
             "FROM s JOIN ins ON ins.uid = $3 + s.rn - 1), "
             "kw AS (INSERT INTO keywords (message, keyword) SELECT map.new_id, "

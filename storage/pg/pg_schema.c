@@ -16,7 +16,7 @@
 #include "lib/log.h"
 #include "storage/pg/pg_internal.h"
 
-#define PG_SCHEMA_VERSION 2
+#define PG_SCHEMA_VERSION 3
 #define PG_SCHEMA_LOCK "7367230117"  /* advisory lock key: "tern schema" */
 
 /* Version 1. `body_ref` is BIGINT here: in this backend it is bodies.id. */
@@ -87,10 +87,23 @@ static const char *const schema_v2[] = {
     NULL,
 };
 
+/* Version 3: bodies are content-addressed, so the copies of one delivery
+ * to several accounts (and any other appends of equal bytes) share one row;
+ * what differs per copy (LocalDelivery's Return-Path and Delivered-To) is
+ * the message's `prefix`, read in front of the body. Rows written before
+ * have no hash and are never shared with new ones. */
+static const char *const schema_v3[] = {
+    "ALTER TABLE bodies ADD COLUMN IF NOT EXISTS hash BYTEA",
+    "CREATE UNIQUE INDEX IF NOT EXISTS bodies_hash ON bodies (hash)",
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS prefix BYTEA",
+    NULL,
+};
+
 /* Migrations: migrations[v - 1] takes a database from version v - 1 to v.
  * A new version appends an array here and bumps PG_SCHEMA_VERSION; a
  * released array is never edited. */
-static const char *const *const migrations[PG_SCHEMA_VERSION] = {schema_v1, schema_v2};
+static const char *const *const migrations[PG_SCHEMA_VERSION] = {schema_v1, schema_v2,
+                                                                    schema_v3};
 
 static int exec(PGconn *c, const char *sql, char **error_r)
 {

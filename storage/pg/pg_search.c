@@ -169,7 +169,8 @@ int pg_op_search(pg_job *j)
         st = j->p;
         bind_ids(j, st, (size_t)j->u[0], (size_t)j->u[1]);
         j->binary_result = true;
-        PG_QUERY(j, "SELECT m.id, bd.data FROM messages m JOIN bodies bd ON bd.id = m.body_ref "
+        PG_QUERY(j, "SELECT m.id, CASE WHEN m.prefix IS NULL THEN bd.data ELSE m.prefix || bd.data END "
+                    "FROM messages m JOIN bodies bd ON bd.id = m.body_ref "
                     "WHERE m.id = ANY ($1::bigint[])");
         st = j->p;
         for (int i = 0; i < PQntuples(j->res); i++) {

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <libpq-fe.h>
 
 #include "tests/store/harness.h"
 
@@ -2620,6 +2621,200 @@ static void t_recent_claim_concurrent(void **state)
     assert_int_equal(mb_status("INBOX")->recent, 0);
 }
 
+/* pg only: the bodies row holding `data` (by its hash), as "refcount" or
+ * "" when there is none; fails when there are several. */
+static void pg_body_rows(const char *data, size_t len, int *rows_r, int *refcount_r)
+{
+    PGconn *c = PQconnectdb(H.cfg->postgres.conninfo);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("psql: %s", PQerrorMessage(c));
+    const char *pv[1] = {data};
+    int pl[1] = {(int)len}, pf[1] = {1};
+    PGresult *res = PQexecParams(c, "SELECT refcount FROM bodies WHERE hash = sha256($1::bytea)", 1,
+                                 NULL, pv, pl, pf, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        fail_msg("bodies: %s", PQerrorMessage(c));
+    *rows_r = PQntuples(res);
+    *refcount_r = *rows_r ? atoi(PQgetvalue(res, 0, 0)) : 0;
+    PQclear(res);
+    PQfinish(c);
+}
+
+static void expect_body_rows(const char *data, int rows, int refcount, int line)
+{
+    if (!H.pg)
+        return;
+    int got_rows, got_ref;
+    pg_body_rows(data, strlen(data), &got_rows, &got_ref);
+    if (got_rows != rows || got_ref != refcount)
+        fail_msg("line %d: bodies rows %d refcount %d, want %d and %d", line, got_rows, got_ref,
+                 rows, refcount);
+}
+
+/* One delivery to several accounts (LocalDelivery): each copy has its own
+ * prefix (Delivered-To) and the common part is stored once (pg: one bodies
+ * row, refcounted; local writes whole files, as Maildir requires). Every
+ * copy reads back as prefix + data, its header index covers the prefix,
+ * and the shared row goes only with its last reference (expunge, mailbox
+ * delete, account delete). */
+static void t_shared_body(void **state)
+{
+    (void)state;
+    char acct[3][80], prefix[3][320], data[600];
+    /* No name is a substring of another (the header search below). */
+    for (int i = 0; i < 3; i++) {
+        snprintf(acct[i], sizeof acct[i], "fan%d-%s", i, tacct);
+        assert_int_equal(harness_account(&H, acct[i], 0, 0), TERN_STORE_OK);
+    }
+    snprintf(data, sizeof data,
+             "From: Alice <alice@example.org>\r\nTo: all@example.test\r\n"
+             "Subject: fan-out %s\r\nMessage-ID: <fan.%s>\r\n\r\nOne body, three mailboxes.\r\n",
+             tacct, tacct);
+    /* All three in flight at once: on pg they run in parallel and meet on
+     * the body row. */
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    tern_store_client *c = tern_store_client_new(H.store, &loop);
+    assert_non_null(c);
+    int done = 0;
+    tern_store_req *ap[3];
+    for (int i = 0; i < 3; i++) {
+        snprintf(prefix[i], sizeof prefix[i], "Return-Path: <alice@example.org>\r\n"
+                 "Delivered-To: %s\r\n", acct[i]);
+        ap[i] = R(TERN_STORE_APPEND);
+        ap[i]->cb = on_done;
+        ap[i]->data = &done;
+        ap[i]->in.account = acct[i];
+        ap[i]->in.name = "INBOX";
+        ap[i]->in.prefix = (const uint8_t *)prefix[i];
+        ap[i]->in.prefix_len = strlen(prefix[i]);
+        ap[i]->in.data = (const uint8_t *)data;
+        ap[i]->in.len = strlen(data);
+        assert_int_equal(tern_store_submit(c, ap[i]), 0);
+    }
+    run_until(&loop, &done, 3, 30);
+    assert_int_equal(done, 3);
+    tern_store_client_close(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    for (int i = 0; i < 3; i++) {
+        if (ap[i]->status != TERN_STORE_OK)
+            fail_msg("append to %s: %s %s", acct[i], tern_store_strerror(ap[i]->status),
+                     ap[i]->error);
+        for (int k = 0; k < i; k++)
+            assert_string_not_equal(ap[i]->out.append.id, ap[k]->out.append.id);
+    }
+    expect_body_rows(data, 1, 3, __LINE__);
+
+    char whole[3][1024];
+    for (int i = 0; i < 3; i++) {
+        snprintf(whole[i], sizeof whole[i], "%s%s", prefix[i], data);
+        /* Chunks of 7 bytes cross the prefix/body boundary mid-chunk. */
+        size_t len;
+        uint8_t *b = body_of(acct[i], "INBOX", 1, 7, &len);
+        if (len != strlen(whole[i]) || memcmp(b, whole[i], len) != 0) {
+            free(b);
+            fail_msg("%s: the copy reads back wrong (%zu bytes)", acct[i], len);
+        }
+        free(b);
+        tern_store_req *f = R(TERN_STORE_FETCH);
+        f->in.account = acct[i];
+        f->in.name = "INBOX";
+        f->in.uids = ALL_UIDS;
+        run_ok(f);
+        assert_int_equal(f->out.n_messages, 1);
+        assert_int_equal(f->out.messages[0].size, strlen(whole[i]));
+        /* The index covers the prefix: each account finds its own
+         * Delivered-To, and no other. */
+        for (int k = 0; k < 3; k++) {
+            tern_search q = {.kind = TERN_SEARCH_HEADER, .field = "Delivered-To", .str = acct[k]};
+            tern_store_req *sr = R(TERN_STORE_SEARCH);
+            sr->in.account = acct[i];
+            sr->in.name = "INBOX";
+            sr->in.search = &q;
+            run_ok(sr);
+            assert_int_equal(sr->out.n_uids, k == i ? 1 : 0);
+        }
+        tern_search q = {.kind = TERN_SEARCH_TEXT, .str = acct[i]};
+        tern_store_req *sr = R(TERN_STORE_SEARCH);
+        sr->in.account = acct[i];
+        sr->in.name = "INBOX";
+        sr->in.search = &q;
+        run_ok(sr);
+        assert_int_equal(sr->out.n_uids, 1);
+    }
+
+    /* A copy is one more reference; deleting its mailbox drops it. */
+    mb_create_in(acct[0], "Keep");
+    tern_store_req *cp = R(TERN_STORE_COPY);
+    cp->in.account = acct[0];
+    cp->in.name = "INBOX";
+    cp->in.new_name = "Keep";
+    cp->in.uids = ALL_UIDS;
+    run_ok(cp);
+    assert_int_equal(cp->out.n_copied, 1);
+    expect_body_rows(data, 1, 4, __LINE__);
+    size_t klen;
+    uint8_t *kb = body_of(acct[0], "Keep", cp->out.dst_uids[0], 1 << 20, &klen);
+    assert_int_equal(klen, strlen(whole[0]));
+    assert_memory_equal(kb, whole[0], klen);
+    free(kb);
+    tern_store_req *md = R(TERN_STORE_MAILBOX_DELETE);
+    md->in.account = acct[0];
+    md->in.name = "Keep";
+    run_ok(md);
+    expect_body_rows(data, 1, 3, __LINE__);
+
+    /* Expunged in the first account, its account deleted for the second:
+     * the third still reads its copy. */
+    tern_store_req *fl = R(TERN_STORE_SET_FLAGS);
+    fl->in.account = acct[0];
+    fl->in.name = "INBOX";
+    fl->in.uids = ALL_UIDS;
+    fl->in.flags_mode = TERN_FLAGS_ADD;
+    fl->in.flags = TERN_FLAG_DELETED;
+    run_ok(fl);
+    tern_store_req *ex = R(TERN_STORE_EXPUNGE);
+    ex->in.account = acct[0];
+    ex->in.name = "INBOX";
+    run_ok(ex);
+    assert_int_equal(ex->out.n_uids, 1);
+    expect_body_rows(data, 1, 2, __LINE__);
+    tern_store_req *ad = R(TERN_STORE_ACCOUNT_DELETE);
+    ad->in.account = acct[1];
+    run_ok(ad);
+    expect_body_rows(data, 1, 1, __LINE__);
+    size_t len;
+    uint8_t *b = body_of(acct[2], "INBOX", 1, 1 << 20, &len);
+    assert_int_equal(len, strlen(whole[2]));
+    assert_memory_equal(b, whole[2], len);
+    free(b);
+
+    /* The last reference: the row goes. */
+    fl = R(TERN_STORE_SET_FLAGS);
+    fl->in.account = acct[2];
+    fl->in.name = "INBOX";
+    fl->in.uids = ALL_UIDS;
+    fl->in.flags_mode = TERN_FLAGS_ADD;
+    fl->in.flags = TERN_FLAG_DELETED;
+    run_ok(fl);
+    ex = R(TERN_STORE_EXPUNGE);
+    ex->in.account = acct[2];
+    ex->in.name = "INBOX";
+    run_ok(ex);
+    assert_int_equal(ex->out.n_uids, 1);
+    expect_body_rows(data, 0, 0, __LINE__);
+
+    /* A fresh delivery of the same bytes after that stores them again. */
+    tern_store_req *again = append_full(acct[2], "INBOX", data, 0, NULL, 0, 0, TERN_STORE_OK);
+    assert_int_equal(again->out.append.uid, 2);
+    expect_body_rows(data, 1, 1, __LINE__);
+    b = body_of(acct[2], "INBOX", 2, 1 << 20, &len);
+    assert_int_equal(len, strlen(data));
+    assert_memory_equal(b, data, len);
+    free(b);
+}
+
 /* pg only: two stores on one database are two ternd nodes; a change made
  * through one wakes a watcher of the other (LISTEN/NOTIFY). */
 static void t_pg_cross_node_events(void **state)
@@ -2748,6 +2943,7 @@ int main(int argc, char **argv)
         T(t_keyword_case),
         T(t_recent_claim),
         T(t_recent_claim_concurrent),
+        T(t_shared_body),
         T(t_pg_cross_node_events),
         T(t_reopen),
         T(t_invalid_requests),
