@@ -165,7 +165,8 @@ void pg_wake_watched(pg_impl *pg);
 
 /* Statements run often enough to keep prepared on every connection
  * (planning them each time costs more than running them). */
-enum { PG_STMT_APPEND = 0, PG_STMT_LOCK_MAILBOX, PG_STMT_LOOKUP_MAILBOX, PG_STMT__COUNT };
+enum { PG_STMT_APPEND = 0, PG_STMT_LOCK_MAILBOX, PG_STMT_LOOKUP_MAILBOX, PG_STMT_APPEND_BATCH,
+       PG_STMT__COUNT };
 
 /* pg_pool.c */
 void pg_conn_init(pg_impl *pg, pg_conn *c, int index, bool listener);
@@ -182,6 +183,8 @@ int pg_conn_pipeline_enter(pg_conn *c);
 int pg_conn_pipeline_query(pg_conn *c, const char *sql);
 int pg_conn_pipeline_prepared(pg_conn *c, int stmt, int np, const char *const *pv, const int *pl,
                               const int *pf);
+int pg_conn_pipeline_params(pg_conn *c, const char *sql, int np, const char *const *pv,
+                            const int *pl, const int *pf);
 int pg_conn_pipeline_sync(pg_conn *c);
 void pg_conn_broken(pg_conn *c, const char *why);
 

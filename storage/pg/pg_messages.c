@@ -373,8 +373,8 @@ static const char *opt_text(pg_job *j, const char *s)
     return s ? pg_clean_text(j, s) : NULL;
 }
 
-/* An append is one statement in a transaction, so the account's lock is
- * held for one statement and the COMMIT: it takes the account's next modseq
+/* An append is one statement, so the account's lock is held for one
+ * statement and its commit: it takes the account's next modseq
  * (which row-locks the account and charges the quota, refused inside the
  * WHERE), the mailbox's next uid, finds the thread, writes the body (or,
  * when a row with the same bytes exists, takes a reference to it: the
@@ -389,7 +389,7 @@ static const char *opt_text(pg_job *j, const char *s)
  * account, no mailbox, over quota); a rename committed while it waited for
  * the account's lock empties `b` after `a` charged the account, and `chk`
  * then fails the statement with a retryable error rather than keep half. */
-#define PG_APPEND_SQL                                                                         \
+#define PG_APPEND_HEAD                                                                        \
     "WITH a AS (UPDATE accounts SET highest_modseq = highest_modseq + 1, "                    \
     "used_bytes = used_bytes + $3, used_messages = used_messages + 1 "                        \
     "WHERE name = $1 AND (quota_bytes = 0 OR used_bytes + $3 <= quota_bytes) "                \
@@ -420,9 +420,19 @@ static const char *opt_text(pg_job *j, const char *s)
     "SELECT msg.id, t.n, t.v FROM msg, unnest($19::text[], $20::text[]) AS t(n, v)), "         \
     "chk AS (INSERT INTO meta (key, value) SELECT 'never', tern_retry('mailbox renamed') "     \
     "FROM a WHERE NOT EXISTS (SELECT 1 FROM b)) "                                              \
-    "SELECT b.uidvalidity, msg.uid, msg.modseq, msg.email_id, msg.thread_id, "                 \
+    "SELECT b.uidvalidity, msg.uid, msg.modseq, msg.email_id, msg.thread_id"
+#define PG_APPEND_SQL                                                                         \
+    PG_APPEND_HEAD ", "                                                                        \
     "pg_notify('" PG_CHANNEL "', $1 || E'\\t' || msg.mailbox_id || E'\\t' || msg.modseq) "     \
     "FROM msg, b"
+#define PG_APPEND_SQL_BATCH PG_APPEND_HEAD " FROM msg, b"
+/* In a batch, one NOTIFY per mailbox touched, with its highest modseq,
+ * goes after the members' statements (watchers need one wake-up, and each
+ * notification costs the commit and every listener). */
+#define PG_APPEND_NOTIFY                                                                      \
+    "SELECT pg_notify('" PG_CHANNEL "', a.name || E'\\t' || b.id || E'\\t' || b.highest_modseq) " \
+    "FROM accounts a JOIN mailboxes b ON b.account_id = a.id "                                 \
+    "WHERE a.name = $1 AND b.name = ANY ($2::text[])"
 
 /* Checks an append, reads its bytes, indexes its header and binds the
  * statement's parameters on m (kept there until sent). Returns 0, or -1
@@ -522,12 +532,14 @@ static void append_out(pg_job *m, const PGresult *res)
     r->out.append.thread_id = tern_arena_strdup(&r->arena, PQgetvalue(res, 0, 4));
 }
 
+/* An append alone is that one statement in autocommit: one round trip
+ * (BEGIN and COMMIT around it were two more, and bought nothing: the
+ * statement is atomic, and the follow-up below only explains a no-op). */
 int pg_op_append(pg_job *j)
 {
     PG_BEGIN(j);
     if (append_prepare(j) != 0)
         return PG_DONE;
-    PG_TX(j);
     PG_QUERY_PREPARED(j, PG_STMT_APPEND, PG_APPEND_SQL);
     if (PQntuples(j->res) == 0) {
         pg_p_str(j, j->acct);
@@ -550,8 +562,9 @@ int pg_op_append(pg_job *j)
 }
 
 /* Appends to one account that were queued together (pg.c groups them):
- * one pipeline of BEGIN, one statement each, COMMIT and a sync, so they
- * cost one round trip, share the account's lock and one WAL flush. A
+ * one pipeline of BEGIN, one statement each, one NOTIFY per mailbox,
+ * COMMIT and a sync, so they cost one round trip, share the account's
+ * lock and one WAL flush. A
  * member whose statement changed nothing (no mailbox, over quota) is run
  * again alone after the commit, where it gets its precise answer; if a
  * statement fails, the whole batch rolls back and pg.c runs each member
@@ -562,15 +575,22 @@ int pg_op_append_batch(pg_job *j)
     PG_BEGIN(j);
     for (int64_t i = 0; i < j->n; i++)
         append_prepare(mem[i]);
-    if (!(j->conn->prepared & (1u << PG_STMT_APPEND)))
-        PG_PREPARE(j, PG_STMT_APPEND, PG_APPEND_SQL);
+    if (!(j->conn->prepared & (1u << PG_STMT_APPEND_BATCH)))
+        PG_PREPARE(j, PG_STMT_APPEND_BATCH, PG_APPEND_SQL_BATCH);
     {
         pg_conn *c = j->conn;
         int sent = 0;
+        const char **boxes = tern_arena_alloc(&j->a, (size_t)j->n * sizeof *boxes);
+        if (!boxes)
+            return pg_done(j, TERN_STORE_ETEMP, "out of memory");
         for (int64_t i = 0; i < j->n; i++)
-            sent += mem[i]->req->status == TERN_STORE_OK;
+            if (mem[i]->req->status == TERN_STORE_OK)
+                boxes[sent++] = mem[i]->mbox;
         if (sent == 0)
             return PG_DONE;
+        j->np = 0;
+        pg_p_str(j, j->acct_key);
+        pg_p_strarray(j, boxes, (size_t)sent, false);
         if (pg_conn_pipeline_enter(c) < 0 || pg_conn_pipeline_query(c, "BEGIN") < 0)
             return pg_done(j, TERN_STORE_ETEMP, "database connection lost");
         j->in_tx = true;
@@ -578,10 +598,11 @@ int pg_op_append_batch(pg_job *j)
             pg_job *m = mem[i];
             if (m->req->status != TERN_STORE_OK)
                 continue;
-            if (pg_conn_pipeline_prepared(c, PG_STMT_APPEND, m->np, m->pv, m->pl, m->pf) < 0)
+            if (pg_conn_pipeline_prepared(c, PG_STMT_APPEND_BATCH, m->np, m->pv, m->pl, m->pf) < 0)
                 return pg_done(j, TERN_STORE_ETEMP, "database connection lost");
         }
-        if (pg_conn_pipeline_query(c, "COMMIT") < 0 || pg_conn_pipeline_sync(c) < 0)
+        if (pg_conn_pipeline_params(c, PG_APPEND_NOTIFY, j->np, j->pv, j->pl, j->pf) < 0 ||
+            pg_conn_pipeline_query(c, "COMMIT") < 0 || pg_conn_pipeline_sync(c) < 0)
             return pg_done(j, TERN_STORE_ETEMP, "database connection lost");
         j->u[0] = (uint64_t)sent;
     }
@@ -596,13 +617,13 @@ int pg_op_append_batch(pg_job *j)
                     return pg_map_error(j, j->pipe[i]), PG_DONE;
             return pg_done(j, TERN_STORE_EIO, "batch transaction not committed");
         }
-        if ((uint64_t)j->pipe_n != j->u[0] + 2) {
+        if ((uint64_t)j->pipe_n != j->u[0] + 3) {
             /* Committed, but which result is whose is unknown: the members
              * fail without a rerun, which could store them twice. */
             j->in_tx = false;
             j->conn_lost = true;
             return pg_done(j, TERN_STORE_EIO, "pipeline answered %d results for %d", j->pipe_n,
-                           (int)j->u[0] + 2);
+                           (int)j->u[0] + 3);
         }
     }
     j->in_tx = false;

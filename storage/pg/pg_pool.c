@@ -343,6 +343,12 @@ int pg_conn_pipeline_prepared(pg_conn *c, int stmt, int np, const char *const *p
     return PQsendQueryPrepared(c->pq, stmt_name(stmt, name), np, pv, pl, pf, 0) ? 0 : -1;
 }
 
+int pg_conn_pipeline_params(pg_conn *c, const char *sql, int np, const char *const *pv,
+                            const int *pl, const int *pf)
+{
+    return PQsendQueryParams(c->pq, sql, np, NULL, pv, pl, pf, 0) ? 0 : -1;
+}
+
 int pg_conn_pipeline_sync(pg_conn *c)
 {
     if (!PQpipelineSync(c->pq))
