@@ -1093,6 +1093,20 @@ static void t_append_from_file(void **state)
     run_ok(r);
     expect_body("INBOX", r->out.append.uid, MSG_SIMPLE);
     assert_int_equal(fetch_one("INBOX", r->out.append.uid)->size, sizeof(MSG_SIMPLE) - 1);
+
+    /* With a prefix: the file's bytes come after it. */
+    static const char pfx[] = "Delivered-To: file@example.test\r\n";
+    r = R(TERN_STORE_APPEND);
+    r->in.account = tacct;
+    r->in.name = "INBOX";
+    r->in.data_path = path;
+    r->in.prefix = (const uint8_t *)pfx;
+    r->in.prefix_len = sizeof(pfx) - 1;
+    run_ok(r);
+    char whole[sizeof(pfx) + sizeof(MSG_SIMPLE)];
+    snprintf(whole, sizeof(whole), "%s%s", pfx, MSG_SIMPLE);
+    expect_body("INBOX", r->out.append.uid, whole);
+    assert_int_equal(fetch_one("INBOX", r->out.append.uid)->size, strlen(whole));
     unlink(path);
 
     r = R(TERN_STORE_APPEND);
