@@ -418,3 +418,31 @@ int tern_store_run_sync(tern_store *s, tern_store_req *r)
     uv_loop_close(&loop);
     return r->status;
 }
+
+/* ---- header blocks ------------------------------------------------------ */
+
+bool tern_store_header_end(const uint8_t *msg, size_t len, size_t *end_r)
+{
+    /* A message that starts with its blank line has an empty header. */
+    if (len >= 1 && msg[0] == '\n') {
+        *end_r = 1;
+        return true;
+    }
+    if (len >= 2 && msg[0] == '\r' && msg[1] == '\n') {
+        *end_r = 2;
+        return true;
+    }
+    for (const uint8_t *p = msg, *e = msg + len; (p = memchr(p, '\n', (size_t)(e - p))) != NULL;
+         p++) {
+        size_t i = (size_t)(p - msg);
+        if (i + 1 < len && msg[i + 1] == '\n') {
+            *end_r = i + 2;
+            return true;
+        }
+        if (i + 2 < len && msg[i + 1] == '\r' && msg[i + 2] == '\n') {
+            *end_r = i + 3;
+            return true;
+        }
+    }
+    return false;
+}

@@ -208,6 +208,50 @@ typedef struct tern_changes {
     size_t n_vanished;
 } tern_changes;
 
+/* ---- batched header reads ------------------------------------------------ */
+
+/* FETCH_HEADERS: the header block of every message of in.uids (in
+ * in.name), in one request instead of one FETCH_BODY per message. At most
+ * in.max_len octets (0: TERN_STORE_HEADERS_EACH; capped at
+ * TERN_STORE_HEADERS_EACH_MAX) are read per message, and at most
+ * TERN_STORE_HEADERS_BUDGET for the whole request: a message past either
+ * bound comes back with complete = false (and what was read, or nothing),
+ * and the caller reads it with FETCH_BODY. The caller bounds the set (IMAP
+ * asks imap.fetch_batch UIDs at a time). Messages missing from the
+ * mailbox are left out; results are in UID order. */
+#define TERN_STORE_HEADERS_EACH (8 * 1024)
+#define TERN_STORE_HEADERS_EACH_MAX (64 * 1024)
+#define TERN_STORE_HEADERS_BUDGET (4 * 1024 * 1024)
+
+typedef struct tern_message_header {
+    uint32_t uid;
+    uint64_t size;          /* the whole message's */
+    uint8_t *data;          /* the header block, its ending blank line included */
+    size_t len;
+    bool complete;          /* the block ends within data (or the message is all header) */
+} tern_message_header;
+
+/* Where the header block of msg[0..len) ends (the blank line included), as
+ * FETCH BODY[HEADER] cuts it: returns true with *end_r, or false when no
+ * blank line is within the bytes given. */
+bool tern_store_header_end(const uint8_t *msg, size_t len, size_t *end_r);
+
+/* FETCH_INDEX: what the header index kept at append (storage/index.h) for
+ * every message of in.uids, in one request: what SORT and THREAD need
+ * without reading messages. Strings are as indexed (RFC 2047 decoded,
+ * unfolded; NULL when the field is absent). */
+typedef struct tern_message_index {
+    uint32_t uid;
+    uint64_t size;
+    int64_t internal_date;
+    int64_t hdr_date;       /* the Date field in unix seconds; 0: none or unparsable */
+    char *subject;          /* decoded */
+    char *from, *to, *cc;   /* decoded address lists */
+    char *message_id;       /* without <> */
+    char *in_reply_to;      /* the first id of In-Reply-To, without <> */
+    char *refs;             /* References then In-Reply-To ids, space-separated, without <> */
+} tern_message_index;
+
 /* ---- requests ---------------------------------------------------------- */
 
 typedef enum {
@@ -235,6 +279,8 @@ typedef enum {
      * each, sorted without case, at most TERN_STORE_MAILBOX_KEYWORDS_MAX of
      * them, in out.names. */
     TERN_STORE_MAILBOX_KEYWORDS,
+    /* batched reads for FETCH, SORT and THREAD (see the structs above) */
+    TERN_STORE_FETCH_HEADERS, TERN_STORE_FETCH_INDEX,
     TERN_STORE__OP_COUNT
 } tern_store_op;
 
@@ -293,7 +339,8 @@ struct tern_store_req {
         uint64_t unchanged_since; /* SET_FLAGS: 0 = no condition */
         uint32_t uid;           /* FETCH_BODY */
         uint64_t offset;        /* FETCH_BODY */
-        size_t max_len;         /* FETCH_BODY: at most this many bytes (bounded by the backend) */
+        size_t max_len;         /* FETCH_BODY: at most this many bytes (bounded by the backend);
+                                   FETCH_HEADERS: per message */
         const tern_search *search;
         uint64_t since_modseq;  /* CHANGES */
         bool recent_peek;       /* RECENT_CLAIM: list without clearing */
@@ -319,6 +366,8 @@ struct tern_store_req {
         uint64_t body_total;
         tern_changes changes;
         uint64_t highest_modseq;        /* SEARCH, SET_FLAGS, EXPUNGE: the mailbox's after the call */
+        tern_message_header *headers;   size_t n_headers;   /* FETCH_HEADERS */
+        tern_message_index *index;      size_t n_index;     /* FETCH_INDEX */
     } out;
 
     /* store.c's bookkeeping; backends leave it alone. */

@@ -37,6 +37,12 @@ struct imap_fetch_job {
     uint32_t hdr_uid;
     bool hdr_complete;
     size_t hdr_end;          /* octets of the header block, blank line included */
+    /* header blocks of the next messages of the batch, read in one store
+     * request (FETCH_HEADERS) for uids hb_first..hb_last; a message it
+     * could not give whole is read alone */
+    tern_store_req *hb;
+    uint32_t hb_first, hb_last;
+    size_t hb_pos;
     /* the MIME tree of the current message (ENVELOPE, BODYSTRUCTURE, parts) */
     bool need_tree;
     tern_arena tree_arena;
@@ -67,6 +73,8 @@ void imap__fetch_free(imap_session *s)
         return;
     if (j->batch)
         tern_store_req_free(j->batch);
+    if (j->hb)
+        tern_store_req_free(j->hb);
     free(j->todo);
     free(j->hdr);
     free(j->rng);
@@ -249,6 +257,80 @@ static void fetch_body_chunk_done(imap_session *s, tern_store_req *r)
 }
 
 static void fetch_header_done(imap_session *s, tern_store_req *r);
+static void fetch_headers_batch_done(imap_session *s, tern_store_req *r);
+
+/* Copies the header block into j->hdr; false when out of memory. */
+static bool hdr_take(imap_fetch_job *j, uint32_t uid, const uint8_t *p, size_t len)
+{
+    if (len > j->hdr_cap) {
+        size_t nc = j->hdr_cap ? j->hdr_cap : BODY_CHUNK;
+        while (nc < len)
+            nc *= 2;
+        uint8_t *nh = realloc(j->hdr, nc);
+        if (!nh)
+            return false;
+        j->hdr = nh;
+        j->hdr_cap = nc;
+    }
+    if (len)
+        memcpy(j->hdr, p, len);
+    j->hdr_uid = uid;
+    j->hdr_len = j->hdr_end = len;
+    j->hdr_complete = true;
+    return true;
+}
+
+/* Asks the store for the header blocks of the current message and the
+ * next ones of the batch (up to HEADER_BATCH), in one request. */
+static void fetch_headers_batch(imap_session *s)
+{
+    imap_fetch_job *j = s->job;
+    const tern_message_info *v = j->batch->out.messages;
+    size_t from = j->bi, n = j->batch->out.n_messages - from;
+    if (n > HEADER_BATCH)
+        n = HEADER_BATCH;
+    tern_uid_range *rg = tern_arena_alloc(&s->arena, n * sizeof(*rg));
+    tern_store_req *r = rg ? imap__req(s, TERN_STORE_FETCH_HEADERS) : NULL;
+    if (!r) {
+        fetch_end(s, "NO", "[SERVERBUG] out of memory");
+        return;
+    }
+    size_t nr = 0;
+    for (size_t i = from; i < from + n; i++) {
+        if (nr && rg[nr - 1].last + 1 == v[i].uid)
+            rg[nr - 1].last = v[i].uid;
+        else
+            rg[nr].first = rg[nr].last = v[i].uid, nr++;
+    }
+    j->hb_first = v[from].uid;
+    j->hb_last = v[from + n - 1].uid;
+    r->in.name = s->mbox;
+    r->in.uids.ranges = rg;
+    r->in.uids.n = nr;
+    r->in.max_len = HEADER_FIRST_READ;
+    s->step = fetch_headers_batch_done;
+    s->pending++;
+    if (tern_store_submit(s->base.host->store_client, r) != 0) {
+        s->pending--;
+        s->step = NULL;
+        tern_store_req_free(r);
+        fetch_end(s, "NO", "[UNAVAILABLE] storage unavailable");
+    }
+}
+
+static void fetch_headers_batch_done(imap_session *s, tern_store_req *r)
+{
+    imap_fetch_job *j = s->job;
+    if (j->hb)
+        tern_store_req_free(j->hb);
+    /* A failed batch is kept empty: each message is then read alone, and
+     * its own read reports what is wrong. */
+    if (r->status != TERN_STORE_OK)
+        r->out.n_headers = 0;
+    j->hb = r;
+    j->hb_pos = 0;
+    fetch_write(s);
+}
 
 /* Reads the header block of the current message into j->hdr. Returns true
  * when it is there; false when a read is out (fetch_write runs again). */
@@ -259,6 +341,21 @@ static bool fetch_need_header(imap_session *s)
     if (j->hdr_uid == m->uid && j->hdr_complete)
         return true;
     if (j->hdr_uid != m->uid) {
+        if (!j->hb || m->uid < j->hb_first || m->uid > j->hb_last) {
+            fetch_headers_batch(s);
+            return false;
+        }
+        const tern_message_header *h = j->hb->out.headers;
+        while (j->hb_pos < j->hb->out.n_headers && h[j->hb_pos].uid < m->uid)
+            j->hb_pos++;
+        if (j->hb_pos < j->hb->out.n_headers && h[j->hb_pos].uid == m->uid &&
+            h[j->hb_pos].complete) {
+            if (!hdr_take(j, m->uid, h[j->hb_pos].data, h[j->hb_pos].len)) {
+                fetch_end(s, "NO", "[SERVERBUG] out of memory");
+                return false;
+            }
+            return true;
+        }
         j->hdr_uid = m->uid;
         j->hdr_len = 0;
         j->hdr_complete = false;
@@ -312,30 +409,11 @@ static void fetch_header_done(imap_session *s, tern_store_req *r)
         j->hdr_cap = nc;
     }
     memcpy(j->hdr + j->hdr_len, r->out.body, n);
-    size_t scan_from = j->hdr_len > 3 ? j->hdr_len - 3 : 0;
     j->hdr_len += n;
     uint64_t total = r->out.body_total;
     tern_store_req_free(r);
-    /* The header ends at the first empty line. */
-    for (size_t i = scan_from; i < j->hdr_len; i++) {
-        if (j->hdr[i] != '\n')
-            continue;
-        if (i == 0) {
-            j->hdr_end = 1;
-            j->hdr_complete = true;
-            break;
-        }
-        if (i + 1 < j->hdr_len && j->hdr[i + 1] == '\n') {
-            j->hdr_end = i + 2;
-            j->hdr_complete = true;
-            break;
-        }
-        if (i + 2 < j->hdr_len && j->hdr[i + 1] == '\r' && j->hdr[i + 2] == '\n') {
-            j->hdr_end = i + 3;
-            j->hdr_complete = true;
-            break;
-        }
-    }
+    /* The header ends at the first empty line, cut as FETCH_HEADERS cuts it. */
+    j->hdr_complete = tern_store_header_end(j->hdr, j->hdr_len, &j->hdr_end);
     if (!j->hdr_complete && (n == 0 || j->hdr_len >= total || j->hdr_len >= HEADER_MAX)) {
         /* No blank line: the whole (or the capped) message is header. */
         j->hdr_end = j->hdr_len;
@@ -774,6 +852,10 @@ static void fetch_write(imap_session *s)
     if (j->batch) {
         tern_store_req_free(j->batch);
         j->batch = NULL;
+    }
+    if (j->hb) {
+        tern_store_req_free(j->hb);
+        j->hb = NULL;
     }
     imap__flush(s);
     fetch_next_batch(s);

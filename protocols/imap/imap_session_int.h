@@ -24,6 +24,7 @@
 #define BODY_CHUNK (64 * 1024)      /* body bytes asked of the store per request */
 #define HEADER_MAX (1024 * 1024)    /* a header block read to answer HEADER/TEXT sections */
 #define HEADER_FIRST_READ (8 * 1024) /* the first read looking for a header's end */
+#define HEADER_BATCH 256            /* header blocks asked of the store in one request */
 
 typedef enum {
     IS_HANDSHAKE = 1 << 0, /* implicit TLS: before the greeting */

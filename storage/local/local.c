@@ -476,6 +476,8 @@ static int dispatch(local_store *L, tern_store_req *req)
     case TERN_STORE_EXPUNGE: case TERN_STORE_CHANGES: case TERN_STORE_QUOTA_GET:
     case TERN_STORE_RECENT_CLAIM: case TERN_STORE_MAILBOX_KEYWORDS:
         return local_op_message(L, req);
+    case TERN_STORE_FETCH_HEADERS: case TERN_STORE_FETCH_INDEX:
+        return local_op_headers(L, req);
     default:
         return tern_store__fail(req, TERN_STORE_EINVAL, "unknown operation %d", (int)req->op);
     }
@@ -527,6 +529,7 @@ static bool commit_may_overlap(tern_store_req **reqs, lctx *ctxs, size_t n)
         case TERN_STORE_QUOTA_GET: case TERN_STORE_MAILBOX_LIST: case TERN_STORE_MAILBOX_STATUS:
         case TERN_STORE_RCPT_LOOKUP: case TERN_STORE_ACCOUNT_GET: case TERN_STORE_ACCOUNT_LIST:
         case TERN_STORE_DOMAIN_LIST: case TERN_STORE_ALIAS_LIST:
+        case TERN_STORE_FETCH_HEADERS: case TERN_STORE_FETCH_INDEX:
             break;
         default:
             return false;

@@ -267,4 +267,10 @@ int local_reconcile(local_store *L, char **error_r);
 /* local_search.c */
 int local_op_search(local_store *L, tern_store_req *req);
 
+/* local_headers.c: FETCH_HEADERS, FETCH_INDEX */
+int local_op_headers(local_store *L, tern_store_req *req);
+/* Opens a message file of `maildir` by its body_ref (following a rename by
+ * a Maildir tool); fd or -1 with errno. */
+int local_open_body(local_store *L, const char *maildir, const char *ref);
+
 #endif

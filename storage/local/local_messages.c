@@ -645,6 +645,11 @@ static int open_body(local_store *L, const char *maildir, const char *ref)
     return -1;
 }
 
+int local_open_body(local_store *L, const char *maildir, const char *ref)
+{
+    return open_body(L, maildir, ref);
+}
+
 static int fetch_body(local_store *L, tern_store_req *req)
 {
     lacct a;

@@ -56,6 +56,8 @@ static const pg_op_fn pg_ops[TERN_STORE__OP_COUNT] = {
     [TERN_STORE_QUOTA_GET] = pg_op_quota_get,
     [TERN_STORE_RECENT_CLAIM] = pg_op_recent_claim,
     [TERN_STORE_MAILBOX_KEYWORDS] = pg_op_mailbox_keywords,
+    [TERN_STORE_FETCH_HEADERS] = pg_op_fetch_headers,
+    [TERN_STORE_FETCH_INDEX] = pg_op_fetch_index,
 };
 
 /* ---- job helpers -------------------------------------------------------- */

@@ -284,6 +284,9 @@ int pg_op_search(pg_job *j);
 int pg_op_changes(pg_job *j);
 int pg_op_recent_claim(pg_job *j);
 int pg_op_mailbox_keywords(pg_job *j);
+/* pg_headers.c */
+int pg_op_fetch_headers(pg_job *j);
+int pg_op_fetch_index(pg_job *j);
 
 /* Shared by the mailbox ops: the parents of `name` ("a", "a/b" for
  * "a/b/c"), in j->a. */

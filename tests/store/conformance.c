@@ -2930,6 +2930,148 @@ static void t_invalid_requests(void **state)
         assert_non_null(tern_store_strerror(st));
 }
 
+/* FETCH_HEADERS: header blocks of a set in one request, cut where BODY[HEADER]
+ * ends, with messages past the per-message bound left to FETCH_BODY. */
+static void t_fetch_headers(void **state)
+{
+    (void)state;
+    static const char m1[] = "From: a@example.test\r\nSubject: one\r\n\r\nbody one\r\n";
+    static const char m2[] = "Subject: all header\r\nX-No-Body: yes\r\n";  /* no blank line */
+    static const char m3[] = "\r\nonly a body\r\n";                          /* empty header */
+    static const char m4[] = "Subject: lf only\n\nbody\n";
+    uint32_t u1 = append("INBOX", m1, 0)->uid;
+    uint32_t u2 = append("INBOX", m2, 0)->uid;
+    uint32_t u3 = append("INBOX", m3, 0)->uid;
+    uint32_t u4 = append("INBOX", m4, 0)->uid;
+    /* A header longer than the bound asked. */
+    size_t big_len = 3000;
+    char *big = malloc(big_len + 64);
+    assert_non_null(big);
+    size_t o = (size_t)sprintf(big, "X-Long: ");
+    while (o < big_len)
+        big[o++] = 'x';
+    o += (size_t)sprintf(big + o, "\r\n\r\nbody\r\n");
+    big[o] = '\0';
+    uint32_t u5 = append("INBOX", big, 0)->uid;
+
+    tern_store_req *r = R(TERN_STORE_FETCH_HEADERS);
+    r->in.account = tacct;
+    r->in.name = "INBOX";
+    r->in.uids = ALL_UIDS;
+    r->in.max_len = 1024;
+    run_ok(r);
+    assert_int_equal(r->out.n_headers, 5);
+    const tern_message_header *h = r->out.headers;
+    static const struct {
+        const char *msg;
+        size_t hlen;
+    } want[] = {{m1, sizeof m1 - 1 - 10 /* "body one\r\n" */},
+                {m2, sizeof m2 - 1},
+                {m3, 2},
+                {m4, sizeof m4 - 1 - 5 /* "body\n" */}};
+    uint32_t uids[] = {u1, u2, u3, u4};
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(h[i].uid, uids[i]);
+        assert_int_equal(h[i].size, strlen(want[i].msg));
+        assert_true(h[i].complete);
+        assert_int_equal(h[i].len, want[i].hlen);
+        assert_memory_equal(h[i].data, want[i].msg, want[i].hlen);
+    }
+    assert_int_equal(h[4].uid, u5);
+    assert_int_equal(h[4].size, o);
+    assert_false(h[4].complete);
+    /* With room enough it comes whole. */
+    r = R(TERN_STORE_FETCH_HEADERS);
+    r->in.account = tacct;
+    r->in.name = "INBOX";
+    r->in.uids = one_range(u5, UINT32_MAX);
+    r->in.max_len = 8192;
+    run_ok(r);
+    assert_int_equal(r->out.n_headers, 1);
+    assert_true(r->out.headers[0].complete);
+    assert_int_equal(r->out.headers[0].len, o - strlen("body\r\n"));
+    assert_memory_equal(r->out.headers[0].data, big, o - strlen("body\r\n"));
+    free(big);
+    /* Gaps and missing uids are left out; an empty set is no error. */
+    tern_uid_range two[] = {{u2, u2}, {u4, u4 + 100}};
+    r = R(TERN_STORE_FETCH_HEADERS);
+    r->in.account = tacct;
+    r->in.name = "INBOX";
+    r->in.uids = (tern_uid_set){two, 2};
+    run_ok(r);
+    assert_int_equal(r->out.n_headers, 3);
+    assert_int_equal(r->out.headers[0].uid, u2);
+    assert_int_equal(r->out.headers[1].uid, u4);
+    assert_int_equal(r->out.headers[2].uid, u5);
+    r = R(TERN_STORE_FETCH_HEADERS);
+    r->in.account = tacct;
+    r->in.name = "INBOX";
+    r->in.uids = (tern_uid_set){NULL, 0};
+    run_ok(r);
+    assert_int_equal(r->out.n_headers, 0);
+    r = R(TERN_STORE_FETCH_HEADERS);
+    r->in.account = tacct;
+    r->in.name = "Missing";
+    r->in.uids = ALL_UIDS;
+    run_st(r, TERN_STORE_ENOTFOUND);
+}
+
+/* FETCH_INDEX: the indexed header fields SORT and THREAD use, in one request. */
+static void t_fetch_index(void **state)
+{
+    (void)state;
+    static const char m1[] =
+        "Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+        "Subject: =?utf-8?q?Caf=C3=A9?= news\r\n"
+        "From: \"Doe, Jane\" <jane@example.test>\r\n"
+        "To: bob@example.test, carol@example.test\r\n"
+        "Cc: Dave <dave@example.test>\r\n"
+        "Message-ID: <m1@example.test>\r\n"
+        "In-Reply-To: <p0@example.test>\r\n"
+        "References: <r0@example.test> <p0@example.test>\r\n"
+        "\r\nhi\r\n";
+    static const char m2[] = "Subject: bare\r\n\r\nno date, no ids\r\n";
+    uint32_t u1 = append_full(tacct, "INBOX", m1, 0, NULL, 0, 1700000000, TERN_STORE_OK)
+                      ->out.append.uid;
+    uint32_t u2 = append("INBOX", m2, 0)->uid;
+    tern_store_req *r = R(TERN_STORE_FETCH_INDEX);
+    r->in.account = tacct;
+    r->in.name = "INBOX";
+    r->in.uids = one_range(u1, UINT32_MAX);
+    run_ok(r);
+    assert_int_equal(r->out.n_index, 2);
+    const tern_message_index *x = &r->out.index[0];
+    assert_int_equal(x->uid, u1);
+    assert_int_equal(x->size, sizeof m1 - 1);
+    assert_int_equal(x->internal_date, 1700000000);
+    assert_int_equal(x->hdr_date, 1704103200);
+    assert_string_equal(x->subject, "Caf\xc3\xa9 news");
+    assert_non_null(strstr(x->from, "jane@example.test"));
+    assert_non_null(strstr(x->to, "carol@example.test"));
+    assert_non_null(strstr(x->cc, "dave@example.test"));
+    assert_string_equal(x->message_id, "m1@example.test");
+    assert_string_equal(x->in_reply_to, "p0@example.test");
+    assert_string_equal(x->refs, "r0@example.test p0@example.test");
+    x = &r->out.index[1];
+    assert_int_equal(x->uid, u2);
+    assert_int_equal(x->hdr_date, 0);
+    assert_string_equal(x->subject, "bare");
+    assert_null(x->from);
+    assert_null(x->message_id);
+    assert_null(x->in_reply_to);
+    r = R(TERN_STORE_FETCH_INDEX);
+    r->in.account = tacct;
+    r->in.name = "INBOX";
+    r->in.uids = one_range(u2 + 1, u2 + 10);
+    run_ok(r);
+    assert_int_equal(r->out.n_index, 0);
+    r = R(TERN_STORE_FETCH_INDEX);
+    r->in.account = tacct;
+    r->in.name = "Missing";
+    r->in.uids = ALL_UIDS;
+    run_st(r, TERN_STORE_ENOTFOUND);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, test_setup, test_teardown)
 
 int main(int argc, char **argv)
@@ -2969,6 +3111,8 @@ int main(int argc, char **argv)
         T(t_append_fetch),
         T(t_append_from_file),
         T(t_fetch_body_chunks),
+        T(t_fetch_headers),
+        T(t_fetch_index),
         T(t_quota),
         T(t_set_flags),
         T(t_copy_move),
