@@ -130,6 +130,11 @@ int local_run(local_store *L, tern_store_req *req, sqlite3_stmt *st)
 
 int local_exec(local_store *L, tern_store_req *req, const char *sql)
 {
+    /* Callers pass literals (BEGIN, SAVEPOINT, COMMIT, several per batch):
+     * kept prepared instead of parsed again every time. */
+    sqlite3_stmt *st = local_stmt(L, sql);
+    if (st != NULL)
+        return local_run(L, req, st);
     char *msg = NULL;
     int rc = sqlite3_exec(L->db, sql, NULL, NULL, &msg);
     sqlite3_free(msg);
@@ -682,13 +687,29 @@ static void run_batch(local_store *L, tern_store_req **reqs, size_t n)
 
 /* The reader's batch: every lookup queued while it was busy, in one read
  * transaction (one snapshot, one WAL lock), completed together. */
+static int dispatch_read(local_store *R, tern_store_req *req)
+{
+    switch (req->op) {
+    case TERN_STORE_FETCH: case TERN_STORE_FETCH_BODY:
+        return local_op_message(R, req);
+    case TERN_STORE_SEARCH:
+        return local_op_search(R, req);
+    case TERN_STORE_FETCH_HEADERS: case TERN_STORE_FETCH_INDEX:
+        return local_op_headers(R, req);
+    default:
+        return local_op_directory(R, req);
+    }
+}
+
 static void run_reads(local_store *R, tern_store_req **reqs, size_t n)
 {
+    /* Paths and scratch of the message reads live here until the batch is done. */
+    tern_arena_reset(&R->batch);
     bool txn = local_exec(R, NULL, "BEGIN") == TERN_STORE_OK;
     for (size_t i = 0; i < n; i++) {
         tern_store_req *req = reqs[i];
         req->status = TERN_STORE_OK;
-        int st = local_op_directory(R, req);
+        int st = dispatch_read(R, req);
         reset_statements(R);
         if (st != TERN_STORE_OK && req->status == TERN_STORE_OK)
             req->status = st;
@@ -762,6 +783,7 @@ static void local_free(local_store *L)
     for (size_t i = 0; i < LOCAL_STMT_SLOTS; i++)
         if (L->stmts[i].st)
             sqlite3_finalize(L->stmts[i].st);
+    local_search_cache_free(L);
     if (L->db)
         sqlite3_close(L->db);
     if (L->lock_fd >= 0)
@@ -799,7 +821,13 @@ static void local_close(void *impl);
  * completion of a write sees it: the write was committed first). */
 static bool reader_op(tern_store_op op)
 {
-    return op == TERN_STORE_RCPT_LOOKUP;
+    /* The message reads too (FETCH, bodies, headers, SEARCH): they need not
+     * wait behind a batch's fsyncs, and run next to the writer. A caller
+     * (an IMAP command) waits for its write to complete before it reads,
+     * and a write completes only after its COMMIT. */
+    return op == TERN_STORE_RCPT_LOOKUP || op == TERN_STORE_FETCH ||
+           op == TERN_STORE_FETCH_BODY || op == TERN_STORE_SEARCH ||
+           op == TERN_STORE_FETCH_HEADERS || op == TERN_STORE_FETCH_INDEX;
 }
 
 /* Opens the reader's connection and starts its thread; NULL (logged) when

@@ -71,6 +71,8 @@ typedef struct lshared_body {
 #define LOCAL_SYNC_THREADS 4
 #define LOCAL_PENDING_MAX 256 /* open fds held by one batch */
 
+#define LOCAL_SEARCH_CACHE 8
+
 typedef struct lstmt_slot {
     const char *sql;
     sqlite3_stmt *st;
@@ -96,6 +98,15 @@ typedef struct local_store {
     bool started;
 
     lstmt_slot stmts[LOCAL_STMT_SLOTS];
+    /* SEARCH statements are built per query; the same few (a client's
+     * UNSEEN, the mailbox's uid list) come back all the time, so the last
+     * ones are kept prepared, keyed by their text (local_search.c). */
+    struct {
+        char *sql;
+        sqlite3_stmt *st;
+        uint64_t used;
+    } search_cache[LOCAL_SEARCH_CACHE];
+    uint64_t search_tick;
     uint64_t file_seq;     /* the Q part of unique file names */
     uint64_t last_prune_ms;
     bool unlink_pending;   /* pending_unlink has rows that are done */
@@ -163,6 +174,7 @@ sqlite3_stmt *local_stmt(local_store *L, const char *sql);
 int local_step(local_store *L, tern_store_req *req, sqlite3_stmt *st);
 /* Runs a statement to completion (no rows expected). */
 int local_run(local_store *L, tern_store_req *req, sqlite3_stmt *st);
+/* One statement, a string literal (it is kept prepared, keyed by its address). */
 int local_exec(local_store *L, tern_store_req *req, const char *sql);
 int local_db_fail(local_store *L, tern_store_req *req, int rc, const char *what);
 int local_errno_fail(tern_store_req *req, int err, const char *what, const char *path);
@@ -266,6 +278,8 @@ int local_reconcile(local_store *L, char **error_r);
 
 /* local_search.c */
 int local_op_search(local_store *L, tern_store_req *req);
+/* Finalizes the kept SEARCH statements (before the connection closes). */
+void local_search_cache_free(local_store *L);
 
 /* local_headers.c: FETCH_HEADERS, FETCH_INDEX */
 int local_op_headers(local_store *L, tern_store_req *req);

@@ -186,6 +186,46 @@ static int check_bodies(local_store *L, tern_store_req *req, const lacct *a, con
     return r;
 }
 
+void local_search_cache_free(local_store *L)
+{
+    for (size_t i = 0; i < LOCAL_SEARCH_CACHE; i++) {
+        if (L->search_cache[i].st)
+            sqlite3_finalize(L->search_cache[i].st);
+        free(L->search_cache[i].sql);
+        L->search_cache[i].st = NULL;
+        L->search_cache[i].sql = NULL;
+    }
+}
+
+/* The prepared statement for `text`, kept among the last LOCAL_SEARCH_CACHE
+ * ones (the least recently used goes); NULL when it does not prepare. */
+static sqlite3_stmt *search_stmt(local_store *L, const char *text)
+{
+    size_t victim = 0;
+    for (size_t i = 0; i < LOCAL_SEARCH_CACHE; i++) {
+        if (L->search_cache[i].sql && strcmp(L->search_cache[i].sql, text) == 0) {
+            L->search_cache[i].used = ++L->search_tick;
+            return L->search_cache[i].st;
+        }
+        if (L->search_cache[i].used < L->search_cache[victim].used)
+            victim = i;
+    }
+    sqlite3_stmt *st = NULL;
+    char *copy = strdup(text);
+    if (copy == NULL ||
+        sqlite3_prepare_v3(L->db, text, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+        free(copy);
+        return NULL;
+    }
+    if (L->search_cache[victim].st)
+        sqlite3_finalize(L->search_cache[victim].st);
+    free(L->search_cache[victim].sql);
+    L->search_cache[victim].sql = copy;
+    L->search_cache[victim].st = st;
+    L->search_cache[victim].used = ++L->search_tick;
+    return st;
+}
+
 int local_op_search(local_store *L, tern_store_req *req)
 {
     lacct a;
@@ -199,15 +239,20 @@ int local_op_search(local_store *L, tern_store_req *req)
     memset(&sql, 0, sizeof sql);
     if (tern_search_to_sql(&L->batch, s, TERN_SQL_SQLITE, 1, &sql) != 0)
         return tern_store__fail(req, TERN_STORE_EINVAL, "search too deep or out of memory");
+    /* Without BODY/TEXT only the uid is read: SEARCH ALL (every SELECT's
+     * uid list) then never leaves the (mailbox_id, uid) index. */
     char *text = tern_arena_printf(&L->batch,
-                                   "SELECT m.id, m.uid, m.flags, m.internal_date, m.hdr_date,"
-                                   " m.size, m.modseq, m.body_ref FROM messages m"
-                                   " WHERE m.mailbox_id = ? AND (%s) ORDER BY m.uid",
+                                   sql.needs_body
+                                       ? "SELECT m.id, m.uid, m.flags, m.internal_date, m.hdr_date,"
+                                         " m.size, m.modseq, m.body_ref FROM messages m"
+                                         " WHERE m.mailbox_id = ? AND (%s) ORDER BY m.uid"
+                                       : "SELECT 0, m.uid FROM messages m"
+                                         " WHERE m.mailbox_id = ? AND (%s) ORDER BY m.uid",
                                    sql.where && sql.where[0] ? sql.where : "1");
     if (text == NULL)
         return tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(L->db, text, -1, &st, NULL) != SQLITE_OK)
+    sqlite3_stmt *st = search_stmt(L, text);
+    if (st == NULL)
         return local_db_fail(L, req, sqlite3_extended_errcode(L->db), "search prepare");
     sqlite3_bind_int64(st, 1, m.id);
     for (size_t i = 0; i < sql.n_params; i++)
@@ -241,7 +286,8 @@ int local_op_search(local_store *L, tern_store_req *req)
         o->modseq = (uint64_t)sqlite3_column_int64(st, 6);
         o->ref = local_col_text(&L->batch, st, 7);
     }
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     if (r == 0 && sql.needs_body)
         r = check_bodies(L, req, &a, &sql, c, nc, &uids, &n, &cap);
     free(c);
