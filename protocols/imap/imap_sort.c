@@ -1,19 +1,22 @@
 /* IMAP SORT and THREAD (RFC 5256; DISPLAYFROM/DISPLAYTO of RFC 5957), and
- * their UID forms. The store answers the search and each message's size
- * and internal date; the header fields the keys need (Date, Subject, From,
- * To, Cc, Message-ID, References, In-Reply-To) are read from the store one
- * message at a time, only the header section, through lib/header.h's
- * streaming parser (bounded by its limits). Ordering and threading are the
- * pure functions of imap_thread.c.
+ * their UID forms. The store answers the search, then one FETCH_INDEX
+ * request gives every matched message's size, internal date and the header
+ * fields the store indexed at append (Date, Subject, From, To, Cc,
+ * Message-ID, References/In-Reply-To): no message is read for them. The
+ * index keeps address fields RFC 2047-decoded, which can change how a list
+ * parses (an encoded "Doe, Jane" display name reads as two addresses), so a
+ * message whose indexed From/To/Cc is not plain ASCII or does not parse
+ * cleanly has its header block read (FETCH_HEADERS, HEADER_BATCH messages
+ * per request) when an address key needs it, and parsed with lib/header.h.
+ * Ordering and threading are the pure functions of imap_thread.c.
  * Input: parsed client arguments (untrusted), store answers, message
- * headers (untrusted bytes). */
+ * headers and indexed values (untrusted bytes). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "lib/address.h"
-#include "lib/datetime.h"
 #include "lib/header.h"
 #include "lib/log.h"
 #include "protocols/imap/imap_session_int.h"
@@ -29,9 +32,14 @@ static const char *const hdr_names[H_COUNT] = {
 typedef struct sort_msg {
     uint32_t uid;
     bool gone;              /* expunged while we worked: left out */
+    bool raw;               /* its address fields come from its header (h[]) */
+    bool raw_read;          /* ... and that header has been read */
     int64_t arrival;
     uint64_t size;
-    char *h[H_COUNT];
+    int64_t date;           /* sent date: the Date field, else the arrival */
+    tern_message_index ixv; /* what the store indexed, strings in the session arena */
+    const tern_message_index *ix; /* &ixv once the index answered */
+    char *h[H_COUNT];       /* raw values read from the header, when raw */
 } sort_msg;
 
 typedef struct sort_state {
@@ -39,10 +47,11 @@ typedef struct sort_state {
     tern_imap_thread_algo algo;
     tern_imap_sort_crit crit[TERN_IMAP_SORT_MAX];
     size_t n_crit;
-    bool need_headers;
+    bool need_addresses;    /* a FROM/TO/CC/DISPLAY* key */
     sort_msg *m;
     size_t n;
-    size_t cur;             /* the message whose header is being read */
+    size_t bcur;            /* the next message to consider for a batched header read */
+    size_t cur;             /* the message whose header is being read alone */
     uint64_t off;
     tern_header_parser *hp;
 } sort_state;
@@ -87,12 +96,53 @@ static void first_address(tern_arena *a, const char *v, const char **mbox, const
     }
 }
 
-static int64_t sent_date(const sort_msg *m)
+/* Whether an indexed (decoded) address list may not be what the header
+ * says: decoding can bring specials (",", "<", quotes) into a display
+ * name. Plain ASCII that parses into a whole first mailbox is taken as is;
+ * anything else is read from the header. */
+static bool address_doubtful(tern_arena *a, const char *v)
 {
-    int64_t t;
-    if (m->h[H_DATE] && tern_datetime_parse(m->h[H_DATE], strlen(m->h[H_DATE]), &t) == 0)
-        return t;
-    return m->arrival;
+    if (!v)
+        return false;
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++)
+        if (*p >= 0x80)
+            return true;
+    for (tern_address *ad = tern_address_list_parse(a, v, strlen(v), 0, NULL); ad; ad = ad->next)
+        if (ad->kind == TERN_ADDRESS_MAILBOX)
+            return ad->invalid;
+    return false;
+}
+
+/* The ids of the index's space-separated list, at most MAX_REFS. */
+static size_t split_ids(tern_arena *a, const char *v, char ***ids_r)
+{
+    *ids_r = NULL;
+    if (!v)
+        return 0;
+    size_t n = 1;
+    for (const char *p = v; *p; p++)
+        n += *p == ' ';
+    if (n > MAX_REFS)
+        n = MAX_REFS;
+    char **ids = tern_arena_alloc(a, n * sizeof(*ids));
+    char *copy = tern_arena_strdup(a, v);
+    if (!ids || !copy)
+        return 0;
+    size_t k = 0;
+    for (char *save = NULL, *t = strtok_r(copy, " ", &save); t && k < n;
+         t = strtok_r(NULL, " ", &save))
+        ids[k++] = t;
+    *ids_r = ids;
+    return k;
+}
+
+static const char *addr_value(const sort_msg *m, int h)
+{
+    if (m->raw)
+        return m->h[h];
+    if (!m->ix)
+        return NULL;
+    return h == H_FROM ? m->ix->from : h == H_TO ? m->ix->to : m->ix->cc;
 }
 
 static void sort_answer(imap_session *s)
@@ -115,25 +165,18 @@ static void sort_answer(imap_session *s)
             size_t msn = imap__msn_of(s, m->uid);
             t[i].id = s->uid_cmd ? m->uid : (uint32_t)msn;
             t[i].seq = (uint32_t)msn;
-            t[i].date = sent_date(m);
-            const char *subj = m->h[H_SUBJECT];
+            t[i].date = m->date;
+            const char *subj = m->ix ? m->ix->subject : NULL;
             t[i].subject = tern_imap_base_subject(a, subj ? subj : "", subj ? strlen(subj) : 0,
                                                   &t[i].refwd);
             if (!t[i].subject)
                 t[i].subject = "";
-            char **ids;
-            t[i].message_id = NULL;
-            if (m->h[H_MSGID] &&
-                tern_imap_msgids(a, m->h[H_MSGID], strlen(m->h[H_MSGID]), 1, &ids) == 1)
-                t[i].message_id = ids[0];
+            t[i].message_id = m->ix && m->ix->message_id && *m->ix->message_id
+                                  ? m->ix->message_id : NULL;
+            /* The index keeps References' ids, then In-Reply-To's first id
+             * when References lacks it (storage/index.c). */
             t[i].refs = NULL;
-            t[i].n_refs = 0;
-            if (m->h[H_REFS])
-                t[i].n_refs = tern_imap_msgids(a, m->h[H_REFS], strlen(m->h[H_REFS]), MAX_REFS,
-                                               &t[i].refs);
-            if (t[i].n_refs == 0 && m->h[H_IRT])
-                t[i].n_refs = tern_imap_msgids(a, m->h[H_IRT], strlen(m->h[H_IRT]), 1,
-                                               &t[i].refs);
+            t[i].n_refs = m->ix ? split_ids(a, m->ix->refs, &t[i].refs) : 0;
         }
         tern_buf out;
         tern_buf_init(&out, 0);
@@ -168,17 +211,17 @@ static void sort_answer(imap_session *s)
         v[i].seq = (uint32_t)msn;
         v[i].arrival = m->arrival;
         v[i].size = m->size;
-        v[i].date = st->need_headers ? sent_date(m) : m->arrival;
-        const char *subj = m->h[H_SUBJECT];
+        v[i].date = m->date;
+        const char *subj = m->ix ? m->ix->subject : NULL;
         v[i].subject = "";
         if (subj) {
             const char *b = tern_imap_base_subject(a, subj, strlen(subj), NULL);
             v[i].subject = b ? b : "";
         }
-        first_address(a, m->h[H_FROM], &v[i].from, &v[i].display_from);
-        first_address(a, m->h[H_TO], &v[i].to, &v[i].display_to);
+        first_address(a, addr_value(m, H_FROM), &v[i].from, &v[i].display_from);
+        first_address(a, addr_value(m, H_TO), &v[i].to, &v[i].display_to);
         const char *unused;
-        first_address(a, m->h[H_CC], &v[i].cc, &unused);
+        first_address(a, addr_value(m, H_CC), &v[i].cc, &unused);
     }
     tern_imap_sort(v, k, st->crit, st->n_crit);
     imap__printf(s, "* SORT");
@@ -191,9 +234,10 @@ static void sort_answer(imap_session *s)
     imap__finish(s, "OK", "%sSORT completed", s->uid_cmd ? "UID " : "");
 }
 
-/* ---- header fields, one message at a time --------------------------------- */
+/* ---- header fields of the messages whose index is not enough ------------- */
 
 static void header_next(imap_session *s);
+static void raw_next(imap_session *s);
 
 /* The first occurrence of each field counts, as for ENVELOPE. A NUL
  * inside a value cuts it there: these are used as texts. */
@@ -205,6 +249,88 @@ static void keep_field(imap_session *s, sort_msg *m, const tern_header_field *f)
             return;
         }
     }
+}
+
+/* Feeds bytes to the header parser; true once the header has ended. */
+static bool header_feed(imap_session *s, sort_msg *m, const uint8_t *p, size_t n)
+{
+    sort_state *st = s->cmd_state;
+    tern_header_field f;
+    while (n > 0) {
+        size_t used = 0;
+        tern_header_event ev = tern_header_parser_feed(st->hp, p, n, &used, &f);
+        p += used;
+        n -= used;
+        if (ev == TERN_HEADER_FIELD)
+            keep_field(s, m, &f);
+        else if (ev == TERN_HEADER_END)
+            return true;
+        else
+            break; /* TERN_HEADER_MORE: all of this chunk was used */
+    }
+    return false;
+}
+
+static void header_feed_end(imap_session *s, sort_msg *m)
+{
+    sort_state *st = s->cmd_state;
+    tern_header_field f;
+    while (tern_header_parser_finish(st->hp, &f) == TERN_HEADER_FIELD)
+        keep_field(s, m, &f);
+}
+
+static void raw_batch_done(imap_session *s, tern_store_req *r)
+{
+    sort_state *st = s->cmd_state;
+    /* A failed batch leaves its messages to be read alone, which reports. */
+    for (size_t i = 0; r->status == TERN_STORE_OK && i < r->out.n_headers; i++) {
+        const tern_message_header *h = &r->out.headers[i];
+        sort_msg *m = find_msg(st, h->uid);
+        if (!m || !m->raw || !h->complete)
+            continue;
+        tern_header_parser_init(st->hp, NULL);
+        if (!header_feed(s, m, h->data, h->len))
+            header_feed_end(s, m);
+        m->raw_read = true;
+    }
+    tern_store_req_free(r);
+    raw_next(s);
+}
+
+/* The doubtful messages' header blocks, HEADER_BATCH per store request. */
+static void raw_next(imap_session *s)
+{
+    sort_state *st = s->cmd_state;
+    tern_uid_range *rg = NULL;
+    size_t nr = 0, taken = 0;
+    for (; st->bcur < st->n && taken < HEADER_BATCH; st->bcur++) {
+        sort_msg *m = &st->m[st->bcur];
+        if (m->gone || !m->raw)
+            continue;
+        if (!rg && !(rg = tern_arena_alloc(&s->arena, HEADER_BATCH * sizeof(*rg)))) {
+            imap__finish(s, "NO", "[SERVERBUG] out of memory");
+            return;
+        }
+        if (nr && rg[nr - 1].last + 1 == m->uid)
+            rg[nr - 1].last = m->uid;
+        else
+            rg[nr].first = rg[nr].last = m->uid, nr++;
+        taken++;
+    }
+    if (taken == 0) {
+        st->cur = 0;
+        st->off = 0;
+        header_next(s);
+        return;
+    }
+    tern_store_req *r = imap__req(s, TERN_STORE_FETCH_HEADERS);
+    if (r) {
+        r->in.name = s->mbox;
+        r->in.uids.ranges = rg;
+        r->in.uids.n = nr;
+        r->in.max_len = TERN_STORE_HEADERS_EACH_MAX;
+    }
+    imap__submit(s, r, raw_batch_done);
 }
 
 static void header_chunk_done(imap_session *s, tern_store_req *r)
@@ -224,41 +350,28 @@ static void header_chunk_done(imap_session *s, tern_store_req *r)
         tern_store_req_free(r);
         return;
     }
-    const uint8_t *p = r->out.body;
-    size_t n = r->out.body_len;
-    bool done = false;
-    tern_header_field f;
-    while (n > 0 && !done) {
-        size_t used = 0;
-        tern_header_event ev = tern_header_parser_feed(st->hp, p, n, &used, &f);
-        p += used;
-        n -= used;
-        if (ev == TERN_HEADER_FIELD)
-            keep_field(s, m, &f);
-        else if (ev == TERN_HEADER_END)
-            done = true;
-        else
-            break; /* TERN_HEADER_MORE: all of this chunk was used */
-    }
+    bool done = header_feed(s, m, r->out.body, r->out.body_len);
     st->off += r->out.body_len;
     bool at_end = r->out.body_len == 0 || st->off >= r->out.body_total;
     tern_store_req_free(r);
     if (!done && at_end) {
-        while (tern_header_parser_finish(st->hp, &f) == TERN_HEADER_FIELD)
-            keep_field(s, m, &f);
+        header_feed_end(s, m);
         done = true;
     }
     if (done) {
+        m->raw_read = true;
         st->cur++;
         st->off = 0;
     }
     header_next(s);
 }
 
+/* A header the batch could not give whole (past its bound), read alone. */
 static void header_next(imap_session *s)
 {
     sort_state *st = s->cmd_state;
-    while (st->cur < st->n && st->m[st->cur].gone)
+    while (st->cur < st->n &&
+           (st->m[st->cur].gone || !st->m[st->cur].raw || st->m[st->cur].raw_read))
         st->cur++;
     if (st->cur == st->n) {
         sort_answer(s);
@@ -276,9 +389,14 @@ static void header_next(imap_session *s)
     imap__submit(s, r, header_chunk_done);
 }
 
-/* ---- sizes and dates, then the headers ------------------------------------ */
+/* ---- the index, then the doubtful headers --------------------------------- */
 
-static void meta_done(imap_session *s, tern_store_req *r)
+static char *adup(tern_arena *a, const char *v)
+{
+    return v ? tern_arena_strdup(a, v) : NULL;
+}
+
+static void index_done(imap_session *s, tern_store_req *r)
 {
     sort_state *st = s->cmd_state;
     if (r->status != TERN_STORE_OK) {
@@ -286,30 +404,53 @@ static void meta_done(imap_session *s, tern_store_req *r)
         tern_store_req_free(r);
         return;
     }
+    tern_arena *a = &s->arena;
     for (size_t i = 0; i < st->n; i++)
         st->m[i].gone = true;
-    for (size_t i = 0; i < r->out.n_messages; i++) {
-        const tern_message_info *mi = &r->out.messages[i];
-        sort_msg *m = find_msg(st, mi->uid);
-        if (m) {
-            m->gone = false;
-            m->arrival = mi->internal_date;
-            m->size = mi->size;
-        }
+    for (size_t i = 0; i < r->out.n_index; i++) {
+        const tern_message_index *x = &r->out.index[i];
+        sort_msg *m = find_msg(st, x->uid);
+        if (!m)
+            continue;
+        m->gone = false;
+        m->arrival = x->internal_date;
+        m->size = x->size;
+        m->date = x->hdr_date ? x->hdr_date : x->internal_date;
+        m->ixv = *x;
+        m->ixv.subject = adup(a, x->subject);
+        m->ixv.from = adup(a, x->from);
+        m->ixv.to = adup(a, x->to);
+        m->ixv.cc = adup(a, x->cc);
+        m->ixv.message_id = adup(a, x->message_id);
+        m->ixv.in_reply_to = adup(a, x->in_reply_to);
+        m->ixv.refs = adup(a, x->refs);
+        m->ix = &m->ixv;
     }
     tern_store_req_free(r);
-    if (!st->need_headers) {
+    if (!st->need_addresses) {
         sort_answer(s);
         return;
     }
-    st->hp = tern_arena_alloc(&s->arena, sizeof(*st->hp));
+    size_t doubtful = 0;
+    for (size_t i = 0; i < st->n; i++) {
+        sort_msg *m = &st->m[i];
+        if (m->gone)
+            continue;
+        m->raw = address_doubtful(a, m->ix->from) || address_doubtful(a, m->ix->to) ||
+                 address_doubtful(a, m->ix->cc);
+        doubtful += m->raw;
+    }
+    if (doubtful == 0) {
+        sort_answer(s);
+        return;
+    }
+    st->hp = tern_arena_alloc(a, sizeof(*st->hp));
     if (!st->hp) {
         imap__finish(s, "NO", "[SERVERBUG] out of memory");
         return;
     }
-    st->cur = 0;
-    st->off = 0;
-    header_next(s);
+    st->bcur = 0;
+    raw_next(s);
 }
 
 static void search_done(imap_session *s, tern_store_req *r)
@@ -344,22 +485,25 @@ static void search_done(imap_session *s, tern_store_req *r)
         sort_answer(s);
         return;
     }
-    tern_store_req *f = imap__req(s, TERN_STORE_FETCH);
+    tern_store_req *f = imap__req(s, TERN_STORE_FETCH_INDEX);
     if (f) {
         f->in.name = s->mbox;
         f->in.uids.ranges = ranges;
         f->in.uids.n = nr;
     }
-    imap__submit(s, f, meta_done);
+    imap__submit(s, f, index_done);
 }
 
-static bool needs_headers(const sort_state *st)
+static bool needs_addresses(const sort_state *st)
 {
-    if (st->thread)
-        return true;
-    for (size_t i = 0; i < st->n_crit; i++)
-        if (st->crit[i].key != TERN_IMAP_SORT_ARRIVAL && st->crit[i].key != TERN_IMAP_SORT_SIZE)
+    for (size_t i = 0; !st->thread && i < st->n_crit; i++)
+        switch (st->crit[i].key) {
+        case TERN_IMAP_SORT_CC: case TERN_IMAP_SORT_FROM: case TERN_IMAP_SORT_TO:
+        case TERN_IMAP_SORT_DISPLAYFROM: case TERN_IMAP_SORT_DISPLAYTO:
             return true;
+        default:
+            break;
+        }
     return false;
 }
 
@@ -409,7 +553,7 @@ void imap__cmd_sort(imap_session *s, tern_imap_parser *ps)
         imap__finish(s, "NO", "[BADCHARSET (US-ASCII UTF-8)] unsupported charset");
         return;
     }
-    st->need_headers = needs_headers(st);
+    st->need_addresses = needs_addresses(st);
     s->cmd_state = st;
     tern_store_req *r = imap__req(s, TERN_STORE_SEARCH);
     if (r) {

@@ -149,3 +149,31 @@ def test_errors(imap):  # noqa: F811
         assert typ == "BAD"
     assert c.noop()[0] == "OK"
     c.logout()
+
+
+def test_encoded_addresses(imap):  # noqa: F811
+    """The index keeps From/To/Cc decoded; a display name whose encoded
+    words decode to specials ("Doe, Jane") must still sort by the header's
+    first address, and a header past the batched read's bound (here about
+    72 KiB) is read alone."""
+    c = connect(imap)
+    assert c.create("Enc")[0] == "OK"
+    pad = "".join(f"X-Pad-{i}: {'p' * 70}\r\n" for i in range(900))
+    froms = [
+        "=?utf-8?q?Doe=2C_Jane?= <zed@x.test>",
+        "mike <mike@x.test>",
+        "=?utf-8?q?=C3=89mile?= <adam@x.test>",
+        '"Quoted, Name" <bob@x.test>',
+        "=?utf-8?q?=C3=85sa?= <carl@x.test>",
+    ]
+    for i, frm in enumerate(froms):
+        extra = pad if i == 4 else ""
+        data = f"From: {frm}\r\nTo: t{i}@x.test\r\nSubject: s{i}\r\n{extra}\r\nbody\r\n"
+        typ, resp = c.append("Enc", None, None, data.encode())
+        assert typ == "OK", resp
+    c.select("Enc")
+    assert sort(c, "(FROM)", "ALL") == [3, 4, 5, 2, 1]
+    # "DOE, JANE" < "MIKE" < "QUOTED, NAME" < U+00C5 (C3 85) < U+00C9 (C3 89)
+    assert sort(c, "(DISPLAYFROM)", "ALL") == [1, 2, 4, 5, 3]
+    assert sort(c, "(REVERSE FROM)", "ALL", uid=True) == [1, 2, 5, 4, 3]
+    c.logout()
