@@ -45,6 +45,7 @@ struct imap_fetch_job {
     size_t hb_pos;
     /* the MIME tree of the current message (ENVELOPE, BODYSTRUCTURE, parts) */
     bool need_tree;
+    bool env_only;           /* only ENVELOPE needs it: parsed from the header block */
     tern_arena tree_arena;
     tern_mime_parser *parser;
     tern_mime_part *tree;
@@ -503,6 +504,32 @@ static void fetch_tree_done(imap_session *s, tern_store_req *r)
     fetch_write(s);
 }
 
+/* ENVELOPE alone: the tree of the header block (from the batched header
+ * read), not of the whole message. True when it is there. */
+static bool fetch_need_envelope(imap_session *s)
+{
+    imap_fetch_job *j = s->job;
+    const tern_message_info *m = &j->batch->out.messages[j->bi];
+    if (j->tree && j->tree_uid == m->uid)
+        return true;
+    if (!fetch_need_header(s))
+        return false;
+    tern_mime_parser_free(j->parser);
+    j->parser = NULL;
+    tern_arena_reset(&j->tree_arena);
+    j->tree = NULL;
+    j->tree_uid = m->uid;
+    tern_mime_parser *p = tern_mime_parser_new(&j->tree_arena, NULL);
+    if (p && (j->hdr_end == 0 || tern_mime_parser_feed(p, j->hdr, j->hdr_end) == 0))
+        j->tree = tern_mime_parser_finish(p);
+    tern_mime_parser_free(p);
+    if (!j->tree) {
+        fetch_end(s, "NO", "[SERVERBUG] out of memory");
+        return false;
+    }
+    return true;
+}
+
 static void fetch_range_done(imap_session *s, tern_store_req *r);
 
 /* Reads [start, start+len) of the current message into j->rng, at most
@@ -763,7 +790,7 @@ static void fetch_write(imap_session *s)
             j->ai = 0;
             continue;
         }
-        if (j->need_tree && !fetch_need_tree(s))
+        if (j->need_tree && !(j->env_only ? fetch_need_envelope(s) : fetch_need_tree(s)))
             return; /* resumes once the structure is parsed */
         if (!j->open) {
             imap__printf(s, "* %zu FETCH (", msn);
@@ -1065,6 +1092,14 @@ void imap__cmd_fetch(imap_session *s, tern_imap_parser *ps)
         if (k == TERN_IMAP_FA_ENVELOPE || k == TERN_IMAP_FA_BODYSTRUCTURE ||
             k == TERN_IMAP_FA_BODY_STRUCT || j->f.atts[i].n_part > 0)
             j->need_tree = true;
+    }
+    if (j->need_tree) {
+        j->env_only = true;
+        for (size_t i = 0; i < j->f.n; i++)
+            if (j->f.atts[i].kind != TERN_IMAP_FA_ENVELOPE &&
+                (j->f.atts[i].kind == TERN_IMAP_FA_BODYSTRUCTURE ||
+                 j->f.atts[i].kind == TERN_IMAP_FA_BODY_STRUCT || j->f.atts[i].n_part > 0))
+                j->env_only = false;
     }
     if (j->f.changedsince || has_modseq)
         s->condstore = true;
