@@ -884,7 +884,9 @@ static void fetch_write(imap_session *s)
         tern_store_req_free(j->hb);
         j->hb = NULL;
     }
-    imap__flush(s);
+    /* After the last batch the tagged reply follows at once: one write. */
+    if (j->next < j->n_todo)
+        imap__flush(s);
     fetch_next_batch(s);
 }
 
