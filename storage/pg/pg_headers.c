@@ -1,6 +1,6 @@
 /* The PostgreSQL backend's batched reads for FETCH, SORT and THREAD:
- * FETCH_HEADERS (the first octets of each message of a UID set, cut at the
- * end of its header block) and FETCH_INDEX (the header index columns), each
+ * FETCH_HEADERS (the first octets of each message of a UID set, its
+ * per-copy prefix and then its body, cut at the end of its header block) and FETCH_INDEX (the header index columns), each
  * one statement for the whole set. The header read is bounded in SQL: a
  * running sum over the set stops reading bodies once
  * TERN_STORE_HEADERS_BUDGET would be passed, so a large set cannot make
@@ -68,12 +68,16 @@ int pg_op_fetch_headers(pg_job *j)
     }
     j->binary_result = true;
     PG_QUERY(j, tern_arena_printf(&j->a, PG_HDR_MAILBOX
-             ", s AS (SELECT m.uid, m.size, m.body_ref, sum(least(m.size, $3::bigint)) "
+             ", s AS (SELECT m.uid, m.size, m.body_ref, m.prefix, sum(least(m.size, $3::bigint)) "
              "OVER (ORDER BY m.uid) AS run FROM messages m JOIN b ON m.mailbox_id = b.id "
              "WHERE %s) "
+             /* The message is the row's prefix (this copy's Return-Path and
+              * Delivered-To), then the maybe shared body. */
              "SELECT s.uid::int8, s.size::int8, CASE WHEN s.run <= $4::bigint THEN "
+             "substring(coalesce(s.prefix, ''::bytea) || "
              "(SELECT substring(bd.data FROM 1 FOR $3::int) FROM bodies bd "
-             "WHERE bd.id = s.body_ref) END FROM b LEFT JOIN s ON true ORDER BY s.uid",
+             "WHERE bd.id = s.body_ref) FROM 1 FOR $3::int) END "
+             "FROM b LEFT JOIN s ON true ORDER BY s.uid",
              j->uidset_sql));
     {
         int n = PQntuples(j->res);

@@ -2992,6 +2992,28 @@ static void t_fetch_headers(void **state)
     assert_int_equal(r->out.headers[0].len, o - strlen("body\r\n"));
     assert_memory_equal(r->out.headers[0].data, big, o - strlen("body\r\n"));
     free(big);
+    /* A per-copy prefix is part of the header block. */
+    static const char pfx[] = "Delivered-To: x@example.test\r\n";
+    tern_store_req *ap = R(TERN_STORE_APPEND);
+    ap->in.account = tacct;
+    ap->in.name = "Other";
+    ap->in.prefix = (const uint8_t *)pfx;
+    ap->in.prefix_len = sizeof pfx - 1;
+    ap->in.data = (const uint8_t *)m1;
+    ap->in.len = sizeof m1 - 1;
+    mb_create("Other");
+    run_ok(ap);
+    r = R(TERN_STORE_FETCH_HEADERS);
+    r->in.account = tacct;
+    r->in.name = "Other";
+    r->in.uids = ALL_UIDS;
+    run_ok(r);
+    assert_int_equal(r->out.n_headers, 1);
+    assert_true(r->out.headers[0].complete);
+    assert_int_equal(r->out.headers[0].size, sizeof pfx - 1 + sizeof m1 - 1);
+    assert_int_equal(r->out.headers[0].len, sizeof pfx - 1 + want[0].hlen);
+    assert_memory_equal(r->out.headers[0].data, pfx, sizeof pfx - 1);
+    assert_memory_equal(r->out.headers[0].data + sizeof pfx - 1, m1, want[0].hlen);
     /* Gaps and missing uids are left out; an empty set is no error. */
     tern_uid_range two[] = {{u2, u2}, {u4, u4 + 100}};
     r = R(TERN_STORE_FETCH_HEADERS);
