@@ -12,6 +12,7 @@
  *
  * Trusted: the params. Untrusted: the token, the user, the answer. */
 #include "auth/oauth2/introspect.h"
+#include "auth/oauth2/oauth2.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -155,31 +156,10 @@ uint64_t tern_introspect_requests(const tern_introspect *in)
 
 /* ---- judging an answer ------------------------------------------------------ */
 
-static bool aud_holds(const tern_json *aud, const char *want)
-{
-    if (aud == NULL)
-        return false;
-    if (aud->type == TERN_JSON_STRING)
-        return tern_json_str(aud) != NULL && strcmp(aud->text, want) == 0;
-    if (aud->type != TERN_JSON_ARRAY)
-        return false;
-    for (const tern_json *a = aud->child; a; a = a->next)
-        if (tern_json_str(a) != NULL && strcmp(a->text, want) == 0)
-            return true;
-    return false;
-}
-
-/* A NumericDate member: 0 absent, 1 present (*out), -1 not a number. */
+/* A NumericDate member of obj: 0 absent, 1 present (*out), -1 not a number. */
 static int date_member(const tern_json *obj, const char *key, double *out)
 {
-    const tern_json *v = tern_json_get(obj, key);
-    if (v == NULL)
-        return 0;
-    if (v->type != TERN_JSON_NUMBER || !(v->number == v->number) || v->number > 1e15 ||
-        v->number < -1e15)
-        return -1;
-    *out = v->number;
-    return 1;
+    return tern_oauth2_numeric_date(tern_json_get(obj, key), out);
 }
 
 int tern_introspect_judge(const tern_introspect *in, const char *body, size_t len, int64_t now,
@@ -231,7 +211,7 @@ int tern_introspect_judge(const tern_introspect *in, const char *body, size_t le
             goto out;
         }
     }
-    if (in->audience != NULL && !aud_holds(tern_json_get(root, "aud"), in->audience)) {
+    if (in->audience != NULL && !tern_oauth2_aud_holds(tern_json_get(root, "aud"), in->audience)) {
         snprintf(why, why_size, "wrong audience (introspection)");
         goto out;
     }

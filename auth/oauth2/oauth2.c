@@ -414,7 +414,7 @@ static const jwk *pick_key(const tern_oauth2 *o, unsigned alg, const char *kid)
     return kid == NULL && n == 1 ? only : NULL;
 }
 
-static bool aud_ok(const tern_json *aud, const char *want)
+bool tern_oauth2_aud_holds(const tern_json *aud, const char *want)
 {
     if (aud == NULL)
         return false;
@@ -428,9 +428,8 @@ static bool aud_ok(const tern_json *aud, const char *want)
     return false;
 }
 
-/* NumericDate (RFC 7519 2): seconds, possibly fractional; absent is
- * allowed for nbf and iat only. Returns 0 (absent), 1 (present), -1. */
-static int numeric_date(const tern_json *v, double *out)
+/* Absent is allowed for nbf and iat only (the caller decides). */
+int tern_oauth2_numeric_date(const tern_json *v, double *out)
 {
     if (v == NULL)
         return 0;
@@ -527,13 +526,13 @@ int tern_oauth2_verify(const tern_oauth2 *o, const char *token, size_t token_len
         why_set(why, why_size, "wrong issuer");
         goto out;
     }
-    if (!aud_ok(tern_json_get(claims, "aud"), o->audience)) {
+    if (!tern_oauth2_aud_holds(tern_json_get(claims, "aud"), o->audience)) {
         why_set(why, why_size, "wrong audience");
         goto out;
     }
     double exp = 0, nbf = 0, iat = 0;
     double t = (double)now, lw = (double)o->leeway;
-    if (numeric_date(tern_json_get(claims, "exp"), &exp) != 1) {
+    if (tern_oauth2_numeric_date(tern_json_get(claims, "exp"), &exp) != 1) {
         why_set(why, why_size, "no valid exp");
         goto out;
     }
@@ -541,8 +540,8 @@ int tern_oauth2_verify(const tern_oauth2 *o, const char *token, size_t token_len
         why_set(why, why_size, "expired");
         goto out;
     }
-    int np = numeric_date(tern_json_get(claims, "nbf"), &nbf);
-    int ip = numeric_date(tern_json_get(claims, "iat"), &iat);
+    int np = tern_oauth2_numeric_date(tern_json_get(claims, "nbf"), &nbf);
+    int ip = tern_oauth2_numeric_date(tern_json_get(claims, "iat"), &iat);
     if (np < 0 || ip < 0 || (np == 1 && nbf > t + lw) || (ip == 1 && (iat > t + lw || iat > exp))) {
         why_set(why, why_size, "nbf or iat invalid or in the future");
         goto out;

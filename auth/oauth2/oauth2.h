@@ -35,6 +35,14 @@ tern_oauth2 *tern_oauth2_new(const tern_oauth2_params *p, char **error_r);
 void tern_oauth2_free(tern_oauth2 *o);
 size_t tern_oauth2_key_count(const tern_oauth2 *o);
 
+/* Claim checks shared by JWT validation and introspection answers (both
+ * RFC 7519 claim sets): whether "aud" (a string or an array of them)
+ * holds want; and a NumericDate (seconds, possibly fractional): 0 absent,
+ * 1 present (*out), -1 not a number. */
+struct tern_json;
+bool tern_oauth2_aud_holds(const struct tern_json *aud, const char *want);
+int tern_oauth2_numeric_date(const struct tern_json *v, double *out);
+
 /* Name to TERN_OAUTH2_ALG_* ("RS256", "ES256", "EdDSA"), 0 if unknown. */
 unsigned tern_oauth2_alg(const char *name);
 
