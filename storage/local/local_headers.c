@@ -39,6 +39,14 @@ static ssize_t read_head(int fd, uint8_t *buf, size_t want)
     return (ssize_t)got;
 }
 
+static void hrow_fill(void *v, sqlite3_stmt *st, void *ctx)
+{
+    hrow *o = v;
+    o->uid = (uint32_t)sqlite3_column_int64(st, 0);
+    o->size = (uint64_t)sqlite3_column_int64(st, 1);
+    o->ref = local_col_text(ctx, st, 2);
+}
+
 static int fetch_headers(local_store *L, tern_store_req *req)
 {
     lacct a;
@@ -46,43 +54,12 @@ static int fetch_headers(local_store *L, tern_store_req *req)
     int r = local_target(L, req, &a, &m);
     if (r != TERN_STORE_OK)
         return r;
-    tern_uid_range *rg;
-    size_t nr;
-    if ((r = local_uid_ranges(L, req, &m, &req->in.uids, &rg, &nr)) != TERN_STORE_OK)
-        return r;
     hrow *rows = NULL;
-    size_t n = 0, cap = 0;
-    for (size_t i = 0; i < nr && r == TERN_STORE_OK; i++) {
-        sqlite3_stmt *st = local_stmt(L, "SELECT uid, size, body_ref FROM messages"
-                                         " WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
-                                         " ORDER BY uid");
-        if (st == NULL) {
-            r = TERN_STORE_EIO;
-            break;
-        }
-        sqlite3_bind_int64(st, 1, m.id);
-        sqlite3_bind_int64(st, 2, rg[i].first);
-        sqlite3_bind_int64(st, 3, rg[i].last);
-        while ((r = local_step(L, req, st)) == 1) {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 64;
-                hrow *nv = realloc(rows, cap * sizeof *nv);
-                if (nv == NULL) {
-                    r = tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
-                    break;
-                }
-                rows = nv;
-            }
-            rows[n].uid = (uint32_t)sqlite3_column_int64(st, 0);
-            rows[n].size = (uint64_t)sqlite3_column_int64(st, 1);
-            rows[n].ref = local_col_text(&L->batch, st, 2);
-            n++;
-        }
-        if (r == 0)
-            r = TERN_STORE_OK;
-        sqlite3_reset(st);
-    }
-    free(rg);
+    size_t n = 0;
+    r = local_rows_in_set(L, req, &m, &req->in.uids,
+                          "SELECT uid, size, body_ref FROM messages"
+                          " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+                          sizeof *rows, (void **)&rows, &n, hrow_fill, &L->batch);
     size_t each = req->in.max_len ? req->in.max_len : TERN_STORE_HEADERS_EACH;
     if (each > TERN_STORE_HEADERS_EACH_MAX)
         each = TERN_STORE_HEADERS_EACH_MAX;
@@ -143,6 +120,23 @@ static int64_t col_i64(sqlite3_stmt *st, int col)
     return sqlite3_column_type(st, col) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, col);
 }
 
+static void index_row(void *v, sqlite3_stmt *st, void *ctx)
+{
+    tern_message_index *o = v;
+    tern_arena *ar = ctx;
+    o->uid = (uint32_t)sqlite3_column_int64(st, 0);
+    o->size = (uint64_t)sqlite3_column_int64(st, 1);
+    o->internal_date = sqlite3_column_int64(st, 2);
+    o->hdr_date = col_i64(st, 3);
+    o->subject = local_col_text(ar, st, 4);
+    o->from = local_col_text(ar, st, 5);
+    o->to = local_col_text(ar, st, 6);
+    o->cc = local_col_text(ar, st, 7);
+    o->message_id = local_col_text(ar, st, 8);
+    o->in_reply_to = local_col_text(ar, st, 9);
+    o->refs = local_col_text(ar, st, 10);
+}
+
 static int fetch_index(local_store *L, tern_store_req *req)
 {
     lacct a;
@@ -150,53 +144,13 @@ static int fetch_index(local_store *L, tern_store_req *req)
     int r = local_target(L, req, &a, &m);
     if (r != TERN_STORE_OK)
         return r;
-    tern_uid_range *rg;
-    size_t nr;
-    if ((r = local_uid_ranges(L, req, &m, &req->in.uids, &rg, &nr)) != TERN_STORE_OK)
-        return r;
     tern_message_index *v = NULL;
-    size_t n = 0, cap = 0;
-    for (size_t i = 0; i < nr && r == TERN_STORE_OK; i++) {
-        sqlite3_stmt *st = local_stmt(
-            L, "SELECT uid, size, internal_date, hdr_date, subject, from_addr, to_addr, cc_addr,"
-               " message_id, in_reply_to, refs FROM messages"
-               " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid");
-        if (st == NULL) {
-            r = TERN_STORE_EIO;
-            break;
-        }
-        sqlite3_bind_int64(st, 1, m.id);
-        sqlite3_bind_int64(st, 2, rg[i].first);
-        sqlite3_bind_int64(st, 3, rg[i].last);
-        while ((r = local_step(L, req, st)) == 1) {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 64;
-                tern_message_index *nv = realloc(v, cap * sizeof *nv);
-                if (nv == NULL) {
-                    r = tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
-                    break;
-                }
-                v = nv;
-            }
-            tern_message_index *o = &v[n++];
-            tern_arena *ar = &req->arena;
-            o->uid = (uint32_t)sqlite3_column_int64(st, 0);
-            o->size = (uint64_t)sqlite3_column_int64(st, 1);
-            o->internal_date = sqlite3_column_int64(st, 2);
-            o->hdr_date = col_i64(st, 3);
-            o->subject = local_col_text(ar, st, 4);
-            o->from = local_col_text(ar, st, 5);
-            o->to = local_col_text(ar, st, 6);
-            o->cc = local_col_text(ar, st, 7);
-            o->message_id = local_col_text(ar, st, 8);
-            o->in_reply_to = local_col_text(ar, st, 9);
-            o->refs = local_col_text(ar, st, 10);
-        }
-        if (r == 0)
-            r = TERN_STORE_OK;
-        sqlite3_reset(st);
-    }
-    free(rg);
+    size_t n = 0;
+    r = local_rows_in_set(L, req, &m, &req->in.uids,
+                          "SELECT uid, size, internal_date, hdr_date, subject, from_addr, to_addr,"
+                          " cc_addr, message_id, in_reply_to, refs FROM messages"
+                          " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+                          sizeof *v, (void **)&v, &n, index_row, &req->arena);
     if (r == TERN_STORE_OK) {
         req->out.index = tern_arena_alloc(&req->arena, (n ? n : 1) * sizeof *v);
         if (req->out.index == NULL)

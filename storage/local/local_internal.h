@@ -248,6 +248,14 @@ int local_target(local_store *L, tern_store_req *req, lacct *a, lmbox *m);
 /* A uid set with "*" resolved, sorted and merged (malloc'd; *n_r may be 0). */
 int local_uid_ranges(local_store *L, tern_store_req *req, const lmbox *m, const tern_uid_set *set,
                      tern_uid_range **out_r, size_t *n_r);
+/* The rows of m's messages in the uid set `set`: `sql` selects from
+ * messages with ?1 the mailbox id and ?2..?3 a uid range (ORDER BY uid);
+ * each row becomes one element of `elem` bytes, appended to *v (malloc'd,
+ * the caller frees it even on error) and filled by fill(element, row, ctx).
+ * TERN_STORE_OK or the error (req says why). */
+int local_rows_in_set(local_store *L, tern_store_req *req, const lmbox *m,
+                      const tern_uid_set *set, const char *sql, size_t elem, void **v, size_t *n,
+                      void (*fill)(void *o, sqlite3_stmt *st, void *ctx), void *ctx);
 /* Records a file for unlinking once the COMMIT is durable. */
 int local_unlink_later(local_store *L, tern_store_req *req, const char *abs_path);
 /* Sets mailboxes.highest_modseq (and uidnext when nonzero). */

@@ -99,6 +99,48 @@ int local_uid_ranges(local_store *L, tern_store_req *req, const lmbox *m, const 
     return TERN_STORE_OK;
 }
 
+int local_rows_in_set(local_store *L, tern_store_req *req, const lmbox *m,
+                      const tern_uid_set *set, const char *sql, size_t elem, void **v, size_t *n,
+                      void (*fill)(void *o, sqlite3_stmt *st, void *ctx), void *ctx)
+{
+    *v = NULL;
+    *n = 0;
+    tern_uid_range *rg;
+    size_t nr, cap = 0;
+    int r = local_uid_ranges(L, req, m, set, &rg, &nr);
+    if (r != TERN_STORE_OK)
+        return r;
+    for (size_t i = 0; i < nr && r == TERN_STORE_OK; i++) {
+        sqlite3_stmt *st = local_stmt(L, sql);
+        if (st == NULL) {
+            r = TERN_STORE_EIO;
+            break;
+        }
+        sqlite3_bind_int64(st, 1, m->id);
+        sqlite3_bind_int64(st, 2, rg[i].first);
+        sqlite3_bind_int64(st, 3, rg[i].last);
+        while ((r = local_step(L, req, st)) == 1) {
+            if (*n == cap) {
+                cap = cap ? cap * 2 : 64;
+                void *nv = realloc(*v, cap * elem);
+                if (nv == NULL) {
+                    r = tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
+                    break;
+                }
+                *v = nv;
+            }
+            void *o = (char *)*v + (*n)++ * elem;
+            memset(o, 0, elem);
+            fill(o, st, ctx);
+        }
+        if (r == 0)
+            r = TERN_STORE_OK;
+        sqlite3_reset(st);
+    }
+    free(rg);
+    return r;
+}
+
 int local_unlink_later(local_store *L, tern_store_req *req, const char *abs_path)
 {
     size_t rl = strlen(L->root);
@@ -538,6 +580,21 @@ static char **split_keywords(tern_arena *a, const char *s, size_t *n_r)
     return v;
 }
 
+static void info_row(void *v, sqlite3_stmt *st, void *ctx)
+{
+    tern_message_info *o = v;
+    tern_arena *ar = ctx;
+    o->uid = (uint32_t)sqlite3_column_int64(st, 0);
+    o->id = local_col_text(ar, st, 1);
+    o->thread_id = local_col_text(ar, st, 2);
+    o->flags = (unsigned)sqlite3_column_int(st, 3);
+    o->modseq = (uint64_t)sqlite3_column_int64(st, 4);
+    o->internal_date = sqlite3_column_int64(st, 5);
+    o->size = (uint64_t)sqlite3_column_int64(st, 6);
+    if (sqlite3_column_type(st, 7) != SQLITE_NULL)
+        o->keywords = split_keywords(ar, (const char *)sqlite3_column_text(st, 7), &o->n_keywords);
+}
+
 static int fetch(local_store *L, tern_store_req *req)
 {
     lacct a;
@@ -545,52 +602,13 @@ static int fetch(local_store *L, tern_store_req *req)
     int r = local_target(L, req, &a, &m);
     if (r != TERN_STORE_OK)
         return r;
-    tern_uid_range *rg;
-    size_t nr;
-    if ((r = local_uid_ranges(L, req, &m, &req->in.uids, &rg, &nr)) != TERN_STORE_OK)
-        return r;
-    size_t n = 0, cap = 0;
+    size_t n = 0;
     tern_message_info *v = NULL;
-    for (size_t i = 0; i < nr && r == TERN_STORE_OK; i++) {
-        sqlite3_stmt *st = local_stmt(
-            L, "SELECT uid, email_id, thread_id, flags, modseq, internal_date, size,"
-               " (SELECT group_concat(keyword, ' ') FROM keywords WHERE message = m.id)"
-               " FROM messages m WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid");
-        if (st == NULL) {
-            r = TERN_STORE_EIO;
-            break;
-        }
-        sqlite3_bind_int64(st, 1, m.id);
-        sqlite3_bind_int64(st, 2, rg[i].first);
-        sqlite3_bind_int64(st, 3, rg[i].last);
-        while ((r = local_step(L, req, st)) == 1) {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 64;
-                tern_message_info *nv = realloc(v, cap * sizeof *nv);
-                if (nv == NULL) {
-                    r = tern_store__fail(req, TERN_STORE_ETEMP, "out of memory");
-                    break;
-                }
-                v = nv;
-            }
-            tern_message_info *o = &v[n++];
-            memset(o, 0, sizeof *o);
-            o->uid = (uint32_t)sqlite3_column_int64(st, 0);
-            o->id = local_col_text(&req->arena, st, 1);
-            o->thread_id = local_col_text(&req->arena, st, 2);
-            o->flags = (unsigned)sqlite3_column_int(st, 3);
-            o->modseq = (uint64_t)sqlite3_column_int64(st, 4);
-            o->internal_date = sqlite3_column_int64(st, 5);
-            o->size = (uint64_t)sqlite3_column_int64(st, 6);
-            if (sqlite3_column_type(st, 7) != SQLITE_NULL)
-                o->keywords = split_keywords(&req->arena, (const char *)sqlite3_column_text(st, 7),
-                                             &o->n_keywords);
-        }
-        if (r == 0)
-            r = TERN_STORE_OK;
-        sqlite3_reset(st);
-    }
-    free(rg);
+    r = local_rows_in_set(L, req, &m, &req->in.uids,
+                          "SELECT uid, email_id, thread_id, flags, modseq, internal_date, size,"
+                          " (SELECT group_concat(keyword, ' ') FROM keywords WHERE message = m.id)"
+                          " FROM messages m WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+                          sizeof *v, (void **)&v, &n, info_row, &req->arena);
     if (r != TERN_STORE_OK) {
         free(v);
         return r;
