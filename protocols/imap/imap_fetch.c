@@ -222,14 +222,8 @@ static void fetch_stream_next(imap_session *s)
         fetch_end(s, "NO", "[SERVERBUG] out of memory");
         return;
     }
-    s->step = fetch_body_chunk_done;
-    s->pending++;
-    if (tern_store_submit(s->base.host->store_client, r) != 0) {
-        s->pending--;
-        s->step = NULL;
-        tern_store_req_free(r);
+    if (!imap__try_submit(s, r, fetch_body_chunk_done))
         fetch_end(s, "NO", "[UNAVAILABLE] storage unavailable");
-    }
 }
 
 static void fetch_body_chunk_done(imap_session *s, tern_store_req *r)
@@ -309,14 +303,8 @@ static void fetch_headers_batch(imap_session *s)
     r->in.uids.ranges = rg;
     r->in.uids.n = nr;
     r->in.max_len = HEADER_FIRST_READ;
-    s->step = fetch_headers_batch_done;
-    s->pending++;
-    if (tern_store_submit(s->base.host->store_client, r) != 0) {
-        s->pending--;
-        s->step = NULL;
-        tern_store_req_free(r);
+    if (!imap__try_submit(s, r, fetch_headers_batch_done))
         fetch_end(s, "NO", "[UNAVAILABLE] storage unavailable");
-    }
 }
 
 static void fetch_headers_batch_done(imap_session *s, tern_store_req *r)
@@ -373,14 +361,8 @@ static bool fetch_need_header(imap_session *s)
         fetch_end(s, "NO", "[SERVERBUG] out of memory");
         return false;
     }
-    s->step = fetch_header_done;
-    s->pending++;
-    if (tern_store_submit(s->base.host->store_client, r) != 0) {
-        s->pending--;
-        s->step = NULL;
-        tern_store_req_free(r);
+    if (!imap__try_submit(s, r, fetch_header_done))
         fetch_end(s, "NO", "[UNAVAILABLE] storage unavailable");
-    }
     return false;
 }
 
@@ -439,12 +421,7 @@ static bool fetch_submit_body(imap_session *s, uint32_t uid, uint64_t off, size_
     r->in.uid = uid;
     r->in.offset = off;
     r->in.max_len = max;
-    s->step = step;
-    s->pending++;
-    if (tern_store_submit(s->base.host->store_client, r) != 0) {
-        s->pending--;
-        s->step = NULL;
-        tern_store_req_free(r);
+    if (!imap__try_submit(s, r, step)) {
         fetch_end(s, "NO", "[UNAVAILABLE] storage unavailable");
         return false;
     }
@@ -1006,14 +983,8 @@ static void fetch_next_batch(imap_session *s)
     r->in.name = s->mbox;
     r->in.uids.ranges = rg;
     r->in.uids.n = nr;
-    s->step = fetch_batch_done;
-    s->pending++;
-    if (tern_store_submit(s->base.host->store_client, r) != 0) {
-        s->pending--;
-        s->step = NULL;
-        tern_store_req_free(r);
+    if (!imap__try_submit(s, r, fetch_batch_done))
         fetch_end(s, "NO", "[UNAVAILABLE] storage unavailable");
-    }
 }
 
 /* ---- VANISHED (EARLIER) ----------------------------------------------------- */
@@ -1168,14 +1139,8 @@ void imap__cmd_fetch(imap_session *s, tern_imap_parser *ps)
         }
         r->in.name = s->mbox;
         r->in.since_modseq = j->f.changedsince_modseq;
-        s->step = fetch_vanished_done;
-        s->pending++;
-        if (tern_store_submit(s->base.host->store_client, r) != 0) {
-            s->pending--;
-            s->step = NULL;
-            tern_store_req_free(r);
+        if (!imap__try_submit(s, r, fetch_vanished_done))
             fetch_end(s, "NO", "[UNAVAILABLE] storage unavailable");
-        }
         return;
     }
     fetch_next_batch(s);
