@@ -13,7 +13,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     tern_control_req req;
     char err[160];
     if (tern_control_req_parse((const char *)data, size, &req, err, sizeof(err)) == 0) {
-        if (req.cmd < TERN_CTL_QUEUE_LIST || req.cmd > TERN_CTL_QUEUE_HOSTS)
+        if (req.cmd < TERN_CTL_QUEUE_LIST || req.cmd > TERN_CTL_AUTH_STATS)
             abort();
         if (strlen(req.qid) > TERN_CONTROL_MAX_QID)
             abort();
