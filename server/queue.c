@@ -80,6 +80,7 @@ typedef struct dest {
 } dest;
 
 #define MSG_OF(node) ((qmsg *)((char *)(node) - offsetof(qmsg, sn)))
+#define DEST_OF(w) ((dest *)((char *)(w) - offsetof(dest, wait)))
 
 /* A destination address's circuit breaker: after host_down_threshold
  * connection failures in a row it is "down" (skipped without connecting,
@@ -259,6 +260,17 @@ static void qmsg_unlink(tern_queue *q, qmsg *m)
  * recipient is due now, the heap when the earliest is due later, nowhere
  * when it is held or every recipient is in flight or finished. Called
  * whenever something about m's recipients changed. */
+/* Whether every recipient of m still to deliver is one of domain's: only
+ * such a message may wait on domain's list, or a recipient of another
+ * domain would wait for a slot it does not need. */
+static bool msg_only_for(const qmsg *m, const char *domain)
+{
+    for (size_t i = 0; i < m->n; i++)
+        if (m->r[i].st == QR_PENDING && strcasecmp(m->r[i].domain, domain) != 0)
+            return false;
+    return true;
+}
+
 static void msg_resched(tern_queue *q, qmsg *m)
 {
     if (q->closing || m->held) {
@@ -271,9 +283,12 @@ static void msg_resched(tern_queue *q, qmsg *m)
         if (r->st != QR_PENDING)
             continue;
         if (r->next_try_ms <= now) {
-            /* Already ready or waiting for its destination: it keeps its
-             * place in line. */
-            if (m->sn.where != TERN_QS_READY && m->sn.where != TERN_QS_WAIT)
+            /* Already ready, or waiting for the one destination it has
+             * left: it keeps its place in line. */
+            bool keep = m->sn.where == TERN_QS_READY ||
+                        (m->sn.where == TERN_QS_WAIT &&
+                         msg_only_for(m, DEST_OF(m->sn.wait)->domain));
+            if (!keep)
                 tern_qs_ready(&q->sched, &m->sn, false);
             return;
         }
@@ -1363,8 +1378,12 @@ void tern_queue_kick(tern_queue *q)
             continue; /* an attempt ended at once and placed it */
         if (cut)
             tern_qs_ready(&q->sched, &m->sn, true); /* its turn goes on next time */
-        else if (blocked)
+        else if (blocked && msg_only_for(m, blocked->domain))
             tern_qs_wait_on(&q->sched, &blocked->wait, &m->sn);
+        else if (blocked)
+            /* Recipients of other domains too: looked at again each tick,
+             * so theirs go when due, not when this destination frees. */
+            tern_qs_defer(&q->sched, &m->sn, now + TICK_MS);
         else if (stalled)
             tern_qs_ready(&q->sched, &m->sn, false);
         else

@@ -426,6 +426,26 @@ def test_per_destination_limit_and_no_starvation(sender, faults):
     assert drained(tx)
 
 
+def test_other_domain_retry_not_held_by_a_full_destination(sender, faults):
+    """per_destination: 1, other.faults.test's one slot taken by a delivery
+    whose DATA reply is held. A second message to both domains: its
+    one.faults.test recipient is deferred once (451), and its retry goes
+    when due, not when other.faults.test frees a slot."""
+    fast = faults(A, plan=[{"rcpt": "451 4.3.0 try later"}])
+    slow = faults(B, hold_data=True)
+    tx = sender(per_destination=1, command_timeout="60s")
+    marker = uuid.uuid4().hex
+    send(tx, ["first@other.faults.test"], f"{marker}-first")
+    assert slow.holding.wait(20 * SLOW), slow.events
+    qid = send(tx, ["v@other.faults.test", "w@one.faults.test"], f"{marker}-both")
+    log_line(tx, rf"event=deferred qid={qid} rcpt=w@one\.faults\.test ")
+    log_line(tx, rf"event=delivered qid={qid} rcpt=w@one\.faults\.test ", timeout=15)
+    assert slow.holding.is_set() and slow.connections == 1, slow.events
+    slow.release()
+    log_line(tx, rf"event=delivered qid={qid} rcpt=v@other\.faults\.test ", timeout=30)
+    assert drained(tx)
+
+
 # ------------------------------------------------------------- a real receiver
 
 @pytest.mark.skipif(not shutil.which(SMTP_SINK), reason="Postfix's smtp-sink is not installed")
