@@ -744,8 +744,9 @@ static pg_job *gather(pg_impl *pg, pg_job *first)
         }
         x = next;
     }
-    if (n == 0)
-        return first;
+    /* A lone append goes as a batch of one too: the batch's transaction
+     * plans its statement once per connection (see pg_op_append_batch),
+     * where the autocommit statement was planned at every call. */
     pg_job *b = calloc(1, sizeof *b);
     tern_store_req *req = calloc(1, sizeof *req);
     if (!b || !req) {

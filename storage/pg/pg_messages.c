@@ -373,59 +373,25 @@ static const char *opt_text(pg_job *j, const char *s)
     return s ? pg_clean_text(j, s) : NULL;
 }
 
-/* An append is one statement, so the account's lock is held for one
- * statement and its commit: it takes the account's next modseq
- * (which row-locks the account and charges the quota, refused inside the
- * WHERE), the mailbox's next uid, finds the thread, writes the body (or,
- * when a row with the same bytes exists, takes a reference to it: the
- * copies of one delivery to several accounts share it; the per-copy
- * prefix $21 goes in the message row), the message, its keywords and
- * header index, and queues the NOTIFY that goes out with the commit. The
- * Email and Thread ids come from the bodies' sequence, not the body row,
- * which may be shared; the sequence also made the ids of older rows, so
- * they stay unique. Two transactions appending equal bytes wait for each
- * other on the body row, after their account locks, so no cycle forms
- * between single appends. It returns no row only when it changed nothing (no
- * account, no mailbox, over quota); a rename committed while it waited for
- * the account's lock empties `b` after `a` charged the account, and `chk`
- * then fails the statement with a retryable error rather than keep half. */
-#define PG_APPEND_HEAD                                                                        \
-    "WITH a AS (UPDATE accounts SET highest_modseq = highest_modseq + 1, "                    \
-    "used_bytes = used_bytes + $3, used_messages = used_messages + 1 "                        \
-    "WHERE name = $1 AND (quota_bytes = 0 OR used_bytes + $3 <= quota_bytes) "                \
-    "AND (quota_messages = 0 OR used_messages + 1 <= quota_messages) "                        \
-    "AND EXISTS (SELECT 1 FROM mailboxes x WHERE x.account_id = accounts.id AND x.name = $2) " \
-    "RETURNING id, highest_modseq), "                                                          \
-    "b AS (UPDATE mailboxes b SET uidnext = b.uidnext + 1, highest_modseq = a.highest_modseq " \
-    "FROM a WHERE b.account_id = a.id AND b.name = $2 "                                        \
-    "RETURNING b.id, b.uidvalidity, b.uidnext - 1 AS uid), "                                   \
-    "bd AS (INSERT INTO bodies (data, refcount, hash) SELECT $4, 1, sha256($4) FROM b "         \
-    "ON CONFLICT (hash) DO UPDATE SET refcount = bodies.refcount + 1 RETURNING id), "          \
-    "e AS (SELECT nextval('bodies_id_seq') AS n FROM b), "                                     \
-    "msg AS (INSERT INTO messages (account_id, mailbox_id, uid, modseq, flags, internal_date, " \
-    "size, email_id, thread_id, recent, hdr_date, subject, base_subject, from_addr, to_addr, "  \
-    "cc_addr, bcc_addr, message_id, in_reply_to, refs, body_ref, prefix) "                     \
-    "SELECT a.id, b.id, b.uid, a.highest_modseq, $5, $6, $3, 'M' || e.n, "                     \
-    "coalesce((SELECT t.thread_id FROM messages t WHERE t.account_id = a.id "                  \
-    "AND t.message_id = ANY ($7::text[]) LIMIT 1), "                                           \
-    "(SELECT t.thread_id FROM messages t WHERE t.account_id = a.id "                           \
-    "AND t.in_reply_to = $8 LIMIT 1), 'T' || e.n), "                                           \
-    "1, $9, $10, $11, $12, $13, $14, $15, $8, $16, $17, bd.id, $21 FROM a, b, bd, e "          \
-    "RETURNING id, mailbox_id, uid, modseq, email_id, thread_id), "                            \
-    "kw AS (INSERT INTO keywords (message, keyword) "                                          \
-    "SELECT DISTINCT ON (lower(k)) msg.id, coalesce((SELECT x.keyword FROM keywords x "         \
-    "JOIN messages y ON y.id = x.message WHERE y.mailbox_id = msg.mailbox_id "                 \
-    "AND lower(x.keyword) = lower(k) LIMIT 1), k) FROM msg, unnest($18::text[]) k), "          \
-    "hd AS (INSERT INTO headers (message, name, value) "                                       \
-    "SELECT msg.id, t.n, t.v FROM msg, unnest($19::text[], $20::text[]) AS t(n, v)), "         \
-    "chk AS (INSERT INTO meta (key, value) SELECT 'never', tern_retry('mailbox renamed') "     \
-    "FROM a WHERE NOT EXISTS (SELECT 1 FROM b)) "                                              \
-    "SELECT b.uidvalidity, msg.uid, msg.modseq, msg.email_id, msg.thread_id"
+/* An append is one call of tern_append (pg_schema.c, version 4), which
+ * takes the account's next modseq (row-locking the account and charging
+ * the quota), the mailbox's next uid, finds the thread, writes the body
+ * (or, when a row with the same bytes exists, takes a reference to it: the
+ * copies of one delivery to several accounts share it; the per-copy prefix
+ * $21 goes in the message row), the message, its keywords and header
+ * index. Two transactions appending equal bytes wait for each other on the
+ * body row, after their account locks, so no cycle forms between single
+ * appends. It returns no row only when it changed nothing (no account, no
+ * mailbox, over quota). */
+#define PG_APPEND_CALL                                                                        \
+    "tern_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, " \
+    "$18, $19, $20, $21)"
 #define PG_APPEND_SQL                                                                         \
-    PG_APPEND_HEAD ", "                                                                        \
-    "pg_notify('" PG_CHANNEL "', $1 || E'\\t' || msg.mailbox_id || E'\\t' || msg.modseq) "     \
-    "FROM msg, b"
-#define PG_APPEND_SQL_BATCH PG_APPEND_HEAD " FROM msg, b"
+    "SELECT r.uidvalidity, r.uid, r.modseq, r.email_id, r.thread_id, "                        \
+    "pg_notify('" PG_CHANNEL "', $1 || E'\\t' || r.mailbox_id || E'\\t' || r.modseq) "      \
+    "FROM " PG_APPEND_CALL " r"
+#define PG_APPEND_SQL_BATCH                                                                   \
+    "SELECT r.uidvalidity, r.uid, r.modseq, r.email_id, r.thread_id FROM " PG_APPEND_CALL " r"
 /* In a batch, one NOTIFY per mailbox touched, with its highest modseq,
  * goes after the members' statements (watchers need one wake-up, and each
  * notification costs the commit and every listener). */
@@ -561,8 +527,19 @@ int pg_op_append(pg_job *j)
     PG_END(j);
 }
 
+/* The statements inside tern_append are planned once per connection:
+ * generic plans from the first call (the default makes five custom plans
+ * first, then keeps choosing), with sequential scans off while they are
+ * made. Every access there is by key, and a plan made while a table was
+ * small (a new database) must not scan it after it has grown. Both
+ * settings are LOCAL, so they end with the batch's transaction and never
+ * reach the connection's other statements. */
+#define PG_APPEND_PLANNING                                                          \
+    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true), "            \
+    "set_config('enable_seqscan', 'off', true)"
+
 /* Appends to one account that were queued together (pg.c groups them):
- * one pipeline of BEGIN, one statement each, one NOTIFY per mailbox,
+ * one pipeline of BEGIN, the planner settings, one statement each, one NOTIFY per mailbox,
  * COMMIT and a sync, so they cost one round trip, share the account's
  * lock and one WAL flush. A
  * member whose statement changed nothing (no mailbox, over quota) is run
@@ -591,7 +568,8 @@ int pg_op_append_batch(pg_job *j)
         j->np = 0;
         pg_p_str(j, j->acct_key);
         pg_p_strarray(j, boxes, (size_t)sent, false);
-        if (pg_conn_pipeline_enter(c) < 0 || pg_conn_pipeline_query(c, "BEGIN") < 0)
+        if (pg_conn_pipeline_enter(c) < 0 || pg_conn_pipeline_query(c, "BEGIN") < 0 ||
+            pg_conn_pipeline_query(c, PG_APPEND_PLANNING) < 0)
             return pg_done(j, TERN_STORE_ETEMP, "database connection lost");
         j->in_tx = true;
         for (int64_t i = 0; i < j->n; i++) {
@@ -617,18 +595,18 @@ int pg_op_append_batch(pg_job *j)
                     return pg_map_error(j, j->pipe[i]), PG_DONE;
             return pg_done(j, TERN_STORE_EIO, "batch transaction not committed");
         }
-        if ((uint64_t)j->pipe_n != j->u[0] + 3) {
+        if ((uint64_t)j->pipe_n != j->u[0] + 4) {
             /* Committed, but which result is whose is unknown: the members
              * fail without a rerun, which could store them twice. */
             j->in_tx = false;
             j->conn_lost = true;
             return pg_done(j, TERN_STORE_EIO, "pipeline answered %d results for %d", j->pipe_n,
-                           (int)j->u[0] + 3);
+                           (int)j->u[0] + 4);
         }
     }
     j->in_tx = false;
     {
-        int k = 1;
+        int k = 2;
         for (int64_t i = 0; i < j->n; i++) {
             pg_job *m = mem[i];
             if (m->req->status != TERN_STORE_OK)

@@ -2286,6 +2286,105 @@ static void t_concurrent_appends(void **state)
             free(workers[k].msgs[i]);
 }
 
+/* ---- appends submitted together ---------------------------------------- */
+
+enum { MIX_N = 30 };
+
+typedef struct mix_state {
+    int done;
+} mix_state;
+
+static void mix_done(tern_store_req *r)
+{
+    ((mix_state *)r->data)->done++;
+}
+
+/* Appends queued together (a backend may run them as one transaction)
+ * with failures among them: each gets its own answer, a failed one
+ * changes nothing (no uid, no modseq, no quota used), and a reply
+ * queued behind its parent joins the parent's thread. */
+static void t_append_together_with_failures(void **state)
+{
+    (void)state;
+    tern_store_req *q = R(TERN_STORE_ACCOUNT_SET_QUOTA);
+    q->in.account = tacct;
+    q->in.quota_messages = 15;
+    run_ok(q);
+    uint64_t modseq0 = mb_status("INBOX")->highest_modseq;
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tern_store_client *c = tern_store_client_new(H.store, &loop);
+    assert_non_null(c);
+    mix_state st = {0};
+    tern_store_req *rs[MIX_N];
+    char *texts[MIX_N];
+    for (int i = 0; i < MIX_N; i++) {
+        texts[i] = malloc(256);
+        assert_non_null(texts[i]);
+        /* Message 4 replies to message 1. */
+        snprintf(texts[i], 256,
+                 "From: a@example.org\r\nSubject: mix %d\r\nMessage-ID: <mix%d@example.org>\r\n"
+                 "%s\r\nbody %d\r\n",
+                 i, i, i == 4 ? "In-Reply-To: <mix1@example.org>\r\n" : "", i);
+        rs[i] = tern_store_req_new(TERN_STORE_APPEND, mix_done, &st);
+        rs[i]->in.account = tacct;
+        rs[i]->in.name = i % 3 == 0 ? "Missing" : "INBOX";
+        rs[i]->in.data = (const uint8_t *)texts[i];
+        rs[i]->in.len = strlen(texts[i]);
+        assert_int_equal(tern_store_submit(c, rs[i]), 0);
+    }
+    while (st.done < MIX_N)
+        uv_run(&loop, UV_RUN_ONCE);
+    tern_store_client_close(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+
+    /* The 20 INBOX appends: the first 15 fit the quota, in order. */
+    uint64_t used = 0;
+    int stored = 0, missing = 0, over = 0;
+    for (int i = 0; i < MIX_N; i++) {
+        int want = i % 3 == 0 ? TERN_STORE_ENOTFOUND
+                              : (stored < 15 ? TERN_STORE_OK : TERN_STORE_EQUOTA);
+        if (rs[i]->status != want)
+            fail_msg("append %d: got %s, want %s (%s)", i, tern_store_strerror(rs[i]->status),
+                     tern_store_strerror(want), rs[i]->error);
+        if (want == TERN_STORE_OK) {
+            stored++;
+            used += strlen(texts[i]);
+            assert_int_equal(rs[i]->out.append.uid, (uint32_t)stored);
+            assert_true(rs[i]->out.append.modseq > modseq0);
+        }
+        missing += want == TERN_STORE_ENOTFOUND;
+        over += want == TERN_STORE_EQUOTA;
+    }
+    assert_int_equal(stored, 15);
+    assert_int_equal(missing, 10);
+    assert_int_equal(over, 5);
+    assert_string_equal(rs[4]->out.append.thread_id, rs[1]->out.append.thread_id);
+    assert_string_not_equal(rs[2]->out.append.thread_id, rs[1]->out.append.thread_id);
+
+    tern_mailbox_info *s = mb_status("INBOX");
+    assert_int_equal(s->messages, 15);
+    assert_int_equal(s->uidnext, 16);
+    q = R(TERN_STORE_QUOTA_GET);
+    q->in.account = tacct;
+    run_ok(q);
+    assert_int_equal(q->out.account.used_messages, 15);
+    assert_int_equal(q->out.account.used_bytes, used);
+    /* Nothing a failed append did is left: the next modseq follows the
+     * last stored one. */
+    uint64_t last = 0;
+    for (int i = 0; i < MIX_N; i++)
+        if (rs[i]->status == TERN_STORE_OK && rs[i]->out.append.modseq > last)
+            last = rs[i]->out.append.modseq;
+    assert_int_equal(s->highest_modseq, last);
+    for (int i = 0; i < MIX_N; i++) {
+        tern_store_req_free(rs[i]);
+        free(texts[i]);
+    }
+}
+
 /* ---- keyword case ------------------------------------------------------ */
 
 /* The keywords of a message must be exactly `want`, spelling included. */
@@ -3147,6 +3246,7 @@ int main(int argc, char **argv)
         T(t_change_events),
         T(t_client_close_completes),
         T(t_concurrent_appends),
+        T(t_append_together_with_failures),
         T(t_keyword_case),
         T(t_recent_claim),
         T(t_recent_claim_concurrent),
