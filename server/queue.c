@@ -939,11 +939,15 @@ static void connect_ss(attempt *a, const struct sockaddr_storage *ss)
         .data = a->data,
         .len = a->len,
         .tls = a->q->tls,
-        .tls_name = a->host > 0 && a->host <= a->plan.n_hosts ? a->plan.hosts[a->host - 1].host
-                                                              : a->domain,
-        /* DANE (queue_dane.c): the host's usable TLSA records. */
+        .tls_name = a->dane.verdict == TERN_DANE_REQUIRED && a->dane.base ? a->dane.base
+                    : a->host > 0 && a->host <= a->plan.n_hosts ? a->plan.hosts[a->host - 1].host
+                                                                : a->domain,
+        /* DANE (queue_dane.c): the host's usable TLSA records, for the
+         * TLSA base domain (SNI), with the MX name as a second name when
+         * that is its CNAME target. */
         .dane_tlsa = a->dane.verdict == TERN_DANE_REQUIRED ? a->dane.tlsa : NULL,
         .n_dane_tlsa = a->dane.verdict == TERN_DANE_REQUIRED ? a->dane.n_tlsa : 0,
+        .dane_alt_name = a->dane.verdict == TERN_DANE_REQUIRED ? a->dane.alt_name : NULL,
         .tls_required = a->dane.verdict == TERN_DANE_REQUIRED,
         /* REQUIRETLS: PKIX counts for an MX name from a secure answer. */
         .mx_authenticated = a->plan.secure || (c->smarthost && c->smarthost[0]) ||
@@ -1049,8 +1053,13 @@ static void addrs_ready(attempt *a)
                         (a->addrs6 == NULL || a->addrs6->security == TERN_DNS_SECURE);
     if (c->dane && addrs_secure && (a->plan.secure || (c->smarthost && c->smarthost[0])) &&
         !tern_queue_tls_policy_waived(a->cenv->requiretls, a->data, a->len)) {
-        if (tern_queue_dane_lookup(&a->dane, a->q->dns, a->plan.hosts[a->host - 1].host, a->port,
-                                   dane_done, a) != 0)
+        /* A host name that is a CNAME (secure, as its addresses are): the
+         * TLSA records are looked for at its target first (RFC 7672
+         * 2.2.2). */
+        const char *expanded = a->addrs && a->addrs->canonname ? a->addrs->canonname
+                               : a->addrs6 ? a->addrs6->canonname : NULL;
+        if (tern_queue_dane_lookup(&a->dane, a->q->dns, a->plan.hosts[a->host - 1].host,
+                                   expanded, a->port, dane_done, a) != 0)
             dane_done(a);
         return;
     }

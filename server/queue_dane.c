@@ -31,6 +31,7 @@ void tern_queue_dane_judge(tern_queue_dane *d, tern_dns_result *res)
 {
     d->tlsa = NULL;
     d->n_tlsa = 0;
+    d->found = false;
     d->why[0] = '\0';
     if (res == NULL || res->status != TERN_DNS_ANSWER) {
         /* RFC 7672 2.2: a TLSA lookup that fails for a secure host makes
@@ -62,6 +63,7 @@ void tern_queue_dane_judge(tern_queue_dane *d, tern_dns_result *res)
         const tern_dns_rr *rr = &res->rrs[i];
         if (rr->type != TERN_DNS_TLSA)
             continue;
+        d->found = true;
         tern_tlsa t = {rr->u.tlsa.usage, rr->u.tlsa.selector, rr->u.tlsa.mtype, rr->u.tlsa.data,
                        rr->u.tlsa.len};
         if (tern_tlsa_usable(&t))
@@ -78,6 +80,8 @@ void tern_queue_dane_judge(tern_queue_dane *d, tern_dns_result *res)
     snprintf(d->why, sizeof(d->why), "%zu usable TLSA record(s)", d->n_tlsa);
 }
 
+static int start(tern_queue_dane *d, const char *host);
+
 static void tlsa_done(void *data, tern_dns_result *res)
 {
     tern_queue_dane *d = data;
@@ -88,19 +92,41 @@ static void tlsa_done(void *data, tern_dns_result *res)
     TLOG_INFO(MOD, "event=dane qname=%s verdict=%s why=%s",
               tern_log_q(qn, sizeof(qn), res->qname ? res->qname : ""),
               tern_dane_verdict_name(d->verdict), tern_log_q(qw, sizeof(qw), d->why));
+    if (d->at_expanded && d->verdict != TERN_DANE_DEFER && !d->found) {
+        /* No TLSA RRset at the CNAME target: the MX host's own name. */
+        tern_dns_result_free(d->res);
+        d->res = NULL;
+        d->at_expanded = false;
+        if (start(d, d->host) != 0)
+            d->cb(d->data);
+        return;
+    }
+    d->base = d->at_expanded ? d->expanded : d->host;
+    d->alt_name = d->at_expanded ? d->host : NULL;
     d->cb(d->data);
 }
 
-int tern_queue_dane_lookup(tern_queue_dane *d, tern_dns_resolver *r, const char *host,
-                           uint16_t port, void (*cb)(void *data), void *data)
+/* A name without its trailing dot, lowercased (answers carry the dot). */
+static char *norm_name(const char *s)
 {
-    tern_queue_dane_clear(d);
-    d->cb = cb;
-    d->data = data;
+    size_t n = strlen(s);
+    if (n > 0 && s[n - 1] == '.')
+        n--;
+    char *o = malloc(n + 1);
+    if (o == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        o[i] = (char)((s[i] >= 'A' && s[i] <= 'Z') ? s[i] + 32 : s[i]);
+    o[n] = '\0';
+    return o;
+}
+
+static int start(tern_queue_dane *d, const char *host)
+{
     char name[300];
-    int n = snprintf(name, sizeof(name), "_%u._tcp.%s", (unsigned)port, host);
+    int n = snprintf(name, sizeof(name), "_%u._tcp.%s", (unsigned)d->port, host);
     if (n < 0 || (size_t)n >= sizeof(name) ||
-        tern_dns_resolve(r, name, TERN_DNS_TLSA, 0, tlsa_done, d, &d->q) != 0) {
+        tern_dns_resolve(d->r, name, TERN_DNS_TLSA, 0, tlsa_done, d, &d->q) != 0) {
         d->q = NULL;
         d->verdict = TERN_DANE_DEFER;
         snprintf(d->why, sizeof(d->why), "cannot look up TLSA of %s", host);
@@ -109,12 +135,38 @@ int tern_queue_dane_lookup(tern_queue_dane *d, tern_dns_resolver *r, const char 
     return 0;
 }
 
+int tern_queue_dane_lookup(tern_queue_dane *d, tern_dns_resolver *r, const char *host,
+                           const char *expanded, uint16_t port, void (*cb)(void *data),
+                           void *data)
+{
+    tern_queue_dane_clear(d);
+    d->cb = cb;
+    d->data = data;
+    d->r = r;
+    d->port = port;
+    d->host = norm_name(host);
+    d->expanded = expanded ? norm_name(expanded) : NULL;
+    if (d->host == NULL || (expanded && d->expanded == NULL)) {
+        d->verdict = TERN_DANE_DEFER;
+        snprintf(d->why, sizeof(d->why), "out of memory");
+        return -1;
+    }
+    if (d->expanded && (d->expanded[0] == '\0' || strcmp(d->expanded, d->host) == 0)) {
+        free(d->expanded);
+        d->expanded = NULL;
+    }
+    d->at_expanded = d->expanded != NULL;
+    return start(d, d->at_expanded ? d->expanded : d->host);
+}
+
 void tern_queue_dane_clear(tern_queue_dane *d)
 {
     if (d->q)
         tern_dns_cancel(d->q);
     if (d->res)
         tern_dns_result_free(d->res);
+    free(d->host);
+    free(d->expanded);
     memset(d, 0, sizeof(*d));
 }
 

@@ -25,9 +25,20 @@ typedef struct tern_queue_dane {
     tern_tlsa *tlsa;     /* the usable records (into res), for the client */
     size_t n_tlsa;
     char why[300];       /* one line for logs and the deferral */
+    /* The TLSA base domain the verdict is for: the MX host, or its CNAME
+     * target when the records were found there (RFC 7672 2.2.2); the
+     * client sends it as SNI. alt_name: the MX host then, a second name
+     * DANE-TA accepts; NULL otherwise. Both NULL before a lookup. */
+    const char *base;
+    const char *alt_name;
+    bool found;          /* the answer held a secure TLSA RRset */
     /* private */
     tern_dns_result *res;
     tern_dns_query *q;
+    tern_dns_resolver *r;
+    char *host, *expanded;
+    uint16_t port;
+    bool at_expanded;    /* the lookup in flight is the expanded name's */
     void (*cb)(void *data);
     void *data;
 } tern_queue_dane;
@@ -37,10 +48,15 @@ typedef struct tern_queue_dane {
 void tern_queue_dane_judge(tern_queue_dane *d, tern_dns_result *res);
 
 /* Looks up _PORT._tcp.HOST TLSA; cb(data) runs once on the resolver's
- * loop with d judged (a cancelled lookup is DEFER). Returns 0, or -1 when
- * the query could not start (d is DEFER, cb will not run). */
+ * loop with d judged (a cancelled lookup is DEFER). expanded (NULL: none)
+ * is where HOST's secure address lookup ended after CNAMEs: its TLSA
+ * RRset is looked up first, and HOST's only when it has none (a secure
+ * denial, or an insecure answer); a failed or bogus lookup there decides
+ * (DEFER), as do records there that are all unusable (NONE). Returns 0,
+ * or -1 when the query could not start (d is DEFER, cb will not run). */
 int tern_queue_dane_lookup(tern_queue_dane *d, tern_dns_resolver *r, const char *host,
-                           uint16_t port, void (*cb)(void *data), void *data);
+                           const char *expanded, uint16_t port, void (*cb)(void *data),
+                           void *data);
 
 /* Frees what d holds (cancels a lookup in flight) and resets it to NONE. */
 void tern_queue_dane_clear(tern_queue_dane *d);

@@ -98,10 +98,13 @@ size_t tern_tls_conn_tls_unique(const tern_tls_conn *c, uint8_t *out, size_t cap
  * certificate must match one of the usable records (DANE-EE: the leaf,
  * no name check; DANE-TA: a certificate of the chain, then the chain and
  * server_name are checked up to it); otherwise the handshake fails and
- * tern_tls_conn_error says why. The records are copied. Without a usable
- * record it is the opportunistic connection. */
+ * tern_tls_conn_error says why. alt_name (NULL: none) is a second name
+ * DANE-TA accepts: the MX host's own name when server_name, the TLSA base
+ * domain, is its CNAME target (RFC 7672 2.2.2, 3.2.2). The records are
+ * copied. Without a usable record it is the opportunistic connection. */
 tern_tls_conn *tern_tls_conn_new_client_dane(tern_tls_client *cl, const char *server_name,
-                                             const tern_tlsa *tlsa, size_t n);
+                                             const char *alt_name, const tern_tlsa *tlsa,
+                                             size_t n);
 /* The handshake matched a TLSA record (then peer_verified is true too). */
 bool tern_tls_conn_dane_verified(const tern_tls_conn *c);
 

@@ -126,6 +126,7 @@ struct tern_tls_conn {
     size_t n_dane;
     bool dane_verified;
     char dane_err[TLS_ERR_MAX];
+    char *dane_alt_name; /* a second name DANE-TA accepts, or NULL */
     /* Noted while the handshake ran (its parameters are freed at the end):
      * tern_tls_conn_tls_unique needs them. */
     bool hs_resumed, hs_ems;
@@ -582,6 +583,7 @@ void tern_tls_conn_free(tern_tls_conn *c)
     tern_buf_free(&c->out);
     free(c->peer_subject);
     free(c->dane); /* the records and their data are one block */
+    free(c->dane_alt_name);
     if (c->server)
         tern_tls_server_unref(c->server);
     free(c);
@@ -950,7 +952,8 @@ static int tls__dane_verify(void *arg, mbedtls_x509_crt *crt, int depth, uint32_
     if (depth != 0)
         return 0;
     const char *name = c->ssl.hostname;
-    if (tls__dane_ee(c, crt) || tls__dane_ta(c, crt, name)) {
+    if (tls__dane_ee(c, crt) || tls__dane_ta(c, crt, name) ||
+        (c->dane_alt_name && tls__dane_ta(c, crt, c->dane_alt_name))) {
         c->dane_verified = true;
         return 0;
     }
@@ -960,7 +963,8 @@ static int tls__dane_verify(void *arg, mbedtls_x509_crt *crt, int depth, uint32_
 }
 
 tern_tls_conn *tern_tls_conn_new_client_dane(tern_tls_client *cl, const char *server_name,
-                                             const tern_tlsa *tlsa, size_t n)
+                                             const char *alt_name, const tern_tlsa *tlsa,
+                                             size_t n)
 {
     size_t usable = tern_tlsa_count_usable(tlsa, n), bytes = 0;
     if (usable == 0)
@@ -973,6 +977,10 @@ tern_tls_conn *tern_tls_conn_new_client_dane(tern_tls_client *cl, const char *se
         return NULL;
     c->dane = malloc(usable * sizeof(*c->dane) + bytes);
     if (c->dane == NULL) {
+        tern_tls_conn_free(c);
+        return NULL;
+    }
+    if (alt_name && (c->dane_alt_name = strdup(alt_name)) == NULL) {
         tern_tls_conn_free(c);
         return NULL;
     }

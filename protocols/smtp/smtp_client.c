@@ -637,6 +637,7 @@ static void on_reply(tern_smtp_client *c, const tern_smtp_reply *r)
         tern_tls_conn *t = r->code != 220 ? NULL
                            : c->p.n_dane_tlsa
                                ? tern_tls_conn_new_client_dane(c->p.tls, c->p.tls_name,
+                                                               c->p.dane_alt_name,
                                                                c->p.dane_tlsa, c->p.n_dane_tlsa)
                                : tern_tls_conn_new_client(c->p.tls, c->p.tls_name, false);
         if (t == NULL) {

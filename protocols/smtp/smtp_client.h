@@ -110,6 +110,9 @@ typedef struct tern_smtp_client_params {
      * 4.7.5; set tls_required too so a missing STARTTLS fails as well. */
     const tern_tlsa *dane_tlsa;
     size_t n_dane_tlsa;
+    /* With dane_tlsa: a second name DANE-TA records accept (the MX host's
+     * name when tls_name is its CNAME target, RFC 7672 2.2.2); NULL none. */
+    const char *dane_alt_name;
     /* REQUIRETLS (RFC 8689 4.2.1): tls_name came from an authenticated
      * source (a DNSSEC-secure MX answer, MTA-STS, the configured
      * smarthost), so a PKIX-verified certificate for it counts; false:

@@ -5,7 +5,9 @@ loopback; a second ternd is the MX. Its certificate (generated here with
 openssl) is pinned by TLSA records: a matching DANE-EE record delivers
 ("dane-verified"), a mismatching one defers with 4.7.5 and delivers
 nothing, a DANE-TA record for the CA that signed it delivers, and the same
-TLSA in an unsigned zone is not used (opportunistic TLS as before)."""
+TLSA in an unsigned zone is not used (opportunistic TLS as before). MX
+hosts that are CNAMEs (RFC 7672 2.2.2) get their TLSA records from the
+CNAME's target first, from their own name when the target has none."""
 
 import datetime
 import hashlib
@@ -42,7 +44,7 @@ def make_certs(d):
     openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
             "-subj", "/CN=mx.dane.test", "-keyout", str(d / "mx.key"), "-out", str(d / "mx.csr"))
     (d / "ext.cnf").write_text("subjectAltName=DNS:mx.dane.test,DNS:mxbad.dane.test,"
-                               "DNS:mxta.dane.test,DNS:mx.plain.test\n"
+                               "DNS:mxta.dane.test,DNS:mx.plain.test,DNS:aliasta.dane.test\n"
                                "basicConstraints=critical,CA:FALSE\n")
     openssl("x509", "-req", "-in", str(d / "mx.csr"), "-CA", str(d / "ca.crt"),
             "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "30",
@@ -82,6 +84,30 @@ _{port}._tcp.mxta IN TLSA 2 0 1 {ta}
 bogus    IN MX  10 mxbogus.dane.test.
 mxbogus  IN A   127.0.0.1
 _{port}._tcp.mxbogus IN TLSA 3 1 1 {'22' * 32}
+; MX hosts that are CNAMEs. cn: the target's records decide (the wrong
+; one at the alias is never looked at).
+cn       IN MX  10 alias.dane.test.
+alias    IN CNAME mxcn.dane.test.
+mxcn     IN A   127.0.0.1
+_{port}._tcp.mxcn IN TLSA 3 1 1 {ee}
+_{port}._tcp.alias IN TLSA 3 1 1 {'00' * 32}
+; cn2: none at the target, so the alias's own.
+cn2      IN MX  10 alias2.dane.test.
+alias2   IN CNAME mxcn2.dane.test.
+mxcn2    IN A   127.0.0.1
+_{port}._tcp.alias2 IN TLSA 3 1 1 {ee}
+; cn3: a mismatch at the target is not rescued by the alias's records.
+cn3      IN MX  10 alias3.dane.test.
+alias3   IN CNAME mxcn3.dane.test.
+mxcn3    IN A   127.0.0.1
+_{port}._tcp.mxcn3 IN TLSA 3 1 1 {'00' * 32}
+_{port}._tcp.alias3 IN TLSA 3 1 1 {ee}
+; cnta: DANE-TA at the target, whose name the certificate lacks; it
+; names the MX host (the alias), which counts too.
+cnta     IN MX  10 aliasta.dane.test.
+aliasta  IN CNAME mxtacn.dane.test.
+mxtacn   IN A   127.0.0.1
+_{port}._tcp.mxtacn IN TLSA 2 0 1 {ta}
 """)
     key = subprocess.run(["ldns-keygen", "-a", "ECDSAP256SHA256", "-k", "dane.test"], cwd=d,
                          capture_output=True, text=True, check=True, timeout=30).stdout.strip()
@@ -150,7 +176,8 @@ def dane_pair(tern_factory, tmp_path):
     work = tmp_path / "dane"
     work.mkdir()
     chain, key, ca = make_certs(work)
-    domains = ["dane.test", "bad.dane.test", "ta.dane.test", "bogus.dane.test", "plain.test"]
+    domains = ["dane.test", "bad.dane.test", "ta.dane.test", "bogus.dane.test", "plain.test",
+               "cn.dane.test", "cn2.dane.test", "cn3.dane.test", "cnta.dane.test"]
     rx = tern_factory({
         "domains": domains, "smtp": {"verify_recipients": False},
         # REQUIRETLS mail is marked on arrival (the tern.requiretls attribute).
@@ -336,3 +363,57 @@ def test_tls_required_no_skips_dane(dane_pair):
     assert wait_for(lambda: maildir_find(rx, "bob", "bad.dane.test", marker)), tx.log_tail()
     line = delivered_line(tx, r.qid, "bob@bad.dane.test")
     assert line and "dane-verified" not in line and "unverified" in line, line
+
+
+def test_cname_mx_uses_the_targets_tlsa(dane_pair):
+    """RFC 7672 2.2.2: the MX host alias.dane.test is a CNAME to
+    mxcn.dane.test; the TLSA records are looked up at the target first and
+    used (SNI: the target), and the wrong record at the alias is not
+    looked at."""
+    tx, rx = dane_pair
+    marker = uuid.uuid4().hex
+    r = send(tx, "alice@example.test", ["bob@cn.dane.test"], make_message(subject=marker))
+    assert r.code == 250
+    assert wait_for(lambda: maildir_find(rx, "bob", "cn.dane.test", marker)), tx.log_tail()
+    line = delivered_line(tx, r.qid, "bob@cn.dane.test")
+    assert line and "dane-verified" in line, line
+    assert re.search(r"event=dane qname=_\d+\._tcp\.mxcn\.dane\.test verdict=required", tx.log(0))
+    assert not re.search(r"event=dane qname=_\d+\._tcp\.alias\.dane\.test", tx.log(0))
+
+
+def test_cname_mx_without_target_tlsa_uses_its_own(dane_pair):
+    tx, rx = dane_pair
+    marker = uuid.uuid4().hex
+    r = send(tx, "alice@example.test", ["bob@cn2.dane.test"], make_message(subject=marker))
+    assert r.code == 250
+    assert wait_for(lambda: maildir_find(rx, "bob", "cn2.dane.test", marker)), tx.log_tail()
+    line = delivered_line(tx, r.qid, "bob@cn2.dane.test")
+    assert line and "dane-verified" in line, line
+    log = tx.log(0)
+    assert re.search(r"event=dane qname=_\d+\._tcp\.mxcn2\.dane\.test verdict=none", log), log
+    assert re.search(r"event=dane qname=_\d+\._tcp\.alias2\.dane\.test verdict=required", log)
+
+
+def test_cname_mx_target_mismatch_is_not_rescued(dane_pair):
+    tx, rx = dane_pair
+    marker = uuid.uuid4().hex
+    r = send(tx, "alice@example.test", ["bob@cn3.dane.test"], make_message(subject=marker))
+    assert r.code == 250
+    m = wait_for(lambda: re.search(rf"event=deferred qid={r.qid} rcpt=bob@cn3.dane.test .*",
+                                   tx.log(0)))
+    assert m and "4.7.5" in m.group(0), tx.log_tail()
+    assert not maildir_find(rx, "bob", "cn3.dane.test", marker)
+    assert not re.search(r"event=dane qname=_\d+\._tcp\.alias3\.dane\.test", tx.log(0))
+
+
+def test_cname_mx_dane_ta_accepts_the_mx_name(dane_pair):
+    """DANE-TA checks the name: the certificate names the MX host
+    (aliasta), not the CNAME target whose records are used; both are
+    reference identifiers (RFC 7672 3.2.2)."""
+    tx, rx = dane_pair
+    marker = uuid.uuid4().hex
+    r = send(tx, "alice@example.test", ["bob@cnta.dane.test"], make_message(subject=marker))
+    assert r.code == 250
+    assert wait_for(lambda: maildir_find(rx, "bob", "cnta.dane.test", marker)), tx.log_tail()
+    line = delivered_line(tx, r.qid, "bob@cnta.dane.test")
+    assert line and "dane-verified" in line, line

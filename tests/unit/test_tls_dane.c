@@ -220,23 +220,29 @@ static void test_verdict(void **state)
     assert_int_equal(d.n_tlsa, 2); /* the PKIX-EE record is dropped */
     assert_int_equal(d.tlsa[0].usage, 3);
     assert_int_equal(d.tlsa[1].usage, 2);
+    assert_true(d.found);
     tern_arena_free(&r.arena);
 
-    /* Only unusable records: opportunistic. */
+    /* Only unusable records: opportunistic, but an RRset was found (a
+     * CNAME'd MX host's own name is then not tried). */
     r = answer(TERN_DNS_SECURE, TERN_DNS_RCODE_NOERROR, rrs, 1);
     tern_queue_dane_judge(&d, &r);
     assert_int_equal(d.verdict, TERN_DANE_NONE);
+    assert_true(d.found);
     tern_arena_free(&r.arena);
 
-    /* Secure denial of existence, or an insecure answer: no DANE. */
+    /* Secure denial of existence, or an insecure answer: no DANE, and
+     * no RRset (the MX host's own name is tried next). */
     r = answer(TERN_DNS_SECURE, TERN_DNS_RCODE_NXDOMAIN, NULL, 0);
     tern_queue_dane_judge(&d, &r);
     assert_int_equal(d.verdict, TERN_DANE_NONE);
+    assert_false(d.found);
     tern_arena_free(&r.arena);
     r = answer(TERN_DNS_INSECURE, TERN_DNS_RCODE_NOERROR, rrs, 3);
     tern_queue_dane_judge(&d, &r);
     assert_int_equal(d.verdict, TERN_DANE_NONE);
     assert_int_equal(d.n_tlsa, 0);
+    assert_false(d.found);
     tern_arena_free(&r.arena);
 
     /* Bogus, SERVFAIL, no answer at all: the host is not used now. */
