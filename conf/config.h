@@ -170,6 +170,8 @@ typedef struct tern_postgres_conf {
     bool present;                  /* the `postgres:` section exists */
     char *conninfo;                /* libpq connection string; required when present */
     uint32_t pool_size;            /* default 8 */
+    char *blob_dir;                /* absolute; message bodies as files there; NULL: in the
+                                      database (restart-only) */
 } tern_postgres_conf;
 
 /* auth: which backends answer for users, in order, and the login limiter. */

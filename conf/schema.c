@@ -383,6 +383,7 @@ static const schema_map local_schema = {local_fields, COUNT(local_fields), NULL}
 static const field postgres_fields[] = {
     F_STRING("conninfo", tern_postgres_conf, conninfo, NULL, 0, NULL),
     F_UINT("pool_size", tern_postgres_conf, pool_size, 1, 256, 8, 0),
+    F_STRING("blob_dir", tern_postgres_conf, blob_dir, NULL, 0, NULL),
 };
 static const schema_map postgres_schema = {postgres_fields, COUNT(postgres_fields), NULL};
 

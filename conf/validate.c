@@ -52,6 +52,32 @@ static void validate__hostname(conf_walk *w)
     s->hostname = conf__strdup(w, name);
 }
 
+/* postgres.blob_dir: absolute, made (0700) if missing; an existing one
+ * must be a directory no other user can write (bodies are read back as
+ * the stored messages). */
+static void validate__blob_dir(conf_walk *w)
+{
+    tern_config *c = w->cfg;
+    const char *d = c->postgres.blob_dir;
+    if (d == NULL)
+        return;
+    int line = conf__line(w, &c->postgres.blob_dir);
+    if (d[0] != '/') {
+        conf__err(w, line, "postgres.blob_dir", "must be an absolute path");
+        return;
+    }
+    struct stat st;
+    if (stat(d, &st) < 0) {
+        if (errno != ENOENT || mkdir(d, 0700) < 0)
+            conf__err(w, line, "postgres.blob_dir", "cannot create the directory");
+        return;
+    }
+    if (!S_ISDIR(st.st_mode))
+        conf__err(w, line, "postgres.blob_dir", "not a directory");
+    else if (st.st_mode & S_IWOTH)
+        conf__err(w, line, "postgres.blob_dir", "is world-writable");
+}
+
 static void validate__storage(conf_walk *w)
 {
     tern_config *c = w->cfg;
@@ -65,6 +91,7 @@ static void validate__storage(conf_walk *w)
     if (c->postgres.present && c->postgres.conninfo == NULL &&
         conf__line(w, &c->postgres.conninfo) == 0)
         conf__err(w, 0, "postgres.conninfo", "required when a postgres: section is present");
+    validate__blob_dir(w);
 }
 
 /* The JWKS is fully decoded (keys imported) by auth/ when the snapshot is

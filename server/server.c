@@ -332,6 +332,11 @@ static void server__reload_done(uv_work_t *w, int status)
                   srv->nworkers, tern_config_workers(r->cfg));
     if (strcmp(r->cfg->server.state_dir, srv->cfg->server.state_dir) != 0)
         TLOG_WARN(MOD, "event=reload_needs_restart key=server.state_dir");
+    {
+        const char *a = r->cfg->postgres.blob_dir, *b = srv->cfg->postgres.blob_dir;
+        if ((a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0))
+            TLOG_WARN(MOD, "event=reload_needs_restart key=postgres.blob_dir");
+    }
     if (server__apply_listeners(srv, r->cfg) != 0) {
         TLOG_ERR(MOD, "event=reload status=failed reason=listeners generation=%llu",
                  (unsigned long long)srv->cfg->generation);

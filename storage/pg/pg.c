@@ -450,7 +450,7 @@ static void send_control(pg_job *j, const char *sql)
 
 static void run_op(pg_job *j)
 {
-    pg_op_fn fn = j->batch ? pg_op_append_batch : pg_ops[j->req->op];
+    pg_op_fn fn = j->batch ? pg_op_append_batch : j->reap ? pg_op_blob_reap : pg_ops[j->req->op];
     if (fn(j) == PG_WAIT)
         return;
     if (!j->conn || PQstatus(j->conn->pq) == CONNECTION_BAD) {
@@ -475,12 +475,109 @@ static void run_op(pg_job *j)
 void pg_job_start(pg_job *j)
 {
     j->phase = PG_PH_OP;
-    if (!j->batch && !pg_ops[j->req->op]) {
+    if (!j->batch && !j->reap && !pg_ops[j->req->op]) {
         pg_done(j, TERN_STORE_EINVAL, "unknown store op %d", (int)j->req->op);
         pg_job_finish(j);
         return;
     }
     run_op(j);
+}
+
+/* ---- file work on the thread pool (blob directory) ------------------------ */
+
+static void work_cb(uv_work_t *w)
+{
+    pg_job *j = w->data;
+    j->work_fn(j);
+}
+
+static void after_work_cb(uv_work_t *w, int status)
+{
+    pg_job *j = w->data;
+    pg_impl *pg = j->pg;
+    (void)status;
+    pg->n_work--;
+    j->working = false;
+    if (j->finishing)
+        pg_job_finish(j);   /* its connection was lost meanwhile */
+    else
+        run_op(j);
+    pg_dispatch(pg);
+}
+
+int pg_work(pg_job *j, pg_work_fn fn)
+{
+    j->work_fn = fn;
+    j->work.data = j;
+    /* No statement is out: the silent-connection bound does not apply. */
+    j->sent_ms = 0;
+    if (uv_queue_work(&j->pg->loop, &j->work, work_cb, after_work_cb) != 0)
+        return pg_done(j, TERN_STORE_ETEMP, "cannot queue file work");
+    j->working = true;
+    j->pg->n_work++;
+    return PG_WAIT;
+}
+
+void pg_blob_note_dead(pg_job *j, const PGresult *res)
+{
+    for (int i = 0; i < PQntuples(res); i++) {
+        if (PQgetisnull(res, i, 0))
+            continue;
+        if (j->n_dead == j->cap_dead) {
+            int cap = j->cap_dead ? j->cap_dead * 2 : 16;
+            char **v = tern_arena_alloc(&j->a, (size_t)cap * sizeof *v);
+            if (!v)
+                return; /* the sweep removes what is not noted */
+            if (j->n_dead)
+                memcpy(v, j->dead, (size_t)j->n_dead * sizeof *v);
+            j->dead = v;
+            j->cap_dead = cap;
+        }
+        j->dead[j->n_dead++] = tern_arena_strdup(&j->a, PQgetvalue(res, i, 0));
+    }
+}
+
+static void q_push_back(pg_impl *pg, pg_job *j)
+{
+    j->next = NULL;
+    if (pg->q_tail)
+        pg->q_tail->next = j;
+    else
+        pg->q_head = j;
+    pg->q_tail = j;
+    pg->q_len++;
+}
+
+/* After a commit that deleted external rows: a job of our own removes
+ * their files (pg_op_blob_reap). If it cannot be made, the sweep will. */
+static void spawn_reap(pg_job *j)
+{
+    pg_job *x = calloc(1, sizeof *x);
+    tern_store_req *req = calloc(1, sizeof *req);
+    if (!x || !req) {
+        free(x);
+        free(req);
+        return;
+    }
+    tern_arena_init(&x->a, 1024);
+    tern_arena_init(&req->arena, 256);
+    req->op = TERN_STORE_FETCH; /* never dispatched by op: x->reap */
+    x->req = req;
+    x->pg = j->pg;
+    x->reap = true;
+    x->queued_ms = tern_now_ms();
+    x->dead = tern_arena_alloc(&x->a, (size_t)j->n_dead * sizeof *x->dead);
+    if (!x->dead) {
+        tern_arena_free(&x->a);
+        free(req);
+        free(x);
+        return;
+    }
+    for (int i = 0; i < j->n_dead; i++)
+        x->dead[i] = tern_arena_strdup(&x->a, j->dead[i]);
+    x->n_dead = j->n_dead;
+    q_push_back(j->pg, x);
+    uv_async_send(&j->pg->wake);
 }
 
 void pg_job_result(pg_job *j, PGresult *res)
@@ -648,7 +745,21 @@ void pg_job_finish(pg_job *j)
                 pg_conn_broken(c, "connection lost");
         }
     }
+    j->finishing = true;
+    if (j->working)
+        return; /* after_work_cb finishes it */
     free_pipe(j);
+    if (j->n_dead && !j->reap && j->req->status == TERN_STORE_OK && j->pg->blob_dir)
+        spawn_reap(j);
+    if (j->reap) {
+        if (j->res)
+            PQclear(j->res);
+        tern_arena_free(&j->req->arena);
+        free(j->req);
+        tern_arena_free(&j->a);
+        free(j);
+        return;
+    }
     if (j->batch) {
         finish_batch(j);
         return;
@@ -880,7 +991,7 @@ static void on_handle_closed(uv_handle_t *h)
 
 void pg_maybe_shutdown(pg_impl *pg)
 {
-    if (!pg->shutting_down || pg->q_head)
+    if (!pg->shutting_down || pg->q_head || pg->n_work || pg->sweeping)
         return;
     for (size_t i = 0; i < pg->n_conns; i++)
         if (pg->conns[i].job)
@@ -892,6 +1003,8 @@ void pg_maybe_shutdown(pg_impl *pg)
         pg_conn_close(&pg->conns[i]);
     pg_conn_close(&pg->listen);
     uv_close((uv_handle_t *)&pg->tick, on_handle_closed);
+    if (pg->blob_dir)
+        uv_close((uv_handle_t *)&pg->sweep_timer, on_handle_closed);
     uv_close((uv_handle_t *)&pg->wake, on_handle_closed);
 }
 
@@ -962,6 +1075,36 @@ static void pg_watch_changed(void *impl, const char *account, bool watched)
     uv_mutex_unlock(&pg->mu);
 }
 
+/* The periodic sweep of the blob directory: on the thread pool, with a
+ * blocking connection of its own (pg_blob_sweep). */
+static void sweep_work_cb(uv_work_t *w)
+{
+    pg_impl *pg = w->data;
+    char *err = NULL;
+    if (pg_blob_sweep(pg->blob_dir, pg->conninfo, PG_BLOB_GRACE_S, &err) < 0) {
+        TLOG_WARN("store", "event=blob_sweep_failed error=\"%s\"", err ? err : "?");
+        free(err);
+    }
+}
+
+static void sweep_after_cb(uv_work_t *w, int status)
+{
+    pg_impl *pg = w->data;
+    (void)status;
+    pg->sweeping = false;
+    pg_maybe_shutdown(pg);
+}
+
+static void on_sweep_timer(uv_timer_t *t)
+{
+    pg_impl *pg = t->data;
+    if (pg->sweeping || pg->shutting_down)
+        return;
+    pg->sweep_work.data = pg;
+    if (uv_queue_work(&pg->loop, &pg->sweep_work, sweep_work_cb, sweep_after_cb) == 0)
+        pg->sweeping = true;
+}
+
 static void thread_main(void *arg)
 {
     pg_impl *pg = arg;
@@ -981,11 +1124,20 @@ static int pg_open(const tern_config *cfg, tern_store *store, void **impl_r, cha
     }
     if (pg_schema_create(cfg->postgres.conninfo, error_r) < 0)
         return -1;
+    const char *blob_dir = cfg->postgres.blob_dir;
+    if (blob_dir) {
+        /* Before the store takes requests: orphans of a crash between a
+         * commit and its unlinks, and writes that never got their name. */
+        if (pg_blob_dir_prepare(blob_dir, error_r) < 0 ||
+            pg_blob_sweep(blob_dir, cfg->postgres.conninfo, PG_BLOB_GRACE_S, error_r) < 0)
+            return -1;
+    }
     pg_impl *pg = calloc(1, sizeof *pg);
     if (!pg) {
         *error_r = strdup("out of memory");
         return -1;
     }
+    pg->blob_dir = blob_dir ? strdup(blob_dir) : NULL;
     pg->store = store;
     pg->conninfo = strdup(cfg->postgres.conninfo);
     pg->resolve_host = tern_pq_host_to_resolve(cfg->postgres.conninfo);
@@ -997,6 +1149,7 @@ static int pg_open(const tern_config *cfg, tern_store *store, void **impl_r, cha
     if (!pg->conninfo || !pg->conns || uv_loop_init(&pg->loop) != 0) {
         free(pg->conninfo);
         free(pg->resolve_host);
+        free(pg->blob_dir);
         free(pg->conns);
         free(pg);
         *error_r = strdup("out of memory");
@@ -1008,6 +1161,11 @@ static int pg_open(const tern_config *cfg, tern_store *store, void **impl_r, cha
     uv_timer_init(&pg->loop, &pg->tick);
     pg->tick.data = pg;
     uv_timer_start(&pg->tick, on_tick, 500, 500);
+    if (pg->blob_dir) {
+        uv_timer_init(&pg->loop, &pg->sweep_timer);
+        pg->sweep_timer.data = pg;
+        uv_timer_start(&pg->sweep_timer, on_sweep_timer, PG_BLOB_SWEEP_MS, PG_BLOB_SWEEP_MS);
+    }
     for (size_t i = 0; i < pg->n_conns; i++)
         pg_conn_init(pg, &pg->conns[i], (int)i, false);
     pg_conn_init(pg, &pg->listen, -1, true);
@@ -1015,7 +1173,8 @@ static int pg_open(const tern_config *cfg, tern_store *store, void **impl_r, cha
         *error_r = strdup("cannot start the postgres backend thread");
         return -1;
     }
-    TLOG_INFO("store", "event=pg_open pool=%zu", pg->n_conns);
+    TLOG_INFO("store", "event=pg_open pool=%zu blob_dir=%s", pg->n_conns,
+              pg->blob_dir ? pg->blob_dir : "-");
     *impl_r = pg;
     return 0;
 }
@@ -1036,6 +1195,7 @@ static void pg_close(void *impl)
     free(pg->conns);
     free(pg->conninfo);
     free(pg->resolve_host);
+    free(pg->blob_dir);
     free(pg);
 }
 

@@ -169,6 +169,7 @@ int pg_op_account_delete(pg_job *j)
     if (j->p) {
         pg_p_str(j, j->p);
         PG_QUERY(j, PG_BODY_DELETE);
+        pg_blob_note_dead(j, j->res);
     }
     pg_p_u64(j, j->account_id);
     PG_QUERY(j, "WITH e AS (DELETE FROM expunged WHERE mailbox_id IN "

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/log.h"
+
 #include "storage/pg/pg_internal.h"
 
 /* The mailbox named by (account, name) as a CTE, $1 and $2. */
@@ -41,6 +43,55 @@ static void bind_target(pg_job *j)
     tern_store_req *r = j->req;
     pg_p_str(j, pg_norm_account(&j->a, r->in.account));
     pg_p_str(j, tern_store__canon_mailbox(&j->a, r->in.name));
+}
+
+typedef struct hdr_slot {
+    uint8_t *d;
+    size_t len;
+} hdr_slot;
+
+/* Thread pool: the first j->u[1] octets (prefix, then file) of each
+ * external row of j->res. */
+static void headers_read_blobs(pg_job *j)
+{
+    hdr_slot *sl = j->q;
+    size_t each = (size_t)j->u[1];
+    char hex[65];
+    for (int i = 0; i < PQntuples(j->res); i++) {
+        sl[i].d = NULL;
+        sl[i].len = 0;
+        if (PQgetlength(j->res, i, 3) != 1 || PQgetvalue(j->res, i, 3)[0] == 0)
+            continue;
+        if (PQgetlength(j->res, i, 4) != 32) {
+            pg_done(j, TERN_STORE_EIO, "external body without a hash");
+            return;
+        }
+        size_t pl = (size_t)PQgetlength(j->res, i, 5);
+        if (pl > each)
+            pl = each;
+        uint64_t size = be64(PQgetvalue(j->res, i, 1));
+        size_t want = each - pl;
+        if (size < pl)
+            want = 0;
+        else if (want > size - pl)
+            want = (size_t)(size - pl);
+        sl[i].d = tern_arena_alloc(&j->a, pl + want + 1);
+        if (!sl[i].d) {
+            pg_done(j, TERN_STORE_ETEMP, "out of memory");
+            return;
+        }
+        memcpy(sl[i].d, PQgetvalue(j->res, i, 5), pl);
+        pg_blob_hex((const uint8_t *)PQgetvalue(j->res, i, 4), hex);
+        size_t got = 0;
+        int rc = pg_blob_read(j->pg->blob_dir, hex, 0, want, sl[i].d + pl, &got);
+        if (rc < 0 || got != want) {
+            TLOG_ERR("store", "event=blob_read_failed hash=%s error=\"%s\"", hex,
+                     rc < 0 ? strerror(-rc) : "short file");
+            pg_done(j, TERN_STORE_EIO, "message body %s unreadable", hex);
+            return;
+        }
+        sl[i].len = pl + got;
+    }
 }
 
 int pg_op_fetch_headers(pg_job *j)
@@ -75,10 +126,31 @@ int pg_op_fetch_headers(pg_job *j)
               * Delivered-To), then the maybe shared body. */
              "SELECT s.uid::int8, s.size::int8, CASE WHEN s.run <= $4::bigint THEN "
              "substring(coalesce(s.prefix, ''::bytea) || "
-             "(SELECT substring(bd.data FROM 1 FOR $3::int) FROM bodies bd "
-             "WHERE bd.id = s.body_ref) FROM 1 FOR $3::int) END "
-             "FROM b LEFT JOIN s ON true ORDER BY s.uid",
+             "substring(bd.data FROM 1 FOR $3::int) FROM 1 FOR $3::int) END, "
+             /* An external body (blob directory) is read from its file. */
+             "coalesce(s.run <= $4::bigint AND bd.external, false), coalesce(bd.hash, ''::bytea), "
+             "coalesce(s.prefix, ''::bytea) "
+             "FROM b LEFT JOIN s ON true LEFT JOIN bodies bd ON bd.id = s.body_ref ORDER BY s.uid",
              j->uidset_sql));
+    {
+        bool ext = false;
+        for (int i = 0; i < PQntuples(j->res); i++)
+            ext = ext || (PQgetlength(j->res, i, 3) == 1 && PQgetvalue(j->res, i, 3)[0] != 0);
+        j->q = NULL;
+        if (ext) {
+            if (!j->pg->blob_dir)
+                return pg_done(j, TERN_STORE_EIO, "message bodies are in the blob directory, "
+                                                  "and postgres.blob_dir is not set");
+            j->q = tern_arena_alloc(&j->a, (size_t)PQntuples(j->res) * sizeof(hdr_slot));
+            if (!j->q)
+                return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        }
+    }
+    if (j->q) {
+        PG_WORK(j, headers_read_blobs);
+        if (r->status != TERN_STORE_OK)
+            return PG_DONE;
+    }
     {
         int n = PQntuples(j->res);
         if (n == 0)
@@ -94,10 +166,16 @@ int pg_op_fetch_headers(pg_job *j)
             memset(h, 0, sizeof *h);
             h->uid = (uint32_t)be64(PQgetvalue(j->res, i, 0));
             h->size = be64(PQgetvalue(j->res, i, 1));
-            if (PQgetisnull(j->res, i, 2))
+            bool ext = j->q && PQgetvalue(j->res, i, 3)[0] != 0;
+            if (!ext && PQgetisnull(j->res, i, 2))
                 continue; /* past the budget: the caller reads it alone */
             const uint8_t *d = (const uint8_t *)PQgetvalue(j->res, i, 2);
             size_t got = (size_t)PQgetlength(j->res, i, 2), end;
+            if (ext) {
+                const hdr_slot *sl = (const hdr_slot *)j->q + i;
+                d = sl->d;
+                got = sl->len;
+            }
             if (tern_store_header_end(d, got, &end)) {
                 h->complete = true;
             } else {

@@ -32,10 +32,14 @@
 #define PG_BACKOFF_MAX_MS 5000
 #define PG_FETCH_BODY_MAX (1024 * 1024)
 #define PG_CHANNEL "tern_store"
+#define PG_BLOB_PATH_MAX 4096
+#define PG_BLOB_GRACE_S 3600          /* an unreferenced blob younger than this is kept */
+#define PG_BLOB_SWEEP_MS (6 * 3600 * 1000) /* the periodic sweep of the blob directory */
 
 typedef struct pg_impl pg_impl;
 typedef struct pg_conn pg_conn;
 typedef struct pg_job pg_job;
+typedef void (*pg_work_fn)(pg_job *j);
 
 /* What an op function returns. */
 enum { PG_WAIT = 0, PG_DONE = 1 };
@@ -93,6 +97,20 @@ struct pg_job {
     bool conn_lost;
     bool redo;               /* batch member that changed nothing: run it alone */
 
+    /* Blob directory (pg_blob.c). File work runs on the thread pool while
+     * the job keeps its connection (pg_work); a job whose connection was
+     * lost meanwhile is finished when the work returns. */
+    uv_work_t work;
+    pg_work_fn work_fn;
+    bool working;
+    bool finishing;
+    bool reap;               /* a job of our own removing unreferenced blobs */
+    bool blob_ready;         /* APPEND: the body's file is written (blob_hash) */
+    bool blob_reused;        /* ... it was there already: checked after the commit */
+    uint8_t blob_hash[32];
+    char **dead;             /* hex hashes of external rows deleted (j->a) */
+    int n_dead, cap_dead;
+
     /* Change events to raise with the commit: "account\tmailbox\tmodseq". */
     const char *notes[4];
     int n_notes;
@@ -130,6 +148,11 @@ struct pg_impl {
     char *resolve_host;  /* host= looked up off the loop before each connect, or NULL */
     uint64_t retention_ms;
     uint64_t default_quota_bytes, default_quota_messages;
+    char *blob_dir;      /* postgres.blob_dir, or NULL: bodies in the database */
+    unsigned n_work;     /* jobs' file work on the thread pool */
+    uv_timer_t sweep_timer;
+    uv_work_t sweep_work;
+    bool sweeping;
 
     uv_thread_t thread;
     uv_loop_t loop;
@@ -188,6 +211,33 @@ int pg_conn_pipeline_params(pg_conn *c, const char *sql, int np, const char *con
 int pg_conn_pipeline_sync(pg_conn *c);
 void pg_conn_broken(pg_conn *c, const char *why);
 
+/* pg.c: runs fn(j) on the thread pool, then re-enters the op (PG_WORK). */
+int pg_work(pg_job *j, pg_work_fn fn);
+/* Records the external hashes a PG_BODY_DELETE returned: their files are
+ * removed after the commit. */
+void pg_blob_note_dead(pg_job *j, const PGresult *res);
+
+/* pg_blob.c */
+void pg_blob_hex(const uint8_t h[32], char out[65]);
+bool pg_blob_valid_hex(const char *s);
+int pg_blob_dir_prepare(const char *dir, char **error_r);
+/* Hashes data and makes sure BLOB_DIR/ab/cd/<hash> holds it, durably.
+ * Returns 0 or -errno. */
+int pg_blob_write(const char *dir, const uint8_t *data, size_t len, uint8_t hash[32],
+                  bool *existed_r);
+/* After the commit of an append that found its file there: writes it
+ * again if it went meanwhile. */
+int pg_blob_ensure(const char *dir, const uint8_t hash[32], const uint8_t *data, size_t len);
+int pg_blob_read(const char *dir, const char *hex, uint64_t off, size_t len, uint8_t *out,
+                 size_t *got_r);
+int pg_blob_size(const char *dir, const char *hex, uint64_t *size_r);
+/* Removal in two steps around a database check (see pg_blob.c). */
+int pg_blob_reap_take(const char *dir, const char *hex, char *taken, size_t cap);
+int pg_blob_reap_settle(const char *dir, const char *hex, const char *taken, bool keep);
+/* Removes unreferenced blobs older than grace_s (blocking: own connection). */
+int pg_blob_sweep(const char *dir, const char *conninfo, uint64_t grace_s, char **error_r);
+int pg_op_blob_reap(pg_job *j);
+
 /* pg_schema.c */
 int pg_schema_create(const char *conninfo, char **error_r);
 
@@ -244,6 +294,13 @@ char **pg_split_words(tern_arena *a, const char *s, size_t *n_r);
     do {                                                                   \
         (j)->pt = __LINE__;                                                \
         return PG_WAIT;                                                    \
+        case __LINE__:;                                                    \
+    } while (0)
+/* Runs fn(j) on the thread pool (file I/O), then continues here. */
+#define PG_WORK(j, fn)                                                     \
+    do {                                                                   \
+        (j)->pt = __LINE__;                                                \
+        return pg_work((j), (fn));                                         \
         case __LINE__:;                                                    \
     } while (0)
 #define PG_END(j) } return pg_ok(j)
@@ -323,7 +380,8 @@ void pg_message_row(pg_job *j, const PGresult *r, int row, tern_message_info *ou
     "bu AS (UPDATE bodies b SET refcount = b.refcount - c.n FROM c "       \
     "WHERE b.id = c.body_ref RETURNING b.id, b.refcount)"
 #define PG_BODY_DEAD "(SELECT array_agg(id)::text FROM bu WHERE refcount <= 0)"
-#define PG_BODY_DELETE "DELETE FROM bodies WHERE id = ANY ($1::bigint[]) AND refcount <= 0"
+#define PG_BODY_DELETE "DELETE FROM bodies WHERE id = ANY ($1::bigint[]) AND refcount <= 0 " \
+    "RETURNING CASE WHEN external THEN encode(hash, 'hex') END"
 
 /* BEGIN leaves parameters already bound for the next statement alone. */
 #define PG_TX(j)                                                           \

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lib/log.h"
 #include "storage/index.h"
 #include "storage/pg/pg_internal.h"
 
@@ -245,6 +246,7 @@ int pg_op_mailbox_delete(pg_job *j)
     if (j->p) {
         pg_p_str(j, j->p);
         PG_QUERY(j, PG_BODY_DELETE);
+        pg_blob_note_dead(j, j->res);
     }
     pg_p_u64(j, j->mailbox_id);
     PG_QUERY(j, "WITH e AS (DELETE FROM expunged WHERE mailbox_id = $1) "
@@ -392,6 +394,88 @@ static const char *opt_text(pg_job *j, const char *s)
     "FROM " PG_APPEND_CALL " r"
 #define PG_APPEND_SQL_BATCH                                                                   \
     "SELECT r.uidvalidity, r.uid, r.modseq, r.email_id, r.thread_id FROM " PG_APPEND_CALL " r"
+/* With a blob directory: tern_append_ext (schema 5), $4 NULL and $22 the
+ * body's sha256; the file was written first. */
+#define PG_APPEND_CALL_EXT                                                                    \
+    "tern_append_ext($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, " \
+    "$17, $18, $19, $20, $21, $22)"
+#define PG_APPEND_SQL_EXT                                                                     \
+    "SELECT r.uidvalidity, r.uid, r.modseq, r.email_id, r.thread_id, "                        \
+    "pg_notify('" PG_CHANNEL "', $1 || E'\\t' || r.mailbox_id || E'\\t' || r.modseq) "      \
+    "FROM " PG_APPEND_CALL_EXT " r"
+#define PG_APPEND_SQL_BATCH_EXT                                                               \
+    "SELECT r.uidvalidity, r.uid, r.modseq, r.email_id, r.thread_id FROM " PG_APPEND_CALL_EXT " r"
+
+/* The body's file (thread pool): the message's bytes are read here when
+ * they come from a file, hashed, and written to the blob directory. A
+ * write error fails this append alone (nothing stored is touched). */
+static void blob_write_member(pg_job *m)
+{
+    tern_store_req *r = m->req;
+    if (m->blob_ready || r->status != TERN_STORE_OK || !r->in.account || !r->in.name)
+        return;
+    if (r->in.data_path && !r->in.data) {
+        if (!m->owned_data && read_file(m, r->in.data_path) != 0)
+            return;
+    } else {
+        m->data = r->in.data ? r->in.data : (const uint8_t *)"";
+        m->len = r->in.data ? r->in.len : 0;
+    }
+    if (m->len > PG_APPEND_MAX)
+        return; /* append_prepare refuses it */
+    bool existed = false;
+    int rc = pg_blob_write(m->pg->blob_dir, m->data, m->len, m->blob_hash, &existed);
+    if (rc < 0) {
+        char hex[65];
+        pg_blob_hex(m->blob_hash, hex);
+        TLOG_ERR("store", "event=blob_write_failed hash=%s error=\"%s\"", hex, strerror(-rc));
+        pg_done(m, rc == -ENOSPC || rc == -EDQUOT || rc == -ENOMEM ? TERN_STORE_ETEMP
+                                                                    : TERN_STORE_EIO,
+                "cannot write the message body to the blob directory: %s", strerror(-rc));
+        return;
+    }
+    m->blob_ready = true;
+    m->blob_reused = existed;
+}
+
+static void blob_write_one(pg_job *j)
+{
+    blob_write_member(j);
+}
+
+static void blob_write_batch(pg_job *j)
+{
+    pg_job **mem = j->p;
+    for (int64_t i = 0; i < j->n; i++)
+        blob_write_member(mem[i]);
+}
+
+/* After the commit: a body whose file was found in place may have been
+ * taken away by the removal of an older row of the same bytes (see
+ * pg_blob.c); it is written again from the bytes still in memory. */
+static void blob_ensure_member(pg_job *m)
+{
+    if (!m->blob_ready || !m->blob_reused || m->redo || m->req->status != TERN_STORE_OK)
+        return;
+    int rc = pg_blob_ensure(m->pg->blob_dir, m->blob_hash, m->data, m->len);
+    if (rc < 0) {
+        char hex[65];
+        pg_blob_hex(m->blob_hash, hex);
+        TLOG_ERR("store", "event=blob_ensure_failed hash=%s error=\"%s\"", hex, strerror(-rc));
+    }
+}
+
+static void blob_ensure_one(pg_job *j)
+{
+    blob_ensure_member(j);
+}
+
+static void blob_ensure_batch(pg_job *j)
+{
+    pg_job **mem = j->p;
+    for (int64_t i = 0; i < j->n; i++)
+        blob_ensure_member(mem[i]);
+}
 /* In a batch, one NOTIFY per mailbox touched, with its highest modseq,
  * goes after the members' statements (watchers need one wake-up, and each
  * notification costs the commit and every listener). */
@@ -406,6 +490,8 @@ static const char *opt_text(pg_job *j, const char *s)
 static int append_prepare(pg_job *m)
 {
     tern_store_req *r = m->req;
+    if (r->status != TERN_STORE_OK)
+        return -1; /* its file could not be written */
     if (!r->in.account || !r->in.name)
         return pg_done(m, TERN_STORE_EINVAL, "no mailbox"), -1;
     m->acct = pg_norm_account(&m->a, r->in.account);
@@ -464,7 +550,10 @@ static int append_prepare(pg_job *m)
     pg_p_str(m, m->acct);                   /* $1 */
     pg_p_str(m, m->mbox);                   /* $2 */
     pg_p_u64(m, plen + m->len);             /* $3 */
-    pg_p_bin(m, m->data, m->len);           /* $4 */
+    if (m->pg->blob_dir)
+        pg_p_bin(m, NULL, 0);               /* $4: in the blob directory */
+    else
+        pg_p_bin(m, m->data, m->len);       /* $4 */
     pg_p_u64(m, r->in.flags & 0x1f);        /* $5 */
     pg_p_i64(m, idate);                     /* $6 */
     pg_p_strarray(m, (const char *const *)idx.references, idx.n_references, false); /* $7 */
@@ -485,6 +574,11 @@ static int append_prepare(pg_job *m)
     pg_p_strarray(m, names, idx.n_fields, true);
     pg_p_strarray(m, values, idx.n_fields, false); /* $20 */
     pg_p_bin(m, plen ? r->in.prefix : NULL, plen); /* $21: NULL when none */
+    if (m->pg->blob_dir) {
+        if (!m->blob_ready)
+            return pg_done(m, TERN_STORE_EIO, "message body not written"), -1;
+        pg_p_bin(m, m->blob_hash, sizeof m->blob_hash); /* $22 */
+    }
     return 0;
 }
 
@@ -504,9 +598,11 @@ static void append_out(pg_job *m, const PGresult *res)
 int pg_op_append(pg_job *j)
 {
     PG_BEGIN(j);
+    if (j->pg->blob_dir && !j->blob_ready)
+        PG_WORK(j, blob_write_one);
     if (append_prepare(j) != 0)
         return PG_DONE;
-    PG_QUERY_PREPARED(j, PG_STMT_APPEND, PG_APPEND_SQL);
+    PG_QUERY_PREPARED(j, PG_STMT_APPEND, j->pg->blob_dir ? PG_APPEND_SQL_EXT : PG_APPEND_SQL);
     if (PQntuples(j->res) == 0) {
         pg_p_str(j, j->acct);
         pg_p_str(j, j->mbox);
@@ -524,6 +620,8 @@ int pg_op_append(pg_job *j)
         return pg_done(j, TERN_STORE_ETEMP, "append raced with a concurrent change; retry");
     }
     append_out(j, j->res);
+    if (j->blob_reused)
+        PG_WORK(j, blob_ensure_one);
     PG_END(j);
 }
 
@@ -550,10 +648,14 @@ int pg_op_append_batch(pg_job *j)
 {
     pg_job **mem = j->p;
     PG_BEGIN(j);
+    /* Every member's file is durable before the transaction is sent. */
+    if (j->pg->blob_dir)
+        PG_WORK(j, blob_write_batch);
     for (int64_t i = 0; i < j->n; i++)
         append_prepare(mem[i]);
     if (!(j->conn->prepared & (1u << PG_STMT_APPEND_BATCH)))
-        PG_PREPARE(j, PG_STMT_APPEND_BATCH, PG_APPEND_SQL_BATCH);
+        PG_PREPARE(j, PG_STMT_APPEND_BATCH,
+                   j->pg->blob_dir ? PG_APPEND_SQL_BATCH_EXT : PG_APPEND_SQL_BATCH);
     {
         pg_conn *c = j->conn;
         int sent = 0;
@@ -617,7 +719,13 @@ int pg_op_append_batch(pg_job *j)
             else
                 append_out(m, res);
         }
+        bool reused = false;
+        for (int64_t i = 0; i < j->n; i++)
+            reused = reused || (mem[i]->blob_reused && !mem[i]->redo);
+        if (!reused)
+            return PG_DONE;
     }
+    PG_WORK(j, blob_ensure_batch);
     PG_END(j);
 }
 
@@ -781,6 +889,26 @@ static uint64_t be_u32(const char *p)
     return ((uint64_t)u[0] << 24) | ((uint64_t)u[1] << 16) | ((uint64_t)u[2] << 8) | u[3];
 }
 
+/* The slice of an external body (thread pool): j->q is the output with
+ * the prefix's part already in it (j->u[2] bytes), j->u[3] the offset in
+ * the body, j->u[4] the bytes wanted, j->mbox2 the hash. */
+static void fetch_body_read(pg_job *j)
+{
+    tern_store_req *r = j->req;
+    uint8_t *out = j->q;
+    size_t got = 0;
+    int rc = pg_blob_read(j->pg->blob_dir, j->mbox2, j->u[3], (size_t)j->u[4], out + j->u[2], &got);
+    if (rc < 0 || got != (size_t)j->u[4]) {
+        TLOG_ERR("store", "event=blob_read_failed hash=%s error=\"%s\"", j->mbox2,
+                 rc < 0 ? strerror(-rc) : "file shorter than its message");
+        pg_done(j, TERN_STORE_EIO, "message body %s unreadable: %s", j->mbox2,
+                rc < 0 ? strerror(-rc) : "short file");
+        return;
+    }
+    r->out.body = out;
+    r->out.body_len = (size_t)(j->u[2] + got);
+}
+
 int pg_op_fetch_body(pg_job *j)
 {
     tern_store_req *r = j->req;
@@ -792,6 +920,7 @@ int pg_op_fetch_body(pg_job *j)
                                                                         : PG_FETCH_BODY_MAX;
         if (r->in.offset > (uint64_t)INT32_MAX)
             return pg_done(j, TERN_STORE_EINVAL, "offset too large");
+        j->u[1] = max;
         pg_p_str(j, pg_norm_account(&j->a, r->in.account));
         pg_p_str(j, canon(j, r->in.name));
         pg_p_u64(j, r->in.uid);
@@ -801,27 +930,57 @@ int pg_op_fetch_body(pg_job *j)
     j->binary_result = true;
     /* The message is the row's prefix, then the (maybe shared) body: the
      * slice takes what it needs of each, so only the body's chunks in
-     * range are read ($4 is 1-based). */
-    PG_QUERY(j, "SELECT (x.pl + length(x.data))::int4, substring(x.p FROM $4::int FOR $5::int) || "
-                "CASE WHEN $4::int - 1 + $5::int > x.pl THEN substring(x.data FROM "
+     * range are read ($4 is 1-based). An external body (blob directory)
+     * has no data: its length is the message's size less the prefix, and
+     * its part of the slice is read from the file. */
+    PG_QUERY(j, "SELECT (x.pl + coalesce(length(x.data), x.size - x.pl))::int4, "
+                "substring(x.p FROM $4::int FOR $5::int) || "
+                "CASE WHEN x.data IS NOT NULL AND $4::int - 1 + $5::int > x.pl THEN substring(x.data FROM "
                 "greatest($4::int - x.pl, 1) FOR $5::int - greatest(least(x.pl - $4::int + 1, "
-                "$5::int), 0)) ELSE ''::bytea END "
+                "$5::int), 0)) ELSE ''::bytea END, x.ext, x.pl::int4, coalesce(x.hash, ''::bytea) "
                 "FROM (SELECT coalesce(m.prefix, ''::bytea) AS p, "
-                "coalesce(length(m.prefix), 0) AS pl, bd.data "
+                "coalesce(length(m.prefix), 0) AS pl, bd.data, bd.external AS ext, bd.hash, m.size "
                 "FROM accounts a JOIN mailboxes b ON b.account_id = a.id "
                 "JOIN messages m ON m.mailbox_id = b.id JOIN bodies bd ON bd.id = m.body_ref "
                 "WHERE a.name = $1 AND b.name = $2 AND m.uid = $3) x");
     if (PQntuples(j->res) == 0)
         return pg_done(j, TERN_STORE_ENOTFOUND, "no such message");
     {
-        r->out.body_total = be_u32(PQgetvalue(j->res, 0, 0));
+        uint64_t total = be_u32(PQgetvalue(j->res, 0, 0));
         size_t n = (size_t)PQgetlength(j->res, 0, 1);
-        r->out.body = tern_arena_alloc(&r->arena, n + 1);
+        bool ext = PQgetvalue(j->res, 0, 2)[0] != 0;
+        uint64_t pl = be_u32(PQgetvalue(j->res, 0, 3));
+        r->out.body_total = total;
+        uint64_t at = r->in.offset + n; /* where the prefix's part ends */
+        uint64_t want = 0;
+        if (ext && at < total && n < j->u[1]) {
+            want = j->u[1] - n;
+            if (want > total - at)
+                want = total - at;
+        }
+        r->out.body = tern_arena_alloc(&r->arena, n + want + 1);
         if (!r->out.body)
             return pg_done(j, TERN_STORE_ETEMP, "out of memory");
         memcpy(r->out.body, PQgetvalue(j->res, 0, 1), n);
         r->out.body_len = n;
+        if (want == 0)
+            return PG_DONE;
+        if (!j->pg->blob_dir)
+            return pg_done(j, TERN_STORE_EIO, "message body is in the blob directory, and "
+                                              "postgres.blob_dir is not set");
+        if (PQgetlength(j->res, 0, 4) != 32)
+            return pg_done(j, TERN_STORE_EIO, "external body without a hash");
+        char *hex = tern_arena_alloc(&j->a, 65);
+        if (!hex)
+            return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        pg_blob_hex((const uint8_t *)PQgetvalue(j->res, 0, 4), hex);
+        j->mbox2 = hex;
+        j->q = r->out.body;
+        j->u[2] = n;
+        j->u[3] = at - pl;
+        j->u[4] = want;
     }
+    PG_WORK(j, fetch_body_read);
     PG_END(j);
 }
 
@@ -981,6 +1140,7 @@ int pg_op_expunge(pg_job *j)
     if (j->p) {
         pg_p_str(j, j->p);
         PG_QUERY(j, PG_BODY_DELETE);
+        pg_blob_note_dead(j, j->res);
     }
     {
         /* Expunge records older than the retention bound go; the mailbox

@@ -6,10 +6,12 @@
  *
  * Input trusted: the search tree from our own IMAP/JMAP code; bodies and
  * header values are untrusted and only handed to the index matchers. */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/log.h"
 #include "storage/index.h"
 #include "storage/pg/pg_internal.h"
 
@@ -68,6 +70,62 @@ static void bind_ids(pg_job *j, search_state *st, size_t from, size_t to)
     s[o++] = '}';
     s[o] = 0;
     pg_p_str(j, s);
+}
+
+/* Where an external body (blob directory) of the batch's rows was read
+ * to, in j->owned_data: prefix, then the file. */
+typedef struct blob_slot {
+    size_t off, len;
+} blob_slot;
+
+/* Thread pool: reads the files of the external rows of j->res. */
+static void search_read_blobs(pg_job *j)
+{
+    blob_slot *sl = j->q;
+    int n = PQntuples(j->res);
+    size_t total = 0;
+    char hex[65];
+    for (int i = 0; i < n; i++) {
+        sl[i].off = sl[i].len = 0;
+        if (PQgetvalue(j->res, i, 2)[0] == 0)
+            continue;
+        uint64_t size = 0;
+        int rc = PQgetlength(j->res, i, 3) == 32 ? 0 : -EINVAL;
+        if (rc == 0) {
+            pg_blob_hex((const uint8_t *)PQgetvalue(j->res, i, 3), hex);
+            rc = pg_blob_size(j->pg->blob_dir, hex, &size);
+        }
+        if (rc < 0) {
+            TLOG_ERR("store", "event=blob_read_failed hash=%s error=\"%s\"", rc == -EINVAL ? "-" : hex,
+                     strerror(-rc));
+            pg_done(j, TERN_STORE_EIO, "message body %s unreadable: %s", hex, strerror(-rc));
+            return;
+        }
+        sl[i].off = total;
+        sl[i].len = (size_t)PQgetlength(j->res, i, 4) + (size_t)size;
+        total += sl[i].len;
+    }
+    free(j->owned_data);
+    j->owned_data = malloc(total ? total : 1);
+    if (!j->owned_data) {
+        pg_done(j, TERN_STORE_ETEMP, "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        if (PQgetvalue(j->res, i, 2)[0] == 0)
+            continue;
+        size_t pl = (size_t)PQgetlength(j->res, i, 4), got = 0;
+        memcpy(j->owned_data + sl[i].off, PQgetvalue(j->res, i, 4), pl);
+        pg_blob_hex((const uint8_t *)PQgetvalue(j->res, i, 3), hex);
+        int rc = pg_blob_read(j->pg->blob_dir, hex, 0, sl[i].len - pl, j->owned_data + sl[i].off + pl,
+                              &got);
+        if (rc < 0 || got != sl[i].len - pl) {
+            TLOG_ERR("store", "event=blob_read_failed hash=%s error=\"%s\"", hex,
+                     rc < 0 ? strerror(-rc) : "short file");
+            pg_done(j, TERN_STORE_EIO, "message body %s unreadable", hex);
+            return;
+        }
+    }
 }
 
 int pg_op_search(pg_job *j)
@@ -169,9 +227,29 @@ int pg_op_search(pg_job *j)
         st = j->p;
         bind_ids(j, st, (size_t)j->u[0], (size_t)j->u[1]);
         j->binary_result = true;
-        PG_QUERY(j, "SELECT m.id, CASE WHEN m.prefix IS NULL THEN bd.data ELSE m.prefix || bd.data END "
+        PG_QUERY(j, "SELECT m.id, CASE WHEN m.prefix IS NULL THEN bd.data ELSE m.prefix || bd.data END, "
+                    "bd.external, coalesce(bd.hash, ''::bytea), coalesce(m.prefix, ''::bytea) "
                     "FROM messages m JOIN bodies bd ON bd.id = m.body_ref "
                     "WHERE m.id = ANY ($1::bigint[])");
+        {
+            bool ext = false;
+            for (int i = 0; i < PQntuples(j->res); i++)
+                ext = ext || PQgetvalue(j->res, i, 2)[0] != 0;
+            j->q = NULL;
+            if (ext) {
+                if (!j->pg->blob_dir)
+                    return pg_done(j, TERN_STORE_EIO, "message bodies are in the blob directory, "
+                                                      "and postgres.blob_dir is not set");
+                j->q = tern_arena_alloc(&j->a, (size_t)PQntuples(j->res) * sizeof(blob_slot));
+                if (!j->q)
+                    return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+            }
+        }
+        if (j->q) {
+            PG_WORK(j, search_read_blobs);
+            if (r->status != TERN_STORE_OK)
+                return PG_DONE;
+        }
         st = j->p;
         for (int i = 0; i < PQntuples(j->res); i++) {
             cand *c = find_cand(st, (size_t)j->u[0], (size_t)j->u[1], be64(PQgetvalue(j->res, i, 0)));
@@ -179,6 +257,11 @@ int pg_op_search(pg_job *j)
                 continue;
             const uint8_t *data = (const uint8_t *)PQgetvalue(j->res, i, 1);
             size_t len = (size_t)PQgetlength(j->res, i, 1);
+            if (j->q && PQgetvalue(j->res, i, 2)[0] != 0) {
+                const blob_slot *sl = (const blob_slot *)j->q + i;
+                data = j->owned_data + sl->off;
+                len = sl->len;
+            }
             for (size_t k = 0; k < st->n_nodes; k++) {
                 const tern_search *node = st->nodes[k];
                 tern_body_matcher *m = node->kind == TERN_SEARCH_TEXT

@@ -1601,7 +1601,7 @@ static void t_changes_retention(void **state)
 {
     (void)state;
     harness h2;
-    assert_int_equal(harness_init(&h2, H.pg ? "pg" : "local", NULL, NULL), 0);
+    assert_int_equal(harness_init(&h2, H.blob ? "pg-blob" : H.pg ? "pg" : "local", NULL, NULL), 0);
     h2.cfg->storage.changes_retention_ms = 1000;
     assert_int_equal(harness_open(&h2), 0);
     saved_h = H;
@@ -3256,7 +3256,7 @@ int main(int argc, char **argv)
         T(t_invalid_requests),
     };
     char name[32];
-    snprintf(name, sizeof(name), "store-%s", H.pg ? "pg" : "local");
+    snprintf(name, sizeof(name), "store-%s", H.blob ? "pg-blob" : H.pg ? "pg" : "local");
     rc = cmocka_run_group_tests_name(name, tests, group_setup, group_teardown);
     harness_fini(&H);
     return rc;

@@ -61,8 +61,12 @@ int harness_init(harness *h, const char *backend, const char *dir, const char *d
     tern_log_configure(lv && *lv ? lv : "warn", NULL);
     if (strcmp(backend, "pg") == 0 || strcmp(backend, "postgres") == 0) {
         h->pg = true;
+    } else if (strcmp(backend, "pg-blob") == 0) {
+        /* pg with postgres.blob_dir: bodies as files under the temp dir. */
+        h->pg = true;
+        h->blob = true;
     } else if (strcmp(backend, "local") != 0) {
-        fprintf(stderr, "harness: unknown backend %s (local or pg)\n", backend);
+        fprintf(stderr, "harness: unknown backend %s (local, pg or pg-blob)\n", backend);
         return -1;
     }
     if (h->pg) {
@@ -122,6 +126,10 @@ int harness_init(harness *h, const char *backend, const char *dir, const char *d
          * points the base conninfo at our own database. */
         c->postgres.conninfo = tern_arena_printf(&c->arena, "%s dbname=%s", h->pg_base, h->pg_db);
         c->postgres.pool_size = 8;
+        if (h->blob) {
+            snprintf(h->blob_dir, sizeof(h->blob_dir), "%s/blobs", h->dir);
+            c->postgres.blob_dir = tern_arena_strdup(&c->arena, h->blob_dir);
+        }
     }
     h->cfg = c;
     return 0;

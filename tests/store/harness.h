@@ -16,6 +16,8 @@ typedef struct harness {
     tern_config *cfg;
     tern_store *store;
     bool pg;
+    bool blob;              /* pg-blob: pg with postgres.blob_dir = blob_dir */
+    char blob_dir[300];
     char dir[256];          /* temp dir: state_dir, local.path under it */
     char *pg_base;          /* the conninfo we were given (pg) */
     char pg_db[64];         /* the database this run made (pg) */
@@ -23,7 +25,7 @@ typedef struct harness {
     bool keep;              /* leave the dir / database for a later process */
 } harness;
 
-/* "local" or "pg". For pg, base_conninfo NULL means TERN_TEST_PG_CONNINFO;
+/* "local", "pg" or "pg-blob" (pg with a blob directory). For pg, base_conninfo NULL means TERN_TEST_PG_CONNINFO;
  * returns 1 (and prints why) when pg has no conninfo: the caller skips.
  * dir NULL: a fresh mkdtemp dir. db NULL: a fresh database (dropped by
  * harness_fini); db given: an existing one, kept. Returns 0 or -1
