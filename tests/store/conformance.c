@@ -20,6 +20,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sodium.h>
+#include <sys/time.h>
 #include <libpq-fe.h>
 
 #include "tests/store/harness.h"
@@ -3193,6 +3195,345 @@ static void t_fetch_index(void **state)
     run_st(r, TERN_STORE_ENOTFOUND);
 }
 
+
+/* ======================================================================
+ * pg-blob: bodies in postgres.blob_dir
+ * ====================================================================== */
+
+static void blob_path_of(const char *data, size_t len, char *out, size_t cap)
+{
+    uint8_t h[32];
+    char hex[65];
+    crypto_hash_sha256(h, (const uint8_t *)data, len);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", h[i]);
+    snprintf(out, cap, "%s/%.2s/%.2s/%s", H.blob_dir, hex, hex + 2, hex);
+}
+
+static bool file_holds(const char *path, const char *data, size_t len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return false;
+    char *b = malloc(len + 2);
+    size_t n = fread(b, 1, len + 1, f);
+    fclose(f);
+    bool ok = n == len && memcmp(b, data, len) == 0;
+    free(b);
+    return ok;
+}
+
+/* Files under the blob dir's fan-out (not tmp/). */
+static int count_blob_files(void)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "find '%s' -mindepth 3 -maxdepth 3 -type f | wc -l", H.blob_dir);
+    FILE *p = popen(cmd, "r");
+    int n = -1;
+    if (p) {
+        if (fscanf(p, "%d", &n) != 1)
+            n = -1;
+        pclose(p);
+    }
+    return n;
+}
+
+static int count_tmp_files(void)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "find '%s/tmp' -mindepth 1 | wc -l", H.blob_dir);
+    FILE *p = popen(cmd, "r");
+    int n = -1;
+    if (p) {
+        if (fscanf(p, "%d", &n) != 1)
+            n = -1;
+        pclose(p);
+    }
+    return n;
+}
+
+/* Removal runs after the commit, as a job of the store's own. */
+static bool wait_gone(const char *path, double seconds)
+{
+    double end = harness_now() + seconds;
+    while (harness_now() < end) {
+        if (access(path, F_OK) != 0)
+            return true;
+        usleep(20000);
+    }
+    return access(path, F_OK) != 0;
+}
+
+static char *pg_value(const char *sql)
+{
+    PGconn *c = PQconnectdb(H.cfg->postgres.conninfo);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("psql: %s", PQerrorMessage(c));
+    PGresult *res = PQexec(c, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    char *v = strdup(PQntuples(res) ? PQgetvalue(res, 0, 0) : "");
+    PQclear(res);
+    PQfinish(c);
+    return v;
+}
+
+/* The file holds the bytes (not the per-copy prefix); equal bytes to
+ * three accounts are one file and one row; the file goes with the last
+ * reference, and comes back with a new append of the same bytes. */
+static void t_blob_files(void **state)
+{
+    (void)state;
+    if (!H.blob)
+        skip();
+    char data[400], path[700];
+    snprintf(data, sizeof data,
+             "From: a@example.org\r\nSubject: blob %s\r\nMessage-ID: <blob.%s>\r\n\r\n"
+             "Kept as a file.\r\n", tacct, tacct);
+    size_t len = strlen(data);
+    blob_path_of(data, len, path, sizeof path);
+    int before = count_blob_files();
+    append_full(tacct, "INBOX", data, 0, NULL, 0, 0, TERN_STORE_OK);
+    assert_true(file_holds(path, data, len));
+    assert_int_equal(count_blob_files(), before + 1);
+    expect_body_rows(data, 1, 1, __LINE__);
+    char *v = pg_value("SELECT count(*) FROM bodies WHERE external AND data IS NOT NULL");
+    assert_string_equal(v, "0");
+    free(v);
+
+    char acct[3][80], prefix[3][300];
+    for (int i = 0; i < 3; i++) {
+        snprintf(acct[i], sizeof acct[i], "blob%d-%s", i, tacct);
+        assert_int_equal(harness_account(&H, acct[i], 0, 0), TERN_STORE_OK);
+        snprintf(prefix[i], sizeof prefix[i], "Delivered-To: %s\r\n", acct[i]);
+        tern_store_req *r = R(TERN_STORE_APPEND);
+        r->in.account = acct[i];
+        r->in.name = "INBOX";
+        r->in.prefix = (const uint8_t *)prefix[i];
+        r->in.prefix_len = strlen(prefix[i]);
+        r->in.data = (const uint8_t *)data;
+        r->in.len = len;
+        run_ok(r);
+    }
+    /* One file, one row with four references (the first append too). */
+    assert_int_equal(count_blob_files(), before + 1);
+    expect_body_rows(data, 1, 4, __LINE__);
+    for (int i = 0; i < 3; i++) {
+        size_t got;
+        uint8_t *b = body_of(acct[i], "INBOX", 1, 5, &got);
+        assert_int_equal(got, strlen(prefix[i]) + len);
+        assert_memory_equal(b, prefix[i], strlen(prefix[i]));
+        assert_memory_equal(b + strlen(prefix[i]), data, len);
+        free(b);
+    }
+    /* Every reference but one goes: the file stays. */
+    const char *owners[4] = {tacct, acct[0], acct[1], acct[2]};
+    for (int i = 0; i < 4; i++) {
+        tern_store_req *f = R(TERN_STORE_SET_FLAGS);
+        f->in.account = owners[i];
+        f->in.name = "INBOX";
+        f->in.uids = ALL_UIDS;
+        f->in.flags = TERN_FLAG_DELETED;
+        f->in.flags_mode = TERN_FLAGS_ADD;
+        run_ok(f);
+        tern_store_req *ex = R(TERN_STORE_EXPUNGE);
+        ex->in.account = owners[i];
+        ex->in.name = "INBOX";
+        run_ok(ex);
+        assert_int_equal(ex->out.n_uids, 1);
+        if (i < 3) {
+            usleep(100000);
+            assert_true(file_holds(path, data, len));
+        }
+    }
+    expect_body_rows(data, 0, 0, __LINE__);
+    if (!wait_gone(path, 10))
+        fail_msg("the file of a body without references is still there");
+    assert_int_equal(count_blob_files(), before);
+    assert_int_equal(count_tmp_files(), 0);
+    /* The same bytes again: a new row and a new file. */
+    append_full(tacct, "INBOX", data, 0, NULL, 0, 0, TERN_STORE_OK);
+    assert_true(file_holds(path, data, len));
+    expect_body_rows(data, 1, 1, __LINE__);
+    /* Account delete drops its references too. */
+    tern_store_req *d = R(TERN_STORE_ACCOUNT_DELETE);
+    d->in.account = tacct;
+    run_ok(d);
+    if (!wait_gone(path, 10))
+        fail_msg("account delete left the file");
+    assert_int_equal(harness_account(&H, tacct, 0, 0), TERN_STORE_OK);
+}
+
+/* A file deleted behind the store's back: reads fail with EIO (and the
+ * hash is logged), nothing crashes. */
+static void t_blob_missing_file(void **state)
+{
+    (void)state;
+    if (!H.blob)
+        skip();
+    char data[300], path[700];
+    snprintf(data, sizeof data, "From: a@example.org\r\nSubject: gone %s\r\n\r\nneedle %s\r\n",
+             tacct, tacct);
+    blob_path_of(data, strlen(data), path, sizeof path);
+    append_full(tacct, "INBOX", data, 0, NULL, 0, 0, TERN_STORE_OK);
+    assert_int_equal(unlink(path), 0);
+    tern_store_req *b = R(TERN_STORE_FETCH_BODY);
+    b->in.account = tacct;
+    b->in.name = "INBOX";
+    b->in.uid = 1;
+    run_st(b, TERN_STORE_EIO);
+    tern_search q = {.kind = TERN_SEARCH_BODY, .str = "needle"};
+    tern_store_req *sr = R(TERN_STORE_SEARCH);
+    sr->in.account = tacct;
+    sr->in.name = "INBOX";
+    sr->in.search = &q;
+    run_st(sr, TERN_STORE_EIO);
+    tern_store_req *h = R(TERN_STORE_FETCH_HEADERS);
+    h->in.account = tacct;
+    h->in.name = "INBOX";
+    h->in.uids = ALL_UIDS;
+    run_st(h, TERN_STORE_EIO);
+    /* The bytes come back (a new delivery of them): readable again. */
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fwrite(data, 1, strlen(data), f);
+    fclose(f);
+    expect_body("INBOX", 1, data);
+}
+
+/* A write error fails the append with a store error and stores nothing. */
+static void t_blob_write_error(void **state)
+{
+    (void)state;
+    if (!H.blob)
+        skip();
+    char tmp[400], aside[420];
+    snprintf(tmp, sizeof tmp, "%s/tmp", H.blob_dir);
+    snprintf(aside, sizeof aside, "%s/tmp.aside", H.blob_dir);
+    append_full(tacct, "INBOX", MSG_SIMPLE, 0, NULL, 0, 0, TERN_STORE_OK);
+    /* tmp/ a plain file: every new body's write fails (even for root). */
+    assert_int_equal(rename(tmp, aside), 0);
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
+    fclose(f);
+    char data[200];
+    snprintf(data, sizeof data, "Subject: fails %s\r\n\r\nnot stored\r\n", tacct);
+    tern_store_req *r = append_full(tacct, "INBOX", data, 0, NULL, 0, 0, TERN_STORE_EIO);
+    assert_non_null(strstr(r->error, "blob"));
+    /* Bytes already there need no write. */
+    append_full(tacct, "INBOX", MSG_SIMPLE, 0, NULL, 0, 0, TERN_STORE_OK);
+    assert_int_equal(unlink(tmp), 0);
+    assert_int_equal(rename(aside, tmp), 0);
+    tern_store_req *st = R(TERN_STORE_MAILBOX_STATUS);
+    st->in.account = tacct;
+    st->in.name = "INBOX";
+    run_ok(st);
+    assert_int_equal(st->out.mailbox.messages, 2);
+    expect_body("INBOX", 1, MSG_SIMPLE);
+    expect_body("INBOX", 2, MSG_SIMPLE);
+    append_full(tacct, "INBOX", data, 0, NULL, 0, 0, TERN_STORE_OK);
+    expect_body("INBOX", 3, data);
+}
+
+static void put_file(const char *path, const char *data, time_t mtime)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fwrite(data, 1, strlen(data), f);
+    fclose(f);
+    struct timeval tv[2] = {{mtime, 0}, {mtime, 0}};
+    assert_int_equal(utimes(path, tv), 0);
+}
+
+/* The sweep at store open: an unreferenced file older than the grace
+ * period goes, a fresh one stays (an append may be about to commit its
+ * row), old tmp/ files go, and a file a crash left taken aside while
+ * its row still exists is put back. */
+static void t_blob_sweep(void **state)
+{
+    (void)state;
+    if (!H.blob)
+        skip();
+    char data[300], live[700], dir[700], old_orphan[700], fresh_orphan[700], stale_tmp[700],
+        taken[800];
+    snprintf(data, sizeof data, "Subject: live %s\r\n\r\nstays\r\n", tacct);
+    append_full(tacct, "INBOX", data, 0, NULL, 0, 0, TERN_STORE_OK);
+    blob_path_of(data, strlen(data), live, sizeof live);
+    const char *live_hex = strrchr(live, '/') + 1;
+    /* Orphans: hashes no row has. */
+    char od[] = "old orphan", fd[] = "fresh orphan";
+    blob_path_of(od, strlen(od), old_orphan, sizeof old_orphan);
+    blob_path_of(fd, strlen(fd), fresh_orphan, sizeof fresh_orphan);
+    time_t now = time(NULL);
+    for (int k = 0; k < 2; k++) {
+        const char *p = k ? fresh_orphan : old_orphan;
+        snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(p, '/') - p), p);
+        char cmd[800];
+        snprintf(cmd, sizeof cmd, "mkdir -p '%s'", dir);
+        assert_int_equal(system(cmd), 0);
+    }
+    put_file(old_orphan, od, now - 2 * 3600);
+    put_file(fresh_orphan, fd, now - 60);
+    snprintf(stale_tmp, sizeof stale_tmp, "%s/tmp/w.stale", H.blob_dir);
+    put_file(stale_tmp, "half", now - 2 * 3600);
+    /* A crash between taking the live file aside and putting it back. */
+    snprintf(taken, sizeof taken, "%s/tmp/reap.%s.1.1.1", H.blob_dir, live_hex);
+    assert_int_equal(rename(live, taken), 0);
+    /* The live row's own file, old too, must not be swept. */
+    harness_close_store(&H);
+    assert_int_equal(harness_open(&H), 0);
+    assert_int_equal(access(old_orphan, F_OK), -1);
+    assert_int_equal(access(fresh_orphan, F_OK), 0);
+    assert_int_equal(access(stale_tmp, F_OK), -1);
+    assert_int_equal(access(taken, F_OK), -1);
+    assert_true(file_holds(live, data, strlen(data)));
+    expect_body("INBOX", 1, data);
+    /* An old file whose row exists stays through a sweep. */
+    struct timeval tv[2] = {{now - 3 * 3600, 0}, {now - 3 * 3600, 0}};
+    assert_int_equal(utimes(live, tv), 0);
+    harness_close_store(&H);
+    assert_int_equal(harness_open(&H), 0);
+    assert_true(file_holds(live, data, strlen(data)));
+    unlink(fresh_orphan);
+}
+
+/* Bodies stored before the option was turned on stay readable, and an
+ * append of equal bytes takes a reference to their row. */
+static void t_blob_turned_on_later(void **state)
+{
+    (void)state;
+    if (!H.blob)
+        skip();
+    harness h2;
+    assert_int_equal(harness_init(&h2, "pg", NULL, H.pg_db), 0);
+    assert_int_equal(harness_open(&h2), 0);
+    char data[300];
+    snprintf(data, sizeof data, "Subject: in the database %s\r\n\r\nold body\r\n", tacct);
+    tern_store_req *r = hreq(TERN_STORE_APPEND);
+    r->in.account = tacct;
+    r->in.name = "INBOX";
+    r->in.data = (const uint8_t *)data;
+    r->in.len = strlen(data);
+    int st = hrun(&h2, r);
+    tern_store_req_free(r);
+    harness_fini(&h2);
+    assert_int_equal(st, TERN_STORE_OK);
+    char path[700];
+    blob_path_of(data, strlen(data), path, sizeof path);
+    assert_int_equal(access(path, F_OK), -1);
+    expect_body("INBOX", 1, data);
+    append_full(tacct, "INBOX", data, 0, NULL, 0, 0, TERN_STORE_OK);
+    expect_body_rows(data, 1, 2, __LINE__);
+    expect_body("INBOX", 2, data);
+    tern_search q = {.kind = TERN_SEARCH_BODY, .str = "old body"};
+    tern_store_req *sr = R(TERN_STORE_SEARCH);
+    sr->in.account = tacct;
+    sr->in.name = "INBOX";
+    sr->in.search = &q;
+    run_ok(sr);
+    assert_int_equal(sr->out.n_uids, 2);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, test_setup, test_teardown)
 
 int main(int argc, char **argv)
@@ -3252,6 +3593,11 @@ int main(int argc, char **argv)
         T(t_recent_claim_concurrent),
         T(t_shared_body),
         T(t_pg_cross_node_events),
+        T(t_blob_files),
+        T(t_blob_missing_file),
+        T(t_blob_write_error),
+        T(t_blob_sweep),
+        T(t_blob_turned_on_later),
         T(t_reopen),
         T(t_invalid_requests),
     };
