@@ -282,7 +282,8 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *mode = argv[1], *backend = argv[2], *dir = argv[3];
-    int pg = strcmp(backend, "pg") == 0;
+    /* pg-blob: pg with its bodies in DIR/blobs (postgres.blob_dir). */
+    int pg = strcmp(backend, "pg") == 0 || strcmp(backend, "pg-blob") == 0;
     int ai = 4;
     const char *db = NULL;
     if (pg) {
