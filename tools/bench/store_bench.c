@@ -13,7 +13,7 @@
  * append rates are read against: an append is durable only after a sync,
  * so without batching that is the most a backend could reach.
  *
- *   store_bench local|pg [-n APPENDS] [-m MAILBOXES] [-b BIG] [-c CLIENTS]
+ *   store_bench local|pg|pg-blob [-n APPENDS] [-m MAILBOXES] [-b BIG] [-c CLIENTS]
  *                        [-w WINDOW] [-t FILL_SECONDS] [-x FIELDS] [-k]
  *
  * -x puts FIELDS more header fields on each appended message (the rate
@@ -226,7 +226,7 @@ int main(int argc, char **argv)
         case 'x': extra_fields = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'k': keep = true; break;
         default:
-            fprintf(stderr, "usage: store_bench local|pg [-n N] [-m M] [-b BIG] [-c C] [-w W] "
+            fprintf(stderr, "usage: store_bench local|pg|pg-blob [-n N] [-m M] [-b BIG] [-c C] [-w W] "
                             "[-t SECONDS] [-x FIELDS] [-k]\n");
             return 2;
         }
