@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sys/stat.h>
 #include <mbedtls/ssl.h>
 
 #include "conf/config.h"
@@ -799,6 +800,30 @@ static void test_storage(void **state)
     tern_config_unref(c);
 }
 
+/* postgres.blob_dir: absolute, made 0700 when missing, never a
+ * world-writable directory. */
+static void test_blob_dir(void **state)
+{
+    EXPECT_HAS(HEAD MX "postgres: {conninfo: x, blob_dir: rel/blobs}\n",
+               "postgres.blob_dir: must be an absolute path");
+    char base[] = "/tmp/tern-blobcfg.XXXXXX";
+    assert_non_null(mkdtemp(base));
+    char yaml[512], dir[300];
+    snprintf(dir, sizeof dir, "%s/new", base);
+    snprintf(yaml, sizeof yaml, HEAD MX "postgres: {conninfo: x, blob_dir: %s}\n", dir);
+    tern_config *c = load_ok(yaml);
+    assert_string_equal(c->postgres.blob_dir, dir);
+    tern_config_unref(c);
+    struct stat st;
+    assert_int_equal(stat(dir, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(st.st_mode & 0777, 0700);
+    assert_int_equal(chmod(dir, 0777), 0);
+    EXPECT_HAS(yaml, "postgres.blob_dir: is world-writable");
+    rmdir(dir);
+    rmdir(base);
+}
+
 static void test_relay_networks(void **state)
 {
     EXPECT_EXACT(HEAD MX "smtp: {relay_networks: [0.0.0.0/0]}\n",
@@ -958,6 +983,7 @@ int main(void)
         cmocka_unit_test(test_min_version),
         cmocka_unit_test(test_cipher_suites),
         cmocka_unit_test(test_storage),
+        cmocka_unit_test(test_blob_dir),
         cmocka_unit_test(test_relay_networks),
         cmocka_unit_test(test_domains),
         cmocka_unit_test(test_memory_threshold),
