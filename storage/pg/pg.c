@@ -518,6 +518,68 @@ int pg_work(pg_job *j, pg_work_fn fn)
     return PG_WAIT;
 }
 
+/* One work item per member (a batch's files are written in parallel: the
+ * file system commits concurrent fsyncs together). */
+typedef struct pg_work_item {
+    uv_work_t w;
+    pg_job *j, *m;
+} pg_work_item;
+
+static void noop_work(pg_job *j)
+{
+    (void)j;
+}
+
+static void item_cb(uv_work_t *w)
+{
+    pg_work_item *it = w->data;
+    it->j->work_fn(it->m);
+}
+
+static void item_after_cb(uv_work_t *w, int status)
+{
+    pg_work_item *it = w->data;
+    pg_job *j = it->j;
+    pg_impl *pg = j->pg;
+    (void)status;
+    pg->n_work--;
+    if (--j->work_left > 0)
+        return;
+    j->working = false;
+    if (j->finishing)
+        pg_job_finish(j);
+    else
+        run_op(j);
+    pg_dispatch(pg);
+}
+
+int pg_work_each(pg_job *j, pg_job **mem, int n, pg_work_fn fn)
+{
+    pg_work_item *it = n ? tern_arena_alloc(&j->a, (size_t)n * sizeof *it) : NULL;
+    if (n == 0)
+        return pg_work(j, noop_work);
+    if (!it)
+        return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+    j->work_fn = fn;
+    j->sent_ms = 0;
+    j->work_left = 0;
+    for (int i = 0; i < n; i++) {
+        it[i].w.data = &it[i];
+        it[i].j = j;
+        it[i].m = mem[i];
+        if (uv_queue_work(&j->pg->loop, &it[i].w, item_cb, item_after_cb) != 0) {
+            fn(mem[i]); /* cannot queue: on this thread rather than not at all */
+            continue;
+        }
+        j->work_left++;
+        j->pg->n_work++;
+    }
+    if (j->work_left == 0)
+        return pg_work(j, noop_work); /* continue through the usual path */
+    j->working = true;
+    return PG_WAIT;
+}
+
 void pg_blob_note_dead(pg_job *j, const PGresult *res)
 {
     for (int i = 0; i < PQntuples(res); i++) {

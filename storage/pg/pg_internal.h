@@ -104,6 +104,7 @@ struct pg_job {
     pg_work_fn work_fn;
     bool working;
     bool finishing;
+    int work_left;           /* pg_work_each: items not back yet */
     bool reap;               /* a job of our own removing unreferenced blobs */
     bool blob_ready;         /* APPEND: the body's file is written (blob_hash) */
     bool blob_reused;        /* ... it was there already: checked after the commit */
@@ -213,6 +214,8 @@ void pg_conn_broken(pg_conn *c, const char *why);
 
 /* pg.c: runs fn(j) on the thread pool, then re-enters the op (PG_WORK). */
 int pg_work(pg_job *j, pg_work_fn fn);
+/* fn(mem[i]) for each member, in parallel on the pool, then the op goes on. */
+int pg_work_each(pg_job *j, pg_job **mem, int n, pg_work_fn fn);
 /* Records the external hashes a PG_BODY_DELETE returned: their files are
  * removed after the commit. */
 void pg_blob_note_dead(pg_job *j, const PGresult *res);
@@ -301,6 +304,12 @@ char **pg_split_words(tern_arena *a, const char *s, size_t *n_r);
     do {                                                                   \
         (j)->pt = __LINE__;                                                \
         return pg_work((j), (fn));                                         \
+        case __LINE__:;                                                    \
+    } while (0)
+#define PG_WORK_EACH(j, mem, n, fn)                                        \
+    do {                                                                   \
+        (j)->pt = __LINE__;                                                \
+        return pg_work_each((j), (mem), (n), (fn));                        \
         case __LINE__:;                                                    \
     } while (0)
 #define PG_END(j) } return pg_ok(j)

@@ -443,13 +443,6 @@ static void blob_write_one(pg_job *j)
     blob_write_member(j);
 }
 
-static void blob_write_batch(pg_job *j)
-{
-    pg_job **mem = j->p;
-    for (int64_t i = 0; i < j->n; i++)
-        blob_write_member(mem[i]);
-}
-
 /* After the commit: a body whose file was found in place may have been
  * taken away by the removal of an older row of the same bytes (see
  * pg_blob.c); it is written again from the bytes still in memory. */
@@ -650,7 +643,7 @@ int pg_op_append_batch(pg_job *j)
     PG_BEGIN(j);
     /* Every member's file is durable before the transaction is sent. */
     if (j->pg->blob_dir)
-        PG_WORK(j, blob_write_batch);
+        PG_WORK_EACH(j, mem, (int)j->n, blob_write_member);
     for (int64_t i = 0; i < j->n; i++)
         append_prepare(mem[i]);
     if (!(j->conn->prepared & (1u << PG_STMT_APPEND_BATCH)))
