@@ -76,10 +76,21 @@ def wait_for(pred, timeout):
     return pred()
 
 
-def test_one_body_row_for_a_delivery_to_three_accounts(tern_factory):
+def _blob_files(d):
+    return [os.path.join(p, f) for p, _dirs, files in os.walk(d)
+            if os.path.relpath(p, d).count(os.sep) == 1 for f in files]
+
+
+# blob: with postgres.blob_dir the body is one file, not row data, and the
+# file goes with the last copy.
+@pytest.mark.parametrize("blob", [False, True], ids=["in-db", "blob-dir"])
+def test_one_body_row_for_a_delivery_to_three_accounts(tern_factory, tmp_path, blob):
     ci = _pg_db()
     over = dict(LOCAL_ONLY)
     over.update({"storage": {"backend": "postgres"}, "postgres": {"conninfo": ci}})
+    blob_dir = str(tmp_path / "blobs")
+    if blob:
+        over["postgres"]["blob_dir"] = blob_dir
     t = tern_factory(over, start=False)
     (p110,) = free_ports(1)
     t.config["listeners"] = t.config["listeners"] + [
@@ -109,6 +120,12 @@ def test_one_body_row_for_a_delivery_to_three_accounts(tern_factory):
                     f"WHERE m.subject = 'fan {marker}'")
     assert rows == "1|3|3|3", rows
     assert psql(ci, "SELECT count(*) FROM bodies") == "1"
+    if blob:
+        assert psql(ci, "SELECT external, data IS NULL FROM bodies") == "t|t"
+        files = _blob_files(blob_dir)
+        assert len(files) == 1, files
+        with open(files[0], "rb") as f:
+            assert f"line 199 of the shared body {marker}".encode() in f.read()
 
     # Each recipient reads its own whole copy: its trace fields, then the
     # message as sent.
@@ -137,3 +154,5 @@ def test_one_body_row_for_a_delivery_to_three_accounts(tern_factory):
         got = wait_for(lambda: psql(ci, "SELECT string_agg(refcount::text, ',') FROM bodies")
                        == want, 10 * SLOW)
         assert got, (u, psql(ci, "SELECT refcount FROM bodies"))
+    if blob:
+        assert wait_for(lambda: not _blob_files(blob_dir), 10 * SLOW), _blob_files(blob_dir)
