@@ -200,6 +200,9 @@ static const char *const schema_v4[] = {
 static const char *const schema_v5[] = {
     "ALTER TABLE bodies ALTER COLUMN data DROP NOT NULL",
     "ALTER TABLE bodies ADD COLUMN IF NOT EXISTS external BOOLEAN NOT NULL DEFAULT false",
+    /* Re-runnable, like the versions before (a database put back to an
+     * older version number runs them again). */
+    "ALTER TABLE bodies DROP CONSTRAINT IF EXISTS bodies_data_or_external",
     "ALTER TABLE bodies ADD CONSTRAINT bodies_data_or_external"
     " CHECK (external OR data IS NOT NULL)",
     "CREATE OR REPLACE FUNCTION tern_append_ext(p_account text, p_mailbox text, p_size bigint,"
