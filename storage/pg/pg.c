@@ -813,6 +813,17 @@ void pg_job_finish(pg_job *j)
     free_pipe(j);
     if (j->n_dead && !j->reap && j->req->status == TERN_STORE_OK && j->pg->blob_dir)
         spawn_reap(j);
+    if (j->reap && j->req->status != TERN_STORE_OK && j->q && j->p && !j->redo) {
+        /* The check did not answer: every file taken aside goes back
+         * (an unreferenced one is left to the sweep). */
+        bool *alive = j->p;
+        for (int i = 0; i < j->n_dead; i++)
+            alive[i] = true;
+        j->redo = true;
+        j->finishing = true;
+        if (pg_work(j, pg_blob_reap_settle_all) == PG_WAIT)
+            return;
+    }
     if (j->reap) {
         if (j->res)
             PQclear(j->res);

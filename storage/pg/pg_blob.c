@@ -523,7 +523,7 @@ static void reap_take_work(pg_job *j)
     }
 }
 
-static void reap_settle_work(pg_job *j)
+void pg_blob_reap_settle_all(pg_job *j)
 {
     char **taken = j->q;
     bool *alive = j->p;
@@ -550,6 +550,7 @@ int pg_op_blob_reap(pg_job *j)
     j->p = tern_arena_alloc(&j->a, (size_t)j->n_dead * sizeof(bool));
     if (!j->q || !j->p)
         return pg_done(j, TERN_STORE_ETEMP, "out of memory");
+    memset(j->q, 0, (size_t)j->n_dead * sizeof(char *));
     PG_WORK(j, reap_take_work);
     {
         char **taken = j->q;
@@ -574,6 +575,6 @@ int pg_op_blob_reap(pg_job *j)
                     alive[i] = true;
         }
     }
-    PG_WORK(j, reap_settle_work);
+    PG_WORK(j, pg_blob_reap_settle_all);
     PG_END(j);
 }

@@ -240,6 +240,8 @@ int pg_blob_reap_settle(const char *dir, const char *hex, const char *taken, boo
 /* Removes unreferenced blobs older than grace_s (blocking: own connection). */
 int pg_blob_sweep(const char *dir, const char *conninfo, uint64_t grace_s, char **error_r);
 int pg_op_blob_reap(pg_job *j);
+/* Settles every file a reap job took aside, as its alive[] says. */
+void pg_blob_reap_settle_all(pg_job *j);
 
 /* pg_schema.c */
 int pg_schema_create(const char *conninfo, char **error_r);
