@@ -1198,6 +1198,8 @@ static int pg_open(const tern_config *cfg, tern_store *store, void **impl_r, cha
     if (pg_schema_create(cfg->postgres.conninfo, error_r) < 0)
         return -1;
     const char *blob_dir = cfg->postgres.blob_dir;
+    if (pg_blob_marker(cfg->postgres.conninfo, blob_dir, error_r) < 0)
+        return -1;
     if (blob_dir) {
         /* Before the store takes requests: orphans of a crash between a
          * commit and its unlinks, and writes that never got their name. */

@@ -578,3 +578,75 @@ int pg_op_blob_reap(pg_job *j)
     PG_WORK(j, pg_blob_reap_settle_all);
     PG_END(j);
 }
+
+/* ---- the marker --------------------------------------------------------- */
+
+static PGresult *marker_exec(PGconn *c, const char *sql, const char *param, char **error_r)
+{
+    const char *pv[1] = {param};
+    PGresult *r = PQexecParams(c, sql, param ? 1 : 0, NULL, param ? pv : NULL, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        char buf[400];
+        snprintf(buf, sizeof buf, "postgres: blob_dir check: %s", PQresultErrorMessage(r));
+        buf[strcspn(buf, "\n")] = 0;
+        *error_r = strdup(buf);
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
+int pg_blob_marker(const char *conninfo, const char *blob_dir, char **error_r)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    if (PQstatus(c) != CONNECTION_OK) {
+        char buf[400];
+        snprintf(buf, sizeof buf, "postgres: cannot connect: %s", PQerrorMessage(c));
+        buf[strcspn(buf, "\n")] = 0;
+        *error_r = strdup(buf);
+        PQfinish(c);
+        return -1;
+    }
+    int rc = -1;
+    PGresult *r = NULL;
+    if (blob_dir) {
+        r = marker_exec(c, "INSERT INTO meta (key, value) VALUES ('blob_dir', $1) "
+                           "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        blob_dir, error_r);
+        rc = r ? 0 : -1;
+        goto out;
+    }
+    r = marker_exec(c, "SELECT value FROM meta WHERE key = 'blob_dir'", NULL, error_r);
+    if (!r)
+        goto out;
+    if (PQntuples(r) == 0) {
+        rc = 0;
+        goto out;
+    }
+    char was[PG_BLOB_PATH_MAX];
+    snprintf(was, sizeof was, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    /* Only databases that once used a blob directory pay for this look. */
+    r = marker_exec(c, "SELECT count(*) FROM (SELECT 1 FROM bodies WHERE external LIMIT 1) x",
+                    NULL, error_r);
+    if (!r)
+        goto out;
+    if (strcmp(PQgetvalue(r, 0, 0), "0") != 0) {
+        char buf[PG_BLOB_PATH_MAX + 300];
+        snprintf(buf, sizeof buf,
+                 "postgres: the database keeps message bodies in the blob directory %s, "
+                 "but postgres.blob_dir is not set: set it (the same path), or those "
+                 "messages cannot be read", was);
+        *error_r = strdup(buf);
+        goto out;
+    }
+    PQclear(r);
+    r = marker_exec(c, "DELETE FROM meta WHERE key = 'blob_dir'", NULL, error_r);
+    rc = r ? 0 : -1;
+out:
+    if (r)
+        PQclear(r);
+    PQfinish(c);
+    return rc;
+}

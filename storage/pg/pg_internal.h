@@ -224,6 +224,11 @@ void pg_blob_note_dead(pg_job *j, const PGresult *res);
 void pg_blob_hex(const uint8_t h[32], char out[65]);
 bool pg_blob_valid_hex(const char *s);
 int pg_blob_dir_prepare(const char *dir, char **error_r);
+/* At open, on a blocking connection: with a blob directory, records it in
+ * meta (key blob_dir); without one, refuses a database whose meta says one
+ * was used and that still has external bodies (they would all answer EIO),
+ * and forgets the record when none is left. 0, or -1 with *error_r. */
+int pg_blob_marker(const char *conninfo, const char *blob_dir, char **error_r);
 /* Hashes data and makes sure BLOB_DIR/ab/cd/<hash> holds it, durably.
  * Returns 0 or -errno. */
 int pg_blob_write(const char *dir, const uint8_t *data, size_t len, uint8_t hash[32],

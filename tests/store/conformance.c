@@ -3504,9 +3504,11 @@ static void t_blob_turned_on_later(void **state)
     (void)state;
     if (!H.blob)
         skip();
-    harness h2;
-    assert_int_equal(harness_init(&h2, "pg", NULL, H.pg_db), 0);
-    assert_int_equal(harness_open(&h2), 0);
+    /* A database of its own that kept its bodies inside for a while... */
+    harness before;
+    assert_int_equal(harness_init(&before, "pg", NULL, NULL), 0);
+    assert_int_equal(harness_open(&before), 0);
+    assert_int_equal(harness_account(&before, tacct, 0, 0), TERN_STORE_OK);
     char data[300];
     snprintf(data, sizeof data, "Subject: in the database %s\r\n\r\nold body\r\n", tacct);
     tern_store_req *r = hreq(TERN_STORE_APPEND);
@@ -3514,10 +3516,15 @@ static void t_blob_turned_on_later(void **state)
     r->in.name = "INBOX";
     r->in.data = (const uint8_t *)data;
     r->in.len = strlen(data);
-    int st = hrun(&h2, r);
+    int st = hrun(&before, r);
     tern_store_req_free(r);
-    harness_fini(&h2);
     assert_int_equal(st, TERN_STORE_OK);
+    harness_close_store(&before);
+
+    /* ...then opened with postgres.blob_dir: H is that store until the end. */
+    harness outer = H;
+    assert_int_equal(harness_init(&H, "pg-blob", NULL, before.pg_db), 0);
+    assert_int_equal(harness_open(&H), 0);
     char path[700];
     blob_path_of(data, strlen(data), path, sizeof path);
     assert_int_equal(access(path, F_OK), -1);
@@ -3532,6 +3539,36 @@ static void t_blob_turned_on_later(void **state)
     sr->in.search = &q;
     run_ok(sr);
     assert_int_equal(sr->out.n_uids, 2);
+    free_tracked();
+    harness_fini(&H);
+    H = outer;
+    harness_fini(&before);
+}
+
+/* A database whose bodies are (partly) in a blob directory cannot be
+ * opened without one: every such message would answer EIO. Once none is
+ * left, it can, and the record of the directory goes. */
+static void t_blob_unset_refused(void **state)
+{
+    (void)state;
+    if (!H.blob)
+        skip();
+    append("INBOX", MSG_SIMPLE, 0); /* at least one external body */
+    harness h2;
+    assert_int_equal(harness_init(&h2, "pg", NULL, H.pg_db), 0);
+    assert_int_not_equal(harness_open(&h2), 0);
+    harness_fini(&h2);
+
+    /* A database that used one but keeps no external body any more. */
+    harness fresh;
+    assert_int_equal(harness_init(&fresh, "pg-blob", NULL, NULL), 0);
+    assert_int_equal(harness_open(&fresh), 0);
+    harness_close_store(&fresh);
+    harness h3;
+    assert_int_equal(harness_init(&h3, "pg", NULL, fresh.pg_db), 0);
+    assert_int_equal(harness_open(&h3), 0);
+    harness_fini(&h3);
+    harness_fini(&fresh);
 }
 
 #define T(f) cmocka_unit_test_setup_teardown(f, test_setup, test_teardown)
@@ -3598,6 +3635,7 @@ int main(int argc, char **argv)
         T(t_blob_write_error),
         T(t_blob_sweep),
         T(t_blob_turned_on_later),
+        T(t_blob_unset_refused),
         T(t_reopen),
         T(t_invalid_requests),
     };
