@@ -64,6 +64,9 @@ static const pg_op_fn pg_ops[TERN_STORE__OP_COUNT] = {
 
 int pg_send(pg_job *j, const char *sql)
 {
+    int stmt = j->np > 0 ? pg_conn_auto_stmt(j->conn, sql) : -1;
+    if (stmt >= 0)
+        return pg_send_prepared(j, stmt, sql);
     int binary = j->binary_result;
     int np = j->np;
     j->binary_result = false;
@@ -110,7 +113,7 @@ int pg_send_prepared(pg_job *j, int stmt, const char *sql)
         j->res = NULL;
     }
     pg_conn *c = j->conn;
-    if (c->prepared & (1u << stmt)) {
+    if (c->prepared & ((uint64_t)1 << stmt)) {
         int np = j->np;
         bool binary = j->binary_result;
         j->np = 0;
@@ -652,7 +655,7 @@ void pg_job_result(pg_job *j, PGresult *res)
     if (j->prep_stmt && ok) {
         int stmt = j->prep_stmt - 1;
         j->prep_stmt = 0;
-        j->conn->prepared |= 1u << stmt;
+        j->conn->prepared |= (uint64_t)1 << stmt;
         if (j->prep_only) {
             j->prep_only = false;
             run_op(j);

@@ -37,6 +37,8 @@
 #define PG_BLOB_SWEEP_MS (6 * 3600 * 1000) /* the periodic sweep of the blob directory */
 
 typedef struct pg_impl pg_impl;
+enum { PG_AUTO_FIRST = 16, PG_AUTO_MAX = 48, PG_AUTO_SEEN = 256 };
+
 typedef struct pg_conn pg_conn;
 typedef struct pg_job pg_job;
 typedef void (*pg_work_fn)(pg_job *j);
@@ -136,7 +138,12 @@ struct pg_conn {
     uv_timer_t timer;
     pg_job *job;
     PGresult *pending;   /* the result being collected for job */
-    uint32_t prepared;   /* bit per PG_STMT_* prepared on this session */
+    uint64_t prepared;   /* bit per statement id prepared on this session */
+    /* Statements prepared on their second sight (pg_conn_auto_stmt), ids
+     * PG_AUTO_FIRST + index; gone with the session. */
+    struct { uint64_t hash; char *sql; } autos[PG_AUTO_MAX];
+    int n_auto;
+    uint64_t seen[PG_AUTO_SEEN]; /* hashes of texts sent unnamed once */
     bool pipeline;       /* in libpq pipeline mode, collecting up to the sync */
     PGresult **pipe;     /* results collected so far, malloc'd */
     int pipe_n, pipe_cap;
@@ -191,6 +198,14 @@ void pg_wake_watched(pg_impl *pg);
  * (planning them each time costs more than running them). */
 enum { PG_STMT_APPEND = 0, PG_STMT_LOCK_MAILBOX, PG_STMT_LOOKUP_MAILBOX, PG_STMT_APPEND_BATCH,
        PG_STMT__COUNT };
+
+/* Any other statement with parameters (the ops build their SQL from a
+ * few shapes: UID sets and search criteria are parameters, never text)
+ * is prepared on the connection the second time its text is sent: an
+ * unnamed statement is parsed and planned at every call, which under IMAP
+ * load was half the database's CPU. Texts seen once stay unnamed, so
+ * one-off shapes do not fill the table. */
+int pg_conn_auto_stmt(pg_conn *c, const char *sql);
 
 /* pg_pool.c */
 void pg_conn_init(pg_impl *pg, pg_conn *c, int index, bool listener);

@@ -646,7 +646,7 @@ int pg_op_append_batch(pg_job *j)
         PG_WORK_EACH(j, mem, (int)j->n, blob_write_member);
     for (int64_t i = 0; i < j->n; i++)
         append_prepare(mem[i]);
-    if (!(j->conn->prepared & (1u << PG_STMT_APPEND_BATCH)))
+    if (!(j->conn->prepared & ((uint64_t)1 << PG_STMT_APPEND_BATCH)))
         PG_PREPARE(j, PG_STMT_APPEND_BATCH,
                    j->pg->blob_dir ? PG_APPEND_SQL_BATCH_EXT : PG_APPEND_SQL_BATCH);
     {

@@ -123,6 +123,12 @@ static void drop_pq(pg_conn *c)
         PQfinish(c->pq);
         c->pq = NULL;
     }
+    /* The session's prepared statements went with it. */
+    for (int i = 0; i < c->n_auto; i++)
+        free(c->autos[i].sql);
+    c->n_auto = 0;
+    memset(c->seen, 0, sizeof c->seen);
+    c->prepared = 0;
 }
 
 void pg_conn_broken(pg_conn *c, const char *why)
@@ -294,6 +300,33 @@ int pg_conn_send(pg_conn *c, const char *sql, int np, const char *const *pv, con
     if (!PQsendQueryParams(c->pq, sql, np, NULL, pv, pl, pf, binary))
         return -1;
     return after_send(c);
+}
+
+int pg_conn_auto_stmt(pg_conn *c, const char *sql)
+{
+    static const char *const kinds[] = {"SELECT ", "WITH ", "INSERT ", "UPDATE ", "DELETE "};
+    bool dml = false;
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+        dml |= strncmp(sql, kinds[k], strlen(kinds[k])) == 0;
+    if (!dml) /* DECLARE, SET, ...: not worth a name, some not preparable */
+        return -1;
+    uint64_t h = 1469598103934665603u; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)sql; *p; p++)
+        h = (h ^ *p) * 1099511628211u;
+    for (int i = 0; i < c->n_auto; i++)
+        if (c->autos[i].hash == h && strcmp(c->autos[i].sql, sql) == 0)
+            return PG_AUTO_FIRST + i;
+    uint64_t *seen = &c->seen[h % PG_AUTO_SEEN];
+    if (c->n_auto == PG_AUTO_MAX || *seen != h) {
+        *seen = h;
+        return -1;
+    }
+    char *copy = strdup(sql);
+    if (copy == NULL)
+        return -1;
+    c->autos[c->n_auto].hash = h;
+    c->autos[c->n_auto].sql = copy;
+    return PG_AUTO_FIRST + c->n_auto++;
 }
 
 static const char *stmt_name(int stmt, char buf[16])
