@@ -229,14 +229,29 @@ def cert_der(path):
 
 # ---------------------------------------------------------------- ports
 
+_PORTS_GIVEN = set()
+
+
 def free_ports(n, family=socket.AF_INET, host="127.0.0.1"):
-    socks = []
+    """n ports free now and never handed out before in this process: the
+    kernel may give a port just closed again, and a test that asks twice
+    (the base config's ports, then its own listeners') would then get one
+    port for two listeners."""
+    socks, ports = [], []
     try:
-        for _ in range(n):
+        for _ in range(50 * n):
+            if len(ports) == n:
+                break
             s = socket.socket(family, socket.SOCK_STREAM)
             s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            socks.append(s)  # held until all are chosen: no duplicate within a call
+            port = s.getsockname()[1]
+            if port not in _PORTS_GIVEN:
+                ports.append(port)
+        if len(ports) < n:
+            raise RuntimeError(f"no {n} fresh free ports")
+        _PORTS_GIVEN.update(ports)
+        return ports
     finally:
         for s in socks:
             s.close()
