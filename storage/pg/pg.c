@@ -1016,12 +1016,7 @@ static void take_inbox(pg_impl *pg)
             pg_job_finish(j);
             continue;
         }
-        if (pg->q_tail)
-            pg->q_tail->next = j;
-        else
-            pg->q_head = j;
-        pg->q_tail = j;
-        pg->q_len++;
+        q_push_back(pg, j);
     }
     if (closing)
         pg->shutting_down = true;
