@@ -381,30 +381,20 @@ static const char *opt_text(pg_job *j, const char *s)
  * (or, when a row with the same bytes exists, takes a reference to it: the
  * copies of one delivery to several accounts share it; the per-copy prefix
  * $21 goes in the message row), the message, its keywords and header
- * index. Two transactions appending equal bytes wait for each other on the
- * body row, after their account locks, so no cycle forms between single
- * appends. It returns no row only when it changed nothing (no account, no
- * mailbox, over quota). */
+ * index. With a blob directory $4 is NULL and $22 the body's sha256 (the
+ * file was written first); without one $22 is NULL. Two transactions
+ * appending equal bytes wait for each other on the body row, after their
+ * account locks, so no cycle forms between single appends. It returns no
+ * row only when it changed nothing (no account, no mailbox, over quota). */
 #define PG_APPEND_CALL                                                                        \
     "tern_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, " \
-    "$18, $19, $20, $21)"
+    "$18, $19, $20, $21, $22)"
 #define PG_APPEND_SQL                                                                         \
     "SELECT r.uidvalidity, r.uid, r.modseq, r.email_id, r.thread_id, "                        \
     "pg_notify('" PG_CHANNEL "', $1 || E'\\t' || r.mailbox_id || E'\\t' || r.modseq) "      \
     "FROM " PG_APPEND_CALL " r"
 #define PG_APPEND_SQL_BATCH                                                                   \
     "SELECT r.uidvalidity, r.uid, r.modseq, r.email_id, r.thread_id FROM " PG_APPEND_CALL " r"
-/* With a blob directory: tern_append_ext (schema 5), $4 NULL and $22 the
- * body's sha256; the file was written first. */
-#define PG_APPEND_CALL_EXT                                                                    \
-    "tern_append_ext($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, " \
-    "$17, $18, $19, $20, $21, $22)"
-#define PG_APPEND_SQL_EXT                                                                     \
-    "SELECT r.uidvalidity, r.uid, r.modseq, r.email_id, r.thread_id, "                        \
-    "pg_notify('" PG_CHANNEL "', $1 || E'\\t' || r.mailbox_id || E'\\t' || r.modseq) "      \
-    "FROM " PG_APPEND_CALL_EXT " r"
-#define PG_APPEND_SQL_BATCH_EXT                                                               \
-    "SELECT r.uidvalidity, r.uid, r.modseq, r.email_id, r.thread_id FROM " PG_APPEND_CALL_EXT " r"
 
 /* The body's file (thread pool): the message's bytes are read here when
  * they come from a file, hashed, and written to the blob directory. A
@@ -571,6 +561,8 @@ static int append_prepare(pg_job *m)
         if (!m->blob_ready)
             return pg_done(m, TERN_STORE_EIO, "message body not written"), -1;
         pg_p_bin(m, m->blob_hash, sizeof m->blob_hash); /* $22 */
+    } else {
+        pg_p_bin(m, NULL, 0); /* $22: NULL, the database hashes $4 */
     }
     return 0;
 }
@@ -595,7 +587,7 @@ int pg_op_append(pg_job *j)
         PG_WORK(j, blob_write_one);
     if (append_prepare(j) != 0)
         return PG_DONE;
-    PG_QUERY_PREPARED(j, PG_STMT_APPEND, j->pg->blob_dir ? PG_APPEND_SQL_EXT : PG_APPEND_SQL);
+    PG_QUERY_PREPARED(j, PG_STMT_APPEND, PG_APPEND_SQL);
     if (PQntuples(j->res) == 0) {
         pg_p_str(j, j->acct);
         pg_p_str(j, j->mbox);
@@ -647,8 +639,7 @@ int pg_op_append_batch(pg_job *j)
     for (int64_t i = 0; i < j->n; i++)
         append_prepare(mem[i]);
     if (!(j->conn->prepared & ((uint64_t)1 << PG_STMT_APPEND_BATCH)))
-        PG_PREPARE(j, PG_STMT_APPEND_BATCH,
-                   j->pg->blob_dir ? PG_APPEND_SQL_BATCH_EXT : PG_APPEND_SQL_BATCH);
+        PG_PREPARE(j, PG_STMT_APPEND_BATCH, PG_APPEND_SQL_BATCH);
     {
         pg_conn *c = j->conn;
         int sent = 0;

@@ -16,7 +16,7 @@
 #include "lib/log.h"
 #include "storage/pg/pg_internal.h"
 
-#define PG_SCHEMA_VERSION 5
+#define PG_SCHEMA_VERSION 4
 #define PG_SCHEMA_LOCK "7367230117"  /* advisory lock key: "tern schema" */
 
 /* Version 1. `body_ref` is BIGINT here: in this backend it is bodies.id. */
@@ -123,81 +123,15 @@ static const char *const schema_v3[] = {
  * (each statement sees what committed before it), so a rename committed
  * meanwhile is seen, and the charge is taken back before answering "no
  * row", which tells the caller to run the append alone for its precise
- * error. Returns no row when it changed nothing. */
-static const char *const schema_v4[] = {
-    "CREATE OR REPLACE FUNCTION tern_append(p_account text, p_mailbox text, p_size bigint,"
-    " p_data bytea, p_flags integer, p_idate bigint, p_refs text[], p_msgid text,"
-    " p_hdate bigint, p_subject text, p_base text, p_from text, p_to text, p_cc text,"
-    " p_bcc text, p_irt text, p_refs_text text, p_keywords text[], p_hnames text[],"
-    " p_hvalues text[], p_prefix bytea)"
-    " RETURNS TABLE (uidvalidity bigint, uid bigint, modseq bigint, email_id text,"
-    " thread_id text, mailbox_id bigint)"
-    " LANGUAGE plpgsql AS $$\n"
-    "DECLARE v_acc bigint; v_modseq bigint; v_mbox bigint; v_uidv bigint; v_uid bigint;\n"
-    " v_body bigint; v_n bigint; v_thread text; v_msg bigint; r text;\n"
-    "BEGIN\n"
-    " UPDATE accounts a SET highest_modseq = a.highest_modseq + 1,"
-    "  used_bytes = a.used_bytes + p_size, used_messages = a.used_messages + 1"
-    "  WHERE a.name = p_account AND (a.quota_bytes = 0 OR a.used_bytes + p_size <= a.quota_bytes)"
-    "  AND (a.quota_messages = 0 OR a.used_messages + 1 <= a.quota_messages)"
-    "  RETURNING a.id, a.highest_modseq INTO v_acc, v_modseq;\n"
-    " IF NOT FOUND THEN RETURN; END IF;\n"
-    " UPDATE mailboxes b SET uidnext = b.uidnext + 1, highest_modseq = v_modseq"
-    "  WHERE b.account_id = v_acc AND b.name = p_mailbox"
-    "  RETURNING b.id, b.uidvalidity, b.uidnext - 1 INTO v_mbox, v_uidv, v_uid;\n"
-    " IF NOT FOUND THEN\n"
-    "  UPDATE accounts a SET highest_modseq = a.highest_modseq - 1,"
-    "   used_bytes = a.used_bytes - p_size, used_messages = a.used_messages - 1 WHERE a.id = v_acc;\n"
-    "  RETURN;\n"
-    " END IF;\n"
-    " INSERT INTO bodies AS x (data, refcount, hash) VALUES (p_data, 1, sha256(p_data))"
-    "  ON CONFLICT (hash) DO UPDATE SET refcount = x.refcount + 1 RETURNING x.id INTO v_body;\n"
-    /* The Email and Thread ids come from the bodies' sequence, not the
-     * body row, which may be shared; the sequence made the older ids too. */
-    " v_n := nextval('bodies_id_seq');\n"
-    " IF p_refs IS NOT NULL THEN\n"
-    "  FOREACH r IN ARRAY p_refs LOOP\n"
-    "   SELECT t.thread_id INTO v_thread FROM messages t"
-    "    WHERE t.account_id = v_acc AND t.message_id = r LIMIT 1;\n"
-    "   EXIT WHEN v_thread IS NOT NULL;\n"
-    "  END LOOP;\n"
-    " END IF;\n"
-    /* A reply that arrived before its parent: the parent joins its thread. */
-    " IF v_thread IS NULL AND p_msgid IS NOT NULL THEN\n"
-    "  SELECT t.thread_id INTO v_thread FROM messages t"
-    "   WHERE t.account_id = v_acc AND t.in_reply_to = p_msgid AND t.in_reply_to IS NOT NULL"
-    "   LIMIT 1;\n"
-    " END IF;\n"
-    " INSERT INTO messages (account_id, mailbox_id, uid, modseq, flags, internal_date, size,"
-    "  email_id, thread_id, recent, hdr_date, subject, base_subject, from_addr, to_addr,"
-    "  cc_addr, bcc_addr, message_id, in_reply_to, refs, body_ref, prefix)"
-    "  VALUES (v_acc, v_mbox, v_uid, v_modseq, p_flags, p_idate, p_size, 'M' || v_n,"
-    "  coalesce(v_thread, 'T' || v_n), 1, p_hdate, p_subject, p_base, p_from, p_to, p_cc,"
-    "  p_bcc, p_msgid, p_irt, p_refs_text, v_body, p_prefix) RETURNING id INTO v_msg;\n"
-    /* A keyword takes the spelling its mailbox already uses. */
-    " IF cardinality(p_keywords) > 0 THEN\n"
-    "  INSERT INTO keywords (message, keyword)"
-    "   SELECT DISTINCT ON (lower(k)) v_msg, coalesce((SELECT x.keyword FROM keywords x"
-    "   JOIN messages y ON y.id = x.message WHERE y.mailbox_id = v_mbox"
-    "   AND lower(x.keyword) = lower(k) LIMIT 1), k) FROM unnest(p_keywords) k;\n"
-    " END IF;\n"
-    " IF cardinality(p_hnames) > 0 THEN\n"
-    "  INSERT INTO headers (message, name, value)"
-    "   SELECT v_msg, h.n, h.v FROM unnest(p_hnames, p_hvalues) AS h(n, v);\n"
-    " END IF;\n"
-    " RETURN QUERY SELECT v_uidv, v_uid, v_modseq, 'M' || v_n, coalesce(v_thread, 'T' || v_n),"
-    "  v_mbox;\n"
-    "END$$",
-    NULL,
-};
-
-/* Version 5: bodies may live in the blob directory (postgres.blob_dir,
+ * error. Returns no row when it changed nothing.
+ *
+ * Bodies may also live in the blob directory (postgres.blob_dir,
  * pg_blob.c): such a row is `external`, has no data, and its hash names
  * the file. Rows of both kinds live together, so turning the option on
- * later keeps the bodies already in the database readable; appends made
- * with it go through tern_append_ext, which is tern_append with the
- * precomputed hash (the database never sees the bytes). */
-static const char *const schema_v5[] = {
+ * later keeps the bodies already in the database readable; with it an
+ * append passes p_data NULL and p_hash, the body's sha256 (the database
+ * never sees the bytes); without it p_hash is NULL. */
+static const char *const schema_v4[] = {
     "ALTER TABLE bodies ALTER COLUMN data DROP NOT NULL",
     "ALTER TABLE bodies ADD COLUMN IF NOT EXISTS external BOOLEAN NOT NULL DEFAULT false",
     /* Re-runnable, like the versions before (a database put back to an
@@ -205,7 +139,7 @@ static const char *const schema_v5[] = {
     "ALTER TABLE bodies DROP CONSTRAINT IF EXISTS bodies_data_or_external",
     "ALTER TABLE bodies ADD CONSTRAINT bodies_data_or_external"
     " CHECK (external OR data IS NOT NULL)",
-    "CREATE OR REPLACE FUNCTION tern_append_ext(p_account text, p_mailbox text, p_size bigint,"
+    "CREATE OR REPLACE FUNCTION tern_append(p_account text, p_mailbox text, p_size bigint,"
     " p_data bytea, p_flags integer, p_idate bigint, p_refs text[], p_msgid text,"
     " p_hdate bigint, p_subject text, p_base text, p_from text, p_to text, p_cc text,"
     " p_bcc text, p_irt text, p_refs_text text, p_keywords text[], p_hnames text[],"
@@ -277,8 +211,7 @@ static const char *const schema_v5[] = {
  * A new version appends an array here and bumps PG_SCHEMA_VERSION; a
  * released array is never edited. */
 static const char *const *const migrations[PG_SCHEMA_VERSION] = {schema_v1, schema_v2,
-                                                                    schema_v3, schema_v4,
-                                                                    schema_v5};
+                                                                    schema_v3, schema_v4};
 
 static int exec(PGconn *c, const char *sql, char **error_r)
 {
