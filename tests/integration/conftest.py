@@ -14,11 +14,13 @@ import copy
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -225,6 +227,22 @@ def certs(tmp_path_factory):
 
 def cert_der(path):
     return ssl.PEM_cert_to_DER_cert(Path(path).read_text())
+
+
+# ---------------------------------------------------------------- postgres
+
+def pg_database(prefix):
+    """A fresh database on tools/test's PostgreSQL cluster
+    (TERN_TEST_PG_CONNINFO), as a conninfo; skips the test without one."""
+    ci = os.environ.get("TERN_TEST_PG_CONNINFO")
+    if not ci or shutil.which("psql") is None:
+        pytest.skip("no PostgreSQL cluster (tools/test starts one with tests/pg/start)")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    subprocess.run(["psql", "-X", "-q", "-d", ci, "-c", f"CREATE DATABASE {name}"], check=True,
+                   capture_output=True, timeout=60)
+    if re.search(r"\bdbname=\S+", ci):
+        return re.sub(r"\bdbname=\S+", f"dbname={name}", ci)
+    return ci + f" dbname={name}"
 
 
 # ---------------------------------------------------------------- ports

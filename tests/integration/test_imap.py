@@ -9,7 +9,6 @@ modified UTF-7 names. Trusts nothing from the server: every read is bounded.
 """
 
 import imaplib
-import os
 import re
 import socket
 import ssl
@@ -19,7 +18,7 @@ import uuid
 
 import pytest
 
-from conftest import TERNCTL, SLOW, free_ports
+from conftest import SLOW, TERNCTL, free_ports, pg_database
 
 USER = "alice@example.test"
 PASSWORD = "correct horse"
@@ -34,14 +33,7 @@ def ctl(t, *args, stdin=None):
 
 
 def _pg_conninfo():
-    ci = os.environ.get("TERN_TEST_PG_CONNINFO")
-    if not ci:
-        pytest.skip("no PostgreSQL cluster (tools/test starts one with tests/pg/start)")
-    db = "tern_imap_" + uuid.uuid4().hex[:12]
-    p = subprocess.run(["psql", ci, "-q", "-c", f"CREATE DATABASE {db}"], capture_output=True,
-                       timeout=30)
-    assert p.returncode == 0, p.stderr
-    return f"{ci} dbname={db}"
+    return pg_database("tern_imap")
 
 
 @pytest.fixture(params=["local", "pg"])

@@ -8,15 +8,14 @@ row counts."""
 
 import os
 import poplib
-import re
-import shutil
 import subprocess
 import time
 import uuid
 
 import pytest
 
-from conftest import IO_TIMEOUT, SLOW, TERNCTL, client_context, free_ports, make_message
+from conftest import (IO_TIMEOUT, SLOW, TERNCTL, client_context, free_ports, make_message,
+                      pg_database)
 from conftest import send_mail as _send_mail
 
 USERS = ["ann@example.test", "ben@example.test", "cat@example.test"]
@@ -30,18 +29,6 @@ LOCAL_ONLY = {
         "bounces": [{"match": "All", "mailet": "RemoteDelivery"}],
     }
 }
-
-
-def _pg_db():
-    ci = os.environ.get("TERN_TEST_PG_CONNINFO")
-    if not ci or shutil.which("psql") is None:
-        pytest.skip("no PostgreSQL cluster (tools/test starts one with tests/pg/start)")
-    name = "tern_fan_" + uuid.uuid4().hex[:12]
-    subprocess.run(["psql", "-X", "-q", "-d", ci, "-c", f"CREATE DATABASE {name}"], check=True,
-                   capture_output=True, timeout=60)
-    if re.search(r"\bdbname=\S+", ci):
-        return re.sub(r"\bdbname=\S+", f"dbname={name}", ci)
-    return ci + f" dbname={name}"
 
 
 def psql(ci, sql):
@@ -85,7 +72,7 @@ def _blob_files(d):
 # file goes with the last copy.
 @pytest.mark.parametrize("blob", [False, True], ids=["in-db", "blob-dir"])
 def test_one_body_row_for_a_delivery_to_three_accounts(tern_factory, tmp_path, blob):
-    ci = _pg_db()
+    ci = pg_database("tern_fan")
     over = dict(LOCAL_ONLY)
     over.update({"storage": {"backend": "postgres"}, "postgres": {"conninfo": ci}})
     blob_dir = str(tmp_path / "blobs")

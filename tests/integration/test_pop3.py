@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from conftest import IO_TIMEOUT, SLOW, TERNCTL, client_context, free_ports
+from conftest import IO_TIMEOUT, SLOW, TERNCTL, client_context, free_ports, pg_database
 
 USER = "alice@example.test"
 PASSWORD = "correct horse"
@@ -40,24 +40,11 @@ def message(i, body=None, extra=""):
             f"Message-ID: <{i}.{uuid.uuid4().hex}@example.org>\r\n{extra}\r\n{body}").encode()
 
 
-def _pg_db():
-    """A fresh database on tools/test's PostgreSQL cluster, or skip."""
-    ci = os.environ.get("TERN_TEST_PG_CONNINFO")
-    if not ci or shutil.which("psql") is None:
-        pytest.skip("no PostgreSQL cluster (tools/test starts one with tests/pg/start)")
-    name = "tern_pop3_" + uuid.uuid4().hex[:12]
-    subprocess.run(["psql", "-X", "-q", "-d", ci, "-c", f"CREATE DATABASE {name}"], check=True,
-                   capture_output=True, timeout=60)
-    if re.search(r"\bdbname=\S+", ci):
-        return re.sub(r"\bdbname=\S+", f"dbname={name}", ci)
-    return ci + f" dbname={name}"
-
-
 @pytest.fixture(params=["local", "postgres"])
 def backend(request):
     if request.param == "local":
         return {}
-    return {"storage": {"backend": "postgres"}, "postgres": {"conninfo": _pg_db()}}
+    return {"storage": {"backend": "postgres"}, "postgres": {"conninfo": pg_database("tern_pop3")}}
 
 
 def make_pop3(tern_factory, backend, messages=(), extra=None, start=True):
