@@ -26,6 +26,7 @@
 #include <uv.h>
 
 #include "lib/log.h"
+#include "storage/pg/pg_internal.h"
 #include "storage/pg/pq_connect.h"
 #include "storage/store.h"
 
@@ -630,6 +631,38 @@ static void t_newer_schema_refused(void **state)
     assert_int_equal(tern_store_open(f->cfg, &f->s, &err), 0);
 }
 
+/* Which statements get a name (pure: no database). A text is prepared on
+ * its second sight and keeps its id; one seen once, a utility statement,
+ * or any text once the table is full stays unnamed. */
+static void t_auto_stmt(void **state)
+{
+    (void)state;
+    pg_conn *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    const char *q = "SELECT m.uid FROM messages m WHERE m.mailbox_id = $1";
+    assert_int_equal(pg_conn_auto_stmt(c, q), -1);
+    assert_int_equal(pg_conn_auto_stmt(c, q), PG_AUTO_FIRST);
+    assert_int_equal(pg_conn_auto_stmt(c, q), PG_AUTO_FIRST);
+    const char *cur = "DECLARE tern_fetch NO SCROLL CURSOR FOR SELECT $1::int";
+    assert_int_equal(pg_conn_auto_stmt(c, cur), -1);
+    assert_int_equal(pg_conn_auto_stmt(c, cur), -1);
+    char text[PG_AUTO_MAX + 2][64];
+    for (int i = 1; i < PG_AUTO_MAX + 1; i++) {
+        snprintf(text[i], sizeof text[i], "SELECT %d WHERE $1::int = %d", i, i);
+        assert_int_equal(pg_conn_auto_stmt(c, text[i]), -1);
+        int id = pg_conn_auto_stmt(c, text[i]);
+        if (i < PG_AUTO_MAX)
+            assert_int_equal(id, PG_AUTO_FIRST + i);
+        else
+            assert_int_equal(id, -1); /* full: unnamed from now on */
+    }
+    assert_int_equal(pg_conn_auto_stmt(c, q), PG_AUTO_FIRST);
+    assert_int_equal(c->n_auto, PG_AUTO_MAX);
+    for (int i = 0; i < c->n_auto; i++)
+        free(c->autos[i].sql);
+    free(c);
+}
+
 int main(void)
 {
     base_ci = getenv("TERN_TEST_PG_CONNINFO");
@@ -641,6 +674,7 @@ int main(void)
         printf("skip: TERN_TEST_PG_CONNINFO is not set; the PostgreSQL backend tests are "
                "skipped (tests/pg/start prints one)\n");
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(t_auto_stmt),
         cmocka_unit_test_setup_teardown(t_hostile_values, setup, teardown),
         cmocka_unit_test_setup_teardown(t_shared_bodies_and_chunks, setup, teardown),
         cmocka_unit_test_setup_teardown(t_fetch_pages, setup, teardown),
